@@ -1,0 +1,90 @@
+"""pytest fixtures that start real lock servers; registered automatically (``pytest11``).
+
+Installing lockscope makes these fixtures available in every test suite, with no import:
+
+``redis_server`` (session)
+    a :class:`~lockscope.testing.RedisServer`: ``.url``, ``.host``, ``.port``, ``.pid``,
+    ``.kill()``, ``.pause()``, ``.resume()``, ``.stop()``, ``.start()``, ``.flush()``.
+``redis_servers`` (session)
+    three independent Redis servers, for Redlock.
+``redis_url`` (function)
+    the URL of ``redis_server``, flushed before the test.
+``zookeeper_server`` (session)
+    a :class:`~lockscope.testing.ZooKeeperServer` (``.hosts`` for kazoo).
+``postgres_server`` (session)
+    a :class:`~lockscope.testing.PostgresServer` (``.url``, ``.dsn``).
+``mariadb_server`` (session)
+    a :class:`~lockscope.testing.MariaDBServer` (``.url``).
+
+Servers start on first use, once per session, and stop at the end of the session. After
+every test, a server that the test paused, stopped or killed is resumed or restarted, so a
+failing fault test cannot break the tests after it.
+
+A missing server binary makes the tests that use it error with
+:class:`~lockscope.testing.ServerNotInstalled`, naming the Debian package to install; it
+never skips them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from lockscope.testing.redis_server import RedisServer
+    from lockscope.testing.server import Server
+
+# Servers started in this session, healed after each test. The plugin imports the server
+# classes only inside fixtures, so suites that never use them pay nothing.
+_started: list[Server] = []
+
+
+def _track(server: Server) -> None:
+    _started.append(server)
+
+
+@pytest.fixture(autouse=True)
+def _lockscope_heal_servers() -> Iterator[None]:
+    """After each test, resume or restart any session server the test left broken."""
+    yield
+    for server in list(_started):
+        server.ensure_running()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One redis-server for the whole session (not flushed between tests: see ``redis_url``)."""
+    from lockscope.testing.redis_server import RedisServer
+
+    with RedisServer() as server:
+        _track(server)
+        yield server
+        _started.remove(server)
+
+
+@pytest.fixture(scope="session")
+def redis_servers() -> Iterator[list[RedisServer]]:
+    """Three independent redis-servers (for Redlock), separate from ``redis_server``."""
+    from lockscope.testing.redis_server import RedisServer
+
+    servers = [RedisServer() for _ in range(3)]
+    try:
+        for server in servers:
+            server.start()
+            _track(server)
+        yield servers
+    finally:
+        for server in servers:
+            if server in _started:
+                _started.remove(server)
+            server.close()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """URL of the session's redis-server, running and flushed for this test."""
+    redis_server.ensure_running()
+    redis_server.flush()
+    return redis_server.url

@@ -6,11 +6,14 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 
 import pytest
 import redis
+from kazoo.client import KazooClient
+from kazoo.handlers.threading import KazooTimeoutError
 
-from lockscope.testing import RedisServer, ServerNotInstalled, faults
+from lockscope.testing import RedisServer, ServerNotInstalled, ZooKeeperServer, faults
 from lockscope.testing.server import port_open
 
 # -- Redis ----------------------------------------------------------------------------
@@ -85,6 +88,75 @@ def test_redis_appendonly_keeps_data_across_kill() -> None:
         server.kill()
         server.start()
         assert redis.Redis.from_url(server.url).get("durable") == b"yes"
+
+
+# -- ZooKeeper ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def kazoo(zookeeper_server: ZooKeeperServer) -> Iterator[KazooClient]:
+    client = KazooClient(hosts=zookeeper_server.hosts, timeout=10.0)
+    client.start(timeout=10)
+    yield client
+    client.stop()
+    client.close()
+
+
+def _kazoo_serves(hosts: str) -> bool:
+    client = KazooClient(hosts=hosts, timeout=10.0)
+    client.start(timeout=10)
+    try:
+        return client.exists("/") is not None
+    finally:
+        client.stop()
+        client.close()
+
+
+def test_zookeeper_serves(zookeeper_server: ZooKeeperServer, kazoo: KazooClient) -> None:
+    path = kazoo.create("/lockscope-test/node-", b"v", makepath=True, sequence=True)
+    assert kazoo.get(path)[0] == b"v"
+    assert zookeeper_server.hosts == f"127.0.0.1:{zookeeper_server.port}"
+    assert zookeeper_server.four_letter_word("ruok") == "imok"
+
+
+def test_zookeeper_grants_one_second_sessions(zookeeper_server: ZooKeeperServer) -> None:
+    client = KazooClient(hosts=zookeeper_server.hosts, timeout=1.0)
+    client.start(timeout=10)
+    try:
+        assert client._session_timeout == 1000
+    finally:
+        client.stop()
+        client.close()
+
+
+def test_zookeeper_pause_times_out_and_resume_recovers(
+    zookeeper_server: ZooKeeperServer, kazoo: KazooClient
+) -> None:
+    kazoo.ensure_path("/lockscope-pause")
+    with faults.paused(zookeeper_server.pid, group=True), pytest.raises(KazooTimeoutError):
+        kazoo.get_async("/lockscope-pause").get(timeout=1.0)
+    assert _kazoo_serves(zookeeper_server.hosts)
+
+
+def test_zookeeper_kill_and_start_on_same_port(zookeeper_server: ZooKeeperServer) -> None:
+    port, old_pid = zookeeper_server.port, zookeeper_server.pid
+    zookeeper_server.kill()
+    assert not port_open("127.0.0.1", port)
+    zookeeper_server.start()
+    assert (zookeeper_server.port, zookeeper_server.pid != old_pid) == (port, True)
+    assert _kazoo_serves(zookeeper_server.hosts)
+
+
+def test_zookeeper_missing_jar_names_the_package() -> None:
+    server = ZooKeeperServer(jar="/nonexistent/zookeeper.jar")
+    try:
+        with pytest.raises(ServerNotInstalled, match=r"apt-get install zookeeper"):
+            server.start()
+    finally:
+        server.close()
+
+
+# -- fault helpers --------------------------------------------------------------------
 
 
 def test_faults_on_a_server_pid(redis_server: RedisServer) -> None:

@@ -30,12 +30,14 @@ from lockscope.testing.server import (
     free_port,
     port_open,
 )
+from lockscope.testing.zookeeper_server import ZooKeeperServer
 
 __all__ = [
     "RedisServer",
     "Server",
     "ServerNotInstalled",
     "ServerStartError",
+    "ZooKeeperServer",
     "faults",
     "free_port",
     "port_open",

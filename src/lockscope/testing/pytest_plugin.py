@@ -35,6 +35,7 @@ import pytest
 if TYPE_CHECKING:
     from lockscope.testing.redis_server import RedisServer
     from lockscope.testing.server import Server
+    from lockscope.testing.zookeeper_server import ZooKeeperServer
 
 # Servers started in this session, healed after each test. The plugin imports the server
 # classes only inside fixtures, so suites that never use them pay nothing.
@@ -88,3 +89,14 @@ def redis_url(redis_server: RedisServer) -> str:
     redis_server.ensure_running()
     redis_server.flush()
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def zookeeper_server() -> Iterator[ZooKeeperServer]:
+    """One standalone ZooKeeper for the session (tick 500 ms: sessions may be as short as 1 s)."""
+    from lockscope.testing.zookeeper_server import ZooKeeperServer
+
+    with ZooKeeperServer() as server:
+        _track(server)
+        yield server
+        _started.remove(server)

@@ -186,6 +186,10 @@ class Server(ABC):
     def command(self) -> Sequence[str]:
         """The command line that runs the server in the foreground."""
 
+    def required_files(self) -> Sequence[str]:
+        """Paths of other files this server needs, such as jars (checked like binaries)."""
+        return []
+
     def initialise(self) -> None:  # noqa: B027 - optional hook
         """Create the data directory and config; runs once, before the first start."""
 
@@ -226,13 +230,19 @@ class Server(ABC):
 
     def check_installed(self) -> None:
         """Raise :class:`ServerNotInstalled` naming the package if a binary is missing."""
-        for binary in self.binaries():
-            path = binary if os.sep in binary else shutil.which(binary)
-            if path is None or not os.access(path, os.X_OK):
-                raise ServerNotInstalled(
-                    f"{self.name}: {binary} not found; install the Debian package "
-                    f"'{self.package}' (apt-get install {self.package})"
-                )
+        missing = [
+            binary
+            for binary in self.binaries()
+            if not os.access(
+                (binary if os.sep in binary else shutil.which(binary)) or binary, os.X_OK
+            )
+        ]
+        missing += [path for path in self.required_files() if not os.path.isfile(path)]
+        if missing:
+            raise ServerNotInstalled(
+                f"{self.name}: {', '.join(missing)} not found; install the Debian package "
+                f"'{self.package}' (apt-get install {self.package})"
+            )
 
     def start(self) -> Self:
         """Start the server (or resume it if paused) and wait until it is ready.

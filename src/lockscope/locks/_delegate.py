@@ -1,0 +1,110 @@
+"""Base classes for locks that wrap another lock and keep its identity.
+
+:class:`~lockscope.locks.renewal.AutoRenewingLock` and
+:class:`~lockscope.locks.retry.RobustLock` add behaviour around a backend lock; to the rest
+of lockscope (``acquire_all``'s ordering, the shim's events) they must look like the lock
+they wrap: same ``system``, ``namespace``, ``name``, ``mode``.  The wrapped lock is
+``wrapped`` (the shim follows it instead of reporting the hold twice).
+"""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+from lockscope.locks.base import AsyncLock, Lock
+
+__all__ = ["AsyncDelegatingLock", "DelegatingLock"]
+
+_L = TypeVar("_L", bound=Lock)
+_A = TypeVar("_A", bound=AsyncLock)
+
+
+class DelegatingLock(Lock, Generic[_L]):
+    """A :class:`Lock` that forwards every call to ``wrapped``; subclasses add behaviour."""
+
+    def __init__(self, lock: _L) -> None:
+        if not isinstance(lock, Lock):
+            raise TypeError(f"expected a lockscope Lock, not {type(lock).__name__}")
+        super().__init__(
+            lock.name,
+            ttl=lock.ttl,
+            blocking_timeout=lock.blocking_timeout,
+            retry_interval=lock.retry_interval,
+        )
+        self.wrapped: _L = lock
+        # The wrapper *is* the wrapped lock for identity purposes (ordering, events).
+        self.system = lock.system  # type: ignore[misc]
+        self.mode = lock.mode
+        self.fifo: bool = bool(getattr(lock, "fifo", False))
+
+    @property
+    def namespace(self) -> str:
+        return self.wrapped.namespace
+
+    def _try_acquire(self) -> bool:
+        return self._acquired(self.wrapped.acquire(blocking=False))
+
+    def _acquired(self, ok: bool) -> bool:
+        if ok:
+            self.fencing_token = self.wrapped.fencing_token
+        return ok
+
+    def release(self) -> None:
+        self.wrapped.release()
+
+    def extend(self, seconds: float) -> None:
+        self.wrapped.extend(seconds)
+
+    def locked(self) -> bool:
+        return self.wrapped.locked()
+
+    def owned(self) -> bool:
+        return self.wrapped.owned()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} of {self.wrapped!r}>"
+
+
+class AsyncDelegatingLock(AsyncLock, Generic[_A]):
+    """The asyncio flavour of :class:`DelegatingLock`."""
+
+    def __init__(self, lock: _A) -> None:
+        if not isinstance(lock, AsyncLock):
+            raise TypeError(f"expected a lockscope AsyncLock, not {type(lock).__name__}")
+        super().__init__(
+            lock.name,
+            ttl=lock.ttl,
+            blocking_timeout=lock.blocking_timeout,
+            retry_interval=lock.retry_interval,
+        )
+        self.wrapped: _A = lock
+        self.system = lock.system  # type: ignore[misc]
+        self.mode = lock.mode
+        self.fifo: bool = bool(getattr(lock, "fifo", False))
+
+    @property
+    def namespace(self) -> str:
+        return self.wrapped.namespace
+
+    async def _try_acquire(self) -> bool:
+        return self._acquired(await self.wrapped.acquire(blocking=False))
+
+    def _acquired(self, ok: bool) -> bool:
+        if ok:
+            self.fencing_token = self.wrapped.fencing_token
+        return ok
+
+    async def release(self) -> None:
+        await self.wrapped.release()
+
+    async def extend(self, seconds: float) -> None:
+        await self.wrapped.extend(seconds)
+
+    async def locked(self) -> bool:
+        return await self.wrapped.locked()
+
+    async def owned(self) -> bool:
+        return await self.wrapped.owned()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} of {self.wrapped!r}>"

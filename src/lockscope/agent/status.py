@@ -1,0 +1,199 @@
+"""Print the agent's active findings: deadlocks, stale holders, mutual-exclusion violations
+and lock-order inversions, as plain-text tables.
+
+Example:
+
+    lockscope status                                # the agent at http://127.0.0.1:9477
+    lockscope status --http http://agent.internal:9477
+    lockscope status --json                         # the raw API answers, for scripts
+
+The agent's HTTP address comes from ``--http``, else ``LOCKSCOPE_AGENT_HTTP`` (a URL or
+HOST:PORT), else ``http://127.0.0.1:9477``.
+
+Exit status: 0 when the agent answered (findings or not), 2 when it is unreachable or
+answers with an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, TextIO
+
+__all__ = ["add_arguments", "fetch_findings", "render", "run"]
+
+DEFAULT_URL: Final = "http://127.0.0.1:9477"
+ENV_HTTP: Final = "LOCKSCOPE_AGENT_HTTP"
+EXIT_UNREACHABLE: Final = 2
+MAX_CELL: Final = 48
+
+# (API path, key in the answer, title, preferred columns in order)
+SECTIONS: Final = (
+    ("/api/v1/deadlocks", "deadlocks", "Deadlocks", ()),
+    (
+        "/api/v1/stale-holders",
+        "stale_holders",
+        "Stale holders",
+        ("lock", "actor", "service", "pid", "reason", "since"),
+    ),
+    (
+        "/api/v1/violations",
+        "violations",
+        "Mutual-exclusion violations",
+        ("lock", "actor", "service", "pid", "reason", "since"),
+    ),
+    (
+        "/api/v1/order-inversions",
+        "order_inversions",
+        "Lock-order inversions",
+        ("cycle", "locks", "lock", "actor", "service", "pid", "reason", "since"),
+    ),
+)
+_SKIP: Final = frozenset({"status", "resolved_at"})
+
+
+class AgentUnreachable(Exception):
+    """The agent did not answer, or answered with an error."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``lockscope status`` flags."""
+    parser.add_argument(
+        "--http",
+        metavar="URL",
+        default=None,
+        help=f"the agent's HTTP address (env {ENV_HTTP}; default {DEFAULT_URL})",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=5.0, metavar="SECONDS", help="per request (5)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the API answers as JSON")
+
+
+def base_url(value: str | None) -> str:
+    """Normalise ``--http``/env to a base URL (``HOST:PORT`` gets ``http://``)."""
+    url = (value or os.environ.get(ENV_HTTP) or DEFAULT_URL).strip()
+    if "://" not in url:
+        url = "http://" + url
+    return url.rstrip("/")
+
+
+def fetch_findings(url: str, timeout: float = 5.0) -> dict[str, list[dict[str, Any]]]:
+    """The active findings of the agent at ``url``, by section key."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for path, key, _title, _columns in SECTIONS:
+        full = f"{url}{path}?status=active"
+        try:
+            with urllib.request.urlopen(full, timeout=timeout) as response:
+                body = json.load(response)
+        except urllib.error.HTTPError as exc:
+            raise AgentUnreachable(f"{full}: HTTP {exc.code} {exc.reason}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise AgentUnreachable(f"cannot reach the lockscope agent at {url}: {reason}") from None
+        except ValueError as exc:
+            raise AgentUnreachable(f"{full}: not JSON: {exc}") from None
+        items = body.get(key) if isinstance(body, dict) else None
+        if not isinstance(items, list):
+            raise AgentUnreachable(f"{full}: unexpected answer (no {key!r} list)")
+        out[key] = [item for item in items if isinstance(item, dict)]
+    return out
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, list | tuple):
+        text = ", ".join(_cell(v) for v in value) or "-"
+    elif isinstance(value, dict):
+        text = json.dumps(value, separators=(",", ":"), default=str)
+    else:
+        text = str(value)
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 3] + "..."
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A left-aligned plain-text table with a header row."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, text in enumerate(row):
+            widths[i] = max(widths[i], len(text))
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.extend("  ".join(t.ljust(w) for t, w in zip(row, widths, strict=True)) for row in cells)
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _deadlock_rows(deadlocks: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    headers = ["deadlock", "actor", "service", "pid", "waits for", "holds", "waiting since"]
+    rows: list[list[Any]] = []
+    for deadlock in deadlocks:
+        victim = deadlock.get("victim")
+        victim_actor = victim.get("actor") if isinstance(victim, dict) else victim
+        for participant in deadlock.get("participants") or [{}]:
+            actor = _cell(participant.get("actor"))
+            if victim_actor is not None and participant.get("actor") == victim_actor:
+                actor += " (victim)"
+            rows.append(
+                [
+                    deadlock.get("id"),
+                    actor,
+                    participant.get("service"),
+                    participant.get("pid"),
+                    participant.get("waits_for"),
+                    participant.get("holds"),
+                    participant.get("waiting_since"),
+                ]
+            )
+    return headers, rows
+
+
+def _generic_rows(
+    items: list[dict[str, Any]], preferred: Sequence[str]
+) -> tuple[list[str], list[list[Any]]]:
+    present = {key for item in items for key in item} - _SKIP
+    headers = [key for key in preferred if key in present]
+    if not headers:
+        headers = sorted(present)
+    return headers, [[item.get(h) for h in headers] for item in items]
+
+
+def render(findings: Mapping[str, list[dict[str, Any]]], url: str) -> str:
+    """The report ``lockscope status`` prints."""
+    counts = ", ".join(
+        f"{len(findings.get(key, []))} {title.lower()}" for _p, key, title, _c in SECTIONS
+    )
+    parts = [f"lockscope agent at {url}: {counts}"]
+    for _path, key, title, preferred in SECTIONS:
+        items = findings.get(key, [])
+        if not items:
+            parts.append(f"{title}: none active")
+            continue
+        if key == "deadlocks":
+            headers, rows = _deadlock_rows(items)
+        else:
+            headers, rows = _generic_rows(items, preferred)
+        parts.append(f"{title} ({len(items)} active)\n{table(headers, rows)}")
+    return "\n\n".join(parts) + "\n"
+
+
+def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Fetch and print; see the module docstring for the exit status."""
+    out = out if out is not None else sys.stdout
+    url = base_url(args.http)
+    try:
+        findings = fetch_findings(url, args.timeout)
+    except AgentUnreachable as exc:
+        print(f"lockscope status: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if args.json:
+        out.write(json.dumps(findings, indent=2, default=str) + "\n")
+    else:
+        out.write(render(findings, url))
+    return 0

@@ -8,12 +8,19 @@ import sys
 import textwrap
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 import redis
 from kazoo.client import KazooClient
 from kazoo.handlers.threading import KazooTimeoutError
 
-from lockscope.testing import RedisServer, ServerNotInstalled, ZooKeeperServer, faults
+from lockscope.testing import (
+    PostgresServer,
+    RedisServer,
+    ServerNotInstalled,
+    ZooKeeperServer,
+    faults,
+)
 from lockscope.testing.server import port_open
 
 # -- Redis ----------------------------------------------------------------------------
@@ -151,6 +158,68 @@ def test_zookeeper_missing_jar_names_the_package() -> None:
     server = ZooKeeperServer(jar="/nonexistent/zookeeper.jar")
     try:
         with pytest.raises(ServerNotInstalled, match=r"apt-get install zookeeper"):
+            server.start()
+    finally:
+        server.close()
+
+
+# -- PostgreSQL -----------------------------------------------------------------------
+
+
+def _pg_select_1(dsn: str) -> int:
+    with psycopg.connect(dsn, connect_timeout=10) as conn:
+        row = conn.execute("SELECT 1").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_postgres_serves(postgres_server: PostgresServer) -> None:
+    assert _pg_select_1(postgres_server.dsn) == 1
+    assert _pg_select_1(postgres_server.url) == 1
+    with psycopg.connect(postgres_server.url) as conn:
+        row = conn.execute("SELECT current_user, current_database()").fetchone()
+    assert row == (postgres_server.user, postgres_server.dbname) == ("postgres", "lockscope")
+    assert (
+        postgres_server.url == f"postgresql://postgres@127.0.0.1:{postgres_server.port}/lockscope"
+    )
+
+
+def test_postgres_does_not_run_as_root(postgres_server: PostgresServer) -> None:
+    uid = os.stat(f"/proc/{postgres_server.pid}").st_uid
+    assert uid != 0 or os.geteuid() != 0
+
+
+def test_postgres_pause_times_out_and_resume_recovers(postgres_server: PostgresServer) -> None:
+    with psycopg.connect(postgres_server.dsn) as conn:
+        postgres_server.pause()
+        try:
+            with pytest.raises(psycopg.OperationalError):
+                psycopg.connect(postgres_server.dsn, connect_timeout=1)
+        finally:
+            postgres_server.resume()
+        # The connection made before the pause works again: backends were frozen, not killed.
+        assert conn.execute("SELECT 2").fetchone() == (2,)
+
+
+def test_postgres_kill_and_start_on_same_port(postgres_server: PostgresServer) -> None:
+    with psycopg.connect(postgres_server.dsn) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS harness_survives (x int)")
+    port = postgres_server.port
+    postgres_server.kill()
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(postgres_server.dsn, connect_timeout=1)
+    postgres_server.start()
+    assert postgres_server.port == port
+    with psycopg.connect(postgres_server.dsn) as conn:
+        # Crash recovery kept the committed table.
+        assert conn.execute("SELECT count(*) FROM harness_survives").fetchone() == (0,)
+        conn.execute("DROP TABLE harness_survives")
+
+
+def test_postgres_missing_binaries_name_the_package() -> None:
+    server = PostgresServer(bin_dir="/nonexistent/bin")
+    try:
+        with pytest.raises(ServerNotInstalled, match=r"apt-get install postgresql"):
             server.start()
     finally:
         server.close()

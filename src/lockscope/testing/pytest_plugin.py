@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from lockscope.testing.postgres_server import PostgresServer
     from lockscope.testing.redis_server import RedisServer
     from lockscope.testing.server import Server
     from lockscope.testing.zookeeper_server import ZooKeeperServer
@@ -97,6 +98,17 @@ def zookeeper_server() -> Iterator[ZooKeeperServer]:
     from lockscope.testing.zookeeper_server import ZooKeeperServer
 
     with ZooKeeperServer() as server:
+        _track(server)
+        yield server
+        _started.remove(server)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL cluster for the session, with database ``lockscope`` (trust auth)."""
+    from lockscope.testing.postgres_server import PostgresServer
+
+    with PostgresServer() as server:
         _track(server)
         yield server
         _started.remove(server)

@@ -9,12 +9,14 @@ import textwrap
 from collections.abc import Iterator
 
 import psycopg
+import pymysql
 import pytest
 import redis
 from kazoo.client import KazooClient
 from kazoo.handlers.threading import KazooTimeoutError
 
 from lockscope.testing import (
+    MariaDBServer,
     PostgresServer,
     RedisServer,
     ServerNotInstalled,
@@ -220,6 +222,92 @@ def test_postgres_missing_binaries_name_the_package() -> None:
     server = PostgresServer(bin_dir="/nonexistent/bin")
     try:
         with pytest.raises(ServerNotInstalled, match=r"apt-get install postgresql"):
+            server.start()
+    finally:
+        server.close()
+
+
+# -- MariaDB --------------------------------------------------------------------------
+
+
+def _mariadb_connect(server: MariaDBServer, timeout: int = 10) -> pymysql.Connection:
+    return pymysql.connect(
+        host=server.host,
+        port=server.port,
+        user=server.user,
+        password=server.password,
+        database=server.dbname,
+        connect_timeout=timeout,
+        read_timeout=timeout,
+        autocommit=True,
+    )
+
+
+def _mariadb_select_1(server: MariaDBServer) -> object:
+    conn = _mariadb_connect(server)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+            return cur.fetchone()
+    finally:
+        conn.close()
+
+
+def test_mariadb_serves(mariadb_server: MariaDBServer) -> None:
+    assert _mariadb_select_1(mariadb_server) == (1,)
+    assert mariadb_server.url == f"mysql://root@127.0.0.1:{mariadb_server.port}/lockscope"
+    conn = _mariadb_connect(mariadb_server)
+    try:
+        with conn.cursor() as cur:
+            # Grant tables are in force: ordinary SQL, privileges and all, works.
+            cur.execute("SELECT CURRENT_USER(), DATABASE()")
+            assert cur.fetchone() == ("root@127.0.0.1", "lockscope")
+            cur.execute("SHOW GRANTS")
+            assert "ALL PRIVILEGES" in cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_mariadb_pause_times_out_and_resume_recovers(mariadb_server: MariaDBServer) -> None:
+    conn = _mariadb_connect(mariadb_server, timeout=1)
+    try:
+        with (
+            faults.paused(mariadb_server.pid, group=True),
+            pytest.raises(pymysql.err.OperationalError),
+            conn.cursor() as cur,
+        ):
+            cur.execute("SELECT 1")
+    finally:
+        conn.close()
+    assert _mariadb_select_1(mariadb_server) == (1,)
+
+
+def test_mariadb_kill_and_start_on_same_port(mariadb_server: MariaDBServer) -> None:
+    conn = _mariadb_connect(mariadb_server)
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE IF NOT EXISTS harness_survives (x INT) ENGINE=InnoDB")
+        cur.execute("INSERT INTO harness_survives VALUES (7)")
+    conn.close()
+    port = mariadb_server.port
+    mariadb_server.kill()
+    with pytest.raises(pymysql.err.OperationalError):
+        _mariadb_connect(mariadb_server, timeout=1)
+    mariadb_server.start()
+    assert mariadb_server.port == port
+    conn = _mariadb_connect(mariadb_server)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT x FROM harness_survives")
+            assert cur.fetchall() == ((7,),)
+            cur.execute("DROP TABLE harness_survives")
+    finally:
+        conn.close()
+
+
+def test_mariadb_missing_binary_names_the_package() -> None:
+    server = MariaDBServer(mariadbd="/nonexistent/mariadbd")
+    try:
+        with pytest.raises(ServerNotInstalled, match=r"apt-get install mariadb-server"):
             server.start()
     finally:
         server.close()

@@ -22,6 +22,7 @@ The servers need the Debian packages ``redis-server``, ``zookeeper``, ``postgres
 """
 
 from lockscope.testing import faults
+from lockscope.testing.mariadb_server import MariaDBServer
 from lockscope.testing.postgres_server import PostgresServer
 from lockscope.testing.redis_server import RedisServer
 from lockscope.testing.server import (
@@ -34,6 +35,7 @@ from lockscope.testing.server import (
 from lockscope.testing.zookeeper_server import ZooKeeperServer
 
 __all__ = [
+    "MariaDBServer",
     "PostgresServer",
     "RedisServer",
     "Server",

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from lockscope.testing.mariadb_server import MariaDBServer
     from lockscope.testing.postgres_server import PostgresServer
     from lockscope.testing.redis_server import RedisServer
     from lockscope.testing.server import Server
@@ -109,6 +110,17 @@ def postgres_server() -> Iterator[PostgresServer]:
     from lockscope.testing.postgres_server import PostgresServer
 
     with PostgresServer() as server:
+        _track(server)
+        yield server
+        _started.remove(server)
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> Iterator[MariaDBServer]:
+    """One MariaDB for the session: passwordless ``root@127.0.0.1``, database ``lockscope``."""
+    from lockscope.testing.mariadb_server import MariaDBServer
+
+    with MariaDBServer() as server:
         _track(server)
         yield server
         _started.remove(server)

@@ -1,0 +1,520 @@
+"""The SQL behind :class:`~lockscope.locks.database.DatabaseLock`: one small class per dialect.
+
+Each dialect knows how to open a connection with bounded waits, how to set a session up
+(autocommit, time zone, timeouts, the lease table), and its four statements. Acquire,
+release and extend are each ONE statement, atomic on its own, and every one of them reads
+the time from the database server (``clock_timestamp()``, ``NOW(6)``, SQLite's
+``julianday('now')``); no client timestamp ever reaches the SQL, so a client whose clock is
+wrong cannot shorten or lengthen anyone's lease.
+
+The lease table (``lockscope_locks`` by default) has one row per lock name, kept forever:
+``owner`` is the holder's token (NULL when free), ``fence`` the fencing counter (only ever
+incremented, so it survives release), ``expires_at`` the end of the lease by the server's
+clock.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import math
+import os
+import re
+import sqlite3
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+from urllib.parse import unquote, urlsplit
+
+__all__ = [
+    "DIALECTS",
+    "Dialect",
+    "HolderRow",
+    "MySQLDialect",
+    "PostgresDialect",
+    "SQLiteDialect",
+    "Target",
+    "dialect_of_connection",
+    "parse_url",
+]
+
+HolderRow = tuple[str, int, float]
+"""``(owner, fence, seconds the lease has left)`` as the database sees it."""
+
+_TABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
+
+
+def validate_table(table: object) -> str:
+    """Return ``table`` if it is a plain (optionally schema-qualified) SQL identifier.
+
+    The name is put into the SQL text (identifiers cannot be bound parameters), so only
+    letters, digits and underscores are accepted.
+    """
+    if not isinstance(table, str):
+        raise TypeError(f"table must be a str, not {type(table).__name__}")
+    if not _TABLE_RE.match(table):
+        raise ValueError(
+            f"table must be a plain SQL identifier like 'lockscope_locks', got {table!r}"
+        )
+    return table
+
+
+class Target:
+    """Where the leases live: a dialect, a way to open raw connections, and a namespace."""
+
+    def __init__(self, dialect: str, connect: Callable[[], Any], namespace: str) -> None:
+        self.dialect = dialect
+        self.connect = connect
+        self.namespace = namespace
+
+
+class Dialect(abc.ABC):
+    """The statements of one SQL dialect over one lease table."""
+
+    name: ClassVar[str]
+
+    def __init__(self, table: str, statement_timeout: float) -> None:
+        self.table = validate_table(table)
+        self.statement_timeout = statement_timeout
+
+    @abc.abstractmethod
+    def setup(self, conn: Any) -> None:
+        """Make a fresh connection autocommit with bounded waits; create the table if missing."""
+
+    @abc.abstractmethod
+    def acquire(self, cur: Any, name: str, owner: str, ttl: float) -> int | None:
+        """Take ``name`` if free or expired; return the new fencing token, else ``None``."""
+
+    @abc.abstractmethod
+    def release(self, cur: Any, name: str, owner: str, fence: int) -> bool:
+        """Free ``name`` if ``owner``/``fence`` still hold an unexpired lease on it."""
+
+    @abc.abstractmethod
+    def extend(self, cur: Any, name: str, owner: str, fence: int, ttl: float) -> bool:
+        """Make the lease last ``ttl`` seconds from now, if ``owner``/``fence`` still hold it."""
+
+    @abc.abstractmethod
+    def holder(self, cur: Any, name: str) -> HolderRow | None:
+        """Return the current, unexpired holder of ``name``, or ``None`` if it is free."""
+
+    def check_name(self, name: str) -> None:
+        """Raise ``ValueError`` if this dialect cannot store ``name`` as a key."""
+        return None
+
+    def is_contention(self, exc: BaseException) -> bool:
+        """Whether ``exc`` means "someone else got there first" rather than a failure."""
+        return False
+
+    @staticmethod
+    def driver_errors() -> tuple[type[BaseException], ...]:
+        """The driver's exception classes, all of which become ``BackendUnavailable``."""
+        return ()
+
+
+class SQLiteDialect(Dialect):
+    """SQLite >= 3.35 (UPSERT and RETURNING): the embedded default, one file per host.
+
+    SQLite runs inside each process, so "the database's clock" is the host's clock, shared by
+    every process on the file (SQLite must not be used over a network file system anyway).
+    """
+
+    name = "sqlite"
+    # Unix seconds with millisecond precision. 'now' is fixed for the whole of one
+    # sqlite3_step(), so every mention in a statement sees the same instant.
+    NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+
+    def __init__(self, table: str, statement_timeout: float) -> None:
+        super().__init__(table, statement_timeout)
+        t, now = self.table, self.NOW
+        self.create_sql = (
+            f"CREATE TABLE IF NOT EXISTS {t} (name TEXT NOT NULL PRIMARY KEY, owner TEXT,"
+            " fence INTEGER NOT NULL, expires_at REAL NOT NULL) WITHOUT ROWID"
+        )
+        self.acquire_sql = (
+            f"INSERT INTO {t} AS l (name, owner, fence, expires_at)"
+            f" VALUES (:name, :owner, 1, {now} + :ttl)"
+            " ON CONFLICT (name) DO UPDATE SET owner = excluded.owner,"
+            " fence = l.fence + 1, expires_at = excluded.expires_at"
+            f" WHERE l.owner IS NULL OR l.expires_at <= {now}"
+            " RETURNING fence"
+        )
+        self.release_sql = (
+            f"UPDATE {t} SET owner = NULL, expires_at = {now}"
+            f" WHERE name = :name AND owner = :owner AND fence = :fence AND expires_at > {now}"
+        )
+        self.extend_sql = (
+            f"UPDATE {t} SET expires_at = {now} + :ttl"
+            f" WHERE name = :name AND owner = :owner AND fence = :fence AND expires_at > {now}"
+        )
+        self.holder_sql = (
+            f"SELECT owner, fence, expires_at - {now} FROM {t}"
+            f" WHERE name = :name AND owner IS NOT NULL AND expires_at > {now}"
+        )
+
+    def setup(self, conn: Any) -> None:
+        conn.isolation_level = None  # autocommit: each statement is its own transaction
+        cur = conn.cursor()
+        try:
+            cur.execute(f"PRAGMA busy_timeout = {math.ceil(self.statement_timeout * 1000)}")
+            # WAL lets readers and the one writer proceed together; several processes on
+            # one file then wait on each other only for the few microseconds of a write.
+            cur.execute("PRAGMA journal_mode = WAL")
+            cur.fetchall()
+            cur.execute(self.create_sql)
+        finally:
+            cur.close()
+
+    def acquire(self, cur: Any, name: str, owner: str, ttl: float) -> int | None:
+        cur.execute(self.acquire_sql, {"name": name, "owner": owner, "ttl": ttl})
+        # Read to the end: SQLite commits an autocommit statement only when it is done.
+        rows = cur.fetchall()
+        return int(rows[0][0]) if rows else None
+
+    def release(self, cur: Any, name: str, owner: str, fence: int) -> bool:
+        cur.execute(self.release_sql, {"name": name, "owner": owner, "fence": fence})
+        return bool(cur.rowcount == 1)
+
+    def extend(self, cur: Any, name: str, owner: str, fence: int, ttl: float) -> bool:
+        params = {"name": name, "owner": owner, "fence": fence, "ttl": ttl}
+        cur.execute(self.extend_sql, params)
+        return bool(cur.rowcount == 1)
+
+    def holder(self, cur: Any, name: str) -> HolderRow | None:
+        cur.execute(self.holder_sql, {"name": name})
+        row = cur.fetchone()
+        return None if row is None else (str(row[0]), int(row[1]), float(row[2]))
+
+    @staticmethod
+    def driver_errors() -> tuple[type[BaseException], ...]:
+        return (sqlite3.Error,)
+
+
+class PostgresDialect(Dialect):
+    """PostgreSQL >= 9.5 (``INSERT ... ON CONFLICT``), through psycopg 3.
+
+    ``clock_timestamp()`` is the server's clock at the moment of evaluation. ``now()`` would
+    be the start of the transaction: the same in autocommit, but on a connection that sat in
+    an open transaction it would hand out leases that expired before they were granted.
+    """
+
+    name = "postgresql"
+
+    def __init__(self, table: str, statement_timeout: float) -> None:
+        super().__init__(table, statement_timeout)
+        t = self.table
+        lease_end = "clock_timestamp() + make_interval(secs => %(ttl)s)"
+        self.create_sql = (
+            f"CREATE TABLE IF NOT EXISTS {t} (name TEXT NOT NULL PRIMARY KEY, owner TEXT,"
+            " fence BIGINT NOT NULL, expires_at TIMESTAMPTZ NOT NULL)"
+        )
+        self.acquire_sql = (
+            f"INSERT INTO {t} AS l (name, owner, fence, expires_at)"
+            f" VALUES (%(name)s, %(owner)s, 1, {lease_end})"
+            " ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner,"
+            f" fence = l.fence + 1, expires_at = {lease_end}"
+            " WHERE l.owner IS NULL OR l.expires_at <= clock_timestamp()"
+            " RETURNING fence"
+        )
+        self.release_sql = (
+            f"UPDATE {t} SET owner = NULL, expires_at = clock_timestamp()"
+            " WHERE name = %(name)s AND owner = %(owner)s AND fence = %(fence)s"
+            " AND expires_at > clock_timestamp()"
+        )
+        self.extend_sql = (
+            f"UPDATE {t} SET expires_at = {lease_end}"
+            " WHERE name = %(name)s AND owner = %(owner)s AND fence = %(fence)s"
+            " AND expires_at > clock_timestamp()"
+        )
+        self.holder_sql = (
+            "SELECT owner, fence, EXTRACT(EPOCH FROM expires_at - clock_timestamp())::float8"
+            f" FROM {t} WHERE name = %(name)s AND owner IS NOT NULL"
+            " AND expires_at > clock_timestamp()"
+        )
+
+    def setup(self, conn: Any) -> None:
+        import psycopg
+
+        conn.autocommit = True
+        ms = str(math.ceil(self.statement_timeout * 1000))
+        # Server-side bounds: a statement stuck behind a row lock or a slow server ends
+        # with an error instead of waiting forever. (A server that stops answering at
+        # all is bounded client-side, see _PgConnection.)
+        conn.execute(
+            "SELECT set_config('statement_timeout', %s, false),"
+            " set_config('lock_timeout', %s, false)",
+            (ms, ms),
+        )
+        # Two sessions creating the table at once: CREATE TABLE IF NOT EXISTS is not atomic
+        # in PostgreSQL (the pg_type race); the other session won, which is fine.
+        with contextlib.suppress(psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
+            conn.execute(self.create_sql)
+
+    def acquire(self, cur: Any, name: str, owner: str, ttl: float) -> int | None:
+        cur.execute(self.acquire_sql, {"name": name, "owner": owner, "ttl": ttl})
+        row = cur.fetchone()
+        return None if row is None else int(row[0])
+
+    def release(self, cur: Any, name: str, owner: str, fence: int) -> bool:
+        cur.execute(self.release_sql, {"name": name, "owner": owner, "fence": fence})
+        return bool(cur.rowcount == 1)
+
+    def extend(self, cur: Any, name: str, owner: str, fence: int, ttl: float) -> bool:
+        params = {"name": name, "owner": owner, "fence": fence, "ttl": ttl}
+        cur.execute(self.extend_sql, params)
+        return bool(cur.rowcount == 1)
+
+    def holder(self, cur: Any, name: str) -> HolderRow | None:
+        cur.execute(self.holder_sql, {"name": name})
+        row = cur.fetchone()
+        return None if row is None else (str(row[0]), int(row[1]), float(row[2]))
+
+    def check_name(self, name: str) -> None:
+        if "\x00" in name:
+            raise ValueError("PostgreSQL text cannot contain NUL characters")
+
+    @staticmethod
+    def driver_errors() -> tuple[type[BaseException], ...]:
+        import psycopg
+
+        return (psycopg.Error,)
+
+
+class MySQLDialect(Dialect):
+    """MariaDB >= 10.3 and MySQL >= 5.7, through PyMySQL.
+
+    MySQL has neither ``RETURNING`` nor a ``WHERE`` on ``ON DUPLICATE KEY UPDATE``, so the
+    acquire is an upsert whose assignments are each conditional, and it hands the new
+    fencing token back through ``LAST_INSERT_ID(expr)``: the server returns that value in
+    the statement's OK packet (PyMySQL's ``cursor.lastrowid``), with no second query. The
+    classic MySQL sequence idiom. ``LAST_INSERT_ID(0)`` marks "not acquired" (tokens start
+    at 1). Release and extend use the same marker, so they do not depend on whether the
+    connection reports matched or changed rows.
+
+    ``NOW(6)`` is fixed for the duration of one statement (it is when the statement started,
+    and is replicated as such); ``SYSDATE(6)`` is not replication-safe. The session time
+    zone is pinned to UTC, so a ``DATETIME(6)`` never meets a daylight-saving shift.
+    Names are stored as UTF-8 bytes (``VARBINARY``) so they compare exactly, as in the
+    other dialects, not through a case- and trailing-space-insensitive collation.
+    """
+
+    name = "mysql"
+    MAX_NAME_BYTES = 3072  # InnoDB's largest index key
+
+    def __init__(self, table: str, statement_timeout: float) -> None:
+        super().__init__(table, statement_timeout)
+        t = self.table
+        free = "(owner IS NULL OR expires_at <= NOW(6))"
+        lease_end = "NOW(6) + INTERVAL %(ttl_us)s MICROSECOND"
+        self.create_sql = (
+            f"CREATE TABLE IF NOT EXISTS {t} (name VARBINARY(3072) NOT NULL PRIMARY KEY,"
+            " owner VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,"
+            " fence BIGINT NOT NULL, expires_at DATETIME(6) NOT NULL) ENGINE=InnoDB"
+        )
+        # MySQL evaluates these assignments left to right, each seeing the columns already
+        # assigned; MariaDB's SIMULTANEOUS_ASSIGNMENT mode makes them all see the old row.
+        # Every condition below is right under both: `fence` and `owner` read only columns
+        # not yet assigned, and `expires_at` recognises a take-over by the new owner token
+        # (fresh for every attempt, so it cannot have been there before) or by the
+        # old-row test.
+        self.acquire_sql = (
+            f"INSERT INTO {t} (name, owner, fence, expires_at)"
+            f" VALUES (%(name)s, %(owner)s, LAST_INSERT_ID(1), {lease_end})"
+            " ON DUPLICATE KEY UPDATE"
+            f" fence = IF({free}, LAST_INSERT_ID(fence + 1), fence + LAST_INSERT_ID(0)),"
+            f" owner = IF({free}, %(owner)s, owner),"
+            f" expires_at = IF(owner <=> %(owner)s OR {free}, {lease_end}, expires_at)"
+        )
+        self.release_sql = (
+            f"UPDATE {t} SET owner = NULL, expires_at = NOW(6), fence = LAST_INSERT_ID(fence)"
+            " WHERE name = %(name)s AND owner = %(owner)s AND fence = %(fence)s"
+            " AND expires_at > NOW(6)"
+        )
+        self.extend_sql = (
+            f"UPDATE {t} SET expires_at = {lease_end}, fence = LAST_INSERT_ID(fence)"
+            " WHERE name = %(name)s AND owner = %(owner)s AND fence = %(fence)s"
+            " AND expires_at > NOW(6)"
+        )
+        self.holder_sql = (
+            "SELECT owner, fence, TIMESTAMPDIFF(MICROSECOND, NOW(6), expires_at) / 1e6"
+            f" FROM {t} WHERE name = %(name)s AND owner IS NOT NULL AND expires_at > NOW(6)"
+        )
+
+    def setup(self, conn: Any) -> None:
+        conn.autocommit(True)
+        cur = conn.cursor()
+        try:
+            # InnoDB's lock wait bound is whole seconds, at least 1.
+            wait = max(1, math.ceil(self.statement_timeout))
+            cur.execute(
+                f"SET SESSION time_zone = '+00:00', SESSION innodb_lock_wait_timeout = {wait}"
+            )
+            cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            cur.execute(self.create_sql)
+        finally:
+            cur.close()
+
+    @staticmethod
+    def _us(ttl: float) -> int:
+        return max(1, round(ttl * 1_000_000))
+
+    def acquire(self, cur: Any, name: str, owner: str, ttl: float) -> int | None:
+        params = {"name": name.encode(), "owner": owner, "ttl_us": self._us(ttl)}
+        cur.execute(self.acquire_sql, params)
+        fence = int(cur.lastrowid or 0)
+        return fence or None
+
+    def release(self, cur: Any, name: str, owner: str, fence: int) -> bool:
+        cur.execute(self.release_sql, {"name": name.encode(), "owner": owner, "fence": fence})
+        return bool(int(cur.lastrowid or 0) == fence)
+
+    def extend(self, cur: Any, name: str, owner: str, fence: int, ttl: float) -> bool:
+        params = {"name": name.encode(), "owner": owner, "fence": fence, "ttl_us": self._us(ttl)}
+        cur.execute(self.extend_sql, params)
+        return bool(int(cur.lastrowid or 0) == fence)
+
+    def holder(self, cur: Any, name: str) -> HolderRow | None:
+        cur.execute(self.holder_sql, {"name": name.encode()})
+        row = cur.fetchone()
+        return None if row is None else (str(row[0]), int(row[1]), float(row[2]))
+
+    def check_name(self, name: str) -> None:
+        if len(name.encode()) > self.MAX_NAME_BYTES:
+            raise ValueError(f"MySQL lock names are limited to {self.MAX_NAME_BYTES} UTF-8 bytes")
+
+    def is_contention(self, exc: BaseException) -> bool:
+        # 1213 deadlock, 1205 lock wait timeout: InnoDB rolled our one statement back
+        # because another session was taking the same row. Nothing changed; try again.
+        args: tuple[object, ...] = exc.args
+        return bool(args) and args[0] in (1205, 1213)
+
+    @staticmethod
+    def driver_errors() -> tuple[type[BaseException], ...]:
+        import pymysql
+
+        return (pymysql.err.MySQLError,)
+
+
+DIALECTS: Mapping[str, type[Dialect]] = {
+    "sqlite": SQLiteDialect,
+    "postgresql": PostgresDialect,
+    "mysql": MySQLDialect,
+}
+
+_SCHEMES = {
+    "sqlite": "sqlite",
+    "postgresql": "postgresql",
+    "postgres": "postgresql",
+    "mysql": "mysql",
+    "mariadb": "mysql",
+}
+
+
+def parse_url(url: str, connect_timeout: float, statement_timeout: float) -> Target:
+    """Turn a database URL into a :class:`Target` (raises ``ValueError`` if unusable).
+
+    ``sqlite:///relative.db`` and ``sqlite:////absolute/path.db`` (SQLAlchemy's spelling),
+    ``postgresql://user:pw@host:port/db?sslmode=require`` (any libpq URI) and
+    ``mysql://user:pw@host:port/db`` (``mariadb://`` too). A ``+driver`` suffix on the
+    scheme, as in SQLAlchemy URLs, is accepted and ignored.
+    """
+    if not isinstance(url, str):
+        raise TypeError(f"url must be a str, not {type(url).__name__}")
+    scheme, sep, rest = url.partition("://")
+    dialect = _SCHEMES.get(scheme.split("+", 1)[0].lower()) if sep else None
+    if dialect is None:
+        raise ValueError(
+            f"unsupported database URL {url!r}: use sqlite:///file.db, "
+            "postgresql://user@host:port/db or mysql://user:pw@host:port/db"
+        )
+    if dialect == "sqlite":
+        return _sqlite_target(rest)
+    if dialect == "postgresql":
+        return _postgres_target(url, scheme, connect_timeout, statement_timeout)
+    return _mysql_target(url, connect_timeout, statement_timeout)
+
+
+def _sqlite_target(rest: str) -> Target:
+    if not rest.startswith("/") or len(rest) < 2:
+        raise ValueError("a SQLite URL needs a file: sqlite:///relative.db or sqlite:////abs.db")
+    path = rest[1:].split("?", 1)[0]
+    if path == ":memory:" or path.startswith("file::memory:"):
+        raise ValueError("an in-memory SQLite database is private to one connection; use a file")
+    path = os.path.abspath(path)
+
+    def connect() -> sqlite3.Connection:
+        # The busy timeout is set in setup(); check_same_thread is off because the pool
+        # hands a connection to one thread at a time, but not always the same one.
+        return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+
+    return Target("sqlite", connect, f"sqlite:{path}")
+
+
+def _host_port(host: str | None, port: int | None, default_port: int) -> str:
+    host = host or "localhost"
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    return f"{host}:{port or default_port}"
+
+
+def _postgres_target(
+    url: str, scheme: str, connect_timeout: float, statement_timeout: float
+) -> Target:
+    parts = urlsplit(url)
+    libpq_url = "postgresql://" + url.split("://", 1)[1] if "+" in scheme else url
+    namespace = f"postgresql://{_host_port(parts.hostname, parts.port, 5432)}{parts.path or '/'}"
+
+    def connect() -> Any:
+        from lockscope.locks._database_pg import connect_postgres
+
+        return connect_postgres(libpq_url, connect_timeout, statement_timeout)
+
+    return Target("postgresql", connect, namespace)
+
+
+def _mysql_target(url: str, connect_timeout: float, statement_timeout: float) -> Target:
+    parts = urlsplit(url)
+    database = unquote(parts.path.lstrip("/")) or None
+    kwargs: dict[str, Any] = {
+        "host": parts.hostname or "localhost",
+        "port": parts.port or 3306,
+        "user": unquote(parts.username) if parts.username else None,
+        "password": unquote(parts.password) if parts.password else "",
+        "database": database,
+        "connect_timeout": connect_timeout,
+        # A server that stops answering (paused, partitioned) ends in an error here.
+        "read_timeout": statement_timeout,
+        "write_timeout": statement_timeout,
+        "autocommit": True,
+        "charset": "utf8mb4",
+    }
+    namespace = f"mysql://{_host_port(parts.hostname, parts.port, 3306)}/{database or ''}"
+
+    def connect() -> Any:
+        import pymysql
+
+        return pymysql.connect(**kwargs)
+
+    return Target("mysql", connect, namespace)
+
+
+def dialect_of_connection(conn: Any) -> str:
+    """Guess the dialect of a DB-API connection from its driver."""
+    module = type(conn).__module__.split(".", 1)[0]
+    found = {"sqlite3": "sqlite", "psycopg": "postgresql", "pymysql": "mysql"}.get(module)
+    if found is None:
+        raise ValueError(
+            f"cannot tell the SQL dialect of a {type(conn).__module__}.{type(conn).__name__}"
+            " connection: pass dialect='sqlite', 'postgresql' or 'mysql'"
+        )
+    return found
+
+
+def namespace_of_connection(dialect: str, conn: Any) -> str:
+    """Describe where a connection points, without credentials."""
+    if dialect == "sqlite":
+        row = conn.execute("PRAGMA database_list").fetchone()
+        return f"sqlite:{row[2] if row else '?'}"
+    if dialect == "postgresql":
+        info = conn.info
+        return f"postgresql://{_host_port(info.host, info.port, 5432)}/{info.dbname}"
+    db = conn.db.decode() if isinstance(conn.db, bytes) else (conn.db or "")
+    return f"mysql://{_host_port(conn.host, conn.port, 3306)}/{db}"

@@ -27,7 +27,10 @@ never skips them.
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Iterator
+from types import FrameType
 from typing import TYPE_CHECKING
 
 import pytest
@@ -44,8 +47,19 @@ if TYPE_CHECKING:
 _started: list[Server] = []
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _track(server: Server) -> None:
     _started.append(server)
+    # A CI job cancelled with SIGTERM would otherwise die without running any teardown and
+    # leave the servers behind; as an interrupt, pytest finishes the session cleanly.
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    ):
+        signal.signal(signal.SIGTERM, _interrupt)
 
 
 @pytest.fixture(autouse=True)

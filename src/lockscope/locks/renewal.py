@@ -424,9 +424,11 @@ class AsyncAutoRenewingLock(AsyncDelegatingLock[AsyncLock]):
             raise lost
 
     async def _watch(self, hold: _Hold) -> None:
-        delay = self.interval
+        # Absolute due times: the task may first run late (a blocked loop), and that delay
+        # must count against the lease, not be added on top of it.
+        due = hold.last_good + self.interval
         while True:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
             lost: LockLost | None = None
             async with self._mutex:
                 if hold.stopped or hold is not self._hold:
@@ -469,13 +471,13 @@ class AsyncAutoRenewingLock(AsyncDelegatingLock[AsyncLock]):
                     else:
                         log.warning("lock %r: renewal failed (%s), retrying", self.name, exc)
                         retry = min(self.interval, max(_MIN_RETRY, (lease_end - now) / 2))
-                        delay = min(retry, lease_end - now)
+                        due = min(now + retry, lease_end)
                         continue
                 else:
                     hold.count += 1
                     hold.last_good = started
                     self.renewals = hold.count
-                    delay = max(0.0, started + self.interval - time.monotonic())
+                    due = started + self.interval
                     continue
                 hold.stopped = True
             assert lost is not None

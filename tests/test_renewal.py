@@ -1,0 +1,220 @@
+"""AutoRenewingLock on a real Redis: keeps long jobs covered, stops with its owner, reports loss."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+import redis
+
+from lockscope.errors import LockLost, LockNotOwned
+from lockscope.locks.base import Lock
+from lockscope.locks.redis import AsyncRedisLock, RedisLock
+from lockscope.locks.renewal import AsyncAutoRenewingLock, AutoRenewingLock
+from lockscope.testing import RedisServer
+
+TTL = 0.6
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        time.sleep(0.01)
+
+
+def contender_never_gets_it(lock: Lock, contender: Lock, seconds: float) -> bool:
+    """Run a 'job' of ``seconds`` under ``lock`` while a contender keeps trying."""
+    with lock:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if contender.acquire(blocking=False):
+                contender.release()
+                return False
+            time.sleep(0.03)  # the job's own work; the contender tries between steps
+    return True
+
+
+def test_watchdog_keeps_the_lock_through_a_job_three_times_its_ttl(redis_url: str) -> None:
+    lock = AutoRenewingLock(RedisLock("job", redis_url, ttl=TTL))
+    contender = RedisLock("job", redis_url, ttl=TTL)
+    assert contender_never_gets_it(lock, contender, 3 * TTL)
+    assert lock.renewals >= 3
+    assert not lock.lost
+    assert not lock.renewing  # released: the watchdog stopped
+    assert contender.acquire(blocking=False)
+    contender.release()
+
+
+def test_without_the_watchdog_the_same_job_loses_the_lock(redis_url: str) -> None:
+    # The control for the test above: the job really does outlive a bare lease.
+    lock = RedisLock("job", redis_url, ttl=TTL)
+    contender = RedisLock("job", redis_url, ttl=TTL)
+    with pytest.raises(LockLost):
+        contender_never_gets_it(lock, contender, 3 * TTL)
+
+
+def test_renewal_stops_when_the_owner_thread_ends(redis_url: str) -> None:
+    lock = AutoRenewingLock(RedisLock("orphan", redis_url, ttl=TTL))
+    owner = threading.Thread(target=lock.acquire, name="short-lived-owner")
+    owner.start()
+    owner.join()
+    assert lock.renewing
+    wait_until(lambda: not lock.renewing, what="watchdog to notice the dead owner")
+    contender = RedisLock("orphan", redis_url, ttl=TTL)
+    # Renewing forever (the Redisson bug) would keep the contender out for good.
+    assert contender.acquire(timeout=5 * TTL)
+    assert not lock.lost
+    contender.release()
+
+
+def test_max_renewals_bounds_the_hold(redis_url: str) -> None:
+    lock = AutoRenewingLock(RedisLock("bounded", redis_url, ttl=TTL), max_renewals=2)
+    assert lock.acquire()
+    wait_until(lambda: not lock.renewing, what="renewals to run out")
+    assert lock.renewals == 2
+    contender = RedisLock("bounded", redis_url, ttl=TTL)
+    assert contender.acquire(timeout=5 * TTL)
+    contender.release()
+
+
+@pytest.mark.parametrize("fault", ["deleted", "taken over"])
+def test_failed_renewal_signals_lock_lost_once(redis_url: str, fault: str) -> None:
+    calls: list[LockLost] = []
+    lock = AutoRenewingLock(RedisLock("lost", redis_url, ttl=TTL), on_lost=calls.append)
+    assert lock.acquire()
+    key = lock.wrapped.key
+    client = redis.Redis.from_url(redis_url)
+    if fault == "deleted":
+        client.delete(key)
+    else:
+        client.set(key, "someone-else", px=10_000)
+    wait_until(lambda: lock.lost, what="loss to be detected")
+    assert len(calls) == 1
+    assert isinstance(calls[0], LockLost)
+    assert not lock.renewing
+    with pytest.raises(LockLost):
+        lock.extend(TTL)
+    with pytest.raises(LockLost):
+        lock.release()
+    with pytest.raises(LockNotOwned):  # the loss is reported once; now it is just not held
+        lock.release()
+    assert len(calls) == 1
+    if fault == "taken over":
+        assert client.get(key) == b"someone-else"  # nothing deleted another owner's key
+
+
+def test_killed_server_signals_lock_lost(redis_server: RedisServer, redis_url: str) -> None:
+    calls: list[LockLost] = []
+    inner = RedisLock("dead-server", redis_url, ttl=TTL, socket_timeout=0.2)
+    lock = AutoRenewingLock(inner, on_lost=calls.append)
+    assert lock.acquire()
+    redis_server.kill()
+    wait_until(lambda: lock.lost, what="renewals to fail until the lease ran out")
+    assert len(calls) == 1
+    assert "lease ran out" in str(calls[0])
+    with pytest.raises(LockLost):
+        lock.release()
+
+
+def test_lock_can_be_reacquired_after_a_loss(redis_url: str) -> None:
+    lock = AutoRenewingLock(RedisLock("again", redis_url, ttl=TTL))
+    assert lock.acquire()
+    redis.Redis.from_url(redis_url).delete(lock.wrapped.key)
+    wait_until(lambda: lock.lost)
+    with pytest.raises(LockLost):
+        lock.release()
+    assert lock.acquire(timeout=1)
+    assert not lock.lost
+    assert lock.renewing
+    assert lock.fencing_token == lock.wrapped.fencing_token
+    lock.release()
+
+
+def test_wrapper_keeps_the_identity_of_the_wrapped_lock(redis_url: str) -> None:
+    inner = RedisLock("identity", redis_url, ttl=TTL)
+    lock = AutoRenewingLock(inner, interval=0.1)
+    assert (lock.system, lock.namespace, lock.name) == (inner.system, inner.namespace, "identity")
+    assert lock.interval == 0.1
+    assert lock.wrapped is inner
+
+
+def test_bad_configuration_is_refused(redis_url: str) -> None:
+    inner = RedisLock("config", redis_url, ttl=TTL)
+    with pytest.raises(ValueError, match="shorter than the lease"):
+        AutoRenewingLock(inner, interval=TTL)
+    with pytest.raises(ValueError, match="max_renewals"):
+        AutoRenewingLock(inner, max_renewals=-1)
+    with pytest.raises(TypeError):
+        AutoRenewingLock(object())  # type: ignore[arg-type]
+
+
+# -- asyncio ------------------------------------------------------------------------------
+
+
+async def test_async_watchdog_keeps_the_lock_through_a_long_job(redis_url: str) -> None:
+    lock = AsyncAutoRenewingLock(AsyncRedisLock("ajob", redis_url, ttl=TTL))
+    contender = AsyncRedisLock("ajob", redis_url, ttl=TTL)
+    async with lock:
+        end = time.monotonic() + 3 * TTL
+        while time.monotonic() < end:
+            assert not await contender.acquire(blocking=False)
+            await asyncio.sleep(0.03)
+    assert lock.renewals >= 3
+    assert not lock.lost
+    assert await contender.acquire(blocking=False)
+    await contender.release()
+
+
+async def test_async_renewal_stops_when_the_owner_task_ends(redis_url: str) -> None:
+    lock = AsyncAutoRenewingLock(AsyncRedisLock("aorphan", redis_url, ttl=TTL))
+    await asyncio.create_task(lock.acquire())
+    assert lock.renewing
+    deadline = time.monotonic() + 10
+    while lock.renewing:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    contender = AsyncRedisLock("aorphan", redis_url, ttl=TTL)
+    assert await contender.acquire(timeout=5 * TTL)
+    await contender.release()
+
+
+async def test_async_lost_lock_calls_async_callback_once(redis_url: str) -> None:
+    calls: list[LockLost] = []
+
+    async def on_lost(error: LockLost) -> None:
+        calls.append(error)
+
+    lock = AsyncAutoRenewingLock(AsyncRedisLock("alost", redis_url, ttl=TTL), on_lost=on_lost)
+    assert await lock.acquire()
+    redis.Redis.from_url(redis_url).delete(lock.wrapped.key)
+    deadline = time.monotonic() + 10
+    while not lock.lost:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    assert len(calls) == 1
+    with pytest.raises(LockLost):
+        await lock.release()
+    assert len(calls) == 1
+
+
+async def test_async_blocked_event_loop_logs_a_late_renewal(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    lock = AsyncAutoRenewingLock(AsyncRedisLock("late", redis_url, ttl=TTL))
+    async with lock:
+        # The fault: sync code blocks the loop past ttl/2, so the watchdog cannot run.
+        time.sleep(0.7 * TTL)  # noqa: ASYNC251
+        with caplog.at_level(logging.WARNING, logger="lockscope.locks.renewal"):
+            deadline = time.monotonic() + 10
+            while lock.late_renewals == 0 and lock.renewals == 0:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+    assert lock.late_renewals == 1
+    assert "renewal ran" in caplog.text
+    assert not lock.lost

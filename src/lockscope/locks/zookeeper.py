@@ -35,6 +35,7 @@ import os
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -52,7 +53,6 @@ from kazoo.recipe.lock import Lock as KazooLock
 from kazoo.recipe.lock import ReadLock as KazooReadLock
 from kazoo.recipe.lock import Semaphore as KazooSemaphore
 from kazoo.recipe.lock import WriteLock as KazooWriteLock
-from kazoo.retry import KazooRetry, RetryFailedError
 
 from lockscope.errors import BackendUnavailable, LockError, LockLost, LockNotOwned
 from lockscope.locks.base import AsyncLock, Lock, LockMode, validate_timeout, validate_ttl
@@ -152,6 +152,14 @@ class _Connection:
                 self.client.close()
 
 
+_CANCEL_GRACE = 1.0
+"""Seconds a cancelled kazoo acquire gets to delete its node before it is abandoned."""
+
+
+class _Abandoned(Exception):
+    """The recipe did not return in time; it finishes and cleans up in the background."""
+
+
 class _CancelHandle:
     """Lets another thread (a timer, an asyncio task) interrupt one acquire attempt."""
 
@@ -196,6 +204,7 @@ class _ZooKeeperPrimitive(Lock):
         on_uncertain: Callback | None = None,
         session_timeout: float = 10.0,
         connect_timeout: float = 10.0,
+        operation_timeout: float = 10.0,
     ) -> None:
         path = _lock_path(name, base_path)
         super().__init__(path, ttl=None, blocking_timeout=blocking_timeout)
@@ -217,6 +226,8 @@ class _ZooKeeperPrimitive(Lock):
         self._lost_count = 0
         self._listening = False
         self._pending: list[list[tuple[str, str]]] = []  # leftover nodes to sweep
+        self._abandoned = 0  # attempts stuck on an unreachable server, finishing in background
+        self._operation_timeout = validate_ttl(operation_timeout, "operation_timeout")
         self._recipe: Any = None
         self._assured_path = False
         self._cancel: _CancelHandle | None = None
@@ -331,59 +342,125 @@ class _ZooKeeperPrimitive(Lock):
         if not self.client.connected:
             raise BackendUnavailable(f"ZooKeeper at {self.namespace} is not connected")
         self._update_listener()
-        timer: threading.Timer | None = None
-        if blocking and timeout is not None:
-            # kazoo restarts its timeout whenever the predecessor changes; this bounds the
-            # whole wait.
-            timer = threading.Timer(timeout, handle.cancel)
-            timer.daemon = True
-            timer.start()
-        try:
-            while True:
-                recipe = self._new_recipe()
-                self._recipe = recipe
-                if not handle.set_hook(functools.partial(self._cancel_recipe, recipe)):
-                    self._recipe = None
-                    return False
-                with self._mutex:
-                    lost_before = self._lost_count
+        if not blocking:
+            deadline: float | None = time.monotonic() + self._operation_timeout
+        elif timeout is not None:
+            deadline = time.monotonic() + timeout
+        else:
+            deadline = None
+        while True:
+            recipe = self._new_recipe()
+            self._recipe = recipe
+            if not handle.set_hook(functools.partial(self._cancel_recipe, recipe)):
+                self._recipe = None
+                return False
+            with self._mutex:
+                lost_before = self._lost_count
+            got = False
+            try:
+                got = self._run_recipe(recipe, blocking, timeout, deadline, handle)
+            except (LockTimeout, CancelledError):
                 got = False
-                try:
-                    got = self._recipe_acquire(recipe, blocking, timeout)
-                except (LockTimeout, CancelledError):
-                    got = False
-                except KazooException as exc:
-                    self._discard(recipe)
-                    raise BackendUnavailable(f"ZooKeeper acquire of {self.path}: {exc}") from exc
-                except BaseException:
-                    # KeyboardInterrupt between create and cleanup: do not leave the node.
-                    self._discard(recipe)
-                    raise
-                finally:
-                    handle.set_hook(None)
-                self._assured_path = True
-                if not got:
-                    self._discard(recipe)
-                    if not self.client.connected:
-                        raise BackendUnavailable(f"ZooKeeper at {self.namespace} disconnected")
+            except _Abandoned:
+                # kazoo is stuck on an unreachable server; it cleans up when it returns.
+                if self._recipe is recipe:
+                    self._recipe = None
+                if not self.client.connected:
+                    raise BackendUnavailable(
+                        f"ZooKeeper at {self.namespace} did not answer in time"
+                    ) from None
+                return False
+            except KazooException as exc:
+                self._discard(recipe)
+                raise BackendUnavailable(f"ZooKeeper acquire of {self.path}: {exc}") from exc
+            except BaseException:
+                # KeyboardInterrupt between create and cleanup: do not leave the node.
+                self._discard(recipe)
+                raise
+            self._assured_path = True
+            if not got:
+                self._discard(recipe)
+                if not self.client.connected:
+                    raise BackendUnavailable(f"ZooKeeper at {self.namespace} disconnected")
+                return False
+            token = self._confirm(recipe, lost_before)
+            if token is None:
+                # The session was lost between kazoo's last check and now: the node is
+                # gone, so queue again (the wait never produced a hold).
+                self._discard(recipe)
+                if handle.requested:
                     return False
-                token = self._confirm(recipe, lost_before)
-                if token is None:
-                    # The session was lost between kazoo's last check and now: the node
-                    # is gone, so queue again (the wait never produced a hold).
-                    self._discard(recipe)
-                    if handle.requested:
-                        return False
-                    continue
+                continue
+            with self._mutex:
+                self._held = True
+                self.lost = False
+                self.uncertain = self.client.state == KazooState.SUSPENDED
+                self.fencing_token = token
+            return True
+
+    def _run_recipe(
+        self,
+        recipe: Any,
+        blocking: bool,
+        timeout: float | None,
+        deadline: float | None,
+        handle: _CancelHandle,
+    ) -> bool:
+        """Run kazoo's acquire, returning by ``deadline`` (plus a grace) whatever the server.
+
+        kazoo restarts its timeout whenever the predecessor changes, and its calls wait
+        for an unreachable server indefinitely (its cleanup too). With a deadline the
+        recipe runs on a thread of its own: at the deadline it is cancelled, and if it is
+        stuck it is abandoned to finish (and clean up) in the background.
+        """
+        if deadline is None:
+            try:
+                return self._recipe_acquire(recipe, blocking, timeout)
+            finally:
+                handle.set_hook(None)
+        future: concurrent.futures.Future[bool] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                future.set_result(self._recipe_acquire(recipe, blocking, timeout))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        threading.Thread(target=run, name="lockscope-zookeeper-acquire", daemon=True).start()
+        try:
+            try:
+                return future.result(timeout=max(0.0, deadline - time.monotonic()))
+            except concurrent.futures.TimeoutError:
+                handle.cancel()
+            try:
+                return future.result(timeout=_CANCEL_GRACE)
+            except concurrent.futures.TimeoutError:
+                pass
+        except BaseException:
+            if future.done():
+                raise
+            handle.cancel()
+            self._abandon(recipe, future)
+            raise
+        self._abandon(recipe, future)
+        raise _Abandoned
+
+    def _abandon(self, recipe: Any, future: concurrent.futures.Future[bool]) -> None:
+        with self._mutex:
+            self._abandoned += 1
+
+        def finish(done: concurrent.futures.Future[bool]) -> None:
+            try:
+                if done.exception() is None and done.result():
+                    with contextlib.suppress(KazooException):
+                        recipe.release()
+            finally:
+                self._discard(recipe)
                 with self._mutex:
-                    self._held = True
-                    self.lost = False
-                    self.uncertain = self.client.state == KazooState.SUSPENDED
-                    self.fencing_token = token
-                return True
-        finally:
-            if timer is not None:
-                timer.cancel()
+                    self._abandoned -= 1
+                self._update_listener()
+
+        future.add_done_callback(finish)
 
     def _confirm(self, recipe: Any, lost_before: int) -> int | None:
         with self._mutex:
@@ -413,22 +490,23 @@ class _ZooKeeperPrimitive(Lock):
             self._update_listener()
 
     def _sweep(self, targets: list[tuple[str, str]]) -> bool:
-        def sweep() -> None:
+        if not self.client.connected:
+            return False
+        # Async calls with a timeout: kazoo's sync calls wait for a lost server forever.
+        wait = self._operation_timeout
+        try:
             for parent, prefix in targets:
                 try:
-                    children = self.client.get_children(parent)
+                    names = self.client.get_children_async(parent).get(timeout=wait)
                 except NoNodeError:
                     continue
-                for child in children:
+                for child in names:
                     if child.startswith(prefix):
                         with contextlib.suppress(NoNodeError):
-                            self.client.delete(f"{parent}/{child}")
-
-        try:
-            KazooRetry(max_tries=3, delay=0.05, ignore_expire=False)(sweep)
+                            self.client.delete_async(f"{parent}/{child}").get(timeout=wait)
         except SessionExpiredError:
             return True  # ephemeral nodes ended with the session
-        except (KazooException, RetryFailedError):
+        except (KazooException, KazooTimeoutError):
             log.warning("ZooKeeper unreachable: %s leftovers removed on reconnect", self.path)
             return False
         return True
@@ -446,12 +524,12 @@ class _ZooKeeperPrimitive(Lock):
     def pending_cleanups(self) -> int:
         """Failed attempts whose nodes still wait to be removed (the server was unreachable)."""
         with self._mutex:
-            return len(self._pending)
+            return len(self._pending) + self._abandoned
 
     # -- connection states -----------------------------------------------------------------
     def _update_listener(self) -> None:
         with self._mutex:
-            want = self._held or self._acquiring or bool(self._pending)
+            want = self._held or self._acquiring or bool(self._pending) or self._abandoned > 0
             change = want != self._listening
             self._listening = want
         if change:
@@ -502,9 +580,12 @@ class _ZooKeeperPrimitive(Lock):
             held, lost = self._held, self.lost
         if not held:
             raise LockNotOwned(f"{self.path!r} is not held by this object")
-        if lost:
+        if lost or not self._node_is_ours():
             self._forget()
             raise LockLost(f"{self.path!r} was lost: the ZooKeeper session ended")
+
+    def _node_is_ours(self) -> bool:
+        """Ask the server whether the held node exists in this session; mark lost if not."""
         node = self._held_node()
         try:
             stat = None if node is None else self.client.exists(node)
@@ -512,8 +593,8 @@ class _ZooKeeperPrimitive(Lock):
             raise BackendUnavailable(f"ZooKeeper check of {self.path}: {exc}") from exc
         if stat is None or stat.ephemeralOwner != self._conn.session_id():
             self._mark_lost()
-            self._forget()
-            raise LockLost(f"{self.path!r} was lost: its node is gone")
+            return False
+        return True
 
     def _forget(self) -> None:
         with self._mutex:
@@ -555,12 +636,14 @@ class _ZooKeeperPrimitive(Lock):
         self._check_hold()
 
     def owned(self) -> bool:
-        """Whether this object's node still exists and belongs to the current session."""
-        try:
-            self._check_hold()
-        except LockNotOwned:
-            return False
-        return True
+        """Whether this object's node still exists and belongs to the current session.
+
+        A hold found lost sets :attr:`lost` (and calls ``on_lost``); the next ``release``
+        or ``extend`` still raises :class:`~lockscope.errors.LockLost`.
+        """
+        with self._mutex:
+            held, lost = self._held, self.lost
+        return held and not lost and self._node_is_ours()
 
     def locked(self) -> bool:
         """Whether any contender node exists (the first one in the queue holds the lock)."""

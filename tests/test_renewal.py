@@ -7,12 +7,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import redis
 
 from lockscope.errors import LockLost, LockNotOwned
 from lockscope.locks.base import Lock
+from lockscope.locks.database import DatabaseLock
 from lockscope.locks.redis import AsyncRedisLock, RedisLock
 from lockscope.locks.renewal import AsyncAutoRenewingLock, AutoRenewingLock
 from lockscope.testing import RedisServer
@@ -47,6 +49,16 @@ def test_watchdog_keeps_the_lock_through_a_job_three_times_its_ttl(redis_url: st
     assert lock.renewals >= 3
     assert not lock.lost
     assert not lock.renewing  # released: the watchdog stopped
+    assert contender.acquire(blocking=False)
+    contender.release()
+
+
+def test_watchdog_renews_a_database_lease(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'locks.db'}"
+    lock = AutoRenewingLock(DatabaseLock("job", url, ttl=TTL))
+    contender = DatabaseLock("job", url, ttl=TTL)
+    assert contender_never_gets_it(lock, contender, 3 * TTL)
+    assert lock.renewals >= 3
     assert contender.acquire(blocking=False)
     contender.release()
 

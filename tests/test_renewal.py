@@ -63,6 +63,19 @@ def test_watchdog_renews_a_database_lease(tmp_path: Path) -> None:
     contender.release()
 
 
+def test_one_watchdog_thread_renews_many_locks(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    locks = [AutoRenewingLock(RedisLock(f"many:{i}", client, ttl=TTL)) for i in range(20)]
+    for lock in locks:
+        assert lock.acquire(blocking=False)
+    wait_until(lambda: all(lock.renewals >= 2 for lock in locks), what="every lock renewed")
+    watchdogs = [t for t in threading.enumerate() if t.name == "lockscope-watchdog"]
+    assert len(watchdogs) == 1
+    assert all(lock.owned() for lock in locks)
+    for lock in locks:
+        lock.release()
+
+
 def test_without_the_watchdog_the_same_job_loses_the_lock(redis_url: str) -> None:
     # The control for the test above: the job really does outlive a bare lease.
     lock = RedisLock("job", redis_url, ttl=TTL)

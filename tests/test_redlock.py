@@ -427,3 +427,21 @@ async def test_async_refuses_when_acquiring_outlasts_the_validity(
     assert await lock.acquire(timeout=10)
     await lock.release()
     await lock.aclose()
+
+
+async def test_async_cancelled_acquire_releases_what_it_took(
+    redis_servers: list[Any], urls: list[str], direct: list[redis.Redis]
+) -> None:
+    lock = AsyncRedlock(unique(), urls, ttl=30, server_timeout=2)
+    with faults.paused(redis_servers[2].pid):
+        task = asyncio.create_task(lock.acquire())
+        # servers 0 and 1 answer at once; server 2 keeps the attempt waiting
+        deadline = time.monotonic() + 10
+        while not all(client.exists(lock.key) for client in direct[:2]):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert [client.exists(lock.key) for client in direct[:2]] == [0, 0]
+    await lock.aclose()

@@ -167,6 +167,15 @@ def test_wrapper_keeps_the_identity_of_the_wrapped_lock(redis_url: str) -> None:
     assert (lock.system, lock.namespace, lock.name) == (inner.system, inner.namespace, "identity")
     assert lock.interval == 0.1
     assert lock.wrapped is inner
+    assert lock.key == inner.key  # backend extras read through
+    assert lock.acquire()
+    assert lock.owner == inner.owner
+    holder = lock.holder()
+    assert holder is not None
+    assert holder.fencing_token == lock.fencing_token
+    lock.release()
+    with pytest.raises(AttributeError):
+        _ = lock.no_such_attribute
 
 
 def test_bad_configuration_is_refused(redis_url: str) -> None:

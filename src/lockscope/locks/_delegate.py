@@ -4,12 +4,13 @@
 :class:`~lockscope.locks.retry.RobustLock` add behaviour around a backend lock; to the rest
 of lockscope (``acquire_all``'s ordering, the shim's events) they must look like the lock
 they wrap: same ``system``, ``namespace``, ``name``, ``mode``.  The wrapped lock is
-``wrapped`` (the shim follows it instead of reporting the hold twice).
+``wrapped`` (the shim follows it instead of reporting the hold twice); attributes the
+wrapper does not define (``key``, ``owner``, ``holder()``...) are read from it.
 """
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from lockscope.locks.base import AsyncLock, Lock
 
@@ -40,6 +41,13 @@ class DelegatingLock(Lock, Generic[_L]):
     @property
     def namespace(self) -> str:
         return self.wrapped.namespace
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names the wrapper lacks: backend extras (key, owner, holder(),
+        # ticket) stay reachable, as on a wrapt proxy.
+        if name == "wrapped" or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.wrapped, name)
 
     def _try_acquire(self) -> bool:
         return self._acquired(self.wrapped.acquire(blocking=False))
@@ -85,6 +93,13 @@ class AsyncDelegatingLock(AsyncLock, Generic[_A]):
     @property
     def namespace(self) -> str:
         return self.wrapped.namespace
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names the wrapper lacks: backend extras (key, owner, holder(),
+        # ticket) stay reachable, as on a wrapt proxy.
+        if name == "wrapped" or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.wrapped, name)
 
     async def _try_acquire(self) -> bool:
         return self._acquired(await self.wrapped.acquire(blocking=False))

@@ -1,0 +1,339 @@
+"""Deadlock detection: incremental cycle search, graph reduction, confirmation, resolution.
+
+The state tells the detector which actors changed during an event (:meth:`touched`), then
+calls :meth:`flush`.  For each changed actor that someone may wait for, a depth-first search
+from it looks for a path back to it (so an edge insertion costs the path explored, not the
+graph).  Only when that finds a cycle - or reaches an actor already known to be stuck - does
+the detector run graph reduction over the reachable part, which settles semaphores (a cycle
+is necessary, not sufficient) and yields the deadlocked groups.  Each candidate is then
+confirmed against the current state (after ``confirm_after``), and every deadlock whose
+participants or dependencies change is re-checked, so it resolves as soon as any
+participant's wait ends or its process dies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lockscope.agent.findings import (
+    ALERT_NAMES,
+    DEADLOCK,
+    Finding,
+    FindingStore,
+    rfc3339,
+    stable_id,
+)
+from lockscope.agent.graph import (
+    Actor,
+    ExploreLimit,
+    Reduction,
+    find_cycle,
+    has_predecessors,
+    reduce,
+    upstream,
+)
+
+__all__ = ["DeadlockDetector", "deadlock_id"]
+
+
+def deadlock_id(members: Iterable[Actor]) -> str:
+    """Stable id of a deadlock: a hash of its participants and the locks they wait for."""
+    parts = []
+    for m in members:
+        parts.append("a:" + m.key)
+        if m.wait is not None:
+            parts.append("l:" + m.wait.lock.key)
+    return stable_id("dl", parts)
+
+
+@dataclass(slots=True, eq=False)
+class _Active:
+    members: frozenset[Actor]
+    waits: dict[Actor, tuple[str, int]]
+    support: set[Actor]
+    finding: Finding
+
+
+@dataclass(slots=True)
+class DeadlockCounters:
+    """Counters the metrics exporter reads."""
+
+    detected_total: int = 0
+    """Deadlocks reported (``lockscope_deadlocks_detected_total``)."""
+    candidates_rejected_total: int = 0
+    """Candidates that failed confirmation against current state (false positives)."""
+    searches_total: int = 0
+    """Cycle searches run (actors that someone may wait for and changed)."""
+    explore_limit_hits: int = 0
+    resolved_total: dict[str, int] = field(default_factory=dict)
+
+
+class DeadlockDetector:
+    """Finds, confirms and resolves deadlocks in the live wait-for graph."""
+
+    def __init__(
+        self,
+        store: FindingStore,
+        *,
+        budget: int,
+        confirm_after_ns: int,
+        on_limit: Callable[[str], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._budget = budget
+        self._confirm_after_ns = confirm_after_ns
+        self._on_limit = on_limit or (lambda _name: None)
+        self._active: dict[str, _Active] = {}
+        self._index: dict[Actor, set[str]] = {}
+        """Actor -> ids of active deadlocks it participates in or that depend on it."""
+        self._pending: dict[str, tuple[frozenset[Actor], int]] = {}
+        self._changed: dict[Actor, None] = {}
+        self._dirty: set[str] = set()
+        self.counters = DeadlockCounters()
+
+    # -- input from the state -------------------------------------------------------------
+    def touched(self, actor: Actor) -> None:
+        """The actor's wait or holds changed (call for every change, before :meth:`flush`)."""
+        self._changed[actor] = None
+        ids = self._index.get(actor)
+        if ids:
+            self._dirty.update(ids)
+
+    def flush(self, now_ns: int) -> None:
+        """Re-check affected deadlocks, then search from every changed actor."""
+        changed, self._changed = self._changed, {}
+        if self._dirty:
+            dirty, self._dirty = self._dirty, set()
+            for did in sorted(dirty):
+                self._revalidate(did, now_ns)
+        for actor in changed:
+            self._search(actor, now_ns)
+
+    def tick(self, now_ns: int) -> None:
+        """Confirm pending candidates whose ``confirm_after`` has passed."""
+        if not self._pending:
+            return
+        for did, (members, due) in list(self._pending.items()):
+            if due > now_ns:
+                continue
+            del self._pending[did]
+            if did in self._active:
+                continue
+            try:
+                red = reduce(members, self._budget)
+            except ExploreLimit:
+                self._limit()
+                continue
+            if self._confirmed(members, red):
+                self._report(members, red, now_ns)
+            else:
+                self.counters.candidates_rejected_total += 1
+
+    # -- queries ----------------------------------------------------------------------------
+    @property
+    def active_count(self) -> int:
+        """Deadlocks currently active (``lockscope_deadlocks_active``)."""
+        return len(self._active)
+
+    def active_members(self) -> list[frozenset[Actor]]:
+        """Participants of each active deadlock."""
+        return [a.members for a in self._active.values()]
+
+    # -- internals ----------------------------------------------------------------------------
+    def _limit(self) -> None:
+        self.counters.explore_limit_hits += 1
+        self._on_limit("max_explore")
+
+    def _search(self, actor: Actor, now_ns: int) -> None:
+        # A cycle through `actor` needs an edge into it and one out of it.
+        if actor.wait is None or not actor.process.alive or not has_predecessors(actor):
+            return
+        self.counters.searches_total += 1
+        try:
+            path, hit = find_cycle(actor, self._budget, self._index)
+            if path is None and not hit:
+                return
+            red = reduce([actor], self._budget)
+            if actor in red.residual:
+                # `actor` is stuck now; semaphore waiters upstream of it may be stuck too.
+                seeds = upstream([actor], self._budget)
+                if len(seeds) > 1:
+                    red = reduce(seeds, self._budget)
+        except ExploreLimit:
+            self._limit()
+            return
+        self._register(red, now_ns)
+
+    def _register(self, red: Reduction, now_ns: int) -> None:
+        for group in red.deadlocked_sets():
+            members = frozenset(group)
+            did = deadlock_id(members)
+            active = self._active.get(did)
+            if active is not None:
+                self._set_support(did, active, red.downstream(members))
+                continue
+            if self._confirm_after_ns > 0:
+                self._pending.setdefault(did, (members, now_ns + self._confirm_after_ns))
+                continue
+            if self._confirmed(members, red):
+                self._report(members, red, now_ns)
+            else:
+                self.counters.candidates_rejected_total += 1
+
+    def _confirmed(self, members: frozenset[Actor], red: Reduction) -> bool:
+        """Every participant alive and still waiting, every one of them still stuck, and
+        the group still strongly connected by live edges."""
+        for m in members:
+            if not m.process.alive or m.wait is None or m not in red.residual:
+                return False
+            # every participant must still have an edge to another participant (or itself)
+            if not any(t in members for t, _l, _k in red.edges.get(m, ())):
+                return False
+        return any(group == members for group in red.deadlocked_sets())
+
+    def _report(self, members: frozenset[Actor], red: Reduction, now_ns: int) -> None:
+        did = deadlock_id(members)
+        # A deadlock that grew (a new participant joined the cycle) supersedes the old one.
+        for other_id in {i for m in members for i in self._index.get(m, ())}:
+            other = self._active.get(other_id)
+            if other is not None and other.members & members:
+                self._resolve(other_id, now_ns, "superseded")
+        finding = _finding(did, members, red, now_ns)
+        if not self._store.add(finding):
+            existing = self._store.active(did)
+            if existing is None:
+                return  # store full of active findings: counted by the store
+            finding = existing
+        active = _Active(
+            members=members,
+            waits={m: (m.wait.lock.key, m.wait.since_ns) for m in members if m.wait is not None},
+            support=set(),
+            finding=finding,
+        )
+        self._active[did] = active
+        self._set_support(did, active, red.downstream(members))
+        self.counters.detected_total += 1
+
+    def _set_support(self, did: str, active: _Active, support: set[Actor]) -> None:
+        for a in active.support - support:
+            ids = self._index.get(a)
+            if ids is not None:
+                ids.discard(did)
+                if not ids:
+                    del self._index[a]
+        for a in support:
+            self._index.setdefault(a, set()).add(did)
+        active.support = support
+
+    def _revalidate(self, did: str, now_ns: int) -> None:
+        active = self._active.get(did)
+        if active is None:
+            return
+        reason = self._broken(active)
+        red: Reduction | None = None
+        if reason is None:
+            try:
+                red = reduce(active.members, self._budget)
+            except ExploreLimit:
+                self._limit()
+                return
+            if any(group == active.members for group in red.deadlocked_sets()):
+                self._set_support(did, active, red.downstream(active.members))
+                return
+            reason = "released"
+        self._resolve(did, now_ns, reason)
+        # What is left of it may still be deadlocked (a smaller cycle inside the old group).
+        try:
+            remaining = [m for m in active.members if m.wait is not None and m.process.alive]
+            if remaining:
+                self._register(reduce(remaining, self._budget), now_ns)
+        except ExploreLimit:
+            self._limit()
+
+    @staticmethod
+    def _broken(active: _Active) -> str | None:
+        for m in active.members:
+            if not m.process.alive:
+                return "process_dead"
+        for m, (lock_key, since) in active.waits.items():
+            w = m.wait
+            if w is None or w.lock.key != lock_key or w.since_ns != since:
+                return "wait_ended"
+        return None
+
+    def _resolve(self, did: str, now_ns: int, reason: str) -> None:
+        active = self._active.pop(did, None)
+        if active is None:
+            return
+        self._set_support(did, active, set())
+        self._store.resolve(did, now_ns, reason)
+        self.counters.resolved_total[reason] = self.counters.resolved_total.get(reason, 0) + 1
+
+    def forget(self, actor: Actor) -> None:
+        """The actor record is being dropped: nothing may keep it alive here."""
+        self._changed.pop(actor, None)
+
+
+def _code(code: tuple[str | None, int | None, str | None] | None) -> dict[str, Any] | None:
+    if code is None:
+        return None
+    return {"file": code[0], "line": code[1], "function": code[2]}
+
+
+def _finding(did: str, members: frozenset[Actor], red: Reduction, now_ns: int) -> Finding:
+    ordered = sorted(members, key=lambda m: (m.wait.since_ns if m.wait else 0, m.key))
+    victim = max(ordered, key=lambda m: (m.wait.since_ns if m.wait else 0, m.key))
+    locks: dict[str, Any] = {}
+    participants = []
+    lines = []
+    for m in ordered:
+        w = m.wait
+        assert w is not None
+        info = m.process.info
+        targets = sorted({t.label for t, _l, _k in red.edges.get(m, ()) if t in members})
+        for t, lock, _k in red.edges.get(m, ()):
+            if t in members:
+                locks[lock.key] = lock
+        participants.append(
+            {
+                "actor": m.label,
+                "actor_id": m.actor_id,
+                "actor_name": m.name,
+                "service": info.service,
+                "host": info.host,
+                "pid": info.pid,
+                "instance": info.instance,
+                "waits_for": w.lock.name,
+                "waits_for_key": w.lock.key,
+                "waits_for_system": w.lock.system,
+                "mode": w.mode,
+                "waits_for_actors": targets,
+                "holds": sorted(h.lock.name for h in m.holds.values()),
+                "hold_keys": sorted(m.holds),
+                "waiting_since": rfc3339(w.since_ns),
+                "code": _code(w.code),
+            }
+        )
+        lines.append(f"{m.label} waits for {w.lock.name} held by {', '.join(targets)}")
+    lock_list = sorted(locks.values(), key=lambda lk: lk.key)
+    templates = sorted({lk.template for lk in lock_list})
+    data = {
+        "locks": [lk.name for lk in lock_list],
+        "lock_keys": [lk.key for lk in lock_list],
+        "systems": sorted({lk.system for lk in lock_list}),
+        "participants": participants,
+        "victim": victim.label,
+    }
+    labels = {
+        "alertname": ALERT_NAMES[DEADLOCK],
+        "kind": DEADLOCK,
+        "id": did,
+        "lock": ",".join(templates),
+        "system": ",".join(data["systems"]),
+        "service": ",".join(sorted({m.process.info.service for m in members})),
+        "severity": "critical",
+    }
+    text = f"deadlock of {len(members)}: " + "; ".join(lines)
+    return Finding(DEADLOCK, did, labels, text, data, detected_at_ns=now_ns)

@@ -1,0 +1,165 @@
+"""Lock-order inversions: cycles in the fleet-wide merged lock-order graph (as lockdep).
+
+Each process reports a pair (held ``first``, then acquired ``second``, by lock template)
+the first time it sees it.  A cycle in the merged graph means two code paths take the
+same locks in opposite orders: a deadlock waiting for the right timing, reported before it
+happens.
+
+Modes matter: a cycle is only dangerous where, at every lock on it, the mode one path holds
+it in conflicts with the mode the next path requests it in - two readers never block each
+other, so read/read orderings are not inversions.  The search runs on a graph whose nodes
+are ``(lock, mode the lock is requested in)``: pair (A held in ``ma``, then B requested in
+``mb``) links ``(A, c)`` to ``(B, mb)`` for every request mode ``c`` that conflicts with
+``ma``.  A cycle there is exactly a cycle whose every lock is contended.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lockscope.agent.findings import ALERT_NAMES, ORDER_INVERSION, Finding, rfc3339, stable_id
+
+__all__ = ["OrderGraph", "OrderPair", "inversion_finding"]
+
+_R = "r"
+_W = "w"
+
+Node = tuple[str, str]
+"""(system, template); system is "" when unknown."""
+
+
+def _cls(mode: str) -> str:
+    return _R if mode == "read" else _W
+
+
+def _conflicting_requests(held_mode: str) -> tuple[str, ...]:
+    return (_W,) if held_mode == "read" else (_R, _W)
+
+
+@dataclass(slots=True)
+class OrderPair:
+    """One distinct ordered pair, with who reported it first."""
+
+    first: Node
+    second: Node
+    first_mode: str
+    second_mode: str
+    service: str
+    pid: int
+    instance: str
+    actor: str | None
+    seen_at_ns: int
+
+    def to_json(self) -> dict[str, Any]:
+        """API form."""
+        return {
+            "first": self.first[1],
+            "first_system": self.first[0] or None,
+            "first_mode": self.first_mode,
+            "second": self.second[1],
+            "second_system": self.second[0] or None,
+            "second_mode": self.second_mode,
+            "service": self.service,
+            "pid": self.pid,
+            "actor": self.actor,
+            "seen_at": rfc3339(self.seen_at_ns),
+        }
+
+
+class OrderGraph:
+    """The merged lock-order graph; :meth:`add` returns new inversions as pair cycles."""
+
+    def __init__(self, max_pairs: int, self_pairs: bool = False) -> None:
+        self._max_pairs = max_pairs
+        self._self_pairs = self_pairs
+        self.pairs: dict[tuple[Node, str, Node, str], OrderPair] = {}
+        self._adj: dict[tuple[Node, str], dict[tuple[Node, str], OrderPair]] = {}
+        self.limit_hits = 0
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def add(self, pair: OrderPair) -> list[list[OrderPair]]:
+        """Merge one reported pair; returns each new cycle it closes (possibly none)."""
+        key = (pair.first, pair.first_mode, pair.second, pair.second_mode)
+        if key in self.pairs:
+            return []
+        if pair.first == pair.second and not self._self_pairs:
+            return []
+        if len(self.pairs) >= self._max_pairs:
+            self.limit_hits += 1
+            return []
+        self.pairs[key] = pair
+        cycles = []
+        target = (pair.second, _cls(pair.second_mode))
+        for c in _conflicting_requests(pair.first_mode):
+            source = (pair.first, c)
+            edges = self._adj.setdefault(source, {})
+            if target in edges:
+                continue
+            edges[target] = pair
+            path = self._path(target, source)
+            if path is not None:
+                cycles.append([*path, pair])
+        return cycles
+
+    def _path(self, start: tuple[Node, str], goal: tuple[Node, str]) -> list[OrderPair] | None:
+        if start == goal:
+            return []
+        seen = {start}
+        stack: list[tuple[tuple[Node, str], list[OrderPair]]] = [(start, [])]
+        while stack:
+            node, path = stack.pop()
+            for nxt, p in self._adj.get(node, {}).items():
+                if nxt == goal:
+                    return [*path, p]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*path, p]))
+        return None
+
+    def to_networkx(self) -> Any:
+        """The merged order graph over templates (``networkx.MultiDiGraph``)."""
+        import networkx as nx
+
+        g = nx.MultiDiGraph()
+        for p in self.pairs.values():
+            g.add_edge(p.first, p.second, first_mode=p.first_mode, second_mode=p.second_mode)
+        return g
+
+
+def inversion_finding(cycle: list[OrderPair], now_ns: int) -> Finding:
+    """A finding for one order cycle; its id depends only on the locks in the cycle."""
+    nodes = [p.first for p in cycle]
+    fid = stable_id("inv", [f"{s}:{t}" for s, t in set(nodes)])
+    closing = cycle[-1]
+    names = [t for _s, t in nodes]
+    data: dict[str, Any] = {
+        "lock": names[0],
+        "locks": names,
+        "systems": sorted({s for s, _t in nodes if s}),
+        "actor": closing.actor,
+        "service": closing.service,
+        "pid": closing.pid,
+        "instance": closing.instance,
+        "reason": "order_inversion",
+        "since": rfc3339(min(p.seen_at_ns for p in cycle)),
+        "pairs": [p.to_json() for p in cycle],
+    }
+    labels = {
+        "alertname": ALERT_NAMES[ORDER_INVERSION],
+        "kind": ORDER_INVERSION,
+        "id": fid,
+        "lock": ",".join(sorted(set(names))),
+        "service": ",".join(sorted({p.service for p in cycle})),
+        "reason": "order_inversion",
+        "severity": "warning",
+    }
+    order = " -> ".join([*names, names[0]])
+    text = (
+        f"lock-order inversion {order} ("
+        + "; ".join(f"{p.service}:{p.pid} took {p.first[1]} then {p.second[1]}" for p in cycle)
+        + ")"
+    )
+    return Finding(ORDER_INVERSION, fid, labels, text, data, detected_at_ns=now_ns)

@@ -1,0 +1,200 @@
+"""Findings: what the detectors report (deadlocks, stale holders, violations, inversions).
+
+A :class:`Finding` has a stable id, a status (``active`` or ``resolved``), Alertmanager-ready
+labels and a one-line text, plus ``data``: the JSON object the API serves for it.  The
+:class:`FindingStore` keeps them within ``Limits.max_findings`` and tells subscribers about
+every change (the Alertmanager exporter and the web view listen).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+__all__ = [
+    "ALERT_NAMES",
+    "DEADLOCK",
+    "KINDS",
+    "ORDER_INVERSION",
+    "STALE_HOLDER",
+    "VIOLATION",
+    "Finding",
+    "FindingStore",
+    "rfc3339",
+    "stable_id",
+]
+
+DEADLOCK: Final = "deadlock"
+STALE_HOLDER: Final = "stale_holder"
+VIOLATION: Final = "violation"
+ORDER_INVERSION: Final = "order_inversion"
+KINDS: Final = (DEADLOCK, STALE_HOLDER, VIOLATION, ORDER_INVERSION)
+
+ALERT_NAMES: Final = {
+    DEADLOCK: "LockDeadlock",
+    STALE_HOLDER: "LockStaleHolder",
+    VIOLATION: "LockMutualExclusionViolation",
+    ORDER_INVERSION: "LockOrderInversion",
+}
+"""The SPEC's alert name for each finding kind."""
+
+ACTIVE: Final = "active"
+RESOLVED: Final = "resolved"
+
+
+def rfc3339(ns: int | None) -> str | None:
+    """Unix nanoseconds as an RFC 3339 UTC timestamp with microseconds (``...Z``)."""
+    if ns is None:
+        return None
+    dt = datetime.fromtimestamp(ns // 1000 / 1_000_000, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def stable_id(prefix: str, parts: Iterable[str]) -> str:
+    """``prefix-<16 hex>`` from the sorted parts, so re-detection (even by a restarted agent)
+    of the same situation gives the same id."""
+    digest = hashlib.sha256("\x1f".join(sorted(parts)).encode()).hexdigest()
+    return f"{prefix}-{digest[:16]}"
+
+
+@dataclass(slots=True, eq=False)
+class Finding:
+    """One detected problem."""
+
+    kind: str
+    """``deadlock``, ``stale_holder``, ``violation`` or ``order_inversion``."""
+    id: str
+    labels: dict[str, str]
+    """Alertmanager labels: ``alertname``, ``kind``, ``id``, ``lock`` (template) and, where
+    known, ``system``, ``service``, ``reason``."""
+    text: str
+    """One line for people (alert summary, ``lockscope status``)."""
+    data: dict[str, Any]
+    """The JSON object of the API (without ``id``/``status``/times, added by :meth:`to_json`)."""
+    detected_at_ns: int
+    resolved_at_ns: int | None = None
+    resolution: str | None = None
+    """Why it resolved (``wait_ended``, ``process_dead``, ``released``, ``expired``...)."""
+    expires_at_ns: int | None = field(default=None, repr=False)
+    """One-shot findings: when the store resolves it by itself."""
+
+    @property
+    def status(self) -> str:
+        """``active`` or ``resolved``."""
+        return ACTIVE if self.resolved_at_ns is None else RESOLVED
+
+    @property
+    def active(self) -> bool:
+        """True until resolved."""
+        return self.resolved_at_ns is None
+
+    def to_json(self) -> dict[str, Any]:
+        """The API object: ``id``, ``status``, ``detected_at``, ``resolved_at`` plus ``data``."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "kind": self.kind,
+            "status": self.status,
+            "detected_at": rfc3339(self.detected_at_ns),
+            "resolved_at": rfc3339(self.resolved_at_ns),
+            "resolution": self.resolution,
+        }
+        out.update(self.data)
+        return out
+
+
+Subscriber = Callable[[Finding], None]
+
+
+class FindingStore:
+    """Findings by id, bounded, with change notification.
+
+    Subscribers are called synchronously with the finding each time one is added or
+    resolved; a subscriber's exception is counted and swallowed (detection must go on).
+    """
+
+    def __init__(self, max_findings: int) -> None:
+        self._by_id: dict[str, Finding] = {}
+        self._max = max_findings
+        self._subscribers: list[Subscriber] = []
+        self.subscriber_errors = 0
+        self.evicted = 0
+        self.active_count: dict[str, int] = dict.fromkeys(KINDS, 0)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __iter__(self) -> Iterator[Finding]:
+        return iter(list(self._by_id.values()))
+
+    def get(self, finding_id: str) -> Finding | None:
+        """The finding with this id, active or resolved."""
+        return self._by_id.get(finding_id)
+
+    def active(self, finding_id: str) -> Finding | None:
+        """The finding with this id if it is active."""
+        f = self._by_id.get(finding_id)
+        return f if f is not None and f.active else None
+
+    def of_kind(self, kind: str) -> list[Finding]:
+        """All kept findings of one kind, newest first."""
+        items = [f for f in self._by_id.values() if f.kind == kind]
+        items.sort(key=lambda f: (f.active, f.detected_at_ns), reverse=True)
+        return items
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Call ``callback(finding)`` on every change; returns a function that unsubscribes."""
+        self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    def add(self, finding: Finding) -> bool:
+        """Store an active finding; False (and nothing changes) if it is already active.
+
+        A resolved finding with the same id is replaced: the situation came back.
+        """
+        old = self._by_id.get(finding.id)
+        if old is not None:
+            if old.active:
+                return False
+            del self._by_id[finding.id]
+        if len(self._by_id) >= self._max and not self._evict():
+            self.evicted += 1
+            return False
+        self._by_id[finding.id] = finding
+        self.active_count[finding.kind] += 1
+        self._notify(finding)
+        return True
+
+    def resolve(self, finding_id: str, now_ns: int, resolution: str) -> Finding | None:
+        """Resolve an active finding; returns it, or None if it was not active."""
+        f = self._by_id.get(finding_id)
+        if f is None or not f.active:
+            return None
+        f.resolved_at_ns = now_ns
+        f.resolution = resolution
+        self.active_count[f.kind] -= 1
+        self._notify(f)
+        return f
+
+    def _evict(self) -> bool:
+        # Oldest resolved first; active findings are never dropped to make room.
+        for fid, f in self._by_id.items():
+            if not f.active:
+                del self._by_id[fid]
+                self.evicted += 1
+                return True
+        return False
+
+    def _notify(self, finding: Finding) -> None:
+        for callback in list(self._subscribers):
+            try:
+                callback(finding)
+            except Exception:
+                self.subscriber_errors += 1

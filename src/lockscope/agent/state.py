@@ -1,0 +1,1114 @@
+"""The agent's live state: processes, actors, locks, holds and waits, and the detectors.
+
+:class:`AgentState` is pure (no I/O, no threads): the receiver calls :meth:`AgentState.apply`
+for each decoded event and :meth:`AgentState.tick` about every 100 ms; the HTTP side reads
+the ``api_*`` methods, :meth:`AgentState.findings` and the counters.  Call it from one
+thread (the agent's event loop).
+
+Healing (SPEC principle 3).  Events can be lost or arrive out of order, so:
+
+* an ended hold or wait is remembered for ``tombstone_ttl`` (by actor, lock and ``since``):
+  a late start event for it is ignored;
+* an actor waits for one lock at a time: a newer wait replaces an older one, and a hold of
+  the lock ends the wait that led to it;
+* a start event older than the process's newest heartbeat is ignored unless that heartbeat
+  listed the hold/wait;
+* each heartbeat is the full truth about its process: every hold and wait it does not list
+  and that was last asserted before it is removed; what it lists is (re)created.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import sys
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from lockscope import events as ev
+from lockscope.agent.config import AgentConfig
+from lockscope.agent.detect_deadlock import DeadlockDetector
+from lockscope.agent.detect_order import OrderGraph, OrderPair, inversion_finding
+from lockscope.agent.detect_stale import LEASE_EXPIRED, MAX_HOLD, ORPHANED, stale_finding
+from lockscope.agent.detect_violation import (
+    FENCING_TOKEN_BACKWARDS,
+    OVERLAPPING_HOLDS,
+    TokenHistory,
+    conflicting,
+    hold_json,
+    overlap_ns,
+    violation_finding,
+)
+from lockscope.agent.findings import (
+    DEADLOCK,
+    ORDER_INVERSION,
+    STALE_HOLDER,
+    VIOLATION,
+    Finding,
+    FindingStore,
+    rfc3339,
+)
+from lockscope.agent.graph import (
+    EXCLUSIVE,
+    Actor,
+    Hold,
+    Lock,
+    Process,
+    Wait,
+    to_networkx,
+    waits_for,
+)
+from lockscope.agent.model import Event, ProcessInfo
+from lockscope.naming import LockNameTemplater
+
+__all__ = ["AgentState", "RejectedEvent", "StateCounters"]
+
+OTHER_LABEL = "{other}"
+_NS = 1_000_000_000
+
+
+class RejectedEvent(ValueError):
+    """The event cannot be applied; ``reason`` is the metric label (``invalid``, ``limit``,
+    ``unknown_event``)."""
+
+    def __init__(self, message: str, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class StateCounters:
+    """Monotonic counters for the metrics exporter (dicts are label value -> count)."""
+
+    events_applied: dict[str, int] = field(default_factory=dict)
+    """By event name."""
+    events_ignored: dict[str, int] = field(default_factory=dict)
+    """Valid events that changed nothing, by why: ``tombstoned`` (late start of an ended
+    hold/wait), ``older_than_heartbeat``, ``superseded`` (older than what is known),
+    ``stale_heartbeat`` (an older snapshot than the newest applied)."""
+    heartbeat_entries_rejected: int = 0
+    healed: dict[str, int] = field(default_factory=dict)
+    """Holds/waits removed because a heartbeat no longer listed them (lost end events)."""
+    limits_hit: dict[str, int] = field(default_factory=dict)
+    """By limit name (``max_locks``, ``max_holds``, ...)."""
+    violations: dict[str, int] = field(default_factory=dict)
+    """By lock template (``lockscope_mutual_exclusion_violations_total{lock}``)."""
+    locks_lost: dict[str, int] = field(default_factory=dict)
+    """By lock template (``lockscope_locks_lost_total{lock}``)."""
+    stale_holders_detected: dict[str, int] = field(default_factory=dict)
+    """By reason."""
+    inversions_detected: int = 0
+    processes_presumed_dead: int = 0
+
+
+def _inc(counter: dict[str, int], key: str, n: int = 1) -> None:
+    counter[key] = counter.get(key, 0) + n
+
+
+# -- attribute parsing --------------------------------------------------------------------
+def _str(attrs: Mapping[str, Any], key: str, default: str | None = None) -> str | None:
+    v = attrs.get(key)
+    if v is None:
+        return default
+    if not isinstance(v, str):
+        raise RejectedEvent(f"{key} must be a string, not {type(v).__name__}")
+    return v
+
+
+def _int(attrs: Mapping[str, Any], key: str) -> int | None:
+    v = attrs.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise RejectedEvent(f"{key} must be an integer, not {type(v).__name__}")
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise RejectedEvent(f"{key} must be finite")
+        return int(v)
+    return v
+
+
+def _float(attrs: Mapping[str, Any], key: str) -> float | None:
+    v = attrs.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise RejectedEvent(f"{key} must be a finite number, not {v!r}")
+    return float(v)
+
+
+def _bool(attrs: Mapping[str, Any], key: str) -> bool | None:
+    v = attrs.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, bool):
+        raise RejectedEvent(f"{key} must be a boolean, not {type(v).__name__}")
+    return v
+
+
+def _code(attrs: Mapping[str, Any]) -> tuple[str | None, int | None, str | None] | None:
+    file = _str(attrs, ev.ATTR_CODE_FILE)
+    line = _int(attrs, ev.ATTR_CODE_LINE)
+    func = _str(attrs, ev.ATTR_CODE_FUNCTION)
+    if file is None and line is None and func is None:
+        return None
+    return (sys.intern(file) if file else None, line, sys.intern(func) if func else None)
+
+
+def _mode(attrs: Mapping[str, Any]) -> str:
+    mode = _str(attrs, ev.ATTR_LOCK_MODE, EXCLUSIVE)
+    assert mode is not None
+    if mode not in ev.MODES:
+        raise RejectedEvent(
+            f"{ev.ATTR_LOCK_MODE} must be one of {', '.join(ev.MODES)}, not {mode!r}"
+        )
+    return mode
+
+
+class AgentState:
+    """Locks, actors, processes, the wait-for graph and every detector."""
+
+    def __init__(
+        self, config: AgentConfig | None = None, clock: Callable[[], int] = time.time_ns
+    ) -> None:
+        self.config = config = config or AgentConfig()
+        self._clock = clock
+        self._limits = config.limits
+        self._templater = LockNameTemplater(config.template_rules)
+        self._procs: dict[str, Process] = {}
+        self._locks: dict[str, Lock] = {}
+        self._nholds = 0
+        self._nwaits = 0
+        self._waiters: dict[str, int] = {}
+        self._labels: set[str] = set()
+        self._tombstones: OrderedDict[tuple[str, str, str, int], int] = OrderedDict()
+        self._liveness: list[tuple[int, int, str]] = []
+        self._timers: list[tuple[int, int, str, Any]] = []
+        self._expiring: deque[tuple[int, str]] = deque()
+        self._seq = itertools.count()
+        self._timeline: deque[tuple[int, str, str, str, str | None, str | None]] = deque(
+            maxlen=self._limits.timeline_size
+        )
+        self._tokens: OrderedDict[str, TokenHistory] = OrderedDict()
+        self.store = FindingStore(self._limits.max_findings)
+        self.counters = StateCounters()
+        self.deadlocks = DeadlockDetector(
+            self.store,
+            budget=self._limits.max_explore,
+            confirm_after_ns=int(config.confirm_after * _NS),
+            on_limit=self._limit_hit,
+        )
+        self.order = OrderGraph(self._limits.max_order_pairs, config.order_self_pairs)
+        self._now = clock()
+        self._handlers: dict[str, Callable[[Event, Process], None]] = {
+            ev.EVENT_WAIT_START: self._on_wait_start,
+            ev.EVENT_WAIT_END: self._on_wait_end,
+            ev.EVENT_HOLD_START: self._on_hold_start,
+            ev.EVENT_HOLD_END: self._on_hold_end,
+            ev.EVENT_HOLD_EXTEND: self._on_hold_extend,
+            ev.EVENT_LOCK_LOST: self._on_lock_lost,
+            ev.EVENT_ORDER_PAIR: self._on_order_pair,
+            ev.EVENT_HEARTBEAT: self._on_heartbeat,
+        }
+
+    # == input ==============================================================================
+    def apply(self, event: Event, now_ns: int | None = None) -> None:
+        """Apply one decoded event.  ``now_ns`` is the agent's receive time (default: now).
+
+        Raises :class:`RejectedEvent` (a ``ValueError``) for an event that cannot be applied
+        - unknown name, missing lock name or actor, wrong attribute types, a limit hit - and
+        changes nothing in that case.
+        """
+        handler = self._handlers.get(event.name)
+        if handler is None:
+            raise RejectedEvent(f"unknown event name {event.name!r}", "unknown_event")
+        if isinstance(event.time_ns, bool) or not isinstance(event.time_ns, int):
+            raise RejectedEvent("event time must be integer nanoseconds")
+        now = self._clock() if now_ns is None else now_ns
+        self._now = now
+        proc = self._process(event.process, now)
+        handler(event, proc)
+        _inc(self.counters.events_applied, event.name)
+        self.deadlocks.flush(now)
+
+    def tick(self, now_ns: int | None = None) -> None:
+        """Time-driven work (call about every 100 ms): heartbeat liveness, orphaned holds
+        whose lease ran out, forgetting dead processes, expiring one-shot findings and
+        tombstones, confirming deadlock candidates."""
+        now = self._clock() if now_ns is None else now_ns
+        self._now = now
+        liveness = self._liveness
+        while liveness and liveness[0][0] <= now:
+            _, _, instance = heapq.heappop(liveness)
+            proc = self._procs.get(instance)
+            if proc is None or not proc.alive:
+                continue
+            if proc.deadline_ns > now:
+                heapq.heappush(liveness, (proc.deadline_ns, next(self._seq), instance))
+                continue
+            self._process_died(proc, now)
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, kind, payload = heapq.heappop(timers)
+            if kind == "forget":
+                self._forget(*payload)
+            elif kind == "orphan_expiry":
+                hold: Hold = payload
+                if hold.lock.holds.get(hold.actor) is hold and not hold.actor.process.alive:
+                    self._drop_hold(hold, tombstone=False, reason="lease_expired")
+        tombs = self._tombstones
+        while tombs:
+            _key, expiry = next(iter(tombs.items()))
+            if expiry > now:
+                break
+            tombs.popitem(last=False)
+        expiring = self._expiring
+        while expiring and expiring[0][0] <= now:
+            _, fid = expiring.popleft()
+            self.store.resolve(fid, now, "expired")
+        self.deadlocks.tick(now)
+        self.deadlocks.flush(now)
+
+    def subscribe(self, callback: Callable[[Finding], None]) -> Callable[[], None]:
+        """Call ``callback(finding)`` whenever a finding is added or resolved (synchronously,
+        from :meth:`apply`/:meth:`tick`); returns an unsubscribe function."""
+        return self.store.subscribe(callback)
+
+    # == processes ==========================================================================
+    def _process(self, info: ProcessInfo, now: int) -> Process:
+        if not isinstance(info, ProcessInfo):
+            raise RejectedEvent("event has no process")
+        proc = self._procs.get(info.instance)
+        if proc is None:
+            if len(self._procs) >= self._limits.max_processes:
+                self._limit_hit("max_processes")
+                raise RejectedEvent("too many processes (limits.max_processes)", "limit")
+            proc = Process(info, now)
+            self._procs[info.instance] = proc
+            proc.deadline_ns = now + int(self.config.liveness_timeout(None) * _NS)
+            heapq.heappush(self._liveness, (proc.deadline_ns, next(self._seq), info.instance))
+            return proc
+        proc.last_seen_ns = now
+        timeout = self.config.liveness_timeout(proc.interval if proc.last_heartbeat_ns else None)
+        proc.deadline_ns = now + int(timeout * _NS)
+        if not proc.alive:
+            self._revive(proc)
+        return proc
+
+    def _revive(self, proc: Process) -> None:
+        proc.alive = True
+        proc.dead_since_ns = None
+        heapq.heappush(self._liveness, (proc.deadline_ns, next(self._seq), proc.info.instance))
+        for actor in proc.actors.values():
+            for hold in actor.holds.values():
+                self._resolve_hold_findings(hold, "process_back", only=ORPHANED)
+            self.deadlocks.touched(actor)
+
+    def _process_died(self, proc: Process, now: int) -> None:
+        proc.alive = False
+        proc.dead_since_ns = now
+        self.counters.processes_presumed_dead += 1
+        in_process = self.config.in_process_systems
+        for actor in list(proc.actors.values()):
+            if actor.wait is not None:
+                self._drop_wait(actor.wait, tombstone=False)
+            for hold in list(actor.holds.values()):
+                if hold.lock.system in in_process:
+                    self._drop_hold(hold, tombstone=False, reason="process_dead")
+                    continue
+                self._stale(ORPHANED, hold, hold.since_ns, "holder process stopped heartbeating")
+                if hold.expires_at_ns is not None:
+                    when = hold.expires_at_ns + int(self.config.lease_grace * _NS)
+                    self._timer(max(when, now), "orphan_expiry", hold)
+            self.deadlocks.touched(actor)
+        retention = int(self.config.dead_process_retention * _NS)
+        self._timer(now + retention, "forget", (proc, now))
+        self.deadlocks.flush(now)
+
+    def _forget(self, proc: Process, dead_since: int) -> None:
+        if proc.alive or proc.dead_since_ns != dead_since:
+            return
+        for actor in list(proc.actors.values()):
+            for hold in list(actor.holds.values()):
+                self._drop_hold(hold, tombstone=False, reason="forgotten")
+        if self._procs.get(proc.info.instance) is proc:
+            del self._procs[proc.info.instance]
+
+    def _timer(self, when: int, kind: str, payload: Any) -> None:
+        heapq.heappush(self._timers, (when, next(self._seq), kind, payload))
+
+    # == records ============================================================================
+    def _limit_hit(self, name: str) -> None:
+        _inc(self.counters.limits_hit, name)
+
+    def _label(self, template: str) -> str:
+        """A metric label value for a template, within ``max_label_values``."""
+        if template in self._labels:
+            return template
+        if len(self._labels) >= self._limits.max_label_values:
+            self._limit_hit("max_label_values")
+            return OTHER_LABEL
+        self._labels.add(template)
+        return template
+
+    def _lock(self, attrs: Mapping[str, Any]) -> Lock:
+        name = _str(attrs, ev.ATTR_LOCK_NAME)
+        if not name:
+            raise RejectedEvent(f"missing {ev.ATTR_LOCK_NAME}")
+        system = _str(attrs, ev.ATTR_LOCK_SYSTEM, "unknown") or "unknown"
+        namespace = _str(attrs, ev.ATTR_LOCK_NAMESPACE, "") or ""
+        fifo = _bool(attrs, ev.ATTR_LOCK_FIFO)
+        reentrant = _bool(attrs, ev.ATTR_LOCK_REENTRANT)
+        max_leases = _int(attrs, ev.ATTR_LOCK_MAX_LEASES)
+        template = _str(attrs, ev.ATTR_LOCK_TEMPLATE)
+        key = ev.lock_key(system, namespace, name)
+        lock = self._locks.get(key)
+        if lock is None:
+            if len(self._locks) >= self._limits.max_locks:
+                self._limit_hit("max_locks")
+                raise RejectedEvent("too many locks (limits.max_locks)", "limit")
+            lock = Lock(
+                sys.intern(key),
+                sys.intern(system),
+                sys.intern(namespace),
+                name,
+                sys.intern(template or self._templater(name)),
+            )
+            self._locks[lock.key] = lock
+        if fifo is not None:
+            lock.fifo = fifo
+        if reentrant is not None:
+            lock.reentrant = reentrant
+        if max_leases is not None and max_leases > 0:
+            lock.max_leases = max_leases
+        return lock
+
+    def _target(self, proc: Process, attrs: Mapping[str, Any]) -> tuple[Lock, Actor]:
+        """The lock and actor an event is about (validated before anything is created)."""
+        actor_id = _str(attrs, ev.ATTR_ACTOR_ID)
+        if not actor_id:
+            raise RejectedEvent(f"missing {ev.ATTR_ACTOR_ID}")
+        actor_name = _str(attrs, ev.ATTR_ACTOR_NAME)
+        lock = self._lock(attrs)
+        actor = proc.actors.get(actor_id)
+        if actor is None:
+            actor = Actor(proc, sys.intern(actor_id), actor_name)
+            proc.actors[actor.actor_id] = actor
+        return lock, actor
+
+    def _gc(self, actor: Actor, lock: Lock) -> None:
+        if actor.wait is None and not actor.holds:
+            proc = actor.process
+            if proc.actors.get(actor.actor_id) is actor:
+                del proc.actors[actor.actor_id]
+            self.deadlocks.forget(actor)
+        if not lock.holds and not lock.waits and self._locks.get(lock.key) is lock:
+            del self._locks[lock.key]
+
+    def _tombstone(self, kind: str, actor: Actor, lock: Lock, since: int) -> None:
+        tombs = self._tombstones
+        if len(tombs) >= self._limits.max_tombstones:
+            tombs.popitem(last=False)
+            self._limit_hit("max_tombstones")
+        tombs[(kind, actor.key, lock.key, since)] = self._now + int(self.config.tombstone_ttl * _NS)
+
+    def _timeline_add(
+        self, t: int, lock: Lock, what: str, actor: Actor, mode: str | None, detail: str | None
+    ) -> None:
+        self._timeline.append((t, lock.key, what, actor.label, mode, detail))
+
+    # -- waits ------------------------------------------------------------------------------
+    def _put_wait(
+        self,
+        actor: Actor,
+        lock: Lock,
+        mode: str,
+        since: int,
+        asserted: int,
+        attrs: Mapping[str, Any],
+    ) -> Wait | None:
+        if ("w", actor.key, lock.key, since) in self._tombstones:
+            _inc(self.counters.events_ignored, "tombstoned")
+            return None
+        h = actor.holds.get(lock.key)
+        if h is not None and h.since_ns >= since:
+            _inc(self.counters.events_ignored, "superseded")  # the wait that led to the hold
+            return None
+        ticket = _int(attrs, ev.ATTR_QUEUE_POSITION)
+        cur = actor.wait
+        if cur is not None:
+            if cur.lock is lock and cur.since_ns == since:
+                cur.asserted_ns = max(cur.asserted_ns, asserted)
+                if ticket is not None and ticket != cur.ticket:
+                    cur.ticket = ticket
+                    self.deadlocks.touched(actor)
+                return cur
+            if cur.since_ns > since:
+                _inc(self.counters.events_ignored, "superseded")
+                return None
+            self._drop_wait(cur, tombstone=True)
+        if self._nwaits >= self._limits.max_waits:
+            self._limit_hit("max_waits")
+            raise RejectedEvent("too many waits (limits.max_waits)", "limit")
+        w = Wait(lock, actor, mode, since, asserted)
+        w.ticket = ticket
+        w.code = _code(attrs)
+        w.holder_owner = _str(attrs, ev.ATTR_LOCK_HOLDER_OWNER)
+        actor.wait = w
+        lock.waits[actor] = w
+        self._nwaits += 1
+        label = self._label(lock.template)
+        self._waiters[label] = self._waiters.get(label, 0) + 1
+        self.deadlocks.touched(actor)
+        return w
+
+    def _drop_wait(self, w: Wait, tombstone: bool) -> None:
+        actor, lock = w.actor, w.lock
+        if actor.wait is not w:
+            return
+        actor.wait = None
+        del lock.waits[actor]
+        self._nwaits -= 1
+        label = self._label(lock.template)
+        self._waiters[label] -= 1
+        if tombstone:
+            self._tombstone("w", actor, lock, w.since_ns)
+        self.deadlocks.touched(actor)
+        if lock.fifo:
+            # soft edges of the waiters queued behind change
+            for other in lock.waits:
+                self.deadlocks.touched(other)
+        self._gc(actor, lock)
+
+    # -- holds ------------------------------------------------------------------------------
+    def _put_hold(
+        self,
+        actor: Actor,
+        lock: Lock,
+        mode: str,
+        since: int,
+        asserted: int,
+        attrs: Mapping[str, Any],
+    ) -> tuple[Hold | None, bool]:
+        if ("h", actor.key, lock.key, since) in self._tombstones:
+            _inc(self.counters.events_ignored, "tombstoned")
+            return None, False
+        w = actor.wait
+        if w is not None and w.lock is lock and w.since_ns <= since:
+            self._drop_wait(w, tombstone=True)
+        expires = _int(attrs, ev.ATTR_LOCK_EXPIRES_AT)
+        token = _int(attrs, ev.ATTR_LOCK_TOKEN)
+        cur = actor.holds.get(lock.key)
+        if cur is not None:
+            if cur.since_ns == since:
+                cur.asserted_ns = max(cur.asserted_ns, asserted)
+                if expires is not None:
+                    cur.expires_at_ns = expires
+                if token is not None:
+                    cur.token = token
+                return cur, False
+            if cur.since_ns > since:
+                _inc(self.counters.events_ignored, "superseded")
+                return None, False
+            self._drop_hold(cur, tombstone=True, reason="released")
+        if self._nholds >= self._limits.max_holds:
+            self._limit_hit("max_holds")
+            raise RejectedEvent("too many holds (limits.max_holds)", "limit")
+        h = Hold(lock, actor, mode, since, asserted)
+        h.expires_at_ns = expires
+        h.token = token
+        h.owner = _str(attrs, ev.ATTR_LOCK_OWNER)
+        h.code = _code(attrs)
+        actor.holds[lock.key] = h
+        lock.holds[actor] = h
+        self._nholds += 1
+        self.deadlocks.touched(actor)
+        self._new_hold(h)
+        return h, True
+
+    def _drop_hold(self, h: Hold, tombstone: bool, reason: str) -> None:
+        actor, lock = h.actor, h.lock
+        if actor.holds.get(lock.key) is not h:
+            return
+        del actor.holds[lock.key]
+        del lock.holds[actor]
+        self._nholds -= 1
+        if tombstone:
+            self._tombstone("h", actor, lock, h.since_ns)
+        self._resolve_hold_findings(h, reason)
+        self.deadlocks.touched(actor)
+        self._gc(actor, lock)
+
+    def _resolve_hold_findings(self, h: Hold, reason: str, only: str | None = None) -> None:
+        if not h.findings:
+            return
+        keep = []
+        for fid in h.findings:
+            f = self.store.get(fid)
+            if f is None or not f.active:
+                continue
+            if only is not None and f.data.get("reason") != only:
+                keep.append(fid)
+                continue
+            self.store.resolve(fid, self._now, reason)
+        h.findings = keep or None
+
+    def _new_hold(self, h: Hold) -> None:
+        """Checks for a hold instance seen for the first time."""
+        lock = h.lock
+        if h.token is not None:
+            history = self._tokens.get(lock.key)
+            if history is None:
+                if len(self._tokens) >= self._limits.max_locks:
+                    self._tokens.popitem(last=False)
+                history = self._tokens[lock.key] = TokenHistory()
+            else:
+                self._tokens.move_to_end(lock.key)
+            earlier = history.check_and_add(h.since_ns, h.token, hold_json(h))
+            if earlier is not None:
+                self._violation(
+                    FENCING_TOKEN_BACKWARDS,
+                    h,
+                    earlier,
+                    [h.actor.key, str(h.since_ns), str(h.token)],
+                    f"fencing token {h.token} of {h.actor.label} is lower than token "
+                    f"{earlier['token']} of {earlier['actor']} acquired before it",
+                )
+        # An orphaned hold of this lock is evidently gone once someone else takes it.
+        for other in list(lock.holds.values()):
+            if (
+                other is not h
+                and not other.actor.process.alive
+                and conflicting(h, other)
+                and other.asserted_ns <= h.since_ns
+            ):
+                self._drop_hold(other, tombstone=False, reason="released")
+
+    def _asserted(self, h: Hold, t: int) -> None:
+        """Checks each time a holder says it still holds ``h`` (at sender time ``t``)."""
+        cfg = self.config
+        if h.expires_at_ns is not None and t > h.expires_at_ns + int(cfg.lease_grace * _NS):
+            self._stale(LEASE_EXPIRED, h, h.since_ns, "still held after its lease ended")
+        max_hold = cfg.max_hold_for(h.lock.template)
+        if max_hold > 0 and t - h.since_ns > max_hold * _NS:
+            self._stale(MAX_HOLD, h, h.since_ns, f"held longer than {max_hold:g}s")
+        skew = int(cfg.clock_skew * _NS)
+        for other in h.lock.holds.values():
+            if other is h or not conflicting(h, other):
+                continue
+            if overlap_ns(h, other) > skew:
+                a, b = sorted((h, other), key=lambda x: (x.since_ns, x.actor.key))
+                self._violation(
+                    OVERLAPPING_HOLDS,
+                    b,
+                    hold_json(a),
+                    [a.actor.key, str(a.since_ns), b.actor.key, str(b.since_ns)],
+                    f"{a.actor.label} and {b.actor.label} both held it "
+                    f"(overlap {overlap_ns(h, other) / _NS:.3f}s)",
+                )
+
+    def _stale(self, reason: str, h: Hold, since: int, detail: str) -> None:
+        f = stale_finding(
+            reason, h.lock, h.actor, since_ns=since, now_ns=self._now, hold=h, detail=detail
+        )
+        if self.store.add(f):
+            _inc(self.counters.stale_holders_detected, reason)
+            if h.findings is None:
+                h.findings = []
+            h.findings.append(f.id)
+
+    def _violation(
+        self, reason: str, h: Hold, other: dict[str, Any], id_parts: list[str], detail: str
+    ) -> None:
+        ttl = int(self.config.finding_ttl * _NS)
+        f = violation_finding(
+            reason, h.lock, h, other, id_parts=id_parts, now_ns=self._now, ttl_ns=ttl, detail=detail
+        )
+        if self.store.add(f):
+            _inc(self.counters.violations, self._label(h.lock.template))
+            self._expiring.append((self._now + ttl, f.id))
+
+    # == event handlers =====================================================================
+    def _since(self, event: Event, attrs: Mapping[str, Any]) -> int:
+        since = _int(attrs, ev.ATTR_SINCE)
+        return event.time_ns if since is None else since
+
+    def _on_wait_start(self, event: Event, proc: Process) -> None:
+        attrs = event.attrs
+        mode = _mode(attrs)
+        since = self._since(event, attrs)
+        lock, actor = self._target(proc, attrs)
+        try:
+            cur = actor.wait
+            known = cur is not None and cur.lock is lock and cur.since_ns == since
+            if event.time_ns < proc.last_heartbeat_ns and not known:
+                _inc(self.counters.events_ignored, "older_than_heartbeat")
+                return
+            if (
+                self._put_wait(actor, lock, mode, since, event.time_ns, attrs) is not None
+                and not known
+            ):
+                self._timeline_add(since, lock, "wait", actor, mode, None)
+        finally:
+            self._gc(actor, lock)
+
+    def _on_wait_end(self, event: Event, proc: Process) -> None:
+        attrs = event.attrs
+        since = _int(attrs, ev.ATTR_SINCE)
+        outcome = _str(attrs, ev.ATTR_OUTCOME)
+        lock, actor = self._target(proc, attrs)
+        w = actor.wait
+        if w is not None and w.lock is lock and (since is None or w.since_ns == since):
+            self._drop_wait(w, tombstone=True)
+            self._timeline_add(event.time_ns, lock, "wait_end", actor, w.mode, outcome)
+        else:
+            if since is not None:
+                self._tombstone("w", actor, lock, since)
+            self._gc(actor, lock)
+
+    def _on_hold_start(self, event: Event, proc: Process) -> None:
+        attrs = event.attrs
+        mode = _mode(attrs)
+        since = self._since(event, attrs)
+        lock, actor = self._target(proc, attrs)
+        try:
+            cur = actor.holds.get(lock.key)
+            known = cur is not None and cur.since_ns == since
+            if event.time_ns < proc.last_heartbeat_ns and not known:
+                _inc(self.counters.events_ignored, "older_than_heartbeat")
+                return
+            h, new = self._put_hold(actor, lock, mode, since, event.time_ns, attrs)
+            if h is not None:
+                if new:
+                    self._timeline_add(since, lock, "hold", actor, mode, None)
+                self._asserted(h, event.time_ns)
+        finally:
+            self._gc(actor, lock)
+
+    def _on_hold_end(self, event: Event, proc: Process) -> None:
+        attrs = event.attrs
+        since = _int(attrs, ev.ATTR_SINCE)
+        outcome = _str(attrs, ev.ATTR_OUTCOME)
+        lock, actor = self._target(proc, attrs)
+        h = actor.holds.get(lock.key)
+        if h is not None and (since is None or h.since_ns == since):
+            self._drop_hold(h, tombstone=True, reason="released")
+            self._timeline_add(event.time_ns, lock, "release", actor, h.mode, outcome)
+        else:
+            if since is not None:
+                self._tombstone("h", actor, lock, since)
+            self._gc(actor, lock)
+
+    def _on_hold_extend(self, event: Event, proc: Process) -> None:
+        attrs = event.attrs
+        since = _int(attrs, ev.ATTR_SINCE)
+        lock, actor = self._target(proc, attrs)
+        h = actor.holds.get(lock.key)
+        if h is not None and (since is None or h.since_ns == since):
+            expires = _int(attrs, ev.ATTR_LOCK_EXPIRES_AT)
+            if expires is not None:
+                h.expires_at_ns = expires
+            h.asserted_ns = max(h.asserted_ns, event.time_ns)
+            self._resolve_hold_findings(h, "extended", only=LEASE_EXPIRED)
+            self._timeline_add(event.time_ns, lock, "extend", actor, h.mode, None)
+            self._asserted(h, event.time_ns)
+            return
+        # The hold.start was lost (or never sent): the extension tells us about the hold.
+        self._on_hold_start(event, proc)
+
+    def _on_lock_lost(self, event: Event, proc: Process) -> None:
+        attrs = event.attrs
+        since = _int(attrs, ev.ATTR_SINCE)
+        lock, actor = self._target(proc, attrs)
+        _inc(self.counters.locks_lost, self._label(lock.template))
+        self._timeline_add(event.time_ns, lock, "lost", actor, None, None)
+        h = actor.holds.get(lock.key)
+        if h is not None and (since is None or h.since_ns == since):
+            # The holder believed it held the lock until now.
+            h.asserted_ns = max(h.asserted_ns, event.time_ns)
+            self._asserted(h, event.time_ns)
+            since = h.since_ns
+        ttl = int(self.config.finding_ttl * _NS)
+        f = stale_finding(
+            LEASE_EXPIRED,
+            lock,
+            actor,
+            since_ns=event.time_ns if since is None else since,
+            now_ns=self._now,
+            hold=h,
+            detail="the holder lost the lock",
+            expires_in_ns=ttl,
+        )
+        if self.store.add(f):
+            _inc(self.counters.stale_holders_detected, LEASE_EXPIRED)
+            self._expiring.append((self._now + ttl, f.id))
+        if h is not None and actor.holds.get(lock.key) is h and h.since_ns == since:
+            self._drop_hold(h, tombstone=True, reason="lost")
+        self._gc(actor, lock)
+
+    def _on_order_pair(self, event: Event, proc: Process) -> None:
+        attrs = event.attrs
+        first = _str(attrs, ev.ATTR_ORDER_FIRST)
+        second = _str(attrs, ev.ATTR_ORDER_SECOND)
+        if not first or not second:
+            raise RejectedEvent(f"missing {ev.ATTR_ORDER_FIRST} or {ev.ATTR_ORDER_SECOND}")
+        first_mode = _str(attrs, ev.ATTR_ORDER_FIRST_MODE, EXCLUSIVE) or EXCLUSIVE
+        second_mode = _str(attrs, ev.ATTR_ORDER_SECOND_MODE, EXCLUSIVE) or EXCLUSIVE
+        for m in (first_mode, second_mode):
+            if m not in ev.MODES:
+                raise RejectedEvent(
+                    f"order pair mode must be one of {', '.join(ev.MODES)}, not {m!r}"
+                )
+        sys1 = _str(attrs, ev.ATTR_ORDER_SYSTEM_FIRST, "") or ""
+        sys2 = _str(attrs, ev.ATTR_ORDER_SYSTEM_SECOND, "") or ""
+        pair = OrderPair(
+            first=(sys.intern(sys1), sys.intern(first)),
+            second=(sys.intern(sys2), sys.intern(second)),
+            first_mode=first_mode,
+            second_mode=second_mode,
+            service=proc.info.service,
+            pid=proc.info.pid,
+            instance=proc.info.instance,
+            actor=_str(attrs, ev.ATTR_ACTOR_ID),
+            seen_at_ns=event.time_ns,
+        )
+        before = self.order.limit_hits
+        for cycle in self.order.add(pair):
+            if self.store.add(inversion_finding(cycle, self._now)):
+                self.counters.inversions_detected += 1
+        if self.order.limit_hits != before:
+            self._limit_hit("max_order_pairs")
+
+    def _on_heartbeat(self, event: Event, proc: Process) -> None:
+        attrs = event.attrs
+        interval = _float(attrs, ev.ATTR_HEARTBEAT_INTERVAL)
+        holds = attrs.get(ev.ATTR_HOLDS) or []
+        waits = attrs.get(ev.ATTR_WAITS) or []
+        if not isinstance(holds, list | tuple) or not isinstance(waits, list | tuple):
+            raise RejectedEvent(f"{ev.ATTR_HOLDS} and {ev.ATTR_WAITS} must be arrays")
+        dropped = _int(attrs, ev.ATTR_DROPPED)
+        schema = _int(attrs, ev.ATTR_SCHEMA_VERSION)
+        if interval is not None and interval > 0:
+            proc.interval = interval
+        elif proc.interval is None:
+            proc.interval = self.config.heartbeat_interval
+        first = proc.last_heartbeat_ns == 0
+        if dropped is not None:
+            proc.dropped = dropped
+        if schema is not None:
+            proc.schema_version = schema
+        t = event.time_ns
+        if first:
+            proc.deadline_ns = self._now + int(self.config.liveness_timeout(proc.interval) * _NS)
+        if t < proc.last_heartbeat_ns:
+            _inc(self.counters.events_ignored, "stale_heartbeat")
+            return
+        proc.last_heartbeat_ns = t
+        budget = self._limits.max_heartbeat_entries
+        if len(holds) + len(waits) > budget:
+            self._limit_hit("max_heartbeat_entries")
+        seen_holds: set[Hold] = set()
+        seen_waits: set[Wait] = set()
+        touched: list[tuple[Actor, Lock]] = []
+        for entry in itertools.islice(holds, budget):
+            try:
+                if not isinstance(entry, Mapping):
+                    raise RejectedEvent("heartbeat hold entry is not a key-value list")
+                mode = _mode(entry)
+                since = _int(entry, ev.ATTR_SINCE)
+                if since is None:
+                    raise RejectedEvent(f"heartbeat hold without {ev.ATTR_SINCE}")
+                lock, actor = self._target(proc, entry)
+                touched.append((actor, lock))
+                h, new = self._put_hold(actor, lock, mode, since, t, entry)
+                if h is not None:
+                    seen_holds.add(h)
+                    if new:
+                        self._timeline_add(since, lock, "hold", actor, mode, "heartbeat")
+                    self._asserted(h, t)
+            except RejectedEvent:
+                self.counters.heartbeat_entries_rejected += 1
+        for entry in itertools.islice(waits, max(0, budget - len(holds))):
+            try:
+                if not isinstance(entry, Mapping):
+                    raise RejectedEvent("heartbeat wait entry is not a key-value list")
+                mode = _mode(entry)
+                since = _int(entry, ev.ATTR_SINCE)
+                if since is None:
+                    raise RejectedEvent(f"heartbeat wait without {ev.ATTR_SINCE}")
+                lock, actor = self._target(proc, entry)
+                touched.append((actor, lock))
+                w = self._put_wait(actor, lock, mode, since, t, entry)
+                if w is not None:
+                    seen_waits.add(w)
+            except RejectedEvent:
+                self.counters.heartbeat_entries_rejected += 1
+        # Whatever the snapshot does not list and nobody asserted after it is gone.
+        for actor in list(proc.actors.values()):
+            w = actor.wait
+            if w is not None and w not in seen_waits and w.asserted_ns < t:
+                _inc(self.counters.healed, "wait")
+                self._drop_wait(w, tombstone=True)
+            for h in list(actor.holds.values()):
+                if h not in seen_holds and h.asserted_ns < t:
+                    _inc(self.counters.healed, "hold")
+                    self._drop_hold(h, tombstone=True, reason="released")
+        for actor, lock in touched:
+            self._gc(actor, lock)
+
+    # == queries ============================================================================
+    @property
+    def hold_count(self) -> int:
+        """Holds tracked now."""
+        return self._nholds
+
+    @property
+    def wait_count(self) -> int:
+        """Waits tracked now."""
+        return self._nwaits
+
+    @property
+    def lock_count(self) -> int:
+        """Locks tracked now."""
+        return len(self._locks)
+
+    def reporting_processes(self) -> int:
+        """Processes alive now (``lockscope_agent_reporting_processes``)."""
+        return sum(1 for p in self._procs.values() if p.alive)
+
+    def waiters_by_lock(self) -> dict[str, int]:
+        """Current waiters per lock template (``lockscope_lock_waiters{lock}``)."""
+        return {k: v for k, v in self._waiters.items() if v}
+
+    def stale_holders_by_reason(self) -> dict[str, int]:
+        """Active stale-holder findings per reason (``lockscope_stale_holders{reason}``)."""
+        out = {"max_hold": 0, "orphaned": 0, "lease_expired": 0}
+        for f in self.store.of_kind(STALE_HOLDER):
+            if f.active:
+                _inc(out, f.labels["reason"])
+        return out
+
+    def active_counts(self) -> dict[str, int]:
+        """Active findings per kind (``lockscope_deadlocks_active``,
+        ``lockscope_lock_order_inversions``...)."""
+        return dict(self.store.active_count)
+
+    def findings(self, active_only: bool = False) -> Iterator[Finding]:
+        """Every kept finding (for the Alertmanager exporter and ``lockscope status``)."""
+        for f in self.store:
+            if f.active or not active_only:
+                yield f
+
+    def actors(self) -> Iterator[Actor]:
+        """Every actor with a reported hold or wait."""
+        for proc in self._procs.values():
+            yield from proc.actors.values()
+
+    def locks(self) -> Iterator[Lock]:
+        """Every lock with a reported hold or wait."""
+        return iter(self._locks.values())
+
+    def find_lock(self, name: str) -> Lock | None:
+        """A lock by key (``system:namespace/name``) or, failing that, by name."""
+        lock = self._locks.get(name)
+        if lock is not None:
+            return lock
+        for lock in self._locks.values():
+            if lock.name == name:
+                return lock
+        return None
+
+    def to_networkx(self) -> Any:
+        """The live graph as a ``networkx.MultiDiGraph`` (see :func:`graph.to_networkx`)."""
+        return to_networkx(list(self.actors()), list(self._locks.values()))
+
+    # -- JSON API (SPEC "Agent JSON API") -----------------------------------------------------
+    def _kind_json(self, kind: str, key: str, active_only: bool) -> dict[str, Any]:
+        items = [f.to_json() for f in self.store.of_kind(kind) if f.active or not active_only]
+        return {key: items}
+
+    def api_deadlocks(self, active_only: bool = False) -> dict[str, Any]:
+        """``{"deadlocks": [...]}``, active first, newest first."""
+        return self._kind_json(DEADLOCK, "deadlocks", active_only)
+
+    def api_stale_holders(self, active_only: bool = False) -> dict[str, Any]:
+        """``{"stale_holders": [...]}``."""
+        return self._kind_json(STALE_HOLDER, "stale_holders", active_only)
+
+    def api_violations(self, active_only: bool = False) -> dict[str, Any]:
+        """``{"violations": [...]}``."""
+        return self._kind_json(VIOLATION, "violations", active_only)
+
+    def api_order_inversions(self, active_only: bool = False) -> dict[str, Any]:
+        """``{"order_inversions": [...]}``."""
+        return self._kind_json(ORDER_INVERSION, "order_inversions", active_only)
+
+    def _actor_json(self, actor: Actor) -> dict[str, Any]:
+        info = actor.process.info
+        return {
+            "actor": actor.label,
+            "actor_id": actor.actor_id,
+            "actor_name": actor.name,
+            "service": info.service,
+            "host": info.host,
+            "pid": info.pid,
+            "instance": info.instance,
+            "alive": actor.process.alive,
+        }
+
+    def _lock_summary(self, lock: Lock) -> dict[str, Any]:
+        oldest_hold = min((h.since_ns for h in lock.holds.values()), default=None)
+        oldest_wait = min((w.since_ns for w in lock.waits.values()), default=None)
+        return {
+            "name": lock.name,
+            "key": lock.key,
+            "system": lock.system,
+            "namespace": lock.namespace,
+            "template": lock.template,
+            "kind": lock.kind,
+            "fifo": lock.fifo,
+            "reentrant": lock.reentrant,
+            "max_leases": lock.max_leases,
+            "holder_count": len(lock.holds),
+            "waiter_count": len(lock.waits),
+            "held_since": rfc3339(oldest_hold),
+            "oldest_wait_since": rfc3339(oldest_wait),
+        }
+
+    def api_locks(self, limit: int = 1000) -> dict[str, Any]:
+        """``{"locks": [...], "total": n}``: the ``limit`` locks with most waiters first."""
+        locks = sorted(self._locks.values(), key=lambda lk: (-len(lk.waits), lk.key))[:limit]
+        return {"locks": [self._lock_summary(lk) for lk in locks], "total": len(self._locks)}
+
+    def api_lock(self, name: str) -> dict[str, Any] | None:
+        """One lock (by key or name): summary plus ``holders``, ``waiters`` (queue order)
+        and ``timeline`` (recent events, oldest first); None if not tracked."""
+        lock = self.find_lock(name)
+        if lock is None:
+            return None
+        out = self._lock_summary(lock)
+        out["holders"] = [
+            {
+                **self._actor_json(h.actor),
+                "mode": h.mode,
+                "since": rfc3339(h.since_ns),
+                "expires_at": rfc3339(h.expires_at_ns),
+                "token": h.token,
+                "owner": h.owner,
+            }
+            for h in sorted(lock.holds.values(), key=lambda h: h.since_ns)
+        ]
+        waits = sorted(
+            lock.waits.values(),
+            key=lambda w: (w.ticket is None, w.ticket or 0, w.since_ns, w.actor.key),
+        )
+        out["waiters"] = [
+            {
+                **self._actor_json(w.actor),
+                "mode": w.mode,
+                "since": rfc3339(w.since_ns),
+                "ticket": w.ticket,
+                "waits_for": sorted({t.label for t, _l, _k in waits_for(w.actor)}),
+            }
+            for w in waits
+        ]
+        out["timeline"] = [
+            {"time": rfc3339(t), "event": what, "actor": who, "mode": mode, "detail": detail}
+            for t, key, what, who, mode, detail in self._timeline
+            if key == lock.key
+        ]
+        return out
+
+    def api_graph(self, include_idle: bool = False) -> dict[str, Any]:
+        """``{"nodes": [...], "edges": [...]}``: locks with waiters, their holders and
+        waiters, and the derived ``waits_for`` edges (``include_idle``: every lock)."""
+        locks = [lk for lk in self._locks.values() if include_idle or lk.waits]
+        actors: dict[Actor, None] = {}
+        for lock in locks:
+            actors.update(dict.fromkeys(lock.holds))
+            actors.update(dict.fromkeys(lock.waits))
+        in_deadlock = {m for members in self.deadlocks.active_members() for m in members}
+        nodes: list[dict[str, Any]] = []
+        edges: list[dict[str, Any]] = []
+        for lock in locks:
+            nodes.append(
+                {
+                    "id": lock.key,
+                    "type": "lock",
+                    "name": lock.name,
+                    "system": lock.system,
+                    "template": lock.template,
+                    "kind": lock.kind,
+                }
+            )
+            for h in lock.holds.values():
+                edges.append(
+                    {"source": lock.key, "target": h.actor.key, "type": "held_by", "mode": h.mode}
+                )
+            for w in lock.waits.values():
+                edges.append(
+                    {"source": w.actor.key, "target": lock.key, "type": "waits", "mode": w.mode}
+                )
+        for actor in actors:
+            nodes.append(
+                {
+                    "id": actor.key,
+                    "type": "actor",
+                    **self._actor_json(actor),
+                    "deadlocked": actor in in_deadlock,
+                }
+            )
+            for target, lock, kind in waits_for(actor):
+                edges.append(
+                    {
+                        "source": actor.key,
+                        "target": target.key,
+                        "type": "waits_for",
+                        "lock": lock.key,
+                        "kind": kind,
+                    }
+                )
+        return {"nodes": nodes, "edges": edges}
+
+    def api_processes(self) -> dict[str, Any]:
+        """``{"processes": [...]}`` with liveness and what each reports."""
+        out = []
+        for p in self._procs.values():
+            info = p.info
+            out.append(
+                {
+                    "instance": info.instance,
+                    "service": info.service,
+                    "host": info.host,
+                    "pid": info.pid,
+                    "alive": p.alive,
+                    "last_seen": rfc3339(p.last_seen_ns),
+                    "last_heartbeat": rfc3339(p.last_heartbeat_ns or None),
+                    "heartbeat_interval": p.interval,
+                    "dead_since": rfc3339(p.dead_since_ns),
+                    "holds": sum(len(a.holds) for a in p.actors.values()),
+                    "waits": sum(1 for a in p.actors.values() if a.wait is not None),
+                    "dropped": p.dropped,
+                    "schema_version": p.schema_version,
+                }
+            )
+        out.sort(key=lambda d: (d["service"], d["host"], d["pid"]))
+        return {"processes": out}
+
+    def api_status(self) -> dict[str, Any]:
+        """Sizes and counters at a glance (for ``/readyz`` details and debugging)."""
+        return {
+            "processes": len(self._procs),
+            "reporting_processes": self.reporting_processes(),
+            "locks": len(self._locks),
+            "holds": self._nholds,
+            "waits": self._nwaits,
+            "findings": len(self.store),
+            "active": self.active_counts(),
+            "deadlock_candidates_rejected": self.deadlocks.counters.candidates_rejected_total,
+            "limits_hit": dict(self.counters.limits_hit),
+        }

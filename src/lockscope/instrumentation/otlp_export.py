@@ -1,0 +1,191 @@
+"""OTLP/HTTP protobuf encoding and transport for the shim's events and metrics.
+
+Events become ``LogRecord`` s of one ``ExportLogsServiceRequest`` (the OpenTelemetry Python
+logs SDK is still private API, so the shim encodes with ``opentelemetry-proto`` directly).
+The transport is ``http.client`` with short timeouts and a kept-alive connection; it runs
+only on the shim's own threads.  It classifies answers the OTLP way: 2xx done; 429, 502,
+503, 504 and connection errors retryable (honouring ``Retry-After``); others dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import logging
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import (
+    AnyValue,
+    ArrayValue,
+    InstrumentationScope,
+    KeyValue,
+    KeyValueList,
+)
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+
+from lockscope import __version__, events
+
+__all__ = ["HttpTransport", "PostResult", "any_value", "encode_events"]
+
+_log = logging.getLogger("lockscope.instrumentation")
+_HAS_EVENT_NAME = "event_name" in LogRecord.DESCRIPTOR.fields_by_name
+SCOPE_NAME = "lockscope.instrumentation"
+
+
+def any_value(value: Any) -> AnyValue:
+    """A Python value as an OTLP ``AnyValue`` (dicts become key-value lists)."""
+    if isinstance(value, bool):
+        return AnyValue(bool_value=value)
+    if isinstance(value, int):
+        return AnyValue(int_value=value)
+    if isinstance(value, float):
+        return AnyValue(double_value=value)
+    if isinstance(value, str):
+        return AnyValue(string_value=value)
+    if isinstance(value, bytes):
+        return AnyValue(bytes_value=value)
+    if isinstance(value, Mapping):
+        return AnyValue(kvlist_value=KeyValueList(values=key_values(value)))
+    if isinstance(value, Sequence):
+        return AnyValue(array_value=ArrayValue(values=[any_value(v) for v in value]))
+    return AnyValue(string_value=str(value))
+
+
+def key_values(attrs: Mapping[str, Any]) -> list[KeyValue]:
+    """Attributes as OTLP ``KeyValue`` s (``None`` values left out)."""
+    return [KeyValue(key=k, value=any_value(v)) for k, v in attrs.items() if v is not None]
+
+
+def encode_events(
+    batch: Iterable[tuple[str, int, Mapping[str, Any]]],
+    resource: Mapping[str, Any],
+) -> bytes:
+    """One ``ExportLogsServiceRequest`` with one log record per event."""
+    observed = time.time_ns()
+    records = []
+    for name, time_ns, attrs in batch:
+        record = LogRecord(
+            time_unix_nano=time_ns,
+            observed_time_unix_nano=observed,
+            severity_number=9,  # INFO
+            severity_text="INFO",
+            attributes=[
+                KeyValue(key=events.ATTR_EVENT_NAME, value=AnyValue(string_value=name)),
+                *key_values(attrs),
+            ],
+        )
+        if _HAS_EVENT_NAME:
+            record.event_name = name
+        records.append(record)
+    request = ExportLogsServiceRequest(
+        resource_logs=[
+            ResourceLogs(
+                resource=Resource(attributes=key_values(resource)),
+                scope_logs=[
+                    ScopeLogs(
+                        scope=InstrumentationScope(name=SCOPE_NAME, version=__version__),
+                        log_records=records,
+                    )
+                ],
+            )
+        ]
+    )
+    return bytes(request.SerializeToString())
+
+
+@dataclass(frozen=True)
+class PostResult:
+    """What became of one POST."""
+
+    ok: bool
+    retryable: bool
+    retry_after: float | None = None
+    status: int | None = None
+
+
+_RETRYABLE = frozenset({429, 502, 503, 504})
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+class HttpTransport:
+    """POSTs protobuf bodies to one OTLP/HTTP base URL, one kept-alive connection."""
+
+    def __init__(
+        self, endpoint: str, headers: Mapping[str, str] | None = None, timeout: float = 1.0
+    ) -> None:
+        parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+        self.scheme = parts.scheme or "http"
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or (443 if self.scheme == "https" else 80)
+        self.base_path = parts.path.rstrip("/")
+        self.timeout = timeout
+        self.headers = {"Content-Type": "application/x-protobuf", **(headers or {})}
+        self.headers.setdefault("User-Agent", f"lockscope-shim/{__version__}")
+        self._conn: http.client.HTTPConnection | None = None
+        self._pid = os.getpid()
+
+    def url(self, path: str) -> str:
+        """The full URL of ``path`` (e.g. ``/v1/logs``)."""
+        return f"{self.scheme}://{self.host}:{self.port}{self.base_path}{path}"
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None or self._pid != os.getpid():
+            self._pid = os.getpid()
+            cls = (
+                http.client.HTTPSConnection
+                if self.scheme == "https"
+                else http.client.HTTPConnection
+            )
+            self._conn = cls(self.host, self.port, timeout=self.timeout)
+        return self._conn
+
+    def close(self) -> None:
+        """Drop the kept-alive connection."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def post(self, path: str, body: bytes) -> PostResult:
+        """POST ``body`` to ``path``; never raises."""
+        try:
+            conn = self._connection()
+            conn.request("POST", self.base_path + path, body=body, headers=self.headers)
+            response = conn.getresponse()
+            response.read(64 * 1024)
+            status = response.status
+            retry_after = _retry_after(response.getheader("Retry-After"))
+            if response.will_close:
+                self.close()
+        except (TimeoutError, OSError, http.client.HTTPException):
+            self.close()
+            return PostResult(ok=False, retryable=True)
+        except Exception:
+            self.close()
+            _log.debug("lockscope: unexpected error posting to %s", path, exc_info=True)
+            return PostResult(ok=False, retryable=False)
+        if 200 <= status < 300:
+            return PostResult(ok=True, retryable=False, status=status)
+        return PostResult(
+            ok=False, retryable=status in _RETRYABLE, retry_after=retry_after, status=status
+        )

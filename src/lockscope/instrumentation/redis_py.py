@@ -1,0 +1,125 @@
+"""Target: redis-py's ``Lock`` (``redis.lock.Lock`` and ``redis.asyncio.lock.Lock``).
+
+Wrapped: ``acquire``, ``release``, ``extend``, ``reacquire``; ``locked``/``owned`` are left
+alone (they only read).  Identity: system ``redis``, namespace ``host:port/db`` of the
+client's pool, name = the key.  The owner id is the lock's token (the key's value); a long
+wait looks up the holder's token with one ``GET`` on the reporter's probe thread (sync
+clients only).  ``LockNotOwnedError`` on release or extend means the lock was lost.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lockscope.instrumentation import operations
+from lockscope.instrumentation.operations import Adapter
+from lockscope.instrumentation.patching import Patcher
+from lockscope.instrumentation.recorder import LockInfo, Wait
+from lockscope.naming import DEFAULT_TEMPLATER
+
+__all__ = ["instrument"]
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return str(value)
+
+
+def redis_namespace(client: Any) -> str:
+    """``host:port/db`` (or ``unix:path/db``) of a redis-py client, ``cluster`` for clusters."""
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    if not isinstance(kwargs, dict):
+        return "cluster" if client is not None else ""
+    db = kwargs.get("db", 0)
+    if kwargs.get("path"):
+        return f"unix:{kwargs['path']}/{db}"
+    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{db}"
+
+
+class RedisAdapter(Adapter):
+    """redis-py ``Lock`` objects (sync or asyncio)."""
+
+    def __init__(self, lost_errors: tuple[type[BaseException], ...], sync: bool) -> None:
+        self.lost_errors = lost_errors
+        self.sync = sync
+
+    def shared(self, instance: Any) -> bool:
+        return not getattr(instance, "thread_local", True) or not self.sync
+
+    def info(self, instance: Any) -> LockInfo | None:
+        name = _text(instance.name) or ""
+        timeout = instance.timeout
+        return LockInfo(
+            "redis",
+            redis_namespace(instance.redis),
+            name,
+            DEFAULT_TEMPLATER(name),
+            ttl=float(timeout) if timeout is not None else None,
+            adapter=self,
+        )
+
+    def blocking(self, instance: Any, args: Any, kwargs: Any) -> bool:
+        blocking = kwargs.get("blocking", args[1] if len(args) > 1 else None)
+        if blocking is None:
+            blocking = instance.blocking
+        return bool(blocking)
+
+    def hold_fields(self, instance: Any) -> tuple[int | None, str | None, float | None]:
+        timeout = instance.timeout
+        owner = _text(getattr(instance.local, "token", None))
+        return None, owner, float(timeout) if timeout is not None else None
+
+    def is_lost(self, exc: BaseException) -> bool:
+        return isinstance(exc, self.lost_errors)
+
+    def extension(self, instance: Any, args: Any, kwargs: Any) -> tuple[float | None, bool]:
+        seconds = kwargs.get("additional_time", args[0] if args else None)
+        replace = kwargs.get("replace_ttl", args[1] if len(args) > 1 else False)
+        value = float(seconds) if isinstance(seconds, int | float) else None
+        return value, bool(replace)
+
+    def probe_for(self, wait: Wait) -> Any:
+        if not self.sync:
+            return None
+        return _probe
+
+
+def _probe(wait: Wait) -> None:
+    lock: Any = wait.target
+    wait.holder_owner = _text(lock.redis.get(lock.name))
+
+
+def _reacquire(instance: Any, args: Any, kwargs: Any) -> tuple[float | None, bool]:
+    timeout = instance.timeout
+    return (float(timeout) if timeout is not None else None), True
+
+
+def instrument(patcher: Patcher) -> None:
+    """Wrap redis-py's sync and asyncio ``Lock`` when they are imported."""
+
+    def sync(module: Any) -> None:
+        from redis.exceptions import LockNotOwnedError
+
+        adapter = RedisAdapter((LockNotOwnedError,), sync=True)
+        cls = module.Lock
+        patcher.wrap(cls, "acquire", operations.acquire_wrapper(adapter))
+        patcher.wrap(cls, "release", operations.release_wrapper(adapter))
+        patcher.wrap(cls, "extend", operations.extend_wrapper(adapter))
+        patcher.wrap(cls, "reacquire", operations.extend_wrapper(adapter, _reacquire))
+
+    def asynchronous(module: Any) -> None:
+        from redis.exceptions import LockNotOwnedError
+
+        adapter = RedisAdapter((LockNotOwnedError,), sync=False)
+        cls = module.Lock
+        patcher.wrap(cls, "acquire", operations.async_acquire_wrapper(adapter))
+        patcher.wrap(cls, "release", operations.async_release_wrapper(adapter))
+        patcher.wrap(cls, "extend", operations.async_extend_wrapper(adapter))
+        patcher.wrap(cls, "reacquire", operations.async_extend_wrapper(adapter, _reacquire))
+
+    patcher.when_imported("redis.lock", sync)
+    patcher.when_imported("redis.asyncio.lock", asynchronous)

@@ -1,0 +1,276 @@
+"""The reporter: the shim's background threads, never the caller's.
+
+``lockscope-reporter`` wakes every ``report_after / 2`` seconds (so a wait is reported at
+most ``1.5 x report_after`` after it began, usually sooner), finds the waits and holds that
+have lasted ``report_after``, asks the lock library who holds an awaited lock where that is
+cheap (on ``lockscope-probe``, bounded to 50 ms per tick), queues the events, sends a
+heartbeat snapshot every ``LOCKSCOPE_HEARTBEAT`` and feeds the metric instruments.
+
+``lockscope-sender`` drains the event queue in batches of up to 512 records and POSTs them
+to ``LOCKSCOPE_ENDPOINT/v1/logs``.  A failed batch is retried with exponential backoff
+(honouring ``Retry-After`` on 429/503, capped at 30 s) up to 4 attempts, then dropped and
+counted; meanwhile the queue (``LOCKSCOPE_QUEUE_SIZE``, 10,000 events) drops new events
+and counts them.  At exit the sender gets one second to flush what is queued.
+"""
+
+from __future__ import annotations
+
+import _thread
+import collections
+import contextlib
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from lockscope import events
+from lockscope.instrumentation.otlp_export import HttpTransport, encode_events
+from lockscope.instrumentation.recorder import Recorder, Wait
+
+__all__ = ["Reporter"]
+
+_log = logging.getLogger("lockscope.instrumentation")
+_BATCH = 512
+_ATTEMPTS = 4
+_MAX_BACKOFF = 30.0
+_PROBE_BUDGET = 0.05
+
+
+class _Signal:
+    """A wake-up flag built on the raw ``_thread`` lock (never an instrumented one)."""
+
+    def __init__(self) -> None:
+        self._lock = _thread.allocate_lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        with contextlib.suppress(RuntimeError):  # already set
+            self._lock.release()
+
+    def wait(self, timeout: float) -> bool:
+        got = self._lock.acquire(True, max(0.0, timeout))
+        return got
+
+
+class _Prober:
+    """Runs the adapters' holder look-ups on its own thread, so a hung server costs the
+    reporter at most the probe budget."""
+
+    def __init__(self) -> None:
+        self._jobs: collections.deque[tuple[list[tuple[Wait, Callable[[Wait], None]]], _Signal]]
+        self._jobs = collections.deque()
+        self._wake = _Signal()
+        self._busy = False
+        self._thread: threading.Thread | None = None
+
+    def run(self, jobs: list[tuple[Wait, Callable[[Wait], None]]], budget: float) -> None:
+        if not jobs or self._busy:
+            return
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._loop, name="lockscope-probe", daemon=True)
+            self._thread.start()
+        done = _Signal()
+        self._busy = True
+        self._jobs.append((jobs, done))
+        self._wake.set()
+        done.wait(budget)
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait(3600.0)
+            while self._jobs:
+                jobs, done = self._jobs.popleft()
+                for wait, probe in jobs:
+                    try:
+                        probe(wait)
+                    except Exception:
+                        _log.debug("lockscope: holder look-up failed", exc_info=True)
+                self._busy = False
+                done.set()
+
+
+class Reporter:
+    """Owns the reporter and sender threads of one process."""
+
+    def __init__(
+        self,
+        recorder: Recorder,
+        transport: HttpTransport,
+        resource: Callable[[], Mapping[str, Any]],
+        *,
+        report_after: float,
+        heartbeat: float,
+        probes: Callable[[Wait], Callable[[Wait], None] | None],
+        tick: Callable[[], None] | None = None,
+    ) -> None:
+        self.recorder = recorder
+        self.transport = transport
+        self.resource = resource
+        self.report_after = report_after
+        self.heartbeat = heartbeat
+        self.interval = max(0.005, min(report_after / 4, heartbeat))
+        self._probes = probes
+        self._tick = tick
+        self._prober = _Prober()
+        self._stop = False
+        self._wake_reporter = _Signal()
+        self._wake_sender = _Signal()
+        self._threads: list[threading.Thread] = []
+        self.sent = 0
+        """Events the endpoint accepted."""
+        self.failed_posts = 0
+
+    def start(self) -> None:
+        """Start both threads (again, in a forked child)."""
+        self._stop = False
+        self._threads = [
+            threading.Thread(target=self._report_loop, name="lockscope-reporter", daemon=True),
+            threading.Thread(target=self._send_loop, name="lockscope-sender", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, flush_timeout: float = 1.0) -> None:
+        """Report what is due, then give the sender ``flush_timeout`` seconds to send it."""
+        if self._stop:
+            return
+        try:
+            self.scan(heartbeat=False)
+        except Exception:
+            _log.debug("lockscope: final scan failed", exc_info=True)
+        self._stop = True
+        self._wake_reporter.set()
+        self._wake_sender.set()
+        deadline = time.monotonic() + flush_timeout
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+
+    # -- reporter thread ----------------------------------------------------------------
+    def _report_loop(self) -> None:
+        next_heartbeat = time.perf_counter_ns() + int(self.heartbeat * 1e9)
+        next_clock = time.monotonic() + 10.0
+        while not self._stop:
+            self._wake_reporter.wait(self.interval)
+            if self._stop:
+                break
+            try:
+                beat = time.perf_counter_ns() >= next_heartbeat
+                if beat:
+                    next_heartbeat += int(self.heartbeat * 1e9)
+                    if next_heartbeat < time.perf_counter_ns():  # we were stalled
+                        next_heartbeat = time.perf_counter_ns() + int(self.heartbeat * 1e9)
+                if time.monotonic() >= next_clock:
+                    next_clock = time.monotonic() + 10.0
+                    self.recorder.sync_clock()
+                self.scan(heartbeat=beat)
+                if self._tick is not None:
+                    self._tick()
+            except Exception:
+                self.recorder.errors += 1
+                _log.debug("lockscope: reporter tick failed", exc_info=True)
+
+    def scan(self, *, heartbeat: bool) -> None:
+        """One reporter tick: long waits (with holder look-ups), old holds, heartbeat."""
+        recorder = self.recorder
+        now = time.perf_counter_ns()
+        due = recorder.due_waits(now)
+        if due:
+            jobs = []
+            for wait in due:
+                probe = self._probes(wait)
+                if probe is not None:
+                    jobs.append((wait, probe))
+            self._prober.run(jobs, _PROBE_BUDGET)
+            _add_code_locations(due)
+        recorder.report(now, due)
+        if heartbeat:
+            waits, holds = recorder.snapshot()
+            recorder.emit(
+                events.EVENT_HEARTBEAT,
+                time.perf_counter_ns(),
+                {
+                    events.ATTR_SCHEMA_VERSION: events.SCHEMA_VERSION,
+                    events.ATTR_HEARTBEAT_INTERVAL: self.heartbeat,
+                    events.ATTR_DROPPED: recorder.dropped,
+                    events.ATTR_WAITS: waits,
+                    events.ATTR_HOLDS: holds,
+                },
+            )
+        if recorder.pending():
+            self._wake_sender.set()
+
+    # -- sender thread ------------------------------------------------------------------
+    def _send_loop(self) -> None:
+        while True:
+            stopping = self._stop
+            if not stopping:
+                self._wake_sender.wait(self.heartbeat)
+            batch = self.recorder.drain(_BATCH)
+            while batch:
+                self._send(batch)
+                if self._stop and not stopping:
+                    stopping = True
+                batch = self.recorder.drain(_BATCH)
+            if stopping or self._stop:
+                return
+
+    def _send(self, batch: list[tuple[str, int, dict[str, Any]]]) -> None:
+        try:
+            body = encode_events(batch, self.resource())
+        except Exception:
+            self.recorder.errors += 1
+            self.recorder.dropped += len(batch)
+            _log.debug("lockscope: encoding failed", exc_info=True)
+            return
+        delay = 0.1
+        for attempt in range(_ATTEMPTS):
+            result = self.transport.post("/v1/logs", body)
+            if result.ok:
+                self.sent += len(batch)
+                return
+            self.failed_posts += 1
+            if not result.retryable or attempt == _ATTEMPTS - 1 or self._stop:
+                break
+            pause = min(_MAX_BACKOFF, result.retry_after if result.retry_after else delay)
+            delay = min(_MAX_BACKOFF, delay * 2)
+            if self._wake_reporter_stopped(pause):
+                break
+        self.recorder.dropped += len(batch)
+
+    def _wake_reporter_stopped(self, pause: float) -> bool:
+        """Sleep ``pause`` seconds unless stopping; True if stopping."""
+        deadline = time.monotonic() + pause
+        while not self._stop:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(left, 0.05))
+        return True
+
+
+def _add_code_locations(waits: list[Wait]) -> None:
+    """Where each long-waiting thread is waiting (its live frame; cheap, on report only)."""
+    from lockscope.instrumentation.spans import caller_location, is_library_frame
+
+    frames = sys._current_frames()
+    for wait in waits:
+        where = None
+        if wait.task is not None:
+            try:
+                # A suspended coroutine's frames have no f_back: walk the task's stack.
+                for frame in reversed(wait.task.get_stack()):
+                    if not is_library_frame(frame.f_code.co_filename):
+                        code = frame.f_code
+                        where = (code.co_filename, frame.f_lineno, code.co_qualname)
+                        break
+            except Exception:
+                where = None
+        else:
+            frame = frames.get(wait.actor)
+            if frame is not None:
+                where = caller_location(frame)
+        if where is not None:
+            wait.code = where

@@ -1,0 +1,123 @@
+"""The ``lock.acquire`` and ``lock.hold`` spans, following the application's sampler.
+
+The wait span starts when the acquire starts and is made current around the wrapped call,
+so command spans of other instrumentations (Redis, ZooKeeper) nest under it.  The hold span
+starts when the lock is acquired (only when the wait span was sampled, so an unsampled
+acquire costs one span start) and ends when it is released; it is current around the
+release and extend calls.  The code location of the caller is looked up only for spans
+that record.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from types import FrameType
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import Link, Span, SpanKind, Tracer
+
+from lockscope import __version__, events
+from lockscope.instrumentation.recorder import LockInfo, Recorder
+
+__all__ = ["SpanFactory", "caller_location", "is_library_frame"]
+
+_SKIP_DIRS: tuple[str, ...] = ()
+_skip_cache: dict[str, bool] = {}
+
+
+def _skip_dirs() -> tuple[str, ...]:
+    global _SKIP_DIRS
+    if not _SKIP_DIRS:
+        import threading
+
+        import wrapt
+
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        dirs = [
+            os.path.join(here, "instrumentation"),
+            os.path.join(here, "locks"),
+            os.path.dirname(os.path.abspath(wrapt.__file__)),
+            os.path.dirname(os.path.abspath(threading.__file__)) + os.sep + "asyncio",
+            os.path.abspath(threading.__file__),
+            os.path.join(os.path.dirname(os.path.abspath(threading.__file__)), "contextlib.py"),
+        ]
+        for name in ("redis", "kazoo", "opentelemetry"):
+            module = sys.modules.get(name)
+            path = getattr(module, "__file__", None)
+            if path:
+                dirs.append(os.path.dirname(os.path.abspath(path)))
+        _SKIP_DIRS = tuple(dirs)
+    return _SKIP_DIRS
+
+
+def is_library_frame(filename: str) -> bool:
+    """Whether code in ``filename`` belongs to lockscope, wrapt or a lock library."""
+    return _skipped(filename)
+
+
+def _skipped(filename: str) -> bool:
+    skip = _skip_cache.get(filename)
+    if skip is None:
+        path = os.path.abspath(filename)
+        skip = path.startswith(_skip_dirs()) or filename.startswith("<")
+        if len(_skip_cache) < 10_000:
+            _skip_cache[filename] = skip
+    return skip
+
+
+def caller_location(frame: FrameType | None = None) -> tuple[str, int, str] | None:
+    """(file, line, function) of the first frame outside lockscope, wrapt and the lock
+    libraries; ``None`` if there is none within 30 frames."""
+    if frame is None:
+        frame = sys._getframe(1)
+    depth = 0
+    while frame is not None and depth < 30:
+        code = frame.f_code
+        if not _skipped(code.co_filename):
+            return code.co_filename, frame.f_lineno, code.co_qualname
+        frame = frame.f_back
+        depth += 1
+    return None
+
+
+def _add_location(span: Span) -> None:
+    where = caller_location(sys._getframe(1))
+    if where is not None:
+        span.set_attribute(events.ATTR_CODE_FILE, where[0])
+        span.set_attribute(events.ATTR_CODE_LINE, where[1])
+        span.set_attribute(events.ATTR_CODE_FUNCTION, where[2])
+
+
+class SpanFactory:
+    """Starts lock spans on the tracer of the app's (global) TracerProvider."""
+
+    def __init__(self, tracer_provider: Any = None) -> None:
+        self.tracer: Tracer = trace.get_tracer(
+            "lockscope.instrumentation", __version__, tracer_provider
+        )
+
+    def start_acquire(self, info: LockInfo, recorder: Recorder) -> Span:
+        """The wait span (linked to the holder's hold span when the holder is in this
+        process); the caller makes it current and ends it."""
+        span = self.tracer.start_span(events.SPAN_ACQUIRE, kind=SpanKind.INTERNAL)
+        if span.is_recording():
+            span.set_attributes(info.attrs)
+            _add_location(span)
+            holder = recorder.holder_of(info.key)
+            if holder is not None and holder.span is not None:
+                context = holder.span.get_span_context()
+                if context.is_valid:
+                    span.add_link(context, {"lockscope.link": "holder"})
+        return span
+
+    def start_hold(self, info: LockInfo, acquire_span: Span) -> Span:
+        """The hold span, a sibling of the sampled wait span, linked to it."""
+        span = self.tracer.start_span(
+            events.SPAN_HOLD,
+            kind=SpanKind.INTERNAL,
+            attributes=info.attrs,
+            links=[Link(acquire_span.get_span_context())],
+        )
+        return span

@@ -27,6 +27,8 @@ policy, which never evicts keys without expiry.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any, ClassVar
 
 import redis
@@ -290,10 +292,17 @@ class AsyncRedisLock(_RedisLockCommon, AsyncLock):
 
     async def _try_acquire(self) -> bool:
         owner = new_owner()
-        with backend_errors(self.namespace):
-            reply = await self._acquire_script(
-                keys=[self._key, self._fence_key], args=[owner, self._ttl_ms]
-            )
+        try:
+            with backend_errors(self.namespace):
+                reply = await self._acquire_script(
+                    keys=[self._key, self._fence_key], args=[owner, self._ttl_ms]
+                )
+        except asyncio.CancelledError:
+            # The script may have run before the cancellation: do not leave a key that
+            # nobody will release blocking the lock for a whole ttl.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._release_script(keys=[self._key], args=[owner]))
+            raise
         return self._take(owner, reply)
 
     async def release(self) -> None:

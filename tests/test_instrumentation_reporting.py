@@ -1,0 +1,260 @@
+"""What the shim reports: long waits with the waiter's holds, old holds, releases, extends,
+lost locks, lock-order pairs, heartbeats, metrics and spans (real Redis, a real OTLP sink)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from lockscope import events
+from lockscope.instrumentation import LockscopeInstrumentor, runtime
+from lockscope.instrumentation.config import ShimConfig
+from lockscope.testing.otlp_sink import OtlpSink
+
+REPORT_AFTER = 0.2
+
+
+@pytest.fixture
+def sink() -> Iterator[OtlpSink]:
+    with OtlpSink() as s:
+        yield s
+
+
+def _instrument(sink: OtlpSink, **kwargs: object) -> Iterator[runtime.Shim]:
+    config = ShimConfig(
+        endpoint=sink.endpoint,
+        report_after=REPORT_AFTER,
+        heartbeat=float(kwargs.pop("heartbeat", 0.3)),  # type: ignore[arg-type]
+        metrics_export=str(kwargs.pop("metrics_export", "none")),
+        metrics_interval=0.2,
+        service_name="reporting-test",
+    )
+    instrumentor = LockscopeInstrumentor()
+    instrumentor.instrument(config=config, **kwargs)
+    assert runtime.current is not None
+    yield runtime.current
+    instrumentor.uninstrument()
+
+
+@pytest.fixture
+def shim(sink: OtlpSink) -> Iterator[runtime.Shim]:
+    yield from _instrument(sink)
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    r = redis.Redis.from_url(redis_url)
+    yield r
+    r.close()
+
+
+def _named(name: str, lock: str) -> object:
+    return lambda e: e.name == name and e.attrs.get(events.ATTR_LOCK_NAME) == lock
+
+
+def _wait_while_held(client: redis.Redis, held: str, wanted: str, timeout: float) -> bool:
+    """A thread holds ``held`` and then waits up to ``timeout`` for ``wanted``."""
+    result: list[bool] = []
+
+    def waiter() -> None:
+        mine = client.lock(held, timeout=10)
+        assert mine.acquire()
+        try:
+            result.append(client.lock(wanted, timeout=10).acquire(blocking_timeout=timeout))
+        finally:
+            mine.release()
+
+    thread = threading.Thread(target=waiter, name="waiter")
+    thread.start()
+    thread.join(30)
+    return result[0]
+
+
+def test_long_wait_is_reported_with_the_waiters_holds(
+    shim: runtime.Shim, sink: OtlpSink, client: redis.Redis
+) -> None:
+    blocker = client.lock("orders:1", timeout=10)
+    assert blocker.acquire()
+    holder_token = blocker.local.token.decode()
+    assert _wait_while_held(client, "users:7", "orders:1", timeout=0.6) is False
+    blocker.release()
+
+    start = sink.wait_for(_named(events.EVENT_WAIT_START, "orders:1"))
+    held = sink.wait_for(_named(events.EVENT_HOLD_START, "users:7"))
+    end = sink.wait_for(_named(events.EVENT_WAIT_END, "orders:1"))
+    # Principle 2: the waiter's holds reach the agent no later than its wait.
+    events_in_order = sink.snapshot()
+    assert events_in_order.index(held) < events_in_order.index(start)
+    assert held.attrs[events.ATTR_ACTOR_ID] == start.attrs[events.ATTR_ACTOR_ID]
+    assert start.attrs[events.ATTR_ACTOR_NAME] == "waiter"
+    assert start.attrs[events.ATTR_LOCK_SYSTEM] == "redis"
+    assert start.attrs[events.ATTR_LOCK_TEMPLATE] == "orders:{id}"
+    assert start.attrs[events.ATTR_LOCK_NAMESPACE].endswith(
+        f":{client.connection_pool.connection_kwargs['port']}/0"
+    )
+    # The holder's owner id, learned with one GET on the probe thread.
+    assert start.attrs[events.ATTR_LOCK_HOLDER_OWNER] == holder_token
+    assert start.attrs[events.ATTR_CODE_FUNCTION].endswith("waiter")
+    assert end.attrs[events.ATTR_OUTCOME] == "timeout"
+    assert end.attrs[events.ATTR_WAIT_DURATION] >= REPORT_AFTER
+    # Never reported before it lasted report_after (principle 1).
+    assert start.received_ns - start.attrs[events.ATTR_SINCE] >= REPORT_AFTER * 1e9
+    assert start.event.process.service == "reporting-test"
+
+
+def _latency(sink: OtlpSink, client: redis.Redis, name: str) -> float:
+    blocker = client.lock(name, timeout=10)
+    assert blocker.acquire()
+    try:
+        assert _wait_while_held(client, f"{name}-held", name, timeout=0.4) is False
+    finally:
+        blocker.release()
+    start = sink.wait_for(_named(events.EVENT_WAIT_START, name))
+    return (start.received_ns - start.attrs[events.ATTR_SINCE]) / 1e9
+
+
+def test_long_wait_reaches_the_receiver_within_report_after_plus_100ms(
+    shim: runtime.Shim, sink: OtlpSink, client: redis.Redis
+) -> None:
+    # The bound is by design (reporter tick report_after/4, then one local POST); the
+    # best of three keeps a loaded CI machine's scheduling hiccup from failing it.
+    latencies = [_latency(sink, client, f"latency:{i}") for i in range(3)]
+    assert min(latencies) <= REPORT_AFTER + 0.1, latencies
+    assert all(lat >= REPORT_AFTER for lat in latencies)
+
+
+def test_short_wait_sends_nothing(shim: runtime.Shim, sink: OtlpSink, client: redis.Redis) -> None:
+    blocker = client.lock("short", timeout=10)
+    assert blocker.acquire()
+    assert client.lock("short", timeout=10).acquire(blocking_timeout=0.05) is False
+    blocker.release()
+    ended = shim.recorder.wall(__import__("time").perf_counter_ns())
+    # A heartbeat produced after the wait ended proves the reporter has looked since.
+    sink.wait_for(
+        lambda e: e.name == events.EVENT_HEARTBEAT and e.event.time_ns > ended + REPORT_AFTER * 1e9
+    )
+    assert not [e for e in sink.snapshot() if e.attrs.get(events.ATTR_LOCK_NAME) == "short"]
+
+
+def test_old_hold_release_extend_and_heartbeat(
+    shim: runtime.Shim, sink: OtlpSink, client: redis.Redis
+) -> None:
+    lock = client.lock("lease", timeout=10)
+    assert lock.acquire()
+    start = sink.wait_for(_named(events.EVENT_HOLD_START, "lease"))
+    assert start.attrs[events.ATTR_LOCK_OWNER] == lock.local.token.decode()
+    beat = sink.wait_for(
+        lambda e: (
+            e.name == events.EVENT_HEARTBEAT
+            and any(h[events.ATTR_LOCK_NAME] == "lease" for h in e.attrs[events.ATTR_HOLDS])
+        )
+    )
+    assert beat.attrs[events.ATTR_SCHEMA_VERSION] == events.SCHEMA_VERSION
+    assert beat.attrs[events.ATTR_DROPPED] == 0
+    expires = start.attrs[events.ATTR_LOCK_EXPIRES_AT]
+    assert lock.extend(20, replace_ttl=True)
+    extended = sink.wait_for(_named(events.EVENT_HOLD_EXTEND, "lease"))
+    assert extended.attrs[events.ATTR_LOCK_EXPIRES_AT] > expires + 5e9
+    assert lock.reacquire()
+    lock.release()
+    end = sink.wait_for(_named(events.EVENT_HOLD_END, "lease"))
+    assert end.attrs[events.ATTR_OUTCOME] == "released"
+    assert end.attrs[events.ATTR_HOLD_DURATION] >= REPORT_AFTER
+
+
+def test_lost_lock_is_reported(shim: runtime.Shim, sink: OtlpSink, client: redis.Redis) -> None:
+    lock = client.lock("fragile", timeout=10)
+    assert lock.acquire()
+    client.delete("fragile")  # the lease "expired"
+    with pytest.raises(redis.exceptions.LockNotOwnedError):
+        lock.release()
+    lost = sink.wait_for(_named(events.EVENT_LOCK_LOST, "fragile"))
+    assert lost.attrs[events.ATTR_OUTCOME] == "lost"
+    assert lost.attrs[events.ATTR_SINCE] > 0
+
+
+def test_lock_order_pair_is_reported_once(
+    shim: runtime.Shim, sink: OtlpSink, client: redis.Redis
+) -> None:
+    for i in range(3):
+        with client.lock(f"account:{i}", timeout=10), client.lock(f"ledger:{i}", timeout=10):
+            pass
+    pair = sink.wait_for(lambda e: e.name == events.EVENT_ORDER_PAIR)
+    assert pair.attrs[events.ATTR_ORDER_FIRST] == "account:{id}"
+    assert pair.attrs[events.ATTR_ORDER_SECOND] == "ledger:{id}"
+    assert pair.attrs[events.ATTR_ORDER_SYSTEM_FIRST] == "redis"
+    # Flush: a heartbeat after the loop, then count.
+    sink.wait_for(
+        lambda e: e.name == events.EVENT_HEARTBEAT and e.event.time_ns > pair.event.time_ns
+    )
+    assert len(sink.named(events.EVENT_ORDER_PAIR)) == 1
+
+
+def test_metrics_reach_the_agent_when_the_app_has_no_meter_provider(
+    sink: OtlpSink, client: redis.Redis
+) -> None:
+    for current in _instrument(sink, metrics_export="agent"):
+        for _ in range(3):
+            with client.lock("metered:1", timeout=5):
+                pass
+        assert client.lock("metered:1", timeout=5).acquire(blocking=False)
+        assert client.lock("metered:1", timeout=5).acquire(blocking=False) is False
+
+        def seen(s: OtlpSink) -> bool:
+            points = list(s.iter_metric_points())
+            names = {n for n, _, _ in points}
+            return {events.METRIC_ACQUISITIONS, events.METRIC_HOLD_DURATION} <= names
+
+        sink.wait_until(seen, timeout=10)
+    counts = {}
+    for name, attrs, point in sink.iter_metric_points():
+        if name == events.METRIC_ACQUISITIONS:
+            counts[attrs[events.ATTR_OUTCOME]] = point.as_int
+            assert attrs[events.ATTR_LOCK_TEMPLATE] == "metered:{id}"
+    assert counts["acquired"] >= 4
+    assert counts["busy"] >= 1
+
+
+def test_spans_nest_redis_commands_and_link_to_the_holder(
+    sink: OtlpSink, client: redis.Redis
+) -> None:
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    RedisInstrumentor().instrument(tracer_provider=provider)
+    try:
+        for _ in _instrument(sink, tracer_provider=provider):
+            holder = client.lock("spanned:1", timeout=10)
+            assert holder.acquire()
+            assert client.lock("spanned:1", timeout=10).acquire(blocking=False) is False
+            holder.release()
+    finally:
+        RedisInstrumentor().uninstrument()
+    spans = exporter.get_finished_spans()
+    acquires = [s for s in spans if s.name == events.SPAN_ACQUIRE]
+    holds = [s for s in spans if s.name == events.SPAN_HOLD]
+    assert len(acquires) == 2
+    assert len(holds) == 1
+    first, second = acquires
+    assert first.attributes[events.ATTR_OUTCOME] == "acquired"
+    assert second.attributes[events.ATTR_OUTCOME] == "busy"
+    assert first.attributes[events.ATTR_LOCK_NAME] == "spanned:1"
+    assert first.attributes[events.ATTR_CODE_FILE].endswith("test_instrumentation_reporting.py")
+    # The redis SET of each acquire is a child of its lock.acquire span.
+    children = [
+        s for s in spans if s.parent is not None and s.parent.span_id == first.context.span_id
+    ]
+    assert children and all(s.name not in (events.SPAN_ACQUIRE, events.SPAN_HOLD) for s in children)
+    # The busy acquire links to the in-process holder's hold span.
+    assert [link.context.span_id for link in second.links] == [holds[0].context.span_id]
+    assert holds[0].attributes[events.ATTR_OUTCOME] == "released"
+    # The release script runs under the hold span.
+    assert any(s.parent is not None and s.parent.span_id == holds[0].context.span_id for s in spans)

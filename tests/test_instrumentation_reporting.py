@@ -196,7 +196,7 @@ def test_lock_order_pair_is_reported_once(
 def test_metrics_reach_the_agent_when_the_app_has_no_meter_provider(
     sink: OtlpSink, client: redis.Redis
 ) -> None:
-    for current in _instrument(sink, metrics_export="agent"):
+    for _current in _instrument(sink, metrics_export="agent"):
         for _ in range(3):
             with client.lock("metered:1", timeout=5):
                 pass
@@ -252,7 +252,8 @@ def test_spans_nest_redis_commands_and_link_to_the_holder(
     children = [
         s for s in spans if s.parent is not None and s.parent.span_id == first.context.span_id
     ]
-    assert children and all(s.name not in (events.SPAN_ACQUIRE, events.SPAN_HOLD) for s in children)
+    assert children
+    assert all(s.name not in (events.SPAN_ACQUIRE, events.SPAN_HOLD) for s in children)
     # The busy acquire links to the in-process holder's hold span.
     assert [link.context.span_id for link in second.links] == [holds[0].context.span_id]
     assert holds[0].attributes[events.ATTR_OUTCOME] == "released"

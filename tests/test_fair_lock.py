@@ -17,6 +17,7 @@ import redis
 
 from lockscope.locks.fair import AsyncFairLock, FairLock
 from lockscope.locks.redis import RedisLock
+from lockscope.locks.renewal import AutoRenewingLock
 
 # A waiter process: queue for the lock, record our turn, release.  argv: url name index.
 WAITER = textwrap.dedent(
@@ -144,6 +145,30 @@ def test_non_blocking_try_does_not_jump_or_join_the_queue(redis_url: str) -> Non
         t.join(timeout=20)
     assert result == [True]
     queued.release()
+
+
+def test_auto_renewed_fair_lock_outlives_its_ttl_and_hands_over_in_order(
+    redis_url: str,
+) -> None:
+    holder = AutoRenewingLock(FairLock("renewed", redis_url, ttl=0.5))
+    assert holder.acquire()
+    waiter = FairLock("renewed", redis_url, ttl=5, retry_interval=0.02)
+    result: list[bool] = []
+    t = threading.Thread(target=lambda: result.append(waiter.acquire(timeout=20)))
+    t.start()
+    try:
+        # Hold for three leases while the waiter is queued: the watchdog keeps the lock.
+        wait_until(lambda: holder.renewals >= 9, what="nine renewals (3 x ttl)")
+        assert result == []
+        assert holder.owned()
+    finally:
+        holder.release()
+        t.join(timeout=20)
+    assert result == [True]
+    assert waiter.fencing_token is not None
+    assert holder.fencing_token is not None
+    assert waiter.fencing_token > holder.fencing_token
+    waiter.release()
 
 
 def test_fencing_token_is_shared_with_redis_lock(redis_url: str) -> None:

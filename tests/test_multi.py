@@ -19,6 +19,7 @@ from lockscope.locks.base import Lock
 from lockscope.locks.database import DatabaseLock
 from lockscope.locks.multi import acquire_all, acquire_all_async, canonical_order
 from lockscope.locks.redis import AsyncRedisLock, RedisLock
+from lockscope.locks.renewal import AutoRenewingLock
 
 # Process ``index`` of ``count`` repeatedly takes locks ring[index] and ring[index + 1]
 # (the dining philosophers), listing them in ring order: without a canonical order the last
@@ -126,6 +127,19 @@ def test_canonical_order_is_by_system_namespace_then_name(redis_url: str, tmp_pa
         assert db_a.owned()
         assert redis_a.owned()
     assert not db_z.locked()
+
+
+def test_wrapped_locks_sort_as_the_lock_they_wrap(redis_url: str) -> None:
+    inner_b = RedisLock("b", redis_url, ttl=10)
+    wrapped_b = AutoRenewingLock(inner_b)
+    plain_a = RedisLock("a", redis_url, ttl=10)
+    assert canonical_order([wrapped_b, plain_a]) == [plain_a, wrapped_b]
+    with pytest.raises(ValueError, match="twice"):
+        canonical_order([wrapped_b, RedisLock("b", redis_url, ttl=10)])
+    with acquire_all([wrapped_b, plain_a], timeout=2):
+        assert inner_b.owned()
+        assert wrapped_b.renewing
+    assert not wrapped_b.renewing
 
 
 def test_all_or_nothing_on_timeout(redis_url: str) -> None:

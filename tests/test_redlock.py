@@ -148,7 +148,7 @@ def test_extend_and_extension_cap(urls: list[str], direct: list[redis.Redis]) ->
 
 def test_lease_expiry_then_release_and_extend_raise(urls: list[str]) -> None:
     name = unique()
-    old = Redlock(name, urls, ttl=0.2)
+    old = Redlock(name, urls, ttl=0.2, server_timeout=1)
     assert old.acquire()
     wait_until(lambda: old.holder() is None)
     assert not old.owned()
@@ -166,7 +166,7 @@ def test_lease_expiry_then_release_and_extend_raise(urls: list[str]) -> None:
 
 
 def test_expired_release_raises_lock_lost(urls: list[str]) -> None:
-    lock = Redlock(unique(), urls, ttl=0.1)
+    lock = Redlock(unique(), urls, ttl=0.1, server_timeout=1)
     assert lock.acquire()
     wait_until(lambda: lock.holder() is None)
     with pytest.raises(LockLost):
@@ -332,6 +332,12 @@ def test_bad_server_lists(urls: list[str]) -> None:
         lock.acquire(timeout="soon")  # type: ignore[arg-type]
     with pytest.raises(LockNotOwned):
         lock.extend(5)
+    with pytest.raises(TypeError, match="AsyncRedlock"):
+        Redlock("x", [redis.asyncio.Redis.from_url(urls[0])], ttl=10)  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="Redlock"):
+        AsyncRedlock("x", [redis.Redis.from_url(urls[0])], ttl=10)  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="ttl"):
+        AsyncRedlock("x", urls, ttl=0)
 
 
 # -- asyncio -------------------------------------------------------------------------------
@@ -387,7 +393,7 @@ async def test_async_contention_between_tasks(urls: list[str]) -> None:
 
 async def test_async_lease_expiry(urls: list[str]) -> None:
     name = unique()
-    old = AsyncRedlock(name, urls, ttl=0.2)
+    old = AsyncRedlock(name, urls, ttl=0.2, server_timeout=1)
     new = AsyncRedlock(name, urls, ttl=10)
     assert await old.acquire()
     assert await new.acquire(timeout=10)

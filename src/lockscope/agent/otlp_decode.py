@@ -137,8 +137,9 @@ def parse_request(signal: Signal, body: bytes, wire: WireFormat) -> Any:
         raise DecodeError(f"invalid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise DecodeError("invalid OTLP/JSON: the body must be a JSON object")
+    _hex_ids_to_base64(document)
     try:
-        json_format.ParseDict(_hex_ids_to_base64(document), message, ignore_unknown_fields=True)
+        json_format.ParseDict(document, message, ignore_unknown_fields=True)
     except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
         raise DecodeError(f"invalid OTLP/JSON: {exc}") from None
     return message
@@ -199,10 +200,11 @@ def _hex_ids_to_base64(node: Any) -> Any:
 
 
 def _hex_to_base64(value: str) -> str:
-    if value and len(value) % 2 == 0 and _HEX_DIGITS.issuperset(value):
-        return base64.b64encode(binascii.unhexlify(value)).decode()
-    # Not hex: an older sender's base64, or empty; the parser judges it.
-    return value
+    if not value:
+        return value
+    if len(value) % 2 or not _HEX_DIGITS.issuperset(value):
+        raise DecodeError(f"invalid OTLP/JSON: trace/span id {value[:40]!r} is not hex")
+    return base64.b64encode(binascii.unhexlify(value)).decode()
 
 
 # -- attributes and resources -------------------------------------------------------------

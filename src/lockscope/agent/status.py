@@ -30,7 +30,7 @@ __all__ = ["add_arguments", "fetch_findings", "render", "run"]
 DEFAULT_URL: Final = "http://127.0.0.1:9477"
 ENV_HTTP: Final = "LOCKSCOPE_AGENT_HTTP"
 EXIT_UNREACHABLE: Final = 2
-MAX_CELL: Final = 48
+MAX_CELL: Final = 100
 
 # (API path, key in the answer, title, preferred columns in order)
 SECTIONS: Final = (
@@ -45,13 +45,13 @@ SECTIONS: Final = (
         "/api/v1/violations",
         "violations",
         "Mutual-exclusion violations",
-        ("lock", "actor", "service", "pid", "reason", "since"),
+        ("lock", "actor", "service", "pid", "reason", "other", "since"),
     ),
     (
         "/api/v1/order-inversions",
         "order_inversions",
         "Lock-order inversions",
-        ("cycle", "locks", "lock", "actor", "service", "pid", "reason", "since"),
+        ("locks", "orders", "since"),
     ),
 )
 _SKIP: Final = frozenset({"status", "resolved_at"})
@@ -111,7 +111,8 @@ def _cell(value: Any) -> str:
     if isinstance(value, list | tuple):
         text = ", ".join(_cell(v) for v in value) or "-"
     elif isinstance(value, dict):
-        text = json.dumps(value, separators=(",", ":"), default=str)
+        # A nested party (a violation's "other" holder) reads best as its actor.
+        text = str(value["actor"]) if "actor" in value else json.dumps(value, default=str)
     else:
         text = str(value)
     text = " ".join(text.split())
@@ -154,9 +155,20 @@ def _deadlock_rows(deadlocks: list[dict[str, Any]]) -> tuple[list[str], list[lis
     return headers, rows
 
 
+def _orders(inversion: dict[str, Any]) -> list[str]:
+    out = []
+    for pair in inversion.get("pairs") or []:
+        if isinstance(pair, dict):
+            who = f"{pair.get('service', '?')}:{pair.get('pid', '?')}"
+            out.append(f"{pair.get('first')} -> {pair.get('second')} ({who})")
+    return out
+
+
 def _generic_rows(
     items: list[dict[str, Any]], preferred: Sequence[str]
 ) -> tuple[list[str], list[list[Any]]]:
+    if "orders" in preferred:
+        items = [{**item, "orders": _orders(item)} for item in items]
     present = {key for item in items for key in item} - _SKIP
     headers = [key for key in preferred if key in present]
     if not headers:
@@ -167,7 +179,7 @@ def _generic_rows(
 def render(findings: Mapping[str, list[dict[str, Any]]], url: str) -> str:
     """The report ``lockscope status`` prints."""
     counts = ", ".join(
-        f"{len(findings.get(key, []))} {title.lower()}" for _p, key, title, _c in SECTIONS
+        f"{title.lower()}: {len(findings.get(key, []))}" for _p, key, title, _c in SECTIONS
     )
     parts = [f"lockscope agent at {url}: {counts}"]
     for _path, key, title, preferred in SECTIONS:

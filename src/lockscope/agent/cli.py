@@ -1,0 +1,295 @@
+"""Run the lockscope agent: the OTLP receiver, the live wait-for graph and its detectors, the
+JSON API (and, with the metrics and web modules, /metrics, alerts and the web view).
+
+Example:
+
+    lockscope agent                  # OTLP on 127.0.0.1:4318, HTTP on 127.0.0.1:9477
+    lockscope agent --otlp 0.0.0.0:4318 --http 0.0.0.0:9477 --config /etc/lockscope/agent.toml \\
+        --alertmanager-url http://alertmanager:9093
+    LOCKSCOPE_ENDPOINT=http://127.0.0.1:4318 lockscope instrument -- python app.py
+
+Every flag can also be set in the environment and in the config file; a flag wins over
+the environment, which wins over the file, which wins over the default:
+
+  flag                      environment                       config file key       default
+  --otlp HOST:PORT          LOCKSCOPE_AGENT_OTLP              otlp = "HOST:PORT"    127.0.0.1:4318
+  --http HOST:PORT          LOCKSCOPE_AGENT_HTTP              http = "HOST:PORT"    127.0.0.1:9477
+  --config FILE             LOCKSCOPE_AGENT_CONFIG            -                     none
+  --alertmanager-url URL    LOCKSCOPE_ALERTMANAGER_URL        alertmanager_urls     none
+    (repeatable)              (comma-separated)                 = ["URL", ...]
+  --max-request-bytes N     LOCKSCOPE_AGENT_MAX_REQUEST_BYTES max_request_bytes     16777216
+  --log-level LEVEL         LOCKSCOPE_LOG_LEVEL               log_level             info
+
+The config file (TOML) also holds the detection thresholds, lock-name templates and
+limits; those keys are described in docs/agent.md.  For example:
+
+    http = "0.0.0.0:9477"
+    alertmanager_urls = ["http://alertmanager:9093"]
+    max_hold = 300
+
+    [limits]
+    max_processes = 10000
+
+The agent logs to stderr and shuts down gracefully on SIGTERM or SIGINT: it stops
+accepting connections, finishes in-flight requests and exits 0.  Exit status 2 means a bad
+flag, variable or config file; 1 means a listener could not bind.
+
+HTTP routes: /api/v1/... (JSON API), /healthz, /readyz.  OTLP routes: /v1/logs,
+/v1/traces, /v1/metrics (protobuf or JSON, optionally gzip).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from lockscope.agent.config import AgentConfig
+
+__all__ = [
+    "AgentSettings",
+    "SettingsError",
+    "add_arguments",
+    "load_config",
+    "parse_address",
+    "resolve",
+    "run",
+]
+
+ENV_OTLP: Final = "LOCKSCOPE_AGENT_OTLP"
+ENV_HTTP: Final = "LOCKSCOPE_AGENT_HTTP"
+ENV_CONFIG: Final = "LOCKSCOPE_AGENT_CONFIG"
+ENV_ALERTMANAGER: Final = "LOCKSCOPE_ALERTMANAGER_URL"
+ENV_LOG_LEVEL: Final = "LOCKSCOPE_LOG_LEVEL"
+ENV_MAX_REQUEST_BYTES: Final = "LOCKSCOPE_AGENT_MAX_REQUEST_BYTES"
+
+DEFAULT_OTLP: Final = "127.0.0.1:4318"
+DEFAULT_HTTP: Final = "127.0.0.1:9477"
+DEFAULT_LOG_LEVEL: Final = "info"
+DEFAULT_MAX_REQUEST_BYTES: Final = 16 * 1024 * 1024
+FILE_KEYS: Final = frozenset(
+    {"otlp", "http", "alertmanager_urls", "log_level", "max_request_bytes"}
+)
+"""Top-level config file keys the command itself reads; the rest go to AgentConfig."""
+EXIT_USAGE: Final = 2
+
+
+class SettingsError(ValueError):
+    """A flag, environment variable or config file value is invalid."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``lockscope agent`` flags (defaults are resolved later, see :func:`resolve`)."""
+    parser.add_argument(
+        "--otlp",
+        metavar="HOST:PORT",
+        help=f"OTLP/HTTP receiver address (env {ENV_OTLP}; default {DEFAULT_OTLP})",
+    )
+    parser.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help=f"API, metrics and web view address (env {ENV_HTTP}; default {DEFAULT_HTTP})",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"TOML config: thresholds, templates, limits (env {ENV_CONFIG})",
+    )
+    parser.add_argument(
+        "--alertmanager-url",
+        metavar="URL",
+        action="append",
+        dest="alertmanager_urls",
+        help=f"Alertmanager to alert; repeatable (env {ENV_ALERTMANAGER}, comma-separated)",
+    )
+    parser.add_argument(
+        "--max-request-bytes",
+        metavar="N",
+        type=int,
+        help=(
+            "largest OTLP body, on the wire and after decompression "
+            f"(env {ENV_MAX_REQUEST_BYTES}; default {DEFAULT_MAX_REQUEST_BYTES})"
+        ),
+    )
+    parser.add_argument(
+        "--log-level",
+        metavar="LEVEL",
+        help=f"debug, info, warning or error (env {ENV_LOG_LEVEL}; default {DEFAULT_LOG_LEVEL})",
+    )
+
+
+def parse_address(value: str, what: str = "address") -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:4318`` for IPv6; ``:PORT`` means all interfaces) as a pair."""
+    text = value.strip()
+    if "://" in text:
+        text = text.split("://", 1)[1].rstrip("/")
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise SettingsError(f"{what} must be HOST:PORT, got {value!r}")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise SettingsError(f"{what}: port out of range in {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return (host or "0.0.0.0", port)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSettings:
+    """The resolved command line: where to listen and what to load."""
+
+    otlp: tuple[str, int]
+    http: tuple[str, int]
+    config_path: Path | None
+    alertmanager_urls: tuple[str, ...]
+    log_level: str
+    max_request_bytes: int
+    config_data: Mapping[str, Any] = field(default_factory=dict)
+    """The config file's other keys, for :meth:`AgentConfig.from_mapping`."""
+    sources: Mapping[str, str] = field(default_factory=dict)
+    """Setting -> where its value came from (``flag``, ``env``, ``file``, ``default``)."""
+
+
+def _read_file(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise SettingsError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"config file {path}: not valid TOML: {exc}") from None
+
+
+def _split_urls(value: str) -> list[str]:
+    return [url.strip() for url in value.split(",") if url.strip()]
+
+
+def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> AgentSettings:
+    """Apply the precedence flag > environment > config file > default."""
+    env = os.environ if environ is None else environ
+    sources: dict[str, str] = {}
+
+    def pick(name: str, flag: Any, from_env: Any, from_file: Any, default: Any) -> Any:
+        for source, value in (("flag", flag), ("env", from_env), ("file", from_file)):
+            if value not in (None, "", []):
+                sources[name] = source
+                return value
+        sources[name] = "default"
+        return default
+
+    config_text = pick("config", args.config, env.get(ENV_CONFIG), None, None)
+    config_path = Path(config_text) if config_text else None
+    document = _read_file(config_path)
+    section = {key: document[key] for key in FILE_KEYS if key in document}
+    config_data = {key: value for key, value in document.items() if key not in FILE_KEYS}
+    file_urls = section.get("alertmanager_urls")
+    if isinstance(file_urls, str):
+        file_urls = [file_urls]
+    urls = pick(
+        "alertmanager_urls",
+        args.alertmanager_urls,
+        _split_urls(env.get(ENV_ALERTMANAGER, "")),
+        file_urls,
+        [],
+    )
+    if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+        raise SettingsError("alertmanager_urls must be a list of URLs")
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise SettingsError(f"Alertmanager URL must start with http:// or https://: {url!r}")
+    otlp = pick("otlp", args.otlp, env.get(ENV_OTLP), section.get("otlp"), DEFAULT_OTLP)
+    http = pick("http", args.http, env.get(ENV_HTTP), section.get("http"), DEFAULT_HTTP)
+    level = pick(
+        "log_level",
+        args.log_level,
+        env.get(ENV_LOG_LEVEL),
+        section.get("log_level"),
+        DEFAULT_LOG_LEVEL,
+    )
+    if str(level).upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise SettingsError(f"unknown log level {level!r}")
+    max_bytes = pick(
+        "max_request_bytes",
+        args.max_request_bytes,
+        env.get(ENV_MAX_REQUEST_BYTES),
+        section.get("max_request_bytes"),
+        DEFAULT_MAX_REQUEST_BYTES,
+    )
+    try:
+        max_request_bytes = int(max_bytes)
+    except (TypeError, ValueError):
+        raise SettingsError(f"max_request_bytes must be an integer, got {max_bytes!r}") from None
+    if max_request_bytes < 1024:
+        raise SettingsError(f"max_request_bytes must be at least 1024, got {max_bytes!r}")
+    otlp_address = parse_address(str(otlp), "OTLP address")
+    http_address = parse_address(str(http), "HTTP address")
+    if otlp_address == http_address and otlp_address[1] != 0:
+        raise SettingsError(f"the OTLP and HTTP addresses must differ (both {otlp})")
+    return AgentSettings(
+        otlp=otlp_address,
+        http=http_address,
+        config_path=config_path,
+        alertmanager_urls=tuple(urls),
+        log_level=str(level).upper(),
+        max_request_bytes=max_request_bytes,
+        config_data=config_data,
+        sources=sources,
+    )
+
+
+def load_config(settings: AgentSettings) -> AgentConfig:
+    """The :class:`AgentConfig` from the config file's detection keys (defaults without a
+    file); raises :class:`SettingsError` naming the file and the bad key."""
+    from lockscope.agent.config import AgentConfig
+
+    try:
+        return AgentConfig.from_mapping(settings.config_data)
+    except ValueError as exc:
+        raise SettingsError(f"config file {settings.config_path}: {exc}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Resolve settings, load the config and serve until SIGTERM/SIGINT."""
+    try:
+        settings = resolve(args)
+        config = load_config(settings)
+    except SettingsError as exc:
+        print(f"lockscope agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(
+        level=settings.log_level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for name, source in sorted(settings.sources.items()):
+        logging.getLogger("lockscope.agent").debug("setting %s from %s", name, source)
+
+    from lockscope.agent.app import run_agent
+
+    return run_agent(
+        config,
+        otlp=settings.otlp,
+        http=settings.http,
+        max_request_bytes=settings.max_request_bytes,
+        alertmanager_urls=settings.alertmanager_urls,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - convenience
+    """``python -m lockscope.agent.cli``: the same as ``lockscope agent``."""
+    parser = argparse.ArgumentParser(
+        prog="lockscope agent",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

@@ -1,0 +1,122 @@
+"""The agent's JSON API (``/api/v1/...`` on the HTTP address), as SPEC's "Agent JSON API".
+
+===============================  ===============================================
+``GET /api/v1/deadlocks``        ``{"deadlocks": [...]}``
+``GET /api/v1/stale-holders``    ``{"stale_holders": [...]}``
+``GET /api/v1/violations``       ``{"violations": [...]}``
+``GET /api/v1/order-inversions`` ``{"order_inversions": [...]}``
+``GET /api/v1/locks``            ``{"locks": [...]}``
+``GET /api/v1/locks/{name}``     one lock: holders, waiters, timeline (404 if unknown)
+``GET /api/v1/graph``            ``{"nodes": [...], "edges": [...]}``: the wait-for graph
+``GET /api/v1/processes``        ``{"processes": [...]}``
+===============================  ===============================================
+
+The four finding lists take ``?status=active|resolved|all`` (default ``all``).  A lock
+name may contain ``/`` and any other character: percent-encode it, or not, the rest of
+the path after ``/api/v1/locks/`` is the name.  Errors are JSON too: ``{"error": "..."}``.
+Times are RFC 3339 UTC.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, Final
+
+from aiohttp import web
+
+from lockscope.agent.app_keys import STATE_KEY
+from lockscope.agent.state import AgentState
+
+__all__ = ["API_PREFIX", "setup_api_routes"]
+
+API_PREFIX: Final = "/api/v1"
+STATUSES: Final = ("active", "resolved", "all")
+
+# path -> (key of the list in the response, query on the state)
+_FINDINGS: Final[dict[str, tuple[str, Callable[[AgentState, bool], dict[str, Any]]]]] = {
+    "/deadlocks": ("deadlocks", AgentState.api_deadlocks),
+    "/stale-holders": ("stale_holders", AgentState.api_stale_holders),
+    "/violations": ("violations", AgentState.api_violations),
+    "/order-inversions": ("order_inversions", AgentState.api_order_inversions),
+}
+
+_dumps = partial(json.dumps, default=str, separators=(",", ":"))
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=_dumps)
+
+
+def json_error(status: int, message: str) -> web.Response:
+    """A JSON error response: ``{"error": message}``."""
+    return _json({"error": message}, status=status)
+
+
+def _finding_handler(
+    key: str, query: Callable[[AgentState, bool], dict[str, Any]]
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handler(request: web.Request) -> web.Response:
+        status = request.query.get("status", "all")
+        if status not in STATUSES:
+            return json_error(400, f"status must be one of {', '.join(STATUSES)}")
+        body = query(request.app[STATE_KEY], status == "active")
+        if status == "resolved":
+            body = {**body, key: [item for item in body[key] if item.get("status") == status]}
+        return _json(body)
+
+    return handler
+
+
+async def _locks(request: web.Request) -> web.Response:
+    return _json(request.app[STATE_KEY].api_locks())
+
+
+async def _lock(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    detail = request.app[STATE_KEY].api_lock(name)
+    if detail is None:
+        return json_error(404, f"unknown lock {name!r}")
+    return _json(detail)
+
+
+async def _graph(request: web.Request) -> web.Response:
+    return _json(request.app[STATE_KEY].api_graph())
+
+
+async def _processes(request: web.Request) -> web.Response:
+    return _json(request.app[STATE_KEY].api_processes())
+
+
+_INDEX: Final = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>lockscope agent</title></head>
+<body><h1>lockscope agent</h1>
+<ul>
+<li><a href="/api/v1/deadlocks">deadlocks</a></li>
+<li><a href="/api/v1/stale-holders">stale holders</a></li>
+<li><a href="/api/v1/violations">mutual-exclusion violations</a></li>
+<li><a href="/api/v1/order-inversions">lock-order inversions</a></li>
+<li><a href="/api/v1/locks">locks</a></li>
+<li><a href="/api/v1/graph">wait-for graph</a></li>
+<li><a href="/api/v1/processes">processes</a></li>
+<li><a href="/healthz">healthz</a> / <a href="/readyz">readyz</a></li>
+</ul></body></html>
+"""
+
+
+async def _index(request: web.Request) -> web.Response:
+    return web.Response(text=_INDEX, content_type="text/html")
+
+
+def setup_api_routes(app: web.Application, *, index: bool = True) -> None:
+    """Add the JSON API routes (and, unless ``index`` is False, a plain ``/`` page that
+    links them); the app must carry :data:`lockscope.agent.app_keys.STATE_KEY`."""
+    for path, (key, query) in _FINDINGS.items():
+        app.router.add_get(API_PREFIX + path, _finding_handler(key, query))
+    app.router.add_get(API_PREFIX + "/locks", _locks)
+    app.router.add_get(API_PREFIX + "/locks/{name:.+}", _lock)
+    app.router.add_get(API_PREFIX + "/graph", _graph)
+    app.router.add_get(API_PREFIX + "/processes", _processes)
+    if index:
+        app.router.add_get("/", _index)

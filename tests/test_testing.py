@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -23,7 +24,7 @@ from lockscope.testing import (
     ZooKeeperServer,
     faults,
 )
-from lockscope.testing.server import port_open
+from lockscope.testing.server import ServerStartError, port_open
 
 # -- Redis ----------------------------------------------------------------------------
 
@@ -349,6 +350,50 @@ def test_missing_binary_names_the_package() -> None:
             server.start()
     finally:
         server.close()
+
+
+def test_a_server_that_exits_reports_its_log() -> None:
+    server = RedisServer(binary="/bin/false")
+    try:
+        with pytest.raises(ServerStartError, match="did not start"):
+            server.start()
+        assert not server.running
+    finally:
+        server.close()
+
+
+def test_a_port_in_use_is_a_clear_error() -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        server = RedisServer(port=squatter.getsockname()[1])
+        try:
+            with pytest.raises(ServerStartError, match="did not start"):
+                server.start()
+        finally:
+            server.close()
+
+
+def test_plugin_heals_a_server_a_test_left_broken(pytester: pytest.Pytester) -> None:
+    # Run a small suite of its own: the first test kills the session server and the second
+    # pauses it; each following test must find it serving again.
+    pytester.makepyfile(
+        """
+        import redis
+
+        def test_kill(redis_server):
+            redis_server.kill()
+
+        def test_after_kill(redis_server):
+            assert redis.Redis.from_url(redis_server.url, socket_timeout=2).ping()
+            redis_server.pause()
+
+        def test_after_pause(redis_url):
+            assert redis.Redis.from_url(redis_url, socket_timeout=2).ping()
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3)
 
 
 def test_servers_are_stopped_at_interpreter_exit() -> None:

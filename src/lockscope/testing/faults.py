@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["kill", "pause", "paused", "resume", "wait_exited"]
+__all__ = ["kill", "pause", "paused", "resume", "wait_exited", "wait_stopped"]
 
 
 def _signal(pid: int, sig: int, group: bool) -> None:
@@ -37,12 +37,17 @@ def _signal(pid: int, sig: int, group: bool) -> None:
         os.kill(pid, sig)
 
 
-def pause(pid: int, *, group: bool = False) -> None:
+def pause(pid: int, *, group: bool = False, wait: float | None = 5.0) -> None:
     """Freeze process ``pid`` with SIGSTOP, as a long GC pause or a VM stall would.
 
-    Raises :class:`ProcessLookupError` when there is no such process.
+    SIGSTOP takes effect asynchronously: until the kernel has stopped every thread, one
+    of them may still answer a request. So, with ``wait`` (seconds), return only once
+    every thread of the process (or of the group) is stopped; :class:`TimeoutError` if
+    that takes longer. Raises :class:`ProcessLookupError` when there is no such process.
     """
     _signal(pid, signal.SIGSTOP, group)
+    if wait is not None:
+        wait_stopped(pid, group=group, timeout=wait)
 
 
 def resume(pid: int, *, group: bool = False) -> None:
@@ -77,22 +82,64 @@ def paused(pid: int, *, group: bool = False) -> Iterator[None]:
             resume(pid, group=group)
 
 
-def _exited(pid: int) -> bool:
+def _stat_fields(path: str) -> list[str] | None:
+    """Fields of a /proc stat file after the command name: [state, ppid, pgrp, ...]."""
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            # The state field follows the parenthesised command name, which may hold spaces.
-            state = f.read().rpartition(")")[2].split()[0]
-    except FileNotFoundError:
-        return True
+        with open(path, encoding="ascii", errors="replace") as f:
+            # The command name is parenthesised and may itself contain spaces or ')'.
+            return f.read().rpartition(")")[2].split()
     except OSError:
-        # No /proc (not Linux): fall back to probing with signal 0.
+        return None
+
+
+def _group_members(pgrp: int) -> list[int]:
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat_fields(f"/proc/{entry}/stat")
+            if fields is not None and int(fields[2]) == pgrp:
+                members.append(int(entry))
+    return members
+
+
+def _all_threads_stopped(pids: list[int]) -> bool:
+    for pid in pids:
         try:
-            os.kill(pid, 0)
-        except OSError as exc:
-            return exc.errno == errno.ESRCH
-        return False
-    # A zombie has exited; only its parent's wait() is missing.
-    return state in ("Z", "X")
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue  # exited meanwhile
+        for tid in tids:
+            fields = _stat_fields(f"/proc/{pid}/task/{tid}/stat")
+            # T: stopped, t: stopped while traced, Z/X: dead.
+            if fields is not None and fields[0] not in ("T", "t", "Z", "X"):
+                return False
+    return True
+
+
+def wait_stopped(pid: int, *, group: bool = False, timeout: float = 5.0) -> None:
+    """Block until every thread of ``pid`` (or of its process group) is stopped.
+
+    Needs Linux's /proc; elsewhere it returns at once.
+    """
+    if not os.path.isdir("/proc/self/task"):
+        return
+    deadline = time.monotonic() + timeout
+    while not _all_threads_stopped(_group_members(pid) if group else [pid]):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"process {pid} not stopped after {timeout} s")
+        time.sleep(0.001)
+
+
+def _exited(pid: int) -> bool:
+    if os.path.isdir("/proc/self"):
+        fields = _stat_fields(f"/proc/{pid}/stat")
+        # A zombie has exited; only its parent's wait() is missing.
+        return fields is None or fields[0] in ("Z", "X")
+    try:  # no /proc (not Linux): probe with signal 0, which cannot tell zombies apart
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno == errno.ESRCH
+    return False
 
 
 def wait_exited(pid: int, timeout: float = 10.0) -> None:

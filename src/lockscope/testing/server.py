@@ -317,10 +317,13 @@ class Server(ABC):
         self._discard_executor()
 
     def pause(self) -> None:
-        """Freeze the server (SIGSTOP to its process group): it accepts no more work."""
+        """Freeze the server (SIGSTOP to its process group): it accepts no more work.
+
+        Returns once every thread of every process in the group is stopped.
+        """
         if not self.running:
             raise RuntimeError(f"{self.name} server is not running")
-        self._signal_group(signal.SIGSTOP)
+        faults.pause(self.pid, group=True)
         self._paused = True
 
     def resume(self) -> None:

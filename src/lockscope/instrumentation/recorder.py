@@ -208,6 +208,8 @@ class Recorder:
         """Events dropped because the queue was full (sent on heartbeats)."""
         self.errors = 0
         """Internal errors the shim swallowed (fail open)."""
+        self.acquires = 0
+        """Acquire calls recorded since the start (any outcome)."""
         self._counts: dict[tuple[str, str, str], int] = {}
         self._lost: dict[tuple[str, str], int] = {}
         self._wait_samples: list[tuple[str, str, float]] = []
@@ -251,6 +253,7 @@ class Recorder:
                 self._emit(events.EVENT_WAIT_END, now, attrs)
             key = (info.template, info.system, outcome)
             self._counts[key] = self._counts.get(key, 0) + 1
+            self.acquires += 1
             self._wait_samples.append((info.template, info.system, (now - wait.start) / 1e9))
             if outcome != "acquired":
                 return None
@@ -277,6 +280,7 @@ class Recorder:
         with self._lock:
             key = (info.template, info.system, "acquired")
             self._counts[key] = self._counts.get(key, 0) + 1
+            self.acquires += 1
             self._wait_samples.append((info.template, info.system, 0.0))
             return self._add_hold(info, actor, task, target, now, token, owner, ttl)
 

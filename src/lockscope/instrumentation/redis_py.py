@@ -63,7 +63,9 @@ class RedisAdapter(Adapter):
         )
 
     def blocking(self, instance: Any, args: Any, kwargs: Any) -> bool:
-        blocking = kwargs.get("blocking", args[1] if len(args) > 1 else None)
+        # sync: acquire(sleep, blocking, ...); asyncio: acquire(blocking, ...)
+        index = 1 if self.sync else 0
+        blocking = kwargs.get("blocking", args[index] if len(args) > index else None)
         if blocking is None:
             blocking = instance.blocking
         return bool(blocking)

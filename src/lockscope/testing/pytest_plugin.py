@@ -15,6 +15,10 @@ Installing lockscope makes these fixtures available in every test suite, with no
     a :class:`~lockscope.testing.PostgresServer` (``.url``, ``.dsn``).
 ``mariadb_server`` (session)
     a :class:`~lockscope.testing.MariaDBServer` (``.url``).
+``lockscope_agent`` (function)
+    a started in-process agent, :class:`~lockscope.testing.agent.InProcessAgent`
+    (``.otlp_url``, ``.http_url``, ``.state``, ``.get()``, ``.post_events()``), stopped after
+    the test.
 
 Servers start on first use, once per session, and stop at the end of the session. After
 every test, a server that the test paused, stopped or killed is resumed or restarted, so a
@@ -36,6 +40,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from lockscope.testing.agent import InProcessAgent
     from lockscope.testing.mariadb_server import MariaDBServer
     from lockscope.testing.postgres_server import PostgresServer
     from lockscope.testing.redis_server import RedisServer
@@ -138,3 +143,13 @@ def mariadb_server() -> Iterator[MariaDBServer]:
         _track(server)
         yield server
         _started.remove(server)
+
+
+@pytest.fixture
+def lockscope_agent() -> Iterator[InProcessAgent]:
+    """A lockscope agent on free loopback ports, fresh for each test (needs the ``agent``
+    extra); point the shim at it with ``LOCKSCOPE_ENDPOINT=lockscope_agent.otlp_url``."""
+    from lockscope.testing.agent import InProcessAgent
+
+    with InProcessAgent() as agent:
+        yield agent

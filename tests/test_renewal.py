@@ -19,7 +19,7 @@ from lockscope.locks.redis import AsyncRedisLock, RedisLock
 from lockscope.locks.renewal import AsyncAutoRenewingLock, AutoRenewingLock
 from lockscope.testing import RedisServer
 
-TTL = 0.6
+TTL = 0.9  # short enough for quick tests, long enough for a loaded 2-core CI box
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
@@ -249,6 +249,6 @@ async def test_async_blocked_event_loop_logs_a_late_renewal(
             while lock.late_renewals == 0 and lock.renewals == 0:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.01)
-    assert lock.late_renewals == 1
+    assert lock.late_renewals >= 1
     assert "renewal ran" in caplog.text
     assert not lock.lost

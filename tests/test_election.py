@@ -199,17 +199,15 @@ def test_lost_session_ends_the_term_and_the_candidate_rejoins(
     second.resign()
     wait_for(lambda: first.is_leader, what="first elected again")
     first.resign()
-    assert rec.log == [
+    # A lost session is noticed after the fact, so "second elected" may come first there;
+    # a resignation is announced before the hand-over.
+    assert sorted(rec.log[:3]) == [
         ("first", "elected"),
         ("first", f"lost:{SESSION_LOST}"),
         ("second", "elected"),
-        ("second", f"lost:{RESIGNED}"),
-        ("first", "elected"),
-        ("first", f"lost:{RESIGNED}"),
-    ] or rec.log == [
-        ("first", "elected"),
-        ("second", "elected"),
-        ("first", f"lost:{SESSION_LOST}"),
+    ]
+    assert rec.log[0] == ("first", "elected")
+    assert rec.log[3:] == [
         ("second", f"lost:{RESIGNED}"),
         ("first", "elected"),
         ("first", f"lost:{RESIGNED}"),

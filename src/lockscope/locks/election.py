@@ -41,9 +41,11 @@ class LeaderElection:
     ``on_elected()`` is called when this candidate becomes leader and ``on_lost(reason)``
     when it stops being leader, with ``reason`` :data:`RESIGNED` or :data:`SESSION_LOST`;
     each exactly once per transition, on the election's thread, so a callback may call
-    :meth:`resign`. After a lost session the candidate queues again on its new session
-    (``rejoin=False`` makes it leave instead). An exception raised by a callback is
-    logged and does not end the candidacy.
+    :meth:`resign`. On resignation ``on_lost`` runs (and returns) before the node is
+    deleted, so the successor's ``on_elected`` always comes after it. After a lost
+    session the candidate queues again on its new session (``rejoin=False`` makes it
+    leave instead). An exception raised by a callback is logged and does not end the
+    candidacy.
     """
 
     def __init__(
@@ -209,6 +211,9 @@ class LeaderElection:
         with self._mutex:
             self._leader = False
         reason = SESSION_LOST if self._lock.lost else RESIGNED
+        if reason == RESIGNED:
+            # Tell the leader before its node goes, so two leaders never run at once.
+            self._call(self.on_lost, reason)
         try:
             self._lock.release()
         except BackendUnavailable as exc:
@@ -216,8 +221,9 @@ class LeaderElection:
                 "election %s: release failed (%s); node removed on reconnect", self.path, exc
             )
         except LockError:
-            reason = SESSION_LOST
-        self._call(self.on_lost, reason)
+            pass  # lost during the hand-over: the node is gone either way
+        if reason == SESSION_LOST:
+            self._call(self.on_lost, reason)
         with self._mutex:
             stopping = self._stopping
         return not stopping and reason == SESSION_LOST and self.rejoin

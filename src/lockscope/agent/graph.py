@@ -73,6 +73,7 @@ class Process:
         "last_heartbeat_ns",
         "last_seen_ns",
         "schema_version",
+        "wake_ns",
     )
 
     def __init__(self, info: ProcessInfo, now_ns: int) -> None:
@@ -83,6 +84,8 @@ class Process:
         """Sender time of the newest heartbeat applied (0: none yet)."""
         self.interval: float | None = None
         self.deadline_ns = 0
+        self.wake_ns = 0
+        """When the liveness check is scheduled (its heap entry); other entries are stale."""
         self.dead_since_ns: int | None = None
         self.dropped = 0
         self.schema_version: int | None = None
@@ -272,12 +275,13 @@ def predecessors(actor: Actor) -> Iterator[Actor]:
 
 
 def has_predecessors(actor: Actor) -> bool:
-    """Cheap over-approximation of "someone may wait for this actor" (or itself)."""
-    for h in actor.holds.values():
-        if h.lock.waits:
-            return True
-    own = actor.wait
-    return own is not None and own.lock.fifo and len(own.lock.waits) > 1
+    """Whether anyone (the actor itself included) waits for this actor; O(1) for an actor
+    that holds nothing waited for and is last in its queue."""
+    if not any(h.lock.waits for h in actor.holds.values()):
+        own = actor.wait
+        if own is None or not own.lock.fifo or len(own.lock.waits) < 2:
+            return False
+    return next(predecessors(actor), None) is not None
 
 
 # -- cycle search -------------------------------------------------------------------------

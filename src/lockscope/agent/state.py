@@ -243,12 +243,12 @@ class AgentState:
         self._now = now
         liveness = self._liveness
         while liveness and liveness[0][0] <= now:
-            _, _, instance = heapq.heappop(liveness)
+            wake, _, instance = heapq.heappop(liveness)
             proc = self._procs.get(instance)
-            if proc is None or not proc.alive:
+            if proc is None or not proc.alive or proc.wake_ns != wake:
                 continue
             if proc.deadline_ns > now:
-                heapq.heappush(liveness, (proc.deadline_ns, next(self._seq), instance))
+                self._schedule_liveness(proc)
                 continue
             self._process_died(proc, now)
         timers = self._timers
@@ -290,7 +290,7 @@ class AgentState:
             proc = Process(info, now)
             self._procs[info.instance] = proc
             proc.deadline_ns = now + int(self.config.liveness_timeout(None) * _NS)
-            heapq.heappush(self._liveness, (proc.deadline_ns, next(self._seq), info.instance))
+            self._schedule_liveness(proc)
             return proc
         proc.last_seen_ns = now
         timeout = self.config.liveness_timeout(proc.interval if proc.last_heartbeat_ns else None)
@@ -299,10 +299,16 @@ class AgentState:
             self._revive(proc)
         return proc
 
+    def _schedule_liveness(self, proc: Process) -> None:
+        # One live heap entry per process (wake_ns marks it); a later deadline is handled
+        # by re-scheduling when the entry comes due, an earlier one needs a new entry.
+        proc.wake_ns = proc.deadline_ns
+        heapq.heappush(self._liveness, (proc.deadline_ns, next(self._seq), proc.info.instance))
+
     def _revive(self, proc: Process) -> None:
         proc.alive = True
         proc.dead_since_ns = None
-        heapq.heappush(self._liveness, (proc.deadline_ns, next(self._seq), proc.info.instance))
+        self._schedule_liveness(proc)
         for actor in proc.actors.values():
             for hold in actor.holds.values():
                 self._resolve_hold_findings(hold, "process_back", only=ORPHANED)
@@ -406,6 +412,9 @@ class AgentState:
             if proc.actors.get(actor.actor_id) is actor:
                 del proc.actors[actor.actor_id]
             self.deadlocks.forget(actor)
+        self._gc_lock(lock)
+
+    def _gc_lock(self, lock: Lock) -> None:
         if not lock.holds and not lock.waits and self._locks.get(lock.key) is lock:
             del self._locks[lock.key]
 
@@ -450,7 +459,9 @@ class AgentState:
             if cur.since_ns > since:
                 _inc(self.counters.events_ignored, "superseded")
                 return None
-            self._drop_wait(cur, tombstone=True)
+            self._drop_wait(cur, tombstone=True, gc=False)
+            if cur.lock is not lock:
+                self._gc_lock(cur.lock)
         if self._nwaits >= self._limits.max_waits:
             self._limit_hit("max_waits")
             raise RejectedEvent("too many waits (limits.max_waits)", "limit")
@@ -466,7 +477,7 @@ class AgentState:
         self.deadlocks.touched(actor)
         return w
 
-    def _drop_wait(self, w: Wait, tombstone: bool) -> None:
+    def _drop_wait(self, w: Wait, tombstone: bool, gc: bool = True) -> None:
         actor, lock = w.actor, w.lock
         if actor.wait is not w:
             return
@@ -482,7 +493,8 @@ class AgentState:
             # soft edges of the waiters queued behind change
             for other in lock.waits:
                 self.deadlocks.touched(other)
-        self._gc(actor, lock)
+        if gc:
+            self._gc(actor, lock)
 
     # -- holds ------------------------------------------------------------------------------
     def _put_hold(
@@ -499,7 +511,7 @@ class AgentState:
             return None, False
         w = actor.wait
         if w is not None and w.lock is lock and w.since_ns <= since:
-            self._drop_wait(w, tombstone=True)
+            self._drop_wait(w, tombstone=True, gc=False)
         expires = _int(attrs, ev.ATTR_LOCK_EXPIRES_AT)
         token = _int(attrs, ev.ATTR_LOCK_TOKEN)
         cur = actor.holds.get(lock.key)
@@ -514,7 +526,7 @@ class AgentState:
             if cur.since_ns > since:
                 _inc(self.counters.events_ignored, "superseded")
                 return None, False
-            self._drop_hold(cur, tombstone=True, reason="released")
+            self._drop_hold(cur, tombstone=True, reason="released", gc=False)
         if self._nholds >= self._limits.max_holds:
             self._limit_hit("max_holds")
             raise RejectedEvent("too many holds (limits.max_holds)", "limit")
@@ -530,7 +542,7 @@ class AgentState:
         self._new_hold(h)
         return h, True
 
-    def _drop_hold(self, h: Hold, tombstone: bool, reason: str) -> None:
+    def _drop_hold(self, h: Hold, tombstone: bool, reason: str, gc: bool = True) -> None:
         actor, lock = h.actor, h.lock
         if actor.holds.get(lock.key) is not h:
             return
@@ -541,7 +553,8 @@ class AgentState:
             self._tombstone("h", actor, lock, h.since_ns)
         self._resolve_hold_findings(h, reason)
         self.deadlocks.touched(actor)
-        self._gc(actor, lock)
+        if gc:
+            self._gc(actor, lock)
 
     def _resolve_hold_findings(self, h: Hold, reason: str, only: str | None = None) -> None:
         if not h.findings:
@@ -804,6 +817,8 @@ class AgentState:
         t = event.time_ns
         if first:
             proc.deadline_ns = self._now + int(self.config.liveness_timeout(proc.interval) * _NS)
+            if proc.deadline_ns < proc.wake_ns:
+                self._schedule_liveness(proc)
         if t < proc.last_heartbeat_ns:
             _inc(self.counters.events_ignored, "stale_heartbeat")
             return

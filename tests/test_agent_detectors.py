@@ -1,0 +1,582 @@
+"""Detectors, one semantic per test: deadlocks (rings, self, read-write upgrade, FIFO queue,
+semaphores, cross-system), resolution, stale holders, violations, lock-order inversions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from agent_helpers import S, World
+from lockscope import events as ev
+from lockscope.agent.config import AgentConfig
+from lockscope.agent.findings import Finding
+from lockscope.agent.state import AgentState
+
+FIFO = {ev.ATTR_LOCK_FIFO: True}
+
+
+def ring(w: World, n: int, systems: list[str] | None = None) -> list[str]:
+    """Actor i holds L{i} and waits for L{i+1}: a ring of n processes."""
+    actors = [f"{i + 1}.1" for i in range(n)]
+    systems = systems or ["redis"] * n
+    for i, a in enumerate(actors):
+        w.hold(a, f"L{i}", system=systems[i])
+        w.advance(0.01)
+    for i, a in enumerate(actors):
+        j = (i + 1) % n
+        w.wait(a, f"L{j}", system=systems[j])
+        w.advance(0.01)
+    return actors
+
+
+# -- deadlocks --------------------------------------------------------------------------------
+@pytest.mark.parametrize("n", [2, 3, 8])
+def test_ring_of_n_is_one_deadlock_with_all_participants(n: int) -> None:
+    w = World()
+    actors = ring(w, n)
+    assert w.deadlocks() == [w.keys(*actors)]
+    [d] = w.active("deadlocks")
+    assert sorted(d["locks"]) == sorted(f"L{i}" for i in range(n))
+    assert {p["pid"] for p in d["participants"]} == {1001 + i for i in range(n)}
+    for p in d["participants"]:
+        i = p["pid"] - 1001
+        assert p["holds"] == [f"L{i}"]
+        assert p["waits_for"] == f"L{(i + 1) % n}"
+        assert p["service"] == "svc"
+        assert p["waiting_since"].endswith("Z")
+    # the youngest waiter is the last one to start waiting
+    assert d["victim"] == f"svc:{1000 + n}/thread:1"
+    assert w.state.deadlocks.counters.detected_total == 1
+
+
+def test_ring_not_closed_is_no_deadlock() -> None:
+    w = World()
+    for i in range(4):
+        w.hold(f"{i + 1}.1", f"L{i}")
+    for i in range(3):
+        w.wait(f"{i + 1}.1", f"L{i + 1}")
+    assert w.deadlocks() == []
+    assert w.active("deadlocks") == []
+
+
+def test_self_deadlock_on_non_reentrant_lock() -> None:
+    w = World()
+    w.hold("1.1", "A")
+    w.advance(0.5)
+    w.wait("1.1", "A")
+    assert w.deadlocks() == [w.keys("1.1")]
+    [d] = w.active("deadlocks")
+    assert d["participants"][0]["holds"] == ["A"]
+    assert d["participants"][0]["waits_for"] == "A"
+
+
+def test_cross_system_ring_redis_zookeeper_database() -> None:
+    w = World()
+    actors = ring(w, 3, systems=["redis", "zookeeper", "database"])
+    assert w.deadlocks() == [w.keys(*actors)]
+    [d] = w.active("deadlocks")
+    assert d["systems"] == ["database", "redis", "zookeeper"]
+
+
+def test_same_name_on_two_systems_is_two_locks() -> None:
+    w = World()
+    w.hold("1.1", "X", system="redis")
+    w.hold("2.1", "X", system="zookeeper")
+    w.wait("1.1", "X", system="zookeeper")
+    w.wait("2.1", "Y", system="redis")
+    assert w.deadlocks() == []
+
+
+def test_read_write_upgrade_deadlock_two_readers() -> None:
+    w = World()
+    w.hold("1.1", "RW", mode="read", **FIFO)
+    w.hold("2.1", "RW", mode="read", **FIFO)
+    w.advance(0.3)
+    w.wait("1.1", "RW", mode="write", **FIFO)
+    # alone, an upgrade waits for itself too (kazoo's write node queues after its own read node)
+    assert w.deadlocks() == [w.keys("1.1")]
+    w.wait("2.1", "RW", mode="write", **FIFO)
+    assert w.deadlocks() == [w.keys("1.1", "2.1")]
+    # the larger deadlock superseded the smaller one
+    resolved = [d for d in w.state.api_deadlocks()["deadlocks"] if d["status"] == "resolved"]
+    assert [d["resolution"] for d in resolved] == ["superseded"]
+
+
+def test_readers_sharing_is_no_deadlock() -> None:
+    w = World()
+    w.hold("1.1", "R1", mode="read")
+    w.hold("2.1", "R2", mode="read")
+    w.wait("1.1", "R2", mode="read")
+    w.wait("2.1", "R1", mode="read")
+    assert w.deadlocks() == []
+
+
+def test_fifo_queue_deadlock_through_a_queued_writer() -> None:
+    # A reader that the holder would let in waits behind a queued writer (soft edge):
+    # 1 holds Q (read) and waits for M; 2 queued for Q (write); 3 holds M, queued for Q (read).
+    w = World()
+    w.hold("1.1", "Q", mode="read", **FIFO)
+    w.hold("3.1", "M")
+    w.wait("2.1", "Q", mode="write", **FIFO, **{ev.ATTR_QUEUE_POSITION: 10})
+    w.wait("3.1", "Q", mode="read", **FIFO, **{ev.ATTR_QUEUE_POSITION: 11})
+    assert w.deadlocks() == []
+    w.wait("1.1", "M")
+    assert w.deadlocks() == [w.keys("1.1", "2.1", "3.1")]
+
+
+def test_same_situation_without_fifo_is_no_deadlock() -> None:
+    w = World()
+    w.hold("1.1", "Q", mode="read")
+    w.hold("3.1", "M")
+    w.wait("2.1", "Q", mode="write", **{ev.ATTR_QUEUE_POSITION: 10})
+    w.wait("3.1", "Q", mode="read", **{ev.ATTR_QUEUE_POSITION: 11})
+    w.wait("1.1", "M")
+    assert w.deadlocks() == []
+
+
+def test_semaphore_cycle_that_can_proceed_is_no_deadlock() -> None:
+    # S has 2 permits, held by 1 and 2; 3 waits for S.  1 waits for a lock 3 holds: a cycle
+    # (3 -> 1 -> 3), but 2 is free and will return its permit, so 3 proceeds.
+    w = World()
+    sem = {ev.ATTR_LOCK_MAX_LEASES: 2}
+    w.hold("1.1", "S", mode="semaphore", **sem)
+    w.hold("2.1", "S", mode="semaphore", **sem)
+    w.hold("3.1", "X")
+    w.wait("3.1", "S", mode="semaphore", **sem)
+    w.wait("1.1", "X")
+    assert w.deadlocks() == []
+    # Now 2 also waits for 3: a knot, no participant can proceed.
+    w.wait("2.1", "X")
+    assert w.deadlocks() == [w.keys("1.1", "2.1", "3.1")]
+    # 2 gives up: 3 can get 2's permit once 2 releases... 2 still holds it, but is no
+    # longer stuck, so the knot is gone.
+    w.end_wait("2.1", "X")
+    assert w.deadlocks() == []
+
+
+def test_semaphore_without_max_leases_never_reports() -> None:
+    w = World()
+    w.hold("1.1", "S", mode="semaphore")
+    w.hold("2.1", "X")
+    w.wait("2.1", "S", mode="semaphore")
+    w.wait("1.1", "X")
+    assert w.deadlocks() == []
+
+
+def test_semaphore_knot_found_when_blocked_by_another_deadlock() -> None:
+    # 2 holds a permit of S and gets stuck behind an existing deadlock (4 <-> 5); then the
+    # cycle 1 <-> 3 through S cannot proceed either.
+    w = World()
+    sem = {ev.ATTR_LOCK_MAX_LEASES: 2}
+    w.hold("4.1", "D1")
+    w.hold("5.1", "D2")
+    w.wait("4.1", "D2")
+    w.wait("5.1", "D1")
+    w.hold("1.1", "S", mode="semaphore", **sem)
+    w.hold("2.1", "S", mode="semaphore", **sem)
+    w.hold("3.1", "X")
+    w.wait("3.1", "S", mode="semaphore", **sem)
+    w.wait("1.1", "X")
+    assert w.deadlocks() == [w.keys("4.1", "5.1")]
+    w.wait("2.1", "D1")
+    assert sorted(map(sorted, w.deadlocks())) == sorted(
+        [sorted(w.keys("4.1", "5.1")), sorted(w.keys("1.1", "3.1"))]
+    )
+
+
+def test_resolves_when_a_participant_gives_up() -> None:
+    w = World()
+    actors = ring(w, 3)
+    [d] = w.active("deadlocks")
+    w.advance(1)
+    w.end_wait(actors[1], "L2", outcome="timeout")
+    assert w.active("deadlocks") == []
+    [r] = w.state.api_deadlocks()["deadlocks"]
+    assert r["id"] == d["id"]
+    assert r["status"] == "resolved"
+    assert r["resolution"] == "wait_ended"
+    assert r["resolved_at"] > r["detected_at"]
+
+
+def test_resolves_when_a_participant_process_dies() -> None:
+    w = World()
+    for a, holds, _waits in (("1.1", "A", "B"), ("2.1", "B", "A")):
+        w.hold(a, holds)
+    w.wait("1.1", "B")
+    w.wait("2.1", "A")
+    for p in (1, 2):
+        w.heartbeat(p, holds=[], waits=[], t=w.now - 1)  # announce 1 s heartbeats
+    assert len(w.active("deadlocks")) == 1
+    # process 1 keeps heartbeating (with its state); process 2 goes silent
+    for _ in range(4):
+        w.advance(1.0)
+        w.heartbeat(
+            1,
+            holds=[w.entry("1.1", "A", since=w.hold_since("1.1", "A") or 0)],
+            waits=[w.entry("1.1", "B", since=w.wait_since("1.1") or 0)],
+        )
+    [r] = w.state.api_deadlocks()["deadlocks"]
+    assert r["status"] == "resolved"
+    assert r["resolution"] == "process_dead"
+    # the dead process's hold of B is now an orphaned stale holder
+    [s] = w.active("stale_holders")
+    assert (s["reason"], s["lock"], s["pid"]) == ("orphaned", "B", 1002)
+
+
+def test_smaller_cycle_left_after_resolution_is_reported() -> None:
+    # 1 <-> 2 and 2 <-> 3 share actor 2 through a read-write lock held by 1 and 3:
+    # one strongly connected group; when 1 gives up, 2 <-> 3 is still a deadlock.
+    w = World()
+    w.hold("1.1", "R", mode="read")
+    w.hold("3.1", "R", mode="read")
+    w.hold("2.1", "B")
+    w.wait("2.1", "R", mode="write")
+    w.wait("1.1", "B")
+    w.wait("3.1", "B")
+    assert w.deadlocks() == [w.keys("1.1", "2.1", "3.1")]
+    w.end_wait("1.1", "B")
+    assert w.deadlocks() == [w.keys("2.1", "3.1")]
+
+
+def test_stable_id_after_agent_restart_from_heartbeats() -> None:
+    w = World()
+    ring(w, 2)
+    [d] = w.active("deadlocks")
+    snapshot = {
+        1: (
+            [w.entry("1.1", "L0", w.hold_since("1.1", "L0") or 0)],
+            [w.entry("1.1", "L1", w.wait_since("1.1") or 0)],
+        ),
+        2: (
+            [w.entry("2.1", "L1", w.hold_since("2.1", "L1") or 0)],
+            [w.entry("2.1", "L0", w.wait_since("2.1") or 0)],
+        ),
+    }
+    # a fresh agent learns everything from the next heartbeats
+    w2 = World()
+    w2.now = w.now
+    for p, (holds, waits) in snapshot.items():
+        w2.heartbeat(p, holds=holds, waits=waits)
+    [d2] = w2.active("deadlocks")
+    assert d2["id"] == d["id"]
+    assert {p["actor"] for p in d2["participants"]} == {p["actor"] for p in d["participants"]}
+
+
+def test_confirm_after_defers_and_counts_rejected_candidates() -> None:
+    w = World(AgentConfig(confirm_after=0.3))
+    ring(w, 2)
+    assert w.active("deadlocks") == []  # candidate pending
+    w.advance(0.31)
+    assert len(w.active("deadlocks")) == 1
+    # a candidate that vanishes before confirmation is a rejected (false) candidate
+    w.hold("5.1", "P")
+    w.hold("6.1", "Q")
+    w.wait("5.1", "Q")
+    w.wait("6.1", "P")
+    w.end_wait("6.1", "P")
+    w.advance(0.31)
+    assert len(w.active("deadlocks")) == 1
+    assert w.state.deadlocks.counters.candidates_rejected_total == 1
+
+
+def test_consistent_order_under_contention_is_no_deadlock() -> None:
+    w = World()
+    # many actors taking A then B, in the same order: long queues, no cycle
+    w.hold("1.1", "A")
+    w.advance(0.01)
+    w.hold("1.1", "B")
+    for i in range(2, 30):
+        w.wait(f"{i}.1", "A", **FIFO)
+        w.advance(0.001)
+    assert w.deadlocks() == []
+    assert w.state.deadlocks.counters.searches_total == 0  # nobody waits for a waiter
+
+
+# -- stale holders ------------------------------------------------------------------------------
+def test_max_hold_reported_when_holder_still_asserts_it() -> None:
+    w = World(AgentConfig(max_hold=10, max_hold_overrides={"report:*": 0, "fast:{id}": 2}))
+    since = w.now
+    w.hold("1.1", "slow")
+    w.hold("1.2", "report:1")
+    w.hold("1.3", "fast:7", **{ev.ATTR_LOCK_TEMPLATE: "fast:{id}"})
+    w.advance(3)
+    w.heartbeat(
+        1,
+        holds=[
+            w.entry("1.1", "slow", since),
+            w.entry("1.2", "report:1", since),
+            w.entry("1.3", "fast:7", since, **{ev.ATTR_LOCK_TEMPLATE: "fast:{id}"}),
+        ],
+    )
+    assert [s["lock"] for s in w.active("stale_holders")] == ["fast:7"]
+    w.advance(8)
+    w.heartbeat(
+        1,
+        holds=[
+            w.entry("1.1", "slow", since),
+            w.entry("1.2", "report:1", since),
+            w.entry("1.3", "fast:7", since, **{ev.ATTR_LOCK_TEMPLATE: "fast:{id}"}),
+        ],
+    )
+    stale = w.active("stale_holders")
+    assert sorted(s["lock"] for s in stale) == ["fast:7", "slow"]
+    assert {s["reason"] for s in stale} == {"max_hold"}
+    # released: resolved
+    w.release("1.1", "slow")
+    assert [s["lock"] for s in w.active("stale_holders")] == ["fast:7"]
+    assert w.state.stale_holders_by_reason()["max_hold"] == 1
+
+
+def test_max_hold_not_reported_for_a_hold_whose_release_was_lost() -> None:
+    w = World(AgentConfig(max_hold=2))
+    w.heartbeat(1)
+    w.hold("1.1", "A")
+    w.advance(2.5)  # the hold.end was lost; the holder no longer asserts the hold
+    assert w.active("stale_holders") == []
+    w.heartbeat(1)
+    assert w.active("stale_holders") == []
+    assert w.state.hold_count == 0
+
+
+def test_orphaned_holder_when_process_stops_heartbeating() -> None:
+    w = World()
+    w.heartbeat(1, interval=0.5)
+    w.hold("1.1", "A", system="redis")
+    w.hold("1.2", "T", system="threading")
+    w.advance(1.0)
+    assert w.active("stale_holders") == []
+    w.advance(0.6)  # 3 x 0.5 s silent
+    [s] = w.active("stale_holders")
+    assert (s["reason"], s["lock"]) == ("orphaned", "A")  # in-process locks die with it
+    assert w.state.api_processes()["processes"][0]["alive"] is False
+    # the process comes back (it was SIGSTOPped): the finding resolves
+    w.heartbeat(1, holds=[w.entry("1.1", "A", since=w.hold_since("1.1", "A") or 0)])
+    assert w.active("stale_holders") == []
+    assert w.state.api_processes()["processes"][0]["alive"] is True
+
+
+def test_orphaned_hold_dropped_when_lease_runs_out_or_another_takes_it() -> None:
+    w = World()
+    w.heartbeat(1)
+    w.heartbeat(2)
+    w.hold("1.1", "A", **{ev.ATTR_LOCK_EXPIRES_AT: w.now + 10 * S})
+    w.hold("2.1", "B")
+    w.advance(3.1)  # both silent: two orphans
+    assert len(w.active("stale_holders")) == 2
+    w.hold("3.1", "B")  # someone else got B: 2's hold is evidently gone
+    assert [s["lock"] for s in w.active("stale_holders")] == ["A"]
+    w.advance(7.5)  # A's lease ran out (+ grace)
+    assert w.active("stale_holders") == []
+    assert w.state.hold_count == 1
+
+
+def test_lease_expired_while_holder_still_reports_it() -> None:
+    w = World(AgentConfig(lease_grace=0.5))
+    expires = w.now + 2 * S
+    since = w.now
+    w.hold("1.1", "A", **{ev.ATTR_LOCK_EXPIRES_AT: expires})
+    w.advance(2.2)
+    w.heartbeat(1, holds=[w.entry("1.1", "A", since, **{ev.ATTR_LOCK_EXPIRES_AT: expires})])
+    assert w.active("stale_holders") == []  # within grace
+    w.advance(0.5)
+    w.heartbeat(1, holds=[w.entry("1.1", "A", since, **{ev.ATTR_LOCK_EXPIRES_AT: expires})])
+    [s] = w.active("stale_holders")
+    assert s["reason"] == "lease_expired"
+    assert s["expires_at"].endswith("Z")
+
+
+def test_lock_lost_event_is_lease_expired_and_counted() -> None:
+    w = World()
+    since = w.now
+    w.hold("1.1", "order:42")
+    w.advance(1)
+    w.send(ev.EVENT_LOCK_LOST, "1.1", "order:42", since=since)
+    [s] = w.active("stale_holders")
+    assert s["reason"] == "lease_expired"
+    assert s["lock"] == "order:42"
+    assert w.state.counters.locks_lost == {"order:{id}": 1}
+    assert w.state.hold_count == 0
+    w.advance(301)  # one-shot findings expire after finding_ttl
+    assert w.active("stale_holders") == []
+
+
+# -- violations -----------------------------------------------------------------------------------
+def test_overlapping_holds_after_pause_past_lease() -> None:
+    # 1 holds A with a 1 s lease, is SIGSTOPped; 2 takes A after the lease; 1 resumes and
+    # still reports A in its heartbeat: both believed they held A at once.
+    w = World()
+    since1 = w.now
+    w.heartbeat(1, holds=[])
+    w.hold("1.1", "A", **{ev.ATTR_LOCK_EXPIRES_AT: w.now + S, ev.ATTR_LOCK_TOKEN: 5})
+    w.advance(2)
+    w.hold("2.1", "A", since=w.now - S // 5, **{ev.ATTR_LOCK_TOKEN: 6})  # reported after 0.2 s
+    assert w.active("violations") == []
+    w.advance(0.5)
+    w.heartbeat(1, holds=[w.entry("1.1", "A", since1, **{ev.ATTR_LOCK_TOKEN: 5})])
+    [v] = w.active("violations")
+    assert v["reason"] == "overlapping_holds"
+    assert v["lock"] == "A"
+    assert {v["pid"], v["other"]["pid"]} == {1001, 1002}
+    assert w.state.counters.violations == {"A": 1}
+
+
+def test_sequential_holds_with_lost_release_are_no_violation() -> None:
+    w = World()
+    w.hold("1.1", "A")  # its hold.end is lost
+    w.advance(1)
+    w.hold("2.1", "A")
+    w.advance(1)
+    w.heartbeat(2, holds=[w.entry("2.1", "A", w.hold_since("2.1", "A") or 0)])
+    assert w.active("violations") == []
+
+
+def test_readers_overlapping_is_no_violation_but_reader_and_writer_is() -> None:
+    w = World()
+    w.hold("1.1", "RW", mode="read")
+    w.hold("2.1", "RW", mode="read")
+    w.advance(1)
+    w.heartbeat(1, holds=[w.entry("1.1", "RW", w.hold_since("1.1", "RW") or 0, mode="read")])
+    assert w.active("violations") == []
+    w.hold("3.1", "RW", mode="write", since=w.now - S // 5)
+    w.advance(1)
+    w.heartbeat(1, holds=[w.entry("1.1", "RW", w.hold_since("1.1", "RW") or 0, mode="read")])
+    assert len(w.active("violations")) == 1
+
+
+def test_fencing_token_going_backwards() -> None:
+    w = World()
+    w.hold("1.1", "A", **{ev.ATTR_LOCK_TOKEN: 10})
+    w.release("1.1", "A")
+    w.advance(1)
+    w.hold("2.1", "A", **{ev.ATTR_LOCK_TOKEN: 11})
+    w.release("2.1", "A")
+    assert w.active("violations") == []
+    w.advance(1)
+    w.hold("3.1", "A", **{ev.ATTR_LOCK_TOKEN: 3})  # e.g. the Redis server lost its counter
+    [v] = w.active("violations")
+    assert v["reason"] == "fencing_token_backwards"
+    assert (v["token"], v["other"]["token"]) == (3, 11)
+
+
+def test_fencing_tokens_delivered_out_of_order_are_fine() -> None:
+    w = World()
+    t0 = w.now
+    w.advance(1)
+    w.hold("2.1", "A", since=w.now, **{ev.ATTR_LOCK_TOKEN: 11})
+    w.hold("1.1", "A", since=t0, **{ev.ATTR_LOCK_TOKEN: 10})  # older hold, arrives late
+    assert [v for v in w.active("violations") if v["reason"] == "fencing_token_backwards"] == []
+
+
+# -- lock-order inversions ------------------------------------------------------------------------
+def pair(
+    w: World, process: int, first: str, second: str, fm: str = "exclusive", sm: str = "exclusive"
+) -> None:
+    attrs: dict[str, Any] = {
+        ev.ATTR_ORDER_FIRST: first,
+        ev.ATTR_ORDER_SECOND: second,
+        ev.ATTR_ORDER_FIRST_MODE: fm,
+        ev.ATTR_ORDER_SECOND_MODE: sm,
+        ev.ATTR_ORDER_SYSTEM_FIRST: "redis",
+        ev.ATTR_ORDER_SYSTEM_SECOND: "redis",
+    }
+    w.state.apply(w.event(ev.EVENT_ORDER_PAIR, f"{process}.1", attrs))
+
+
+def test_ab_ba_seen_at_different_times_is_an_inversion() -> None:
+    w = World()
+    pair(w, 1, "account:{id}", "ledger")
+    w.advance(3600)
+    assert w.active("order_inversions") == []
+    pair(w, 2, "ledger", "account:{id}")
+    [inv] = w.active("order_inversions")
+    assert sorted(inv["locks"]) == ["account:{id}", "ledger"]
+    assert inv["reason"] == "order_inversion"
+    assert inv["pid"] == 1002
+    assert {p["pid"] for p in inv["pairs"]} == {1001, 1002}
+    pair(w, 3, "ledger", "account:{id}")  # the same pair again: no new finding
+    assert len(w.state.api_order_inversions()["order_inversions"]) == 1
+    assert w.deadlocks() == []  # potential, not actual
+
+
+def test_three_lock_order_cycle() -> None:
+    w = World()
+    pair(w, 1, "a", "b")
+    pair(w, 2, "b", "c")
+    assert w.active("order_inversions") == []
+    pair(w, 3, "c", "a")
+    [inv] = w.active("order_inversions")
+    assert sorted(inv["locks"]) == ["a", "b", "c"]
+
+
+def test_read_read_orderings_are_not_inversions() -> None:
+    w = World()
+    pair(w, 1, "a", "b", "read", "read")
+    pair(w, 2, "b", "a", "read", "read")
+    assert w.active("order_inversions") == []
+    # read-held a then write b, vs read-held b then read a: b conflicts, a does not
+    pair(w, 3, "a", "b", "read", "write")
+    pair(w, 4, "b", "a", "read", "read")
+    assert w.active("order_inversions") == []
+
+
+def test_mixed_modes_that_conflict_at_every_lock_are_an_inversion() -> None:
+    w = World()
+    pair(w, 1, "a", "b", "read", "read")
+    pair(w, 2, "b", "a", "write", "write")
+    assert len(w.active("order_inversions")) == 1
+
+
+def test_same_template_pair_ignored_unless_configured() -> None:
+    w = World()
+    pair(w, 1, "order:{id}", "order:{id}")
+    assert w.active("order_inversions") == []
+    w2 = World(AgentConfig(order_self_pairs=True))
+    pair(w2, 1, "order:{id}", "order:{id}")
+    assert len(w2.active("order_inversions")) == 1
+
+
+# -- findings feed ---------------------------------------------------------------------------------
+def test_subscribe_and_findings_feed() -> None:
+    w = World()
+    seen: list[tuple[str, str]] = []
+
+    def listen(f: Finding) -> None:
+        seen.append((f.kind, f.status))
+
+    unsubscribe = w.state.subscribe(listen)
+    ring(w, 2)
+    w.end_wait("1.1", "L1")
+    assert seen == [("deadlock", "active"), ("deadlock", "resolved")]
+    [f] = list(w.state.findings())
+    assert f.labels["alertname"] == "LockDeadlock"
+    assert f.labels["id"] == f.id
+    assert "waits for" in f.text
+    unsubscribe()
+    ring(w, 2)
+    assert len(seen) == 2
+
+
+def test_event_order_within_a_ring_does_not_matter() -> None:
+    # every permutation of the four events of a 2-ring gives the same deadlock
+    import itertools
+
+    base = World()
+    t = base.now
+    evs = [
+        (ev.EVENT_HOLD_START, "1.1", "A", t),
+        (ev.EVENT_HOLD_START, "2.1", "B", t + 1),
+        (ev.EVENT_WAIT_START, "1.1", "B", t + 2),
+        (ev.EVENT_WAIT_START, "2.1", "A", t + 3),
+    ]
+    ids = set()
+    for perm in itertools.permutations(evs):
+        st = AgentState(clock=lambda: t + 10)
+        for name, actor, lock, since in perm:
+            attrs = base.lock_attrs(lock)
+            attrs[ev.ATTR_SINCE] = since
+            st.apply(base.event(name, actor, attrs, since + 5))
+        [members] = st.deadlocks.active_members()
+        assert len(members) == 2
+        ids.add(st.api_deadlocks()["deadlocks"][0]["id"])
+    assert len(ids) == 1

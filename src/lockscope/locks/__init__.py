@@ -26,6 +26,7 @@ _LAZY = {
     "FairLock": "fair",
     "RobustLock": "retry",
     "CircuitBreaker": "retry",
+    "CircuitOpen": "retry",
     "acquire_all": "multi",
 }
 

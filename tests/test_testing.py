@@ -207,12 +207,17 @@ def test_postgres_pause_times_out_and_resume_recovers(postgres_server: PostgresS
 def test_postgres_kill_and_start_on_same_port(postgres_server: PostgresServer) -> None:
     with psycopg.connect(postgres_server.dsn) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS harness_survives (x int)")
+    # A client connected during the crash: its backend dies with the server.
+    survivor = psycopg.connect(postgres_server.dsn, autocommit=True)
     port = postgres_server.port
     postgres_server.kill()
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(postgres_server.dsn, connect_timeout=1)
     postgres_server.start()
     assert postgres_server.port == port
+    with pytest.raises(psycopg.OperationalError):
+        survivor.execute("SELECT 1")
+    survivor.close()
     with psycopg.connect(postgres_server.dsn) as conn:
         # Crash recovery kept the committed table.
         assert conn.execute("SELECT count(*) FROM harness_survives").fetchone() == (0,)

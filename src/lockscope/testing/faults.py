@@ -64,7 +64,7 @@ def kill(pid: int, *, group: bool = False, wait: float | None = 10.0) -> None:
     """
     _signal(pid, signal.SIGKILL, group)
     if wait is not None:
-        wait_exited(pid, timeout=wait)
+        wait_exited(pid, group=group, timeout=wait)
 
 
 @contextmanager
@@ -142,10 +142,19 @@ def _exited(pid: int) -> bool:
     return False
 
 
-def wait_exited(pid: int, timeout: float = 10.0) -> None:
-    """Block until process ``pid`` has exited; :class:`TimeoutError` after ``timeout`` s."""
+def wait_exited(pid: int, *, group: bool = False, timeout: float = 10.0) -> None:
+    """Block until process ``pid`` (or every process of its group) has exited.
+
+    Raises :class:`TimeoutError` after ``timeout`` seconds.
+    """
     deadline = time.monotonic() + timeout
-    while not _exited(pid):
+
+    def done() -> bool:
+        if group and os.path.isdir("/proc/self"):
+            return all(_exited(member) for member in _group_members(pid))
+        return _exited(pid)
+
+    while not done():
         if time.monotonic() > deadline:
             raise TimeoutError(f"process {pid} still running after {timeout} s")
         time.sleep(0.01)

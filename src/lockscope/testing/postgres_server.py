@@ -106,6 +106,12 @@ class PostgresServer(Server):
     def initialise(self) -> None:
         self.socket_dir.mkdir(exist_ok=True)
         if self._account is not None:
+            for parent in self.base_dir.resolve().parents:
+                if not os.stat(parent).st_mode & 0o001:
+                    raise ServerStartError(
+                        f"postgres runs as {self._account.pw_name!r}, who cannot enter "
+                        f"{parent}; choose a base_dir (or TMPDIR) under a world-searchable path"
+                    )
             for path in (self.base_dir, self.socket_dir):
                 os.chown(path, self._account.pw_uid, self._account.pw_gid)
         result = subprocess.run(

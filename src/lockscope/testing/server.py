@@ -312,7 +312,9 @@ class Server(ABC):
             pid = self.pid
             self._signal_group(signal.SIGKILL)
             self._executor.process.wait()
-            faults.wait_exited(pid)
+            # Children (PostgreSQL backends) must be gone too: a restart would find their
+            # shared memory still attached.
+            faults.wait_exited(pid, group=True)
         self._paused = False
         self._discard_executor()
 
@@ -375,8 +377,9 @@ class Server(ABC):
 
     def _discard_executor(self) -> None:
         if self._executor is not None:
-            # Reaps the process (if it died on its own) and closes its pipes.
-            self._executor.kill()
+            if self._executor.process is not None:
+                # Reaps the process (if it died on its own) and closes its pipes.
+                self._executor.kill()
             self._executor = None
         if self._log_file is not None:
             self._log_file.close()

@@ -303,3 +303,15 @@ async def test_index_links_the_api(agent: AgentRunner, session: aiohttp.ClientSe
     for path in ("/api/v1/deadlocks", "/api/v1/locks", "/api/v1/graph", "/api/v1/processes"):
         assert f'href="{path}"' in page
         await get(session, agent, path)
+
+
+def test_the_lockscope_agent_fixture(lockscope_agent: Any):
+    """The pytest plugin's fixture: an in-process agent for users' own tests."""
+    now = time.time_ns()
+    lockscope_agent.post_events(ring(now), wire="json")
+    deadlocks = lockscope_agent.wait_for(
+        lambda: lockscope_agent.get("/api/v1/deadlocks?status=active")["deadlocks"]
+    )
+    assert sorted(deadlocks[0]["locks"]) == [LOCK_A, LOCK_B]
+    assert lockscope_agent.otlp_url.startswith("http://127.0.0.1:")
+    assert lockscope_agent.call(lambda: lockscope_agent.state.active_counts())["deadlock"] == 1

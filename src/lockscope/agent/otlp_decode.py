@@ -222,11 +222,17 @@ def _any_value(value: Any) -> Any:
 
 
 def _attributes(key_values: Iterable[Any]) -> dict[str, Any]:
+    # The hot loop of the receiver (a dozen attributes per event): scalars inline, no call.
     out: dict[str, Any] = {}
     for kv in key_values:
-        value = _any_value(kv.value)
-        if value is not None:
-            out[kv.key] = value
+        value = kv.value
+        kind = value.WhichOneof("value")
+        if kind is None:
+            continue
+        if kind == "array_value" or kind == "kvlist_value":
+            out[kv.key] = _any_value(value)
+        else:
+            out[kv.key] = getattr(value, kind)
     return out
 
 

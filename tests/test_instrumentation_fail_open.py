@@ -64,7 +64,10 @@ def _lock_scenario(client: redis.Redis) -> list[object]:
     except redis.exceptions.LockError as exc:
         out.append(type(exc).__name__)
     for i in range(200):  # more events (order pairs, holds) than the queue takes
-        with client.lock(f"fo:{i}:x", timeout=10), client.lock(f"fo-{chr(65 + i % 26)}", timeout=10):
+        with (
+            client.lock(f"fo:{i}:x", timeout=10),
+            client.lock(f"fo-{chr(65 + i % 26)}", timeout=10),
+        ):
             pass
     out.append(sorted(client.keys("fo:*")))
     return out

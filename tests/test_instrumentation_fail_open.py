@@ -3,6 +3,7 @@ as bare ones, the shim's memory stays bounded and what it could not send is coun
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -26,6 +27,7 @@ def _refused_endpoint() -> str:
     return f"http://127.0.0.1:{port}"
 
 
+@contextlib.contextmanager
 def _shim(endpoint: str, **overrides: float) -> Iterator[runtime.Shim]:
     config = ShimConfig(
         endpoint=endpoint,
@@ -84,7 +86,7 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
 
 
 def test_agent_refusing_connections(client: redis.Redis) -> None:
-    for shim in _shim(_refused_endpoint()):
+    with _shim(_refused_endpoint()) as shim:
         assert _lock_scenario(client) == EXPECTED
         _until(lambda: shim.recorder.dropped > 0)
         assert shim.recorder.pending() <= QUEUE
@@ -97,7 +99,7 @@ def test_agent_black_holed(redis_url: str) -> None:
     with OtlpSink() as sink:
         sink.black_hole = True  # accepts the connection, reads, never answers
         r = redis.Redis.from_url(redis_url)
-        for shim in _shim(sink.endpoint):
+        with _shim(sink.endpoint) as shim:
             sink.wait_until(lambda s: len(s.requests) >= 1)
             # The sender is stuck waiting for an answer; lock calls are not.
             assert _lock_scenario(r) == EXPECTED
@@ -110,7 +112,7 @@ def test_agent_black_holed(redis_url: str) -> None:
 def test_agent_answering_500_drops_without_retrying(client: redis.Redis) -> None:
     with OtlpSink() as sink:
         sink.status = 500
-        for shim in _shim(sink.endpoint, heartbeat=0.05):
+        with _shim(sink.endpoint, heartbeat=0.05) as shim:
             assert _lock_scenario(client) == EXPECTED
             _until(lambda: shim.recorder.dropped > 0 and shim.reporter.failed_posts >= 2)
             # 500 is not retryable: one request per failed batch.
@@ -122,7 +124,7 @@ def test_agent_answering_429_is_retried_after_retry_after(client: redis.Redis) -
     with OtlpSink() as sink:
         sink.status = 429
         sink.retry_after = "1"
-        for shim in _shim(sink.endpoint, heartbeat=5.0):
+        with _shim(sink.endpoint, heartbeat=5.0) as shim:
             assert _lock_scenario(client) == EXPECTED
             sink.wait_until(lambda s: len(s.requests) >= 1)
             first = sink.requests[0][2]
@@ -136,7 +138,7 @@ def test_agent_answering_429_is_retried_after_retry_after(client: redis.Redis) -
 
 
 def test_memory_stays_bounded_under_a_burst_while_the_agent_is_down(client: redis.Redis) -> None:
-    for shim in _shim(_refused_endpoint(), heartbeat=10.0):
+    with _shim(_refused_endpoint(), heartbeat=10.0) as shim:
         stop = threading.Event()
         held = client.lock("fo:held", timeout=30)
         assert held.acquire()

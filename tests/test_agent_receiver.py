@@ -264,6 +264,13 @@ async def test_partial_success_for_rejected_records(
             id="json-bad-trace-id",
         ),
         pytest.param(b"\xc3\x28", JSON, {}, id="json-not-utf8"),
+        pytest.param(b'{"a":' * 100_000 + b"1" + b"}" * 100_000, JSON, {}, id="json-too-deep"),
+        pytest.param(
+            b'{"resourceLogs": [{"scopeLogs": [{"logRecords": [{"timeUnixNano": "soon"}]}]}]}',
+            JSON,
+            {},
+            id="json-bad-int64",
+        ),
         pytest.param(b"not gzip at all", PROTOBUF, {"Content-Encoding": "gzip"}, id="bad-gzip"),
         pytest.param(None, PROTOBUF, {"Content-Encoding": "gzip"}, id="truncated-gzip"),
     ],

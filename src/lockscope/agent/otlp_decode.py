@@ -133,11 +133,14 @@ def parse_request(signal: Signal, body: bytes, wire: WireFormat) -> Any:
         return message
     try:
         document = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise DecodeError(f"invalid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise DecodeError("invalid OTLP/JSON: the body must be a JSON object")
-    _hex_ids_to_base64(document)
+    try:
+        _hex_ids_to_base64(document)
+    except RecursionError:
+        raise DecodeError("invalid OTLP/JSON: nested too deeply") from None
     try:
         json_format.ParseDict(document, message, ignore_unknown_fields=True)
     except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:

@@ -148,7 +148,14 @@ async def _handle(request: web.Request, signal: Signal) -> web.Response:
     except DecodeError as exc:
         stats.reject("decode_error")
         return _error(wire, 400, _INVALID_ARGUMENT, str(exc))
-    rejected, error_message = _ingest(request.app, signal, message)
+    try:
+        rejected, error_message = _ingest(request.app, signal, message)
+    except Exception:
+        # A decoder bug on odd input: 400 (not retryable) rather than a 5xx that makes the
+        # exporter resend the same batch forever.
+        log.exception("failed to process an OTLP %s request", signal)
+        stats.reject("internal_error")
+        return _error(wire, 400, _INVALID_ARGUMENT, "the agent could not process this request")
     return web.Response(
         body=encode_response(signal, wire, rejected, error_message),
         content_type=_MEDIA_TYPE[wire],

@@ -21,7 +21,6 @@ import socket
 import subprocess
 import tempfile
 import threading
-import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -107,7 +106,9 @@ def _executor_class() -> type[Any]:
     return _ReadyExecutor
 
 
-_live: weakref.WeakSet[Server] = weakref.WeakSet()
+# Strong references: a server nobody holds on to keeps running (and is closed at exit)
+# rather than being killed by the garbage collector at a random moment.
+_live: set[Server] = set()
 _live_lock = threading.Lock()
 
 
@@ -360,6 +361,8 @@ class Server(ABC):
             self.kill()
         finally:
             self._closed = True
+            with _live_lock:
+                _live.discard(self)
             if self._own_dir:
                 shutil.rmtree(self.base_dir, ignore_errors=True)
 

@@ -171,7 +171,8 @@ class Server(ABC):
         self.log_path = self.base_dir / f"{self.name}.log"
         self._executor: Any = None
         self._log_file: IO[str] | None = None
-        self._initialised = False
+        self._initialised = False  # initialise() done
+        self._provisioned = False  # after_first_start() done
         self._paused = False
         self._closed = False
         with _live_lock:
@@ -260,6 +261,7 @@ class Server(ABC):
         self.check_installed()
         if not self._initialised:
             self.initialise()
+            self._initialised = True
         self._discard_executor()
         self._log_file = open(self.log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in _discard_executor
         executor = _executor_class()(
@@ -286,9 +288,9 @@ class Server(ABC):
                 f"{self.name} server did not start on {self.host}:{self.port}: {exc}\n"
                 f"--- last lines of {self.log_path} ---\n{self.log_tail()}"
             ) from exc
-        if not self._initialised:
-            self._initialised = True
+        if not self._provisioned:
             self.after_first_start()
+            self._provisioned = True
         return self
 
     def stop(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 import tracemalloc
 import zlib
 from collections.abc import AsyncIterator
@@ -549,6 +550,20 @@ async def test_metrics_are_stored_per_process_with_reset_handling(
     status, ctype, _ = await post(session, agent, "/v1/metrics", json.dumps(document), JSON)
     assert (status, ctype) == (200, JSON)
     assert agent.metrics_store.sums()[key] == 16.0
+
+
+def test_idle_processes_are_forgotten_without_lowering_totals():
+    from lockscope.agent.metrics_store import MetricsStore
+    from lockscope.agent.otlp_decode import decode_metrics
+
+    store = MetricsStore()
+    store.add(decode_metrics(counter_request(5, T0)).points)
+    before = store.sums()
+    assert store.forget_idle(600.0) == []
+    assert store.forget_idle(600.0, now=time.monotonic() + 601) == ["billing-1"]
+    assert store.processes() == []
+    assert store.series_count == 0
+    assert store.sums() == before
 
 
 def test_metric_series_cap():

@@ -67,6 +67,8 @@ DEFAULT_OTLP: Final[Address] = ("127.0.0.1", 4318)
 DEFAULT_HTTP: Final[Address] = ("127.0.0.1", 9477)
 DEFAULT_TICK_INTERVAL: Final = 0.1
 DEFAULT_SHUTDOWN_TIMEOUT: Final = 10.0
+HOUSEKEEPING_INTERVAL: Final = 10.0
+"""Seconds between sweeps of processes that stopped sending metrics."""
 
 HttpSetup = Callable[[web.Application], None]
 """Adds routes or startup/cleanup hooks to the HTTP app (metrics exporter, web view...)."""
@@ -297,6 +299,7 @@ class AgentRunner:
     async def _tick_loop(self) -> None:
         loop = asyncio.get_running_loop()
         next_at = loop.time()
+        housekeeping_at = next_at + HOUSEKEEPING_INTERVAL
         while True:
             next_at += self.tick_interval
             await asyncio.sleep(max(0.0, next_at - loop.time()))
@@ -305,6 +308,9 @@ class AgentRunner:
             except Exception:
                 # One bad tick must not stop detection for the rest of the agent's life.
                 log.exception("agent state tick failed")
+            if loop.time() >= housekeeping_at:
+                housekeeping_at = loop.time() + HOUSEKEEPING_INTERVAL
+                self.metrics_store.forget_idle()
             if loop.time() - next_at > self.tick_interval:
                 next_at = loop.time()  # fell behind (a long request): do not burst
 

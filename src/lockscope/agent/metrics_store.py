@@ -10,7 +10,9 @@ fleet-wide counters that never go backwards:
 - a delta point is added;
 - a point older than the series' last one is ignored (reordered delivery);
 - :meth:`MetricsStore.forget_process` folds a dead process's totals into a retired total,
-  so forgetting a process does not make a counter drop.
+  so forgetting a process does not make a counter drop; :meth:`MetricsStore.forget_idle`
+  does so for every process that has sent no points for a while (SDKs export cumulative
+  series at every interval, so silence means the process is gone).
 
 Series are capped (:attr:`MetricsStore.max_series`); points of new series beyond the cap
 are dropped and counted in :attr:`MetricsStore.dropped_points`.
@@ -18,6 +20,7 @@ are dropped and counted in :attr:`MetricsStore.dropped_points`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -29,6 +32,7 @@ SeriesKey = tuple[str, Labels]
 """(metric name, sorted label pairs): a series summed across processes."""
 
 DEFAULT_MAX_SERIES = 50_000
+DEFAULT_IDLE_SECONDS = 600.0
 
 
 @dataclass(slots=True)
@@ -90,6 +94,8 @@ class _HistogramSeries:
 class _Process:
     sums: dict[SeriesKey, _SumSeries] = field(default_factory=dict)
     histograms: dict[SeriesKey, _HistogramSeries] = field(default_factory=dict)
+    last_seen: float = 0.0
+    """``time.monotonic()`` of the last point received."""
 
 
 class MetricsStore:
@@ -112,10 +118,12 @@ class MetricsStore:
     def add(self, points: Iterable[SumPoint | HistogramPoint]) -> int:
         """Fold points in; returns how many were dropped by the series cap."""
         dropped = 0
+        now = time.monotonic()
         for point in points:
             process = self._processes.get(point.process.instance)
             if process is None:
                 process = self._processes[point.process.instance] = _Process()
+            process.last_seen = now
             key: SeriesKey = (point.name, point.labels)
             if isinstance(point, SumPoint):
                 ok = self._add_sum(process, key, point)
@@ -194,6 +202,17 @@ class MetricsStore:
             else:
                 retired.add(hist_series.total())
         self._series -= len(process.sums) + len(process.histograms)
+
+    def forget_idle(
+        self, idle_seconds: float = DEFAULT_IDLE_SECONDS, now: float | None = None
+    ) -> list[str]:
+        """Forget (see :meth:`forget_process`) every process that has sent no points for
+        ``idle_seconds``; returns their instances."""
+        now = time.monotonic() if now is None else now
+        idle = [i for i, p in self._processes.items() if now - p.last_seen > idle_seconds]
+        for instance in idle:
+            self.forget_process(instance)
+        return idle
 
     def processes(self) -> list[str]:
         """Instances (``service.instance.id``) with stored series."""

@@ -20,7 +20,9 @@ import contextlib
 import math
 import os
 import re
+import select
 import sqlite3
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
@@ -104,6 +106,10 @@ class Dialect(abc.ABC):
         """Whether ``exc`` means "someone else got there first" rather than a failure."""
         return False
 
+    def is_stale(self, conn: Any) -> bool:
+        """Whether a pooled, idle connection is known dead (closed, or the server hung up)."""
+        return False
+
     @staticmethod
     def driver_errors() -> tuple[type[BaseException], ...]:
         """The driver's exception classes, all of which become ``BackendUnavailable``."""
@@ -155,13 +161,27 @@ class SQLiteDialect(Dialect):
         cur = conn.cursor()
         try:
             cur.execute(f"PRAGMA busy_timeout = {math.ceil(self.statement_timeout * 1000)}")
-            # WAL lets readers and the one writer proceed together; several processes on
-            # one file then wait on each other only for the few microseconds of a write.
-            cur.execute("PRAGMA journal_mode = WAL")
-            cur.fetchall()
+            self._use_wal(cur)
             cur.execute(self.create_sql)
         finally:
             cur.close()
+
+    def _use_wal(self, cur: Any) -> None:
+        # WAL lets readers and the one writer proceed together; several processes on one
+        # file then wait on each other only for the few microseconds of a write. The
+        # mode is stored in the file, so only the first connection ever switches it, but
+        # that switch does not wait on the busy handler: processes starting together on a
+        # new file retry it here, within the statement timeout.
+        deadline = time.monotonic() + self.statement_timeout
+        while True:
+            try:
+                cur.execute("PRAGMA journal_mode = WAL")
+                cur.fetchall()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.01)
 
     def acquire(self, cur: Any, name: str, owner: str, ttl: float) -> int | None:
         cur.execute(self.acquire_sql, {"name": name, "owner": owner, "ttl": ttl})
@@ -266,6 +286,9 @@ class PostgresDialect(Dialect):
         cur.execute(self.holder_sql, {"name": name})
         row = cur.fetchone()
         return None if row is None else (str(row[0]), int(row[1]), float(row[2]))
+
+    def is_stale(self, conn: Any) -> bool:
+        return bool(conn.closed or conn.broken) or _has_input(conn.pgconn.socket)
 
     def check_name(self, name: str) -> None:
         if "\x00" in name:
@@ -380,6 +403,10 @@ class MySQLDialect(Dialect):
         if len(name.encode()) > self.MAX_NAME_BYTES:
             raise ValueError(f"MySQL lock names are limited to {self.MAX_NAME_BYTES} UTF-8 bytes")
 
+    def is_stale(self, conn: Any) -> bool:
+        sock = getattr(conn, "_sock", None)  # PyMySQL has no public accessor
+        return not conn.open or sock is None or _has_input(sock.fileno())
+
     def is_contention(self, exc: BaseException) -> bool:
         # 1213 deadlock, 1205 lock wait timeout: InnoDB rolled our one statement back
         # because another session was taking the same row. Nothing changed; try again.
@@ -391,6 +418,16 @@ class MySQLDialect(Dialect):
         import pymysql
 
         return (pymysql.err.MySQLError,)
+
+
+def _has_input(fd: int) -> bool:
+    # An idle connection has nothing to read: readable means the server closed it or sent
+    # its dying words (a restart, an idle timeout). redis-py's pool makes the same check.
+    try:
+        readable, _, _ = select.select([fd], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 DIALECTS: Mapping[str, type[Dialect]] = {

@@ -125,6 +125,8 @@ class LeaseStore:
             if contention and dialect.is_contention(exc):
                 healthy = True
                 raise _Contention from exc
+            # The server may have gone away: the other idle connections are suspect too.
+            self._discard_idle()
             raise BackendUnavailable(f"{self._where()}: {exc}") from exc
         finally:
             self._give_back(conn, healthy)
@@ -133,13 +135,19 @@ class LeaseStore:
         return self._namespace or "database"
 
     def _borrow(self) -> Any:
-        with self._mutex:
-            if self._pid != os.getpid():
-                _inherited.extend(self._idle)
-                self._idle = []
-                self._pid = os.getpid()
-            if self._idle:
-                return self._idle.pop()
+        while True:
+            with self._mutex:
+                if self._pid != os.getpid():
+                    _inherited.extend(self._idle)
+                    self._idle = []
+                    self._pid = os.getpid()
+                if not self._idle:
+                    break
+                conn = self._idle.pop()
+            if self._dialect is not None and self._dialect.is_stale(conn):
+                _close_quietly(conn)
+                continue
+            return conn
         return self._open()
 
     def _open(self) -> Any:
@@ -178,9 +186,10 @@ class LeaseStore:
         else:
             _inherited.append(conn)
 
-    def close(self) -> None:
-        """Close the idle connections (those in use are closed when given back)."""
+    def _discard_idle(self) -> None:
         with self._mutex:
+            if self._pid != os.getpid():
+                return
             idle, self._idle = self._idle, []
         for conn in idle:
             _close_quietly(conn)

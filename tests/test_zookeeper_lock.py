@@ -347,6 +347,37 @@ def test_acquire_failing_in_an_outage_leaves_no_node_after_reconnect(
     holder.release()
 
 
+def test_release_in_an_outage_is_bounded_and_the_node_still_goes(
+    new_client: Callable[..., Any], path: str, zookeeper_server: Any
+) -> None:
+    holder = ZooKeeperLock(new_client(timeout=8.0), path, operation_timeout=0.5)
+    assert holder.acquire()
+    zookeeper_server.pause()
+    try:
+        with pytest.raises(BackendUnavailable):
+            holder.release()
+        assert holder.pending_cleanups == 1
+    finally:
+        zookeeper_server.resume()
+    wait_for(lambda: children(holder.client, path) == [], what="node deleted after the outage")
+    assert holder.acquire(timeout=WAIT)
+    assert holder.pending_cleanups == 0
+    holder.release()
+
+
+def test_node_deleted_behind_the_holders_back_is_lost(
+    new_client: Callable[..., Any], path: str
+) -> None:
+    lost: list[object] = []
+    holder = ZooKeeperLock(new_client(), path, on_lost=lost.append)
+    assert holder.acquire()
+    holder.client.delete(f"{path}/{holder.node}")  # an operator "unsticking" the lock
+    with pytest.raises(LockLost):
+        holder.release()
+    assert holder.lost
+    assert lost == [holder]
+
+
 # -- read/write locks and semaphores ------------------------------------------------------
 def test_readers_share_and_writers_exclude(new_client: Callable[..., Any], path: str) -> None:
     r1 = ZooKeeperReadLock(new_client(), path)

@@ -285,13 +285,25 @@ class _ZooKeeperPrimitive(Lock):
         except KazooException as exc:
             raise BackendUnavailable(f"ZooKeeper contenders of {self.path}: {exc}") from exc
 
+    def _wait(self, result: Any, what: str) -> Any:
+        """Wait for a kazoo async call, at most ``operation_timeout``.
+
+        kazoo's sync calls wait for an unreachable server indefinitely; lockscope's calls
+        raise :class:`~lockscope.errors.BackendUnavailable` instead. ``NoNodeError``
+        passes through for the caller to interpret.
+        """
+        try:
+            return result.get(timeout=self._operation_timeout)
+        except NoNodeError:
+            raise
+        except (KazooException, KazooTimeoutError) as exc:
+            raise BackendUnavailable(f"ZooKeeper {what} of {self.path}: {exc!r}") from exc
+
     def _contender_nodes(self) -> list[str]:
         try:
-            children = self.client.get_children(self.path)
+            children = self._wait(self.client.get_children_async(self.path), "listing")
         except NoNodeError:
             return []
-        except KazooException as exc:
-            raise BackendUnavailable(f"ZooKeeper children of {self.path}: {exc}") from exc
         nodes = [child for child in children if _CONTENDER_RE.search(child)]
         return sorted(nodes, key=lambda child: sequence_of(child) or 0)
 
@@ -341,6 +353,8 @@ class _ZooKeeperPrimitive(Lock):
         self._conn.ensure_started()
         if not self.client.connected:
             raise BackendUnavailable(f"ZooKeeper at {self.namespace} is not connected")
+        if self.pending_cleanups:
+            self._sweep_pending()  # an outage may have ended without a state change
         self._update_listener()
         if not blocking:
             deadline: float | None = time.monotonic() + self._operation_timeout
@@ -469,8 +483,8 @@ class _ZooKeeperPrimitive(Lock):
             return self._token_after_acquire(recipe)
         node = self._node_of(recipe)
         try:
-            stat = None if node is None else self.client.exists(node)
-        except KazooException:
+            stat = None if node is None else self._wait(self.client.exists_async(node), "check")
+        except BackendUnavailable:
             return None
         if stat is None or stat.ephemeralOwner != self._conn.session_id():
             return None
@@ -587,10 +601,7 @@ class _ZooKeeperPrimitive(Lock):
     def _node_is_ours(self) -> bool:
         """Ask the server whether the held node exists in this session; mark lost if not."""
         node = self._held_node()
-        try:
-            stat = None if node is None else self.client.exists(node)
-        except KazooException as exc:
-            raise BackendUnavailable(f"ZooKeeper check of {self.path}: {exc}") from exc
+        stat = None if node is None else self._wait(self.client.exists_async(node), "check")
         if stat is None or stat.ephemeralOwner != self._conn.session_id():
             self._mark_lost()
             return False
@@ -617,12 +628,18 @@ class _ZooKeeperPrimitive(Lock):
         if lost:
             self._forget()
             raise LockLost(f"{self.path!r} was lost before release: the ZooKeeper session ended")
+        node = self._held_node()
         try:
-            recipe.release()
-        except KazooException as exc:
+            self._wait(self.client.delete_async(node), "release")
+        except NoNodeError:
+            self._mark_lost()
+            self._forget()
+            raise LockLost(f"{self.path!r} was lost before release: its node was gone") from None
+        except BackendUnavailable:
+            # Not confirmed: delete it (now or on reconnect) whatever happened to the call.
             self._discard(recipe)
             self._forget()
-            raise BackendUnavailable(f"ZooKeeper release of {self.path}: {exc}") from exc
+            raise
         self._forget()
 
     def extend(self, seconds: float) -> None:
@@ -794,8 +811,8 @@ class ZooKeeperSemaphore(_ZooKeeperPrimitive):
 
     def _token_after_acquire(self, recipe: Any) -> int | None:
         try:
-            stat = self.client.exists(recipe.create_path)
-        except KazooException:
+            stat = self._wait(self.client.exists_async(recipe.create_path), "check")
+        except BackendUnavailable:
             return None
         return None if stat is None else int(stat.czxid)
 
@@ -953,7 +970,8 @@ class _AsyncZooKeeperPrimitive(AsyncLock, Generic[_S]):
 
         Cancelling the awaiting task cancels the wait and removes the contender node
         before the ``CancelledError`` propagates (and gives the lock back if it was
-        granted at that instant).
+        granted at that instant). If the server does not answer within a second, the
+        cancellation propagates anyway and the node is removed when it answers.
         """
         timeout = validate_timeout(timeout)
         self._loop = asyncio.get_running_loop()
@@ -964,15 +982,17 @@ class _AsyncZooKeeperPrimitive(AsyncLock, Generic[_S]):
         except asyncio.CancelledError:
             handle.cancel()
             try:
-                got = await asyncio.shield(future)
-            except asyncio.CancelledError:
-                # Cancelled again while cleaning up: finish in the background.
+                got = await asyncio.wait_for(asyncio.shield(future), _CANCEL_GRACE)
+            except (asyncio.CancelledError, TimeoutError):
+                # Cancelled again, or the server is unreachable: the acquire thread
+                # removes the node when kazoo returns; give back a lock granted meanwhile.
                 future.add_done_callback(self._release_if_granted)
-                raise
+                raise asyncio.CancelledError() from None
             except Exception:
                 raise asyncio.CancelledError() from None
             if got:
-                await asyncio.to_thread(self.sync.release)
+                with contextlib.suppress(LockError):
+                    await asyncio.to_thread(self.sync.release)
             raise
         self.fencing_token = self.sync.fencing_token
         return got

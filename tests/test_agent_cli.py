@@ -261,9 +261,32 @@ def http_get(url: str) -> tuple[int, Any]:
 
 def test_real_agent_serves_health_readiness_and_the_api(agent_process: AgentProcess):
     assert http_get(agent_process.http_url + "/healthz") == (200, {"status": "ok"})
-    assert http_get(agent_process.http_url + "/readyz") == (200, {"status": "ready"})
+    status_code, body = http_get(agent_process.http_url + "/readyz")
+    assert (status_code, body["status"]) == (200, "ready")
+    assert body["state"]["processes"] == 0
     status_code, body = http_get(agent_process.http_url + "/api/v1/deadlocks")
     assert (status_code, body) == (200, {"deadlocks": []})
+
+
+async def test_readyz_is_503_until_ready_and_while_stopping():
+    import aiohttp
+
+    from lockscope.agent.app import AgentRunner
+
+    runner = AgentRunner(otlp=("127.0.0.1", 0), http=("127.0.0.1", 0))
+    await runner.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(runner.http_url + "/readyz") as response:
+                assert response.status == 200
+            runner.ready.clear()  # what stop() does first
+            async with session.get(runner.http_url + "/readyz") as response:
+                assert response.status == 503
+                assert (await response.json())["status"] == "not ready"
+            async with session.get(runner.http_url + "/healthz") as response:
+                assert response.status == 200
+    finally:
+        await runner.stop()
 
 
 def test_sigterm_finishes_the_request_in_flight_then_exits_0(agent_process: AgentProcess):

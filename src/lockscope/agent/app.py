@@ -110,9 +110,12 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
-    if request.app[READY_KEY].is_set():
-        return web.json_response({"status": "ready"})
-    return web.json_response({"status": "not ready"}, status=503)
+    ready = request.app[READY_KEY].is_set()
+    body = {
+        "status": "ready" if ready else "not ready",
+        "state": request.app[STATE_KEY].api_status(),
+    }
+    return web.json_response(body, status=200 if ready else 503)
 
 
 def build_http_app(

@@ -11,7 +11,9 @@
 ``GET /api/v1/processes``        ``{"processes": [...]}``
 ===============================  ===============================================
 
-The four finding lists take ``?status=active|resolved|all`` (default ``all``).  A lock
+The four finding lists take ``?status=active|resolved|all`` (default ``all``); the lock
+list takes ``?limit=N`` (default 1000, most waiters first); the graph shows only locks
+with waiters unless ``?include_idle=true``.  A lock
 name may contain ``/`` and any other character: percent-encode it, or not, the rest of
 the path after ``/api/v1/locks/`` is the name.  Errors are JSON too: ``{"error": "..."}``.
 Times are RFC 3339 UTC.
@@ -33,6 +35,7 @@ __all__ = ["API_PREFIX", "setup_api_routes"]
 
 API_PREFIX: Final = "/api/v1"
 STATUSES: Final = ("active", "resolved", "all")
+DEFAULT_LOCKS_LIMIT: Final = 1000
 
 # path -> (key of the list in the response, query on the state)
 _FINDINGS: Final[dict[str, tuple[str, Callable[[AgentState, bool], dict[str, Any]]]]] = {
@@ -70,7 +73,10 @@ def _finding_handler(
 
 
 async def _locks(request: web.Request) -> web.Response:
-    return _json(request.app[STATE_KEY].api_locks())
+    text = request.query.get("limit", str(DEFAULT_LOCKS_LIMIT))
+    if not text.isdigit() or int(text) < 1:
+        return json_error(400, "limit must be a positive integer")
+    return _json(request.app[STATE_KEY].api_locks(limit=int(text)))
 
 
 async def _lock(request: web.Request) -> web.Response:
@@ -82,7 +88,10 @@ async def _lock(request: web.Request) -> web.Response:
 
 
 async def _graph(request: web.Request) -> web.Response:
-    return _json(request.app[STATE_KEY].api_graph())
+    include_idle = request.query.get("include_idle", "false").lower()
+    if include_idle not in ("true", "false", "1", "0"):
+        return json_error(400, "include_idle must be true or false")
+    return _json(request.app[STATE_KEY].api_graph(include_idle=include_idle in ("true", "1")))
 
 
 async def _processes(request: web.Request) -> web.Response:

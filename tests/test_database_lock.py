@@ -668,3 +668,21 @@ async def test_async_bad_input(db_url: str, name: str) -> None:
         await lock.acquire(timeout="1")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="seconds"):
         await lock.extend(-1)
+
+
+# --- the example --------------------------------------------------------------------------
+
+
+def test_sqlite_turns_example(tmp_path: Path) -> None:
+    example = Path(__file__).parent.parent / "examples" / "sqlite_turns.py"
+    done = subprocess.run(
+        [sys.executable, str(example), "--rounds", "2", "--db", str(tmp_path / "turns.db")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    lines = [line for line in done.stdout.splitlines() if "fencing token" in line]
+    tokens = [int(line.split("fencing token ")[1].split()[0]) for line in lines]
+    assert tokens == [1, 2, 3, 4]
+    assert {line.split()[0] for line in lines} == {"alice", "bob"}

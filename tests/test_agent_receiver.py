@@ -31,6 +31,7 @@ from lockscope.agent.otlp_decode import (
     parse_request,
     process_from_attributes,
 )
+from lockscope.agent.state import AgentState
 from lockscope.testing.agent import any_value, encode_logs, logs_request
 
 PROTOBUF = "application/x-protobuf"
@@ -245,6 +246,38 @@ async def test_partial_success_for_rejected_records(
     answer = json.loads(body)
     assert int(answer["partialSuccess"]["rejectedLogRecords"]) == 1
     assert answer["partialSuccess"]["errorMessage"]
+
+
+async def test_a_large_batch_is_applied_whole(agent: AgentRunner, session: aiohttp.ClientSession):
+    events = [hold(f"bulk/{i}", f"thread:{i}") for i in range(2400)]  # just under LIMIT
+    status, _, body = await post(session, agent, "/v1/logs", encode_logs(events))
+    assert status == 200
+    assert not logs_response(body).HasField("partial_success")
+    assert agent.stats.events == 2400
+    assert agent.state.hold_count == 2400
+
+
+class BrokenState(AgentState):
+    """A state with a bug that one lock name triggers."""
+
+    def apply(self, event: Event, now_ns: int | None = None) -> None:
+        if event.attrs.get(ev.ATTR_LOCK_NAME) == "poison":
+            raise RuntimeError("bug")
+        super().apply(event, now_ns)
+
+
+async def test_a_state_bug_rejects_the_record_not_the_request(session: aiohttp.ClientSession):
+    async with AgentRunner(
+        otlp=("127.0.0.1", 0), http=("127.0.0.1", 0), state=BrokenState()
+    ) as runner:
+        status, _, body = await post(
+            session, runner, "/v1/logs", encode_logs([hold("poison"), hold("fine")])
+        )
+        assert status == 200
+        assert logs_response(body).partial_success.rejected_log_records == 1
+        assert runner.stats.rejected["internal_error"] == 1
+        assert runner.stats.events == 1
+        await assert_serving(session, runner)
 
 
 # -- bad input: 400 / 413 / 415, and the agent keeps serving ------------------------------

@@ -273,8 +273,15 @@ def run(args: argparse.Namespace) -> int:
     for name, source in sorted(settings.sources.items()):
         logging.getLogger("lockscope.agent").debug("setting %s from %s", name, source)
 
-    from lockscope.agent.app import run_agent
-
+    try:
+        from lockscope.agent.app import run_agent
+    except ImportError as exc:
+        print(
+            f"lockscope agent: {exc.name or exc} is missing; install the agent extra: "
+            "pip install 'lockscope[agent]'",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     return run_agent(
         config,
         otlp=settings.otlp,

@@ -254,6 +254,10 @@ class _ZooKeeperPrimitive(Lock):
         """Fencing token of a fresh hold; ``None`` if the hold vanished already."""
         return sequence_of(recipe.node)
 
+    def _probe(self) -> Any:
+        """A recipe object for read-only queries; it never joins the queue."""
+        raise NotImplementedError
+
     # -- public surface ----------------------------------------------------------------------
     @property
     def client(self) -> Any:
@@ -279,9 +283,8 @@ class _ZooKeeperPrimitive(Lock):
     def contenders(self) -> list[str]:
         """Identifiers of the holders and waiters, in queue order (holder first)."""
         self._conn.ensure_started()
-        recipe = self._recipe if self._recipe is not None else self._new_recipe()
         try:
-            return list(recipe.contenders())
+            return list(self._probe().contenders())
         except KazooException as exc:
             raise BackendUnavailable(f"ZooKeeper contenders of {self.path}: {exc}") from exc
 
@@ -704,6 +707,9 @@ class ZooKeeperLock(_ZooKeeperPrimitive):
         recipe.assured_path = self._assured_path
         return recipe
 
+    def _probe(self) -> Any:
+        return self._new_recipe()
+
 
 class ZooKeeperWriteLock(ZooKeeperLock):
     """The writer side of kazoo's read/write lock: excludes readers and writers.
@@ -781,6 +787,9 @@ class ZooKeeperSemaphore(_ZooKeeperPrimitive):
         recipe.assured_path = self._assured_path
         return recipe
 
+    def _probe(self) -> Any:
+        return KazooSemaphore(self.client, self.path, self.identifier, max_leases=self.max_leases)
+
     def _recipe_acquire(self, recipe: Any, blocking: bool, timeout: float | None) -> bool:
         try:
             return bool(recipe.acquire(blocking=blocking, timeout=timeout))
@@ -835,9 +844,8 @@ class ZooKeeperSemaphore(_ZooKeeperPrimitive):
     def contenders(self) -> list[str]:
         """Identifiers of the current lease holders (unordered)."""
         self._conn.ensure_started()
-        recipe = self._recipe if self._recipe is not None else self._new_recipe()
         try:
-            return list(recipe.lease_holders())
+            return list(self._probe().lease_holders())
         except KazooException as exc:
             raise BackendUnavailable(f"ZooKeeper lease holders of {self.path}: {exc}") from exc
 

@@ -86,7 +86,7 @@ def test_acquire_release_and_holder(db_url: str, name: str) -> None:
     holder = a.holder()
     assert isinstance(holder, LeaseHolder)
     assert (holder.owner, holder.fencing_token) == (a.owner, a.fencing_token)
-    assert 0 < holder.expires_in <= 10
+    assert 0 < holder.ttl <= 10
     assert a.locked()
     assert a.owned()
     assert not b.owned()
@@ -135,11 +135,11 @@ def test_extend_sets_the_lease_from_now(db_url: str, name: str) -> None:
     lock.extend(60)
     holder = lock.holder()
     assert holder is not None
-    assert 50 < holder.expires_in <= 60
+    assert 50 < holder.ttl <= 60
     lock.extend(1)
     holder = lock.holder()
     assert holder is not None
-    assert holder.expires_in <= 1
+    assert holder.ttl <= 1
     # Extending to the same end twice (MySQL then "changes" no row) still counts as held.
     lock.extend(30)
     lock.extend(30)
@@ -327,8 +327,8 @@ own = mine.holder()
 print(json.dumps({
     "now": time.time(),
     "took": took,
-    "held_expires_in": seen and seen.expires_in,
-    "own_expires_in": own and own.expires_in,
+    "held_ttl": seen and seen.ttl,
+    "own_ttl": own and own.ttl,
 }))
 """
 
@@ -375,13 +375,13 @@ def test_client_clock_skew_does_not_matter(
 
     # The skewed client neither judged our lease expired nor mis-measured it...
     assert seen["took"] is False
-    assert 0 < seen["held_expires_in"] <= 30
+    assert 0 < seen["held_ttl"] <= 30
     # ...and its own lease is 10 s long by the database's clock, as seen from both sides.
-    assert 0 < seen["own_expires_in"] <= 10
+    assert 0 < seen["own_ttl"] <= 10
     own = DatabaseLock(name + ":own", url, ttl=10)
     holder = own.holder()
     assert holder is not None
-    assert 0 < holder.expires_in <= 10
+    assert 0 < holder.ttl <= 10
     assert not own.acquire(blocking=False)
     held.release()
 
@@ -568,7 +568,7 @@ def test_mariadb_simultaneous_assignment_mode(request: pytest.FixtureRequest, na
     assert b.fencing_token == first + 1
     holder = b.holder()
     assert holder is not None
-    assert 5 < holder.expires_in <= 10
+    assert 5 < holder.ttl <= 10
     b.release()
 
 

@@ -25,8 +25,7 @@ import os
 import secrets
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from lockscope.errors import LockError, LockLost, LockNotOwned
 from lockscope.locks._database_store import LeaseStore, store_for
@@ -44,16 +43,18 @@ def _new_owner() -> str:
     return f"{_HOST}:{os.getpid()}:{secrets.token_hex(8)}"
 
 
-@dataclass(frozen=True)
-class LeaseHolder:
-    """Who holds a database lock right now, by the database's clock."""
+class LeaseHolder(NamedTuple):
+    """Who holds a database lock right now, by the database's clock.
+
+    The same fields as the Redis locks' ``LockHolder``, so callers can treat them alike.
+    """
 
     owner: str
     """The holder's token, ``"host:pid:random"`` (a :attr:`DatabaseLock.owner` value)."""
     fencing_token: int
     """The fencing token of the holder's acquisition."""
-    expires_in: float
-    """Seconds until the lease ends unless extended (measured by the database)."""
+    ttl: float
+    """Seconds left on the lease unless it is extended (measured by the database)."""
 
 
 class DatabaseLock(Lock):

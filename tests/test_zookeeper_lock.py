@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from kazoo.client import KazooClient
@@ -590,3 +591,36 @@ async def test_async_semaphore_and_lost_callback_on_the_loop(
     assert sem.lost
     with pytest.raises(LockLost):
         await sem.release()
+
+
+MARKER: contextvars.ContextVar[str | None] = contextvars.ContextVar("marker", default=None)
+
+
+class ContextSpyLock(ZooKeeperLock):
+    """Records the context the kazoo recipe runs in (it may run on a helper thread)."""
+
+    seen: ClassVar[list[str | None]] = []
+
+    def _recipe_acquire(self, recipe: Any, blocking: bool, timeout: float | None) -> bool:
+        self.seen.append(MARKER.get())
+        return super()._recipe_acquire(recipe, blocking, timeout)
+
+
+class AsyncContextSpyLock(AsyncZooKeeperLock):
+    _sync_class = ContextSpyLock
+
+
+async def test_recipe_runs_in_the_callers_context(zk: Any, path: str) -> None:
+    """Instrumentation marks nested lock calls with a contextvar: it must reach the
+    helper threads, or kazoo's inner acquire would be recorded as a second lock."""
+    ContextSpyLock.seen.clear()
+    MARKER.set("caller")
+    lock = ContextSpyLock(zk, path)
+    assert await asyncio.to_thread(lock.acquire, True, 5.0)  # timed: runs on a helper thread
+    await asyncio.to_thread(lock.release)
+    alock = AsyncContextSpyLock(zk, path)
+    assert await alock.acquire(timeout=5.0)
+    await alock.release()
+    assert await alock.acquire()
+    await alock.release()
+    assert ContextSpyLock.seen == ["caller", "caller", "caller"]

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import functools
 import inspect
 import logging
@@ -443,7 +444,7 @@ class _ZooKeeperPrimitive(Lock):
             except BaseException as exc:
                 future.set_exception(exc)
 
-        threading.Thread(target=run, name="lockscope-zookeeper-acquire", daemon=True).start()
+        _start_in_context(run)
         try:
             try:
                 return future.result(timeout=max(0.0, deadline - time.monotonic()))
@@ -679,6 +680,17 @@ class _ZooKeeperPrimitive(Lock):
         self._conn.close()
 
 
+def _start_in_context(run: Callable[[], None]) -> None:
+    # The caller's contextvars go along (as asyncio.to_thread does), so instrumentation
+    # that marks "inside a lockscope lock call" sees kazoo's calls as nested, not as a
+    # second lock taken by another thread.
+    context = contextvars.copy_context()
+    thread = threading.Thread(
+        target=context.run, args=(run,), name="lockscope-zookeeper-acquire", daemon=True
+    )
+    thread.start()
+
+
 def _call_safely(callback: Callback, *args: object) -> None:
     try:
         callback(*args)
@@ -875,7 +887,7 @@ def _in_thread(fn: Callable[[], bool]) -> asyncio.Future[bool]:
         except BaseException as exc:
             future.set_exception(exc)
 
-    threading.Thread(target=run, name="lockscope-zookeeper-acquire", daemon=True).start()
+    _start_in_context(run)
     return asyncio.wrap_future(future)
 
 

@@ -157,6 +157,11 @@ class SQLiteDialect(Dialect):
         )
 
     def setup(self, conn: Any) -> None:
+        if sqlite3.sqlite_version_info < (3, 35):
+            raise sqlite3.NotSupportedError(
+                f"DatabaseLock needs SQLite >= 3.35 (UPSERT ... RETURNING);"
+                f" this Python has {sqlite3.sqlite_version}"
+            )
         conn.isolation_level = None  # autocommit: each statement is its own transaction
         cur = conn.cursor()
         try:

@@ -200,8 +200,11 @@ def test_timed_out_contender_leaves_no_node(new_client: Callable[..., Any], path
     waiter.release()
 
 
-def test_timeout_bounds_the_whole_wait(new_client: Callable[..., Any], path: str) -> None:
-    """kazoo restarts its timeout when the predecessor changes; the adapter does not."""
+def test_waiter_whose_predecessor_leaves_times_out_cleanly(
+    new_client: Callable[..., Any], path: str
+) -> None:
+    """The predecessor change restarts kazoo's own timeout; the adapter's deadline still
+    cancels the wait, and the node goes."""
     holder = ZooKeeperLock(new_client(), path)
     middle = ZooKeeperLock(new_client(), path)
     last = ZooKeeperLock(new_client(), path)

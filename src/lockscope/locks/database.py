@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import secrets
 import socket
@@ -263,7 +264,10 @@ class AsyncDatabaseLock(AsyncLock):
             with contextlib.suppress(LockError):
                 self._sync.release()
 
-        asyncio.get_running_loop().run_in_executor(None, release_quietly)
+        # In this task's context, as asyncio.to_thread would: instrumentation then sees
+        # the release as part of the outer lock's cancelled acquire.
+        context = contextvars.copy_context()
+        asyncio.get_running_loop().run_in_executor(None, context.run, release_quietly)
 
     async def release(self) -> None:
         """See :meth:`DatabaseLock.release`."""

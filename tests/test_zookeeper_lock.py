@@ -303,7 +303,7 @@ def test_suspended_connection_makes_the_hold_uncertain_until_reconnect(
     changes: list[bool] = []
     # A long session so it survives the pause; kazoo suspends after 2/3 of it in silence.
     lock = ZooKeeperLock(
-        new_client(timeout=6.0), path, on_uncertain=lambda _lock, flag: changes.append(flag)
+        new_client(timeout=9.0), path, on_uncertain=lambda _lock, flag: changes.append(flag)
     )
     assert lock.acquire()
     zookeeper_server.pause()

@@ -686,3 +686,20 @@ def test_sqlite_turns_example(tmp_path: Path) -> None:
     tokens = [int(line.split("fencing token ")[1].split()[0]) for line in lines]
     assert tokens == [1, 2, 3, 4]
     assert {line.split()[0] for line in lines} == {"alice", "bob"}
+
+
+def test_per_lock_factories_do_not_pile_up_pools(tmp_path: Path, name: str) -> None:
+    import gc
+
+    from lockscope.locks import _database_store
+
+    path = tmp_path / "factory.db"
+    before = len(_database_store._factory_stores)
+    for _ in range(20):
+        # a fresh lambda per lock object, as a request handler might write it
+        lock = DatabaseLock(name, connect=lambda: sqlite3.connect(path, check_same_thread=False))
+        assert lock.acquire(blocking=False)
+        lock.release()
+    del lock
+    gc.collect()
+    assert len(_database_store._factory_stores) <= before

@@ -36,7 +36,9 @@ __all__ = [
     "SQLiteDialect",
     "Target",
     "dialect_of_connection",
+    "namespace_of_connection",
     "parse_url",
+    "validate_table",
 ]
 
 HolderRow = tuple[str, int, float]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -29,6 +30,7 @@ from lockscope.locks._database_dialects import (
     dialect_of_connection,
     namespace_of_connection,
     parse_url,
+    validate_table,
 )
 
 __all__ = ["LeaseStore", "store_for"]
@@ -186,6 +188,11 @@ class LeaseStore:
         else:
             _inherited.append(conn)
 
+    def __del__(self) -> None:
+        # A factory's store goes when its last lock does; so do its idle connections.
+        with contextlib.suppress(Exception):
+            self._discard_idle()
+
     def _discard_idle(self) -> None:
         with self._mutex:
             if self._pid != os.getpid():
@@ -211,7 +218,14 @@ def _close_quietly(conn: Any) -> None:
         conn.close()
 
 
-_stores: dict[tuple[Any, ...], LeaseStore] = {}
+# One store per URL and settings, for the life of the process (there are few URLs, and
+# lock objects made per request must not reconnect). Stores for connection factories
+# live only as long as some lock uses them: a factory made per lock object (a lambda in
+# a request handler) must not pile up pools.
+_url_stores: dict[tuple[Any, ...], LeaseStore] = {}
+_factory_stores: weakref.WeakValueDictionary[tuple[Any, ...], LeaseStore] = (
+    weakref.WeakValueDictionary()
+)
 _stores_mutex = threading.Lock()
 
 
@@ -226,27 +240,29 @@ def store_for(
     statement_timeout: float,
 ) -> LeaseStore:
     """The process-wide store for these settings, created on first use."""
+    validate_table(table)
     key: tuple[Any, ...]
-    if url is not None:
-        key = ("url", url, namespace, table, connect_timeout, statement_timeout)
-    else:
-        key = ("factory", connect, dialect, namespace, table, statement_timeout)
     with _stores_mutex:
-        store = _stores.get(key)
-        if store is None:
-            if url is not None:
+        if url is not None:
+            key = (url, namespace, table, connect_timeout, statement_timeout)
+            store = _url_stores.get(key)
+            if store is None:
                 target = parse_url(url, connect_timeout, statement_timeout)
                 if namespace is not None:
                     target.namespace = namespace
                 store = LeaseStore(target, table=table, statement_timeout=statement_timeout)
-            else:
-                store = LeaseStore(
-                    None,
-                    connect=connect,
-                    dialect=dialect,
-                    namespace=namespace,
-                    table=table,
-                    statement_timeout=statement_timeout,
-                )
-            _stores[key] = store
+                _url_stores[key] = store
+            return store
+        key = (connect, dialect, namespace, table, statement_timeout)
+        store = _factory_stores.get(key)
+        if store is None:
+            store = LeaseStore(
+                None,
+                connect=connect,
+                dialect=dialect,
+                namespace=namespace,
+                table=table,
+                statement_timeout=statement_timeout,
+            )
+            _factory_stores[key] = store
         return store

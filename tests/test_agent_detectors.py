@@ -264,7 +264,7 @@ def test_stable_id_after_agent_restart_from_heartbeats() -> None:
 
 
 def test_confirm_after_defers_and_counts_rejected_candidates() -> None:
-    w = World(AgentConfig(confirm_after=0.3))
+    w = World(AgentConfig(confirm_after=0.3, evidence_timeout=0))
     ring(w, 2)
     assert w.active("deadlocks") == []  # candidate pending
     w.advance(0.31)

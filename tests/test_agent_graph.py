@@ -192,7 +192,7 @@ OPS = st.tuples(
 
 
 def run_scenario(kind: str, ops: list[tuple[str, str, str, int]], fifo_locks: list[bool]) -> None:
-    w = World()
+    w = World(clock_skew=0)
     m = Model()
     ticket = 0
     for i, lock in enumerate(LOCKS):
@@ -218,6 +218,11 @@ def run_scenario(kind: str, ops: list[tuple[str, str, str, int]], fifo_locks: li
             if key in m.holds[lock]:
                 continue
             w.hold(actor, lock, mode=mode, **extra)
+            if mode != "semaphore":
+                # a conflicting hold asserted before this one began has evidently ended
+                for other, omode in list(m.holds[lock].items()):
+                    if omode != "semaphore" and not (mode == "read" and omode == "read"):
+                        del m.holds[lock][other]
             m.holds[lock][key] = mode
             if key in m.waits and m.waits[key][0] == lock:
                 del m.waits[key]

@@ -26,6 +26,7 @@ from lockscope.agent.findings import (
     stable_id,
 )
 from lockscope.agent.graph import (
+    HOLD_EDGE,
     Actor,
     ExploreLimit,
     Reduction,
@@ -79,16 +80,20 @@ class DeadlockDetector:
         *,
         budget: int,
         confirm_after_ns: int,
+        evidence_timeout_ns: int = 2_000_000_000,
         on_limit: Callable[[str], None] | None = None,
     ) -> None:
         self._store = store
         self._budget = budget
         self._confirm_after_ns = confirm_after_ns
+        self._evidence_timeout_ns = evidence_timeout_ns
         self._on_limit = on_limit or (lambda _name: None)
         self._active: dict[str, _Active] = {}
         self._index: dict[Actor, set[str]] = {}
         """Actor -> ids of active deadlocks it participates in or that depend on it."""
         self._pending: dict[str, tuple[frozenset[Actor], int]] = {}
+        """Candidates waiting for ``confirm_after`` or fresh evidence:
+        id -> (members, first seen)."""
         self._changed: dict[Actor, None] = {}
         self._dirty: set[str] = set()
         self.counters = DeadlockCounters()
@@ -112,24 +117,25 @@ class DeadlockDetector:
             self._search(actor, now_ns)
 
     def tick(self, now_ns: int) -> None:
-        """Confirm pending candidates whose ``confirm_after`` has passed."""
+        """Re-check pending candidates (call periodically and after each heartbeat)."""
         if not self._pending:
             return
-        for did, (members, due) in list(self._pending.items()):
-            if due > now_ns:
-                continue
-            del self._pending[did]
+        for did, (members, first_seen) in list(self._pending.items()):
             if did in self._active:
+                self._pending.pop(did, None)
                 continue
             try:
                 red = reduce(members, self._budget)
             except ExploreLimit:
                 self._limit()
                 continue
-            if self._confirmed(members, red):
-                self._report(members, red, now_ns)
-            else:
-                self.counters.candidates_rejected_total += 1
+            if not self._confirmed(members, red):
+                self._pending.pop(did, None)
+                if not any(members <= group for group in red.deadlocked_sets()):
+                    self.counters.candidates_rejected_total += 1
+                self._register(red, now_ns)  # whatever it turned into
+                continue
+            self._decide(did, members, red, now_ns, first_seen)
 
     # -- queries ----------------------------------------------------------------------------
     @property
@@ -174,13 +180,24 @@ class DeadlockDetector:
             if active is not None:
                 self._set_support(did, active, red.downstream(members))
                 continue
-            if self._confirm_after_ns > 0:
-                self._pending.setdefault(did, (members, now_ns + self._confirm_after_ns))
-                continue
-            if self._confirmed(members, red):
-                self._report(members, red, now_ns)
-            else:
-                self.counters.candidates_rejected_total += 1
+            self._decide(did, members, red, now_ns, self._pending.get(did, (members, now_ns))[1])
+
+    def _decide(
+        self, did: str, members: frozenset[Actor], red: Reduction, now_ns: int, first_seen: int
+    ) -> None:
+        """Report, keep pending, or reject (count a false candidate) one candidate."""
+        if not self._confirmed(members, red):
+            self._pending.pop(did, None)
+            self.counters.candidates_rejected_total += 1
+            return
+        age = now_ns - first_seen
+        if age < self._confirm_after_ns or (
+            age < self._evidence_timeout_ns and not self._fresh(members, red)
+        ):
+            self._pending.setdefault(did, (members, first_seen))
+            return
+        self._pending.pop(did, None)
+        self._report(members, red, now_ns)
 
     def _confirmed(self, members: frozenset[Actor], red: Reduction) -> bool:
         """Every participant alive and still waiting, every one of them still stuck, and
@@ -192,6 +209,36 @@ class DeadlockDetector:
             if not any(t in members for t, _l, _k in red.edges.get(m, ())):
                 return False
         return any(group == members for group in red.deadlocked_sets())
+
+    @staticmethod
+    def _fresh(members: frozenset[Actor], red: Reduction) -> bool:
+        """Whether every edge of the group is backed by evidence newer than the wait it
+        blocks: the hold (or the queued wait) was asserted after the waiter began waiting,
+        and the lock server's owner (where the waiter reported it) is the holder.
+
+        An edge whose only evidence is older may be a phantom (its end event was lost);
+        the holder's next heartbeat either confirms it or removes it (``evidence_timeout``
+        bounds the wait, for senders that never heartbeat).
+        """
+        for m in members:
+            w = m.wait
+            assert w is not None
+            for target, lock, kind in red.edges.get(m, ()):
+                if target not in members:
+                    continue
+                if kind == HOLD_EDGE:
+                    h = target.holds.get(lock.key)
+                    if h is None:
+                        continue
+                    if w.holder_owner and h.owner and h.owner != w.holder_owner:
+                        return False
+                    if h.asserted_ns < w.since_ns:
+                        return False
+                else:
+                    q = target.wait
+                    if q is not None and q.lock is lock and q.asserted_ns < w.since_ns:
+                        return False
+        return True
 
     def _report(self, members: frozenset[Actor], red: Reduction, now_ns: int) -> None:
         did = deadlock_id(members)

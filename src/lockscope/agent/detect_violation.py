@@ -13,13 +13,14 @@ from __future__ import annotations
 from typing import Any, Final
 
 from lockscope.agent.findings import ALERT_NAMES, VIOLATION, Finding, rfc3339, stable_id
-from lockscope.agent.graph import READ, SEMAPHORE, Hold, Lock
+from lockscope.agent.graph import READ, SEMAPHORE, Actor, Hold, Lock
 
 __all__ = [
     "FENCING_TOKEN_BACKWARDS",
     "OVERLAPPING_HOLDS",
-    "TokenHistory",
+    "actor_json",
     "overlap_ns",
+    "token_went_backwards",
     "violation_finding",
 ]
 
@@ -41,40 +42,39 @@ def conflicting(a: Hold, b: Hold) -> bool:
     return not (a.mode == READ and b.mode == READ)
 
 
-class TokenHistory:
-    """The newest few ``(since, token, who)`` of one lock, to spot a token going backwards."""
-
-    __slots__ = ("entries",)
-
-    def __init__(self) -> None:
-        self.entries: list[tuple[int, int, dict[str, Any]]] = []
-
-    def check_and_add(
-        self, since_ns: int, token: int, who: dict[str, Any]
-    ) -> dict[str, Any] | None:
-        """Record a hold's token; returns the earlier hold it went backwards from, if any."""
-        worse = None
-        for s, t, w in self.entries:
-            if s < since_ns and t > token and (worse is None or t > worse[1]):
-                worse = (s, t, w)
-        self.entries.append((since_ns, token, who))
-        self.entries.sort(key=lambda e: e[0])
-        del self.entries[:-_HISTORY]
-        if worse is None:
-            return None
-        return {**worse[2], "since": rfc3339(worse[0]), "token": worse[1]}
+def token_went_backwards(
+    history: list[tuple[int, int, Actor]], since_ns: int, token: int, actor: Actor
+) -> tuple[int, int, Actor] | None:
+    """Record a hold's fencing token in a lock's short ``(since, token, actor)`` history
+    (newest few, by ``since``); returns the earlier hold with a higher token, if any."""
+    worse = None
+    for entry in history:
+        if entry[0] < since_ns and entry[1] > token and (worse is None or entry[1] > worse[1]):
+            worse = entry
+    history.append((since_ns, token, actor))
+    if len(history) > 1:
+        history.sort(key=lambda e: e[0])
+        del history[:-_HISTORY]
+    return worse
 
 
-def hold_json(h: Hold) -> dict[str, Any]:
-    """Who holds: the API's actor fields for one hold."""
-    info = h.actor.process.info
+def actor_json(actor: Actor) -> dict[str, Any]:
+    """The API's actor fields."""
+    info = actor.process.info
     return {
-        "actor": h.actor.label,
-        "actor_id": h.actor.actor_id,
+        "actor": actor.label,
+        "actor_id": actor.actor_id,
         "service": info.service,
         "host": info.host,
         "pid": info.pid,
         "instance": info.instance,
+    }
+
+
+def hold_json(h: Hold) -> dict[str, Any]:
+    """Who holds: the API's actor fields for one hold."""
+    return {
+        **actor_json(h.actor),
         "since": rfc3339(h.since_ns),
         "token": h.token,
         "mode": h.mode,

@@ -95,16 +95,20 @@ class Process:
 class Actor:
     """A thread or task of a process: a node of the wait-for graph."""
 
-    __slots__ = ("actor_id", "holds", "key", "name", "process", "wait")
+    __slots__ = ("actor_id", "holds", "name", "process", "wait")
 
     def __init__(self, process: Process, actor_id: str, name: str | None) -> None:
         self.process = process
         self.actor_id = actor_id
         self.name = name
-        self.key = f"{process.info.instance}/{actor_id}"
         self.wait: Wait | None = None
         self.holds: dict[str, Hold] = {}
         """Lock key -> hold."""
+
+    @property
+    def key(self) -> str:
+        """``instance/actor_id``: unique across the fleet and across agent restarts."""
+        return f"{self.process.info.instance}/{self.actor_id}"
 
     @property
     def label(self) -> str:
@@ -116,15 +120,24 @@ class Actor:
         return f"Actor({self.key})"
 
 
+_EMPTY: list[Any] = []
+"""Shared empty list for idle locks (never mutated: see Lock.add_*/remove_*)."""
+
+
 class Lock:
-    """A lock with at least one reported hold or wait."""
+    """A lock with at least one reported hold or wait.
+
+    ``holds`` and ``waits`` are plain lists (a lock rarely has many): a hold or wait is
+    found by its actor (``actor.holds[lock.key]``, ``actor.wait``), so the lists are only
+    iterated, and an idle side costs nothing.
+    """
 
     __slots__ = (
+        "_name_at",
         "fifo",
         "holds",
         "key",
         "max_leases",
-        "name",
         "namespace",
         "reentrant",
         "system",
@@ -134,20 +147,51 @@ class Lock:
 
     def __init__(self, key: str, system: str, namespace: str, name: str, template: str) -> None:
         self.key = key
+        self._name_at = len(key) - len(name)
         self.system = system
         self.namespace = namespace
-        self.name = name
         self.template = template
         self.fifo = False
         self.reentrant = False
         self.max_leases: int | None = None
-        self.holds: dict[Actor, Hold] = {}
-        self.waits: dict[Actor, Wait] = {}
+        self.holds: list[Hold] = _EMPTY
+        self.waits: list[Wait] = _EMPTY
+
+    @property
+    def name(self) -> str:
+        """The lock's name (the key ends with it)."""
+        return self.key[self._name_at :]
+
+    def add_hold(self, h: Hold) -> None:
+        """Track a hold of this lock."""
+        if self.holds is _EMPTY:
+            self.holds = [h]
+        else:
+            self.holds.append(h)
+
+    def remove_hold(self, h: Hold) -> None:
+        """Stop tracking a hold of this lock."""
+        self.holds.remove(h)
+        if not self.holds:
+            self.holds = _EMPTY
+
+    def add_wait(self, w: Wait) -> None:
+        """Track a wait for this lock."""
+        if self.waits is _EMPTY:
+            self.waits = [w]
+        else:
+            self.waits.append(w)
+
+    def remove_wait(self, w: Wait) -> None:
+        """Stop tracking a wait for this lock."""
+        self.waits.remove(w)
+        if not self.waits:
+            self.waits = _EMPTY
 
     @property
     def kind(self) -> str:
         """``exclusive``, ``rw`` or ``semaphore``, from the modes seen on it now."""
-        modes = {h.mode for h in self.holds.values()} | {w.mode for w in self.waits.values()}
+        modes = {h.mode for h in self.holds} | {w.mode for w in self.waits}
         if SEMAPHORE in modes:
             return SEMAPHORE
         if READ in modes or WRITE in modes:
@@ -240,13 +284,15 @@ def waits_for(actor: Actor) -> list[tuple[Actor, Lock, str]]:
         return []
     lock = w.lock
     out: list[tuple[Actor, Lock, str]] = []
-    for holder, h in lock.holds.items():
+    for h in lock.holds:
+        holder = h.actor
         if holder is actor and lock.reentrant:
             continue
         if w.mode == SEMAPHORE or blocks(w.mode, h.mode):
             out.append((holder, lock, HOLD_EDGE))
     if lock.fifo and w.mode != SEMAPHORE and len(lock.waits) > 1:
-        for other, q in lock.waits.items():
+        for q in lock.waits:
+            other = q.actor
             if other is not actor and blocks(w.mode, q.mode) and _ahead(q, w):
                 out.append((other, lock, QUEUE_EDGE))
     return out
@@ -256,14 +302,16 @@ def predecessors(actor: Actor) -> Iterator[Actor]:
     """Actors with an edge to ``actor`` (may repeat an actor)."""
     for h in actor.holds.values():
         lock = h.lock
-        for waiter, w in lock.waits.items():
+        for w in lock.waits:
+            waiter = w.actor
             if waiter is actor and lock.reentrant:
                 continue
             if waiter.process.alive and (w.mode == SEMAPHORE or blocks(w.mode, h.mode)):
                 yield waiter
     own = actor.wait
     if own is not None and own.lock.fifo and len(own.lock.waits) > 1:
-        for other, q in own.lock.waits.items():
+        for q in own.lock.waits:
+            other = q.actor
             if (
                 other is not actor
                 and q.mode != SEMAPHORE

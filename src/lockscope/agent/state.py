@@ -37,10 +37,11 @@ from lockscope.agent.detect_stale import LEASE_EXPIRED, MAX_HOLD, ORPHANED, stal
 from lockscope.agent.detect_violation import (
     FENCING_TOKEN_BACKWARDS,
     OVERLAPPING_HOLDS,
-    TokenHistory,
+    actor_json,
     conflicting,
     hold_json,
     overlap_ns,
+    token_went_backwards,
     violation_finding,
 )
 from lockscope.agent.findings import (
@@ -190,16 +191,18 @@ class AgentState:
         self._timers: list[tuple[int, int, str, Any]] = []
         self._expiring: deque[tuple[int, str]] = deque()
         self._seq = itertools.count()
-        self._timeline: deque[tuple[int, str, str, str, str | None, str | None]] = deque(
+        self._timeline: deque[tuple[int, Lock, str, Actor, str | None, str | None]] = deque(
             maxlen=self._limits.timeline_size
         )
-        self._tokens: OrderedDict[str, TokenHistory] = OrderedDict()
+        self._tokens: dict[str, list[tuple[int, int, Actor]]] = {}
+        """Lock key -> recent fencing tokens; survives the lock going idle (LRU-bounded)."""
         self.store = FindingStore(self._limits.max_findings)
         self.counters = StateCounters()
         self.deadlocks = DeadlockDetector(
             self.store,
             budget=self._limits.max_explore,
             confirm_after_ns=int(config.confirm_after * _NS),
+            evidence_timeout_ns=int(config.evidence_timeout * _NS),
             on_limit=self._limit_hit,
         )
         self.order = OrderGraph(self._limits.max_order_pairs, config.order_self_pairs)
@@ -234,6 +237,8 @@ class AgentState:
         handler(event, proc)
         _inc(self.counters.events_applied, event.name)
         self.deadlocks.flush(now)
+        if event.name == ev.EVENT_HEARTBEAT:
+            self.deadlocks.tick(now)  # fresh evidence may confirm a pending candidate
 
     def tick(self, now_ns: int | None = None) -> None:
         """Time-driven work (call about every 100 ms): heartbeat liveness, orphaned holds
@@ -258,7 +263,7 @@ class AgentState:
                 self._forget(*payload)
             elif kind == "orphan_expiry":
                 hold: Hold = payload
-                if hold.lock.holds.get(hold.actor) is hold and not hold.actor.process.alive:
+                if hold.actor.holds.get(hold.lock.key) is hold and not hold.actor.process.alive:
                     self._drop_hold(hold, tombstone=False, reason="lease_expired")
         tombs = self._tombstones
         while tombs:
@@ -378,7 +383,7 @@ class AgentState:
                 self._limit_hit("max_locks")
                 raise RejectedEvent("too many locks (limits.max_locks)", "limit")
             lock = Lock(
-                sys.intern(key),
+                key,
                 sys.intern(system),
                 sys.intern(namespace),
                 name,
@@ -428,7 +433,7 @@ class AgentState:
     def _timeline_add(
         self, t: int, lock: Lock, what: str, actor: Actor, mode: str | None, detail: str | None
     ) -> None:
-        self._timeline.append((t, lock.key, what, actor.label, mode, detail))
+        self._timeline.append((t, lock, what, actor, mode, detail))
 
     # -- waits ------------------------------------------------------------------------------
     def _put_wait(
@@ -470,7 +475,7 @@ class AgentState:
         w.code = _code(attrs)
         w.holder_owner = _str(attrs, ev.ATTR_LOCK_HOLDER_OWNER)
         actor.wait = w
-        lock.waits[actor] = w
+        lock.add_wait(w)
         self._nwaits += 1
         label = self._label(lock.template)
         self._waiters[label] = self._waiters.get(label, 0) + 1
@@ -482,7 +487,7 @@ class AgentState:
         if actor.wait is not w:
             return
         actor.wait = None
-        del lock.waits[actor]
+        lock.remove_wait(w)
         self._nwaits -= 1
         label = self._label(lock.template)
         self._waiters[label] -= 1
@@ -492,7 +497,7 @@ class AgentState:
         if lock.fifo:
             # soft edges of the waiters queued behind change
             for other in lock.waits:
-                self.deadlocks.touched(other)
+                self.deadlocks.touched(other.actor)
         if gc:
             self._gc(actor, lock)
 
@@ -536,7 +541,7 @@ class AgentState:
         h.owner = _str(attrs, ev.ATTR_LOCK_OWNER)
         h.code = _code(attrs)
         actor.holds[lock.key] = h
-        lock.holds[actor] = h
+        lock.add_hold(h)
         self._nholds += 1
         self.deadlocks.touched(actor)
         self._new_hold(h)
@@ -547,7 +552,7 @@ class AgentState:
         if actor.holds.get(lock.key) is not h:
             return
         del actor.holds[lock.key]
-        del lock.holds[actor]
+        lock.remove_hold(h)
         self._nholds -= 1
         if tombstone:
             self._tombstone("h", actor, lock, h.since_ns)
@@ -574,32 +579,34 @@ class AgentState:
         """Checks for a hold instance seen for the first time."""
         lock = h.lock
         if h.token is not None:
-            history = self._tokens.get(lock.key)
+            tokens = self._tokens
+            history = tokens.pop(lock.key, None)  # re-inserted: most recent last
             if history is None:
-                if len(self._tokens) >= self._limits.max_locks:
-                    self._tokens.popitem(last=False)
-                history = self._tokens[lock.key] = TokenHistory()
-            else:
-                self._tokens.move_to_end(lock.key)
-            earlier = history.check_and_add(h.since_ns, h.token, hold_json(h))
+                history = []
+                if len(tokens) >= self._limits.max_locks:
+                    del tokens[next(iter(tokens))]
+            tokens[lock.key] = history
+            earlier = token_went_backwards(history, h.since_ns, h.token, h.actor)
             if earlier is not None:
+                e_since, e_token, e_actor = earlier
+                other = {**actor_json(e_actor), "since": rfc3339(e_since), "token": e_token}
                 self._violation(
                     FENCING_TOKEN_BACKWARDS,
                     h,
-                    earlier,
+                    other,
                     [h.actor.key, str(h.since_ns), str(h.token)],
                     f"fencing token {h.token} of {h.actor.label} is lower than token "
-                    f"{earlier['token']} of {earlier['actor']} acquired before it",
+                    f"{e_token} of {e_actor.label} acquired before it",
                 )
-        # An orphaned hold of this lock is evidently gone once someone else takes it.
-        for other in list(lock.holds.values()):
-            if (
-                other is not h
-                and not other.actor.process.alive
-                and conflicting(h, other)
-                and other.asserted_ns <= h.since_ns
-            ):
-                self._drop_hold(other, tombstone=False, reason="released")
+        # Someone else took the lock after the last evidence of a conflicting hold: that
+        # hold evidently ended (its release event was lost, or its holder died).  No
+        # tombstone: if its holder still asserts it later, it comes back and the overlap
+        # becomes a violation.
+        skew = int(self.config.clock_skew * _NS)
+        for gone in list(lock.holds):
+            if gone is not h and conflicting(h, gone) and gone.asserted_ns + skew < h.since_ns:
+                _inc(self.counters.healed, "superseded_hold")
+                self._drop_hold(gone, tombstone=False, reason="released")
 
     def _asserted(self, h: Hold, t: int) -> None:
         """Checks each time a holder says it still holds ``h`` (at sender time ``t``)."""
@@ -610,7 +617,7 @@ class AgentState:
         if max_hold > 0 and t - h.since_ns > max_hold * _NS:
             self._stale(MAX_HOLD, h, h.since_ns, f"held longer than {max_hold:g}s")
         skew = int(cfg.clock_skew * _NS)
-        for other in h.lock.holds.values():
+        for other in h.lock.holds:
             if other is h or not conflicting(h, other):
                 continue
             if overlap_ns(h, other) > skew:
@@ -976,8 +983,8 @@ class AgentState:
         }
 
     def _lock_summary(self, lock: Lock) -> dict[str, Any]:
-        oldest_hold = min((h.since_ns for h in lock.holds.values()), default=None)
-        oldest_wait = min((w.since_ns for w in lock.waits.values()), default=None)
+        oldest_hold = min((h.since_ns for h in lock.holds), default=None)
+        oldest_wait = min((w.since_ns for w in lock.waits), default=None)
         return {
             "name": lock.name,
             "key": lock.key,
@@ -1015,10 +1022,10 @@ class AgentState:
                 "token": h.token,
                 "owner": h.owner,
             }
-            for h in sorted(lock.holds.values(), key=lambda h: h.since_ns)
+            for h in sorted(lock.holds, key=lambda h: h.since_ns)
         ]
         waits = sorted(
-            lock.waits.values(),
+            lock.waits,
             key=lambda w: (w.ticket is None, w.ticket or 0, w.since_ns, w.actor.key),
         )
         out["waiters"] = [
@@ -1032,9 +1039,9 @@ class AgentState:
             for w in waits
         ]
         out["timeline"] = [
-            {"time": rfc3339(t), "event": what, "actor": who, "mode": mode, "detail": detail}
-            for t, key, what, who, mode, detail in self._timeline
-            if key == lock.key
+            {"time": rfc3339(t), "event": what, "actor": who.label, "mode": mode, "detail": detail}
+            for t, lk, what, who, mode, detail in self._timeline
+            if lk.key == lock.key
         ]
         return out
 
@@ -1044,8 +1051,8 @@ class AgentState:
         locks = [lk for lk in self._locks.values() if include_idle or lk.waits]
         actors: dict[Actor, None] = {}
         for lock in locks:
-            actors.update(dict.fromkeys(lock.holds))
-            actors.update(dict.fromkeys(lock.waits))
+            actors.update(dict.fromkeys(h.actor for h in lock.holds))
+            actors.update(dict.fromkeys(w.actor for w in lock.waits))
         in_deadlock = {m for members in self.deadlocks.active_members() for m in members}
         nodes: list[dict[str, Any]] = []
         edges: list[dict[str, Any]] = []
@@ -1060,11 +1067,11 @@ class AgentState:
                     "kind": lock.kind,
                 }
             )
-            for h in lock.holds.values():
+            for h in lock.holds:
                 edges.append(
                     {"source": lock.key, "target": h.actor.key, "type": "held_by", "mode": h.mode}
                 )
-            for w in lock.waits.values():
+            for w in lock.waits:
                 edges.append(
                     {"source": w.actor.key, "target": lock.key, "type": "waits", "mode": w.mode}
                 )

@@ -75,4 +75,3 @@ def run(args: argparse.Namespace) -> int:
         return 127
     env = build_environment(args, os.environ)
     os.execve(executable, command, env)
-    return 0  # pragma: no cover - execve does not return

@@ -52,10 +52,10 @@ class KazooAdapter(Adapter):
     def __init__(self, errors: Any) -> None:
         self.timeout_error = errors.LockTimeout
         self.cancelled_error = errors.CancelledError
-        self.read_lock: type | None = None
-        self.write_lock: type | None = None
-        self.semaphore: type | None = None
-        self.election: type | None = None
+        self.read_lock: Any = None
+        self.write_lock: Any = None
+        self.semaphore: Any = None
+        self.election: Any = None
 
     def _recipe(self, instance: Any) -> Any:
         if self.election is not None and isinstance(instance, self.election):

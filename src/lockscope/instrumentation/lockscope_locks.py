@@ -77,7 +77,12 @@ def _probe(wait: Wait) -> None:
     found = wait.target.holder()  # type: ignore[attr-defined]
     if found is None:
         return
-    get = found.get if isinstance(found, dict) else lambda k: getattr(found, k, None)
+
+    def get(key: str) -> Any:
+        if isinstance(found, dict):
+            return found.get(key)
+        return getattr(found, key, None)
+
     token = get("fencing_token")
     if token is None:
         token = get("token")

@@ -1,163 +1,128 @@
-"""Lock metrics: aggregated in process, exported over OTLP with the app's or our own provider.
+"""Lock metrics export: the in-process aggregates of :mod:`.stats`, over OTLP.
 
-The caller's thread only appends a measurement to the recorder (a list append under its
-lock); the reporter thread hands them to OpenTelemetry instruments every tick, so the SDK's
-own per-measurement cost never lands on a lock call.
+The caller's thread only updates cumulative counts and bucketed durations (no SDK call).
+The reporter thread exports them, one of two ways (``LOCKSCOPE_METRICS_EXPORT``):
 
-Which MeterProvider (``LOCKSCOPE_METRICS_EXPORT``):
-
-``auto`` (default)
-    the app's global MeterProvider if it has configured one (``opentelemetry-instrument``
-    with ``OTEL_METRICS_EXPORTER`` does), else a private one that exports to
-    ``LOCKSCOPE_ENDPOINT/v1/metrics`` every ``LOCKSCOPE_METRICS_INTERVAL`` seconds (5).
 ``agent``
-    always the private provider, so the agent gets lock metrics whatever the app does.
+    the shim encodes the cumulative counters and histograms itself (``opentelemetry-proto``)
+    and POSTs them to ``LOCKSCOPE_ENDPOINT/v1/metrics`` every ``LOCKSCOPE_METRICS_INTERVAL``
+    seconds (5) from the sender thread: exact buckets, no per-measurement cost at all.
 ``app``
-    always the global provider (nothing is exported if the app has none).
+    the app's global MeterProvider: the shim creates OpenTelemetry instruments and, each
+    tick, adds the new counts and re-records the new durations at bucket resolution (the
+    bucket's upper bound, at most 20,000 measurements per tick; beyond that they are counted
+    in ``lockscope.dropped``), so they leave with the app's own metrics pipeline.
+``auto`` (default)
+    ``app`` if the app has configured a MeterProvider (``opentelemetry-instrument`` with
+    ``OTEL_METRICS_EXPORTER`` does) when the shim starts, else ``agent``.
 ``none``
-    no lock metrics.
+    no export.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry import metrics
 
 from lockscope import __version__, events
-from lockscope.instrumentation.otlp_export import HttpTransport
+from lockscope.instrumentation.otlp_export import encode_stats
 from lockscope.instrumentation.recorder import Recorder
+from lockscope.instrumentation.stats import BOUNDS, StatsSnapshot
 
 __all__ = ["LockMetrics", "app_has_meter_provider"]
 
-_log = logging.getLogger("lockscope.instrumentation")
-
-# Seconds; lock waits and holds span microseconds (in-process) to minutes (leases).
-_BUCKETS = (
-    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-    30.0, 60.0, 300.0,
-)  # fmt: skip
+_MAX_RECORDS_PER_TICK = 20_000
+_REPRESENTATIVE = [*BOUNDS, BOUNDS[-1] * 2]
 
 
 def app_has_meter_provider() -> bool:
     """Whether the app has set a real (SDK) global MeterProvider."""
-    provider = metrics.get_meter_provider()
-    name = type(provider).__name__
+    name = type(metrics.get_meter_provider()).__name__
     return name not in ("_ProxyMeterProvider", "ProxyMeterProvider", "NoOpMeterProvider")
 
 
 class LockMetrics:
-    """The four lock instruments, fed from the recorder by the reporter thread."""
+    """Exports one recorder's lock metrics; driven by the reporter thread."""
 
-    def __init__(self, mode: str, endpoint: str, headers: Mapping[str, str], interval: float,
-                 timeout: float, resource: Mapping[str, Any]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        mode: str,
+        interval: float,
+        resource: Callable[[], dict[str, Any]],
+        submit: Callable[[bytes], None],
+    ) -> None:
+        if mode == "auto":
+            mode = "app" if app_has_meter_provider() else "agent"
         self.mode = mode
-        self._private: Any = None
-        provider: Any = None
-        if mode == "none":
-            self.enabled = False
-            return
-        self.enabled = True
-        if mode == "agent" or (mode == "auto" and not app_has_meter_provider()):
-            provider = self._private = _private_provider(
-                endpoint, headers, interval, timeout, resource
+        self.interval = interval
+        self._resource = resource
+        self._submit = submit
+        self._next = time.monotonic() + interval
+        self._last: StatsSnapshot | None = None
+        if mode == "app":
+            meter = metrics.get_meter("lockscope.instrumentation", __version__)
+            self._acquisitions = meter.create_counter(
+                events.METRIC_ACQUISITIONS, unit="{acquisition}", description="Lock acquires."
             )
-        meter = metrics.get_meter("lockscope.instrumentation", __version__, provider)
-        self.acquisitions = meter.create_counter(
-            events.METRIC_ACQUISITIONS, unit="{acquisition}", description="Lock acquire calls."
-        )
-        self.lost = meter.create_counter(
-            events.METRIC_LOCKS_LOST, unit="{lock}", description="Holds found lost."
-        )
-        advice = {"explicit_bucket_boundaries_advisory": list(_BUCKETS)}
-        try:
-            self.wait = meter.create_histogram(
-                events.METRIC_WAIT_DURATION, unit="s", description="Time spent acquiring.",
-                **advice,
-            )  # fmt: skip
-            self.hold = meter.create_histogram(
-                events.METRIC_HOLD_DURATION, unit="s", description="Time locks were held.",
-                **advice,
-            )  # fmt: skip
-        except TypeError:  # an API older than 1.23 has no bucket advice
-            self.wait = meter.create_histogram(events.METRIC_WAIT_DURATION, unit="s")
-            self.hold = meter.create_histogram(events.METRIC_HOLD_DURATION, unit="s")
+            self._lost = meter.create_counter(
+                events.METRIC_LOCKS_LOST, unit="{lock}", description="Holds found lost."
+            )
+            self._wait = meter.create_histogram(
+                events.METRIC_WAIT_DURATION,
+                unit="s",
+                description="Time spent acquiring.",
+                explicit_bucket_boundaries_advisory=list(BOUNDS),
+            )
+            self._hold = meter.create_histogram(
+                events.METRIC_HOLD_DURATION,
+                unit="s",
+                description="Time locks were held.",
+                explicit_bucket_boundaries_advisory=list(BOUNDS),
+            )
 
-    def flush(self, recorder: Recorder) -> None:
-        """Hand the recorder's measurements to the instruments (reporter thread)."""
-        counts, lost, waits, holds = recorder.take_measurements()
-        if not self.enabled:
-            return
-        attrs_cache: dict[tuple[str, str], dict[str, str]] = {}
+    def tick(self, recorder: Recorder, *, force: bool = False) -> None:
+        """Export if the interval has passed (``agent``) or the new figures (``app``)."""
+        if self.mode == "agent":
+            if force or time.monotonic() >= self._next:
+                self._next = time.monotonic() + self.interval
+                self._submit(encode_stats(recorder.stats.snapshot(), self._resource()))
+        elif self.mode == "app":
+            self._feed(recorder)
+
+    def _feed(self, recorder: Recorder) -> None:
+        snapshot = recorder.stats.snapshot()
+        last = self._last
+        self._last = snapshot
+        _, acquisitions, lost, waits, holds = snapshot
+        _, old_acq, old_lost, old_waits, old_holds = last or (0, {}, {}, {}, {})
 
         def attrs(template: str, system: str) -> dict[str, str]:
-            found = attrs_cache.get((template, system))
-            if found is None:
-                found = attrs_cache[(template, system)] = {
-                    events.ATTR_LOCK_TEMPLATE: template,
-                    events.ATTR_LOCK_SYSTEM: system,
-                }
-            return found
+            return {events.ATTR_LOCK_TEMPLATE: template, events.ATTR_LOCK_SYSTEM: system}
 
-        for (template, system, outcome), n in counts.items():
-            self.acquisitions.add(n, {**attrs(template, system), events.ATTR_OUTCOME: outcome})
-        for (template, system), n in lost.items():
-            self.lost.add(n, attrs(template, system))
-        for template, system, seconds in waits:
-            self.wait.record(seconds, attrs(template, system))
-        for template, system, seconds in holds:
-            self.hold.record(seconds, attrs(template, system))
-
-    def shutdown(self) -> None:
-        """Export the private provider's last figures (bounded) and stop it."""
-        if self._private is not None:
-            try:
-                self._private.force_flush(timeout_millis=1000)
-                self._private.shutdown(timeout_millis=1000)
-            except Exception:
-                _log.debug("lockscope: metrics shutdown failed", exc_info=True)
-
-
-def _private_provider(endpoint: str, headers: Mapping[str, str], interval: float,
-                      timeout: float, resource: Mapping[str, Any]) -> Any:  # fmt: skip
-    from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import (
-        MetricExporter,
-        MetricExportResult,
-        PeriodicExportingMetricReader,
-    )
-    from opentelemetry.sdk.resources import Resource
-
-    class _Exporter(MetricExporter):
-        """OTLP/HTTP protobuf to the agent, muted in a forked child (it has its own)."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self._pid = os.getpid()
-            self._transport = HttpTransport(endpoint, headers, timeout)
-
-        def export(self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any) -> Any:
-            if os.getpid() != self._pid:
-                return MetricExportResult.SUCCESS
-            try:
-                body = encode_metrics(metrics_data).SerializeToString()
-            except Exception:
-                _log.debug("lockscope: metrics encoding failed", exc_info=True)
-                return MetricExportResult.FAILURE
-            result = self._transport.post("/v1/metrics", body)
-            return MetricExportResult.SUCCESS if result.ok else MetricExportResult.FAILURE
-
-        def force_flush(self, timeout_millis: float = 10_000) -> bool:
-            return True
-
-        def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-            self._transport.close()
-
-    reader = PeriodicExportingMetricReader(
-        _Exporter(), export_interval_millis=interval * 1000, export_timeout_millis=2000
-    )
-    return MeterProvider(metric_readers=[reader], resource=Resource.create(dict(resource)))
+        for (template, system, outcome), count in acquisitions.items():
+            delta = count - old_acq.get((template, system, outcome), 0)
+            if delta:
+                self._acquisitions.add(
+                    delta, {**attrs(template, system), events.ATTR_OUTCOME: outcome}
+                )
+        for key, count in lost.items():
+            delta = count - old_lost.get(key, 0)
+            if delta:
+                self._lost.add(delta, attrs(*key))
+        budget = _MAX_RECORDS_PER_TICK
+        pairs = ((self._wait, waits, old_waits), (self._hold, holds, old_holds))
+        for instrument, hists, old in pairs:
+            for key, hist in hists.items():
+                before = old.get(key)
+                point = attrs(*key)
+                for i in range(len(hist) - 1):
+                    delta = int(hist[i] - (before[i] if before else 0))
+                    take = min(delta, budget)
+                    budget -= take
+                    if delta > take:
+                        recorder.dropped += delta - take
+                    for _ in range(take):
+                        instrument.record(_REPRESENTATIVE[i], point)

@@ -32,8 +32,16 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeL
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from lockscope import __version__, events
+from lockscope.instrumentation.stats import BOUNDS, StatsSnapshot
 
-__all__ = ["HttpTransport", "PostResult", "any_value", "encode_events"]
+__all__ = [
+    "HttpTransport",
+    "PostResult",
+    "any_value",
+    "encode_events",
+    "encode_stats",
+    "key_values",
+]
 
 _log = logging.getLogger("lockscope.instrumentation")
 _HAS_EVENT_NAME = "event_name" in LogRecord.DESCRIPTOR.fields_by_name
@@ -75,7 +83,7 @@ def encode_events(
         record = LogRecord(
             time_unix_nano=time_ns,
             observed_time_unix_nano=observed,
-            severity_number=9,  # INFO
+            severity_number=9,  # type: ignore[arg-type]  # SEVERITY_NUMBER_INFO
             severity_text="INFO",
             attributes=[
                 KeyValue(key=events.ATTR_EVENT_NAME, value=AnyValue(string_value=name)),
@@ -189,3 +197,93 @@ class HttpTransport:
         return PostResult(
             ok=False, retryable=status in _RETRYABLE, retry_after=retry_after, status=status
         )
+
+
+def encode_stats(snapshot: StatsSnapshot, resource: Mapping[str, Any]) -> bytes:
+    """The shim's cumulative lock metrics as one ``ExportMetricsServiceRequest``."""
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsServiceRequest,
+    )
+    from opentelemetry.proto.metrics.v1.metrics_pb2 import (
+        AggregationTemporality,
+        Histogram,
+        HistogramDataPoint,
+        Metric,
+        NumberDataPoint,
+        ResourceMetrics,
+        ScopeMetrics,
+        Sum,
+    )
+
+    start, acquisitions, lost, waits, holds = snapshot
+    now = time.time_ns()
+    cumulative = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+
+    def lock_attrs(template: str, system: str) -> list[KeyValue]:
+        return key_values({events.ATTR_LOCK_TEMPLATE: template, events.ATTR_LOCK_SYSTEM: system})
+
+    def counter(name: str, unit: str, points: list[NumberDataPoint]) -> Metric:
+        return Metric(
+            name=name,
+            unit=unit,
+            sum=Sum(data_points=points, aggregation_temporality=cumulative, is_monotonic=True),
+        )
+
+    def histogram(name: str, hists: Mapping[tuple[str, str], list[float]]) -> Metric:
+        points = [
+            HistogramDataPoint(
+                attributes=lock_attrs(template, system),
+                start_time_unix_nano=start,
+                time_unix_nano=now,
+                count=int(sum(hist[:-1])),
+                sum=float(hist[-1]),
+                bucket_counts=[int(c) for c in hist[:-1]],
+                explicit_bounds=list(BOUNDS),
+            )
+            for (template, system), hist in hists.items()
+        ]
+        return Metric(
+            name=name,
+            unit="s",
+            histogram=Histogram(data_points=points, aggregation_temporality=cumulative),
+        )
+
+    acquired_points = [
+        NumberDataPoint(
+            attributes=lock_attrs(template, system) + key_values({events.ATTR_OUTCOME: outcome}),
+            start_time_unix_nano=start,
+            time_unix_nano=now,
+            as_int=count,
+        )
+        for (template, system, outcome), count in acquisitions.items()
+    ]
+    lost_points = [
+        NumberDataPoint(
+            attributes=lock_attrs(template, system),
+            start_time_unix_nano=start,
+            time_unix_nano=now,
+            as_int=count,
+        )
+        for (template, system), count in lost.items()
+    ]
+    metrics = [
+        counter(events.METRIC_ACQUISITIONS, "{acquisition}", acquired_points),
+        histogram(events.METRIC_WAIT_DURATION, waits),
+        histogram(events.METRIC_HOLD_DURATION, holds),
+    ]
+    if lost_points:
+        metrics.append(counter(events.METRIC_LOCKS_LOST, "{lock}", lost_points))
+    request = ExportMetricsServiceRequest(
+        resource_metrics=[
+            ResourceMetrics(
+                resource=Resource(attributes=key_values(resource)),
+                scope_metrics=[
+                    ScopeMetrics(
+                        scope=InstrumentationScope(name=SCOPE_NAME, version=__version__),
+                        metrics=metrics,
+                    )
+                ],
+            )
+        ]
+    )
+    return bytes(request.SerializeToString())

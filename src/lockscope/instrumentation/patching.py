@@ -57,7 +57,7 @@ class Patcher:
             return False
         original = vars(owner).get(attr, _MISSING)
         proxy = wrapt.wrap_function_wrapper(owner, attr, wrapper)
-        proxy._self_lockscope = True
+        proxy._self_lockscope = True  # type: ignore[attr-defined]
         self._patches.append((owner, attr, original))
         return True
 

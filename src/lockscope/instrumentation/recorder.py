@@ -16,12 +16,15 @@ parent's holds belong to the parent.
 from __future__ import annotations
 
 import _thread
+import contextlib
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from lockscope import events
+from lockscope.instrumentation.stats import BOUNDS, LockStats
 
 __all__ = ["Hold", "LockInfo", "PendingEvent", "Recorder", "Wait"]
 
@@ -210,10 +213,13 @@ class Recorder:
         """Internal errors the shim swallowed (fail open)."""
         self.acquires = 0
         """Acquire calls recorded since the start (any outcome)."""
-        self._counts: dict[tuple[str, str, str], int] = {}
-        self._lost: dict[tuple[str, str], int] = {}
-        self._wait_samples: list[tuple[str, str, float]] = []
-        self._hold_samples: list[tuple[str, str, float]] = []
+        self._light: dict[int, list[Any]] = {}
+        """thread ident -> in-process locks it holds, oldest first (see threading_locks)."""
+        self._light_reported: dict[int, Hold] = {}
+        self._light_pairs: set[tuple[str, str]] = set()
+        self._dirty: set[Any] = set()
+        self.stats = LockStats()
+        """Cumulative metrics of this process (exported by :mod:`.metrics`)."""
         self.sync_clock()
 
     def sync_clock(self) -> None:
@@ -240,8 +246,10 @@ class Recorder:
         token: int | None = None,
         owner: str | None = None,
         ttl: float | None = None,
+        hold: bool = True,
     ) -> Hold | None:
-        """The acquire returned or raised; on ``acquired`` the hold starts now."""
+        """The acquire returned or raised; on ``acquired`` the hold starts now (unless
+        ``hold`` is false: in-process locks keep their holds themselves)."""
         now = _perf()
         info = wait.info
         with self._lock:
@@ -251,18 +259,16 @@ class Recorder:
                 attrs[events.ATTR_OUTCOME] = outcome
                 attrs[events.ATTR_WAIT_DURATION] = (now - wait.start) / 1e9
                 self._emit(events.EVENT_WAIT_END, now, attrs)
-            key = (info.template, info.system, outcome)
-            self._counts[key] = self._counts.get(key, 0) + 1
             self.acquires += 1
-            self._wait_samples.append((info.template, info.system, (now - wait.start) / 1e9))
-            if outcome != "acquired":
+            self.stats.acquired(info.template, info.system, outcome, (now - wait.start) / 1e9)
+            if outcome != "acquired" or not hold:
                 return None
-            hold = self._add_hold(info, wait.actor, wait.task, wait.target, now, token, owner, ttl)
+            new = self._add_hold(info, wait.actor, wait.task, wait.target, now, token, owner, ttl)
             if wait.reported:
                 # Others may be waiting for this actor: the agent must see the new hold now.
-                hold.actor_name = wait.actor_name
-                self._report_hold(hold)
-            return hold
+                new.actor_name = wait.actor_name
+                self._report_hold(new)
+            return new
 
     def acquired(
         self,
@@ -278,10 +284,8 @@ class Recorder:
         """An acquire that did not wait (in-process fast path)."""
         now = _perf()
         with self._lock:
-            key = (info.template, info.system, "acquired")
-            self._counts[key] = self._counts.get(key, 0) + 1
             self.acquires += 1
-            self._wait_samples.append((info.template, info.system, 0.0))
+            self.stats.acquired(info.template, info.system, "acquired", 0.0)
             return self._add_hold(info, actor, task, target, now, token, owner, ttl)
 
     def _add_hold(
@@ -302,6 +306,15 @@ class Recorder:
             self._holds[hold.obj] = [hold]
         else:
             same.append(hold)
+        if task is None and self._light.get(actor):
+            for lock in self._light[actor]:
+                key = (lock._template, info.template)
+                if key not in self._light_pairs:
+                    self._light_pairs.add(key)
+                    attrs = _pair_attrs(
+                        lock._template, lock._system, info.template, info.system, actor
+                    )
+                    self._emit(events.EVENT_ORDER_PAIR, now, attrs)
         mine = self._by_actor.get(actor)
         if mine is None:
             self._by_actor[actor] = [hold]
@@ -374,10 +387,8 @@ class Recorder:
                 if not mine:
                     del self._by_actor[hold.actor]
             duration = (now - hold.start) / 1e9
-            self._hold_samples.append((info.template, info.system, duration))
+            self.stats.held(info.template, info.system, duration, lost)
             if lost:
-                key = (info.template, info.system)
-                self._lost[key] = self._lost.get(key, 0) + 1
                 attrs = self._hold_attrs(hold)
                 attrs[events.ATTR_OUTCOME] = "lost"
                 attrs[events.ATTR_HOLD_DURATION] = duration
@@ -406,6 +417,97 @@ class Recorder:
         with self._lock:
             return [h for holds in self._holds.values() for h in holds if predicate(h)]
 
+    # -- in-process locks: the lean path (threading_locks) -------------------------------
+    # No registry lock here: each step is one GIL-atomic operation, the lock object's own
+    # fields are written while it is held, and the reporter re-checks what it reads.
+    def light_acquired(self, lock: Any, ident: int) -> None:
+        """An in-process lock was taken without waiting (``lock._since`` already set)."""
+        held = self._light.get(ident)
+        if held is None:
+            self._light[ident] = [lock]
+            return
+        if held or ident in self._by_actor:
+            self._light_order(held, lock, ident)
+        held.append(lock)
+
+    def light_released(self, lock: Any, ident: int, since: int) -> None:
+        """An in-process lock is about to be released (still held: its fields are ours)."""
+        now = _perf()
+        held = self._light.get(ident)
+        if held:
+            if held[-1] is lock:
+                held.pop()
+            else:
+                with contextlib.suppress(ValueError):
+                    held.remove(lock)
+        hist = lock._hist
+        if hist is None:
+            hist = lock._hist = [0] * (len(BOUNDS) + 2)
+        seconds = (now - since) / 1e9
+        hist[bisect_left(BOUNDS, seconds)] += 1
+        hist[-1] += seconds
+        self._dirty.add(lock)
+        if lock._hold is not None:
+            self._end_light(lock, seconds)
+
+    def _light_order(self, held: list[Any], lock: Any, ident: int) -> None:
+        site = lock._template
+        for first in held:
+            if first is lock:
+                continue
+            key = (first._template, site)
+            if key not in self._light_pairs:
+                self._light_pairs.add(key)
+                self.emit(events.EVENT_ORDER_PAIR, _perf(), _pair_attrs(
+                    first._template, first._system, site, lock._system, ident))  # fmt: skip
+        for hold in list(self._by_actor.get(ident, ())):
+            key = (hold.info.template, site)
+            if key not in self._light_pairs:
+                self._light_pairs.add(key)
+                self.emit(events.EVENT_ORDER_PAIR, _perf(), _pair_attrs(
+                    hold.info.template, hold.info.system, site, lock._system, ident))  # fmt: skip
+
+    def report_light(self, lock: Any, ident: int) -> None:
+        """Report an in-process hold now (its owner's wait was reported)."""
+        with self._lock:
+            self._report_light(lock, ident)
+
+    def _report_light(self, lock: Any, ident: int) -> None:
+        since = lock._since
+        if not since or lock._hold is not None:
+            return
+        hold = Hold(lock.lock_info(), ident, None, lock, since, since + self._offset,
+                    None, None, None)  # fmt: skip
+        hold.reported = True
+        lock._hold = hold
+        self._light_reported[id(lock)] = hold
+        self._emit(events.EVENT_HOLD_START, since, self._hold_attrs(hold))
+        if lock._since != since:  # released (or re-taken) while we looked
+            self._end_light(lock, (_perf() - since) / 1e9, locked=True)
+
+    def _end_light(self, lock: Any, seconds: float, locked: bool = False) -> None:
+        hold = lock._hold
+        lock._hold = None
+        if hold is None:
+            return
+        attrs = self._hold_attrs(hold)
+        attrs[events.ATTR_OUTCOME] = "released"
+        attrs[events.ATTR_HOLD_DURATION] = seconds
+        if locked:
+            self._light_reported.pop(id(lock), None)
+            self._emit(events.EVENT_HOLD_END, _perf(), attrs)
+        else:
+            with self._lock:
+                self._light_reported.pop(id(lock), None)
+                self._emit(events.EVENT_HOLD_END, _perf(), attrs)
+
+    def fold_light(self) -> None:
+        """Move the in-process locks' own counters into :attr:`stats` (reporter thread)."""
+        dirty, self._dirty = self._dirty, set()
+        with self._lock:
+            for lock in list(dirty):
+                lock.fold_into(self.stats)
+
     # -- reporter thread ----------------------------------------------------------------
     def due_waits(self, now: int) -> list[Wait]:
         """Unreported waits that have lasted ``report_after`` by ``now`` (perf ns)."""
@@ -422,18 +524,29 @@ class Recorder:
                 for hold in self._by_actor.get(wait.actor, ()):
                     if not hold.reported:
                         self._report_hold(hold)
+                if wait.task is None:
+                    for lock in list(self._light.get(wait.actor, ())):
+                        self._report_light(lock, wait.actor)
                 wait.reported = True
                 self._emit(events.EVENT_WAIT_START, wait.start, self._wait_attrs(wait))
             for holds in self._holds.values():
                 for hold in holds:
                     if not hold.reported and hold.start <= threshold:
                         self._report_hold(hold)
+            for ident, locks in list(self._light.items()):
+                if not locks:
+                    continue
+                for lock in list(locks):
+                    since = lock._since
+                    if since and since <= threshold and lock._hold is None:
+                        self._report_light(lock, ident)
 
     def snapshot(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The reported waits and holds, as heartbeat entries."""
         with self._lock:
             waits = [self._wait_attrs(w) for w in self._waits if w.reported]
             holds = [self._hold_attrs(h) for hs in self._holds.values() for h in hs if h.reported]
+            holds += [self._hold_attrs(h) for h in self._light_reported.values()]
         return waits, holds
 
     def drain(self, limit: int) -> list[PendingEvent]:
@@ -447,25 +560,6 @@ class Recorder:
     def pending(self) -> int:
         """How many events wait to be sent."""
         return len(self._events)
-
-    def take_measurements(
-        self,
-    ) -> tuple[
-        dict[tuple[str, str, str], int],
-        dict[tuple[str, str], int],
-        list[tuple[str, str, float]],
-        list[tuple[str, str, float]],
-    ]:
-        """Hand over the metric measurements gathered since the last call."""
-        with self._lock:
-            taken = (self._counts, self._lost, self._wait_samples, self._hold_samples)
-            self._counts, self._lost = {}, {}
-            self._wait_samples, self._hold_samples = [], []
-        return taken
-
-    def counts_backlog(self) -> int:
-        """Measurements not yet handed to the metric instruments."""
-        return len(self._wait_samples) + len(self._hold_samples)
 
     def emit(self, name: str, perf_ns: int, attrs: dict[str, Any]) -> None:
         """Queue an event from outside the hot path (heartbeat)."""
@@ -517,6 +611,19 @@ class Recorder:
         if hold.expires_at is not None:
             attrs[events.ATTR_LOCK_EXPIRES_AT] = hold.expires_at
         return attrs
+
+
+def _pair_attrs(first: str, first_system: str, second: str, second_system: str,
+                ident: int) -> dict[str, Any]:  # fmt: skip
+    return {
+        events.ATTR_ORDER_FIRST: first,
+        events.ATTR_ORDER_FIRST_MODE: "exclusive",
+        events.ATTR_ORDER_SYSTEM_FIRST: first_system,
+        events.ATTR_ORDER_SECOND: second,
+        events.ATTR_ORDER_SECOND_MODE: "exclusive",
+        events.ATTR_ORDER_SYSTEM_SECOND: second_system,
+        events.ATTR_ACTOR_ID: actor_id(ident, None),
+    }
 
 
 def task_name(task: Any) -> str | None:

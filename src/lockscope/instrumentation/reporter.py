@@ -118,6 +118,7 @@ class Reporter:
         self._wake_reporter = _Signal()
         self._wake_sender = _Signal()
         self._threads: list[threading.Thread] = []
+        self._metrics_body: bytes | None = None
         self.sent = 0
         """Events the endpoint accepted."""
         self.failed_posts = 0
@@ -148,13 +149,17 @@ class Reporter:
             if thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
 
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` has been called (from another thread)."""
+        return self._stop
+
     # -- reporter thread ----------------------------------------------------------------
     def _report_loop(self) -> None:
         next_heartbeat = time.perf_counter_ns() + int(self.heartbeat * 1e9)
         next_clock = time.monotonic() + 10.0
         while not self._stop:
             self._wake_reporter.wait(self.interval)
-            if self._stop:
+            if self.stopping():
                 break
             try:
                 beat = time.perf_counter_ns() >= next_heartbeat
@@ -202,12 +207,21 @@ class Reporter:
         if recorder.pending():
             self._wake_sender.set()
 
+    def submit(self, body: bytes) -> None:
+        """Hand an encoded metrics request to the sender (the latest replaces an unsent one:
+        the figures are cumulative)."""
+        self._metrics_body = body
+        self._wake_sender.set()
+
     # -- sender thread ------------------------------------------------------------------
     def _send_loop(self) -> None:
         while True:
             stopping = self._stop
             if not stopping:
                 self._wake_sender.wait(self.heartbeat)
+            body, self._metrics_body = self._metrics_body, None
+            if body is not None and not self.transport.post("/v1/metrics", body).ok:
+                self.failed_posts += 1
             batch = self.recorder.drain(_BATCH)
             while batch:
                 self._send(batch)

@@ -64,14 +64,6 @@ class Shim:
         self.pid = os.getpid()
         self.instance_id = uuid.uuid4().hex
         self.transport = HttpTransport(config.endpoint, config.headers, config.http_timeout)
-        self.metrics = LockMetrics(
-            config.metrics_export,
-            config.endpoint,
-            config.headers,
-            config.metrics_interval,
-            config.http_timeout,
-            self.resource(),
-        )
         self.reporter = Reporter(
             self.recorder,
             self.transport,
@@ -80,6 +72,9 @@ class Shim:
             heartbeat=config.heartbeat,
             probes=self._probe_for,
             tick=self._tick,
+        )
+        self.metrics = LockMetrics(
+            config.metrics_export, config.metrics_interval, self.resource, self.reporter.submit
         )
 
     def resource(self) -> dict[str, Any]:
@@ -114,15 +109,16 @@ class Shim:
 
     def _at_exit(self, flush_timeout: float = 1.0) -> None:
         try:
+            self.recorder.fold_light()
+            self.metrics.tick(self.recorder, force=True)
             self.reporter.stop(flush_timeout)
-            self.metrics.flush(self.recorder)
-            self.metrics.shutdown()
         except Exception:
             _log.debug("lockscope: exit flush failed", exc_info=True)
 
     def after_fork(self) -> None:
         """In the child: a fresh registry and reporter, a new process identity."""
         self.recorder.reset()
+        self.recorder.stats.reset()
         self.generation += 1
         self._new_process()
         self.reporter.start()
@@ -132,7 +128,8 @@ class Shim:
             self.spans = SpanFactory(self.tracer_provider)
 
     def _tick(self) -> None:
-        self.metrics.flush(self.recorder)
+        self.recorder.fold_light()
+        self.metrics.tick(self.recorder)
         self._refresh_tracing()
 
     def _probe_for(self, wait: Wait) -> Any:

@@ -24,17 +24,20 @@ import os
 import sys
 import sysconfig
 import threading
+import time
 from types import TracebackType
 from typing import Any
 
 from lockscope.instrumentation import operations, runtime
 from lockscope.instrumentation.patching import Patcher
 from lockscope.instrumentation.recorder import Hold, LockInfo
+from lockscope.instrumentation.stats import LockStats
 
 __all__ = ["TracedLock", "TracedRLock", "instrument", "is_app_code"]
 
 _get_ident = _thread.get_ident
-_enabled = operations.is_instrumentation_enabled
+_perf = time.perf_counter_ns
+_enabled = operations.fast_enabled
 _counter = itertools.count(1)
 _site_cache: dict[str, bool] = {}
 
@@ -73,81 +76,130 @@ def _site(frame: Any) -> str:
 
 
 class TracedLock:
-    """A ``threading.Lock`` that tells the shim when it is held and waited for."""
+    """A ``threading.Lock`` that tells the shim when it is held and waited for.
 
-    __slots__ = ("__weakref__", "_gen", "_hold", "_info", "_inner", "_site")
+    The uncontended path keeps the hold on the object itself (``_since``) and in a per-thread
+    list in the recorder; the reporter turns it into a hold event only if it lasts
+    ``report_after``.  A contended acquire goes through the recorder's wait registry.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_fast",
+        "_folded",
+        "_gen",
+        "_hist",
+        "_hold",
+        "_info",
+        "_inner",
+        "_owner",
+        "_since",
+        "_site",
+        "_template",
+    )
     _system = "threading"
     _reentrant = False
 
     def __init__(self, inner: Any, site: str) -> None:
         self._inner = inner
+        self._template = site
         self._site = f"{site}#{next(_counter)}"
         self._info: LockInfo | None = None
         self._gen = -1
+        self._since = 0
+        """perf_counter_ns() when the recorded hold began; 0 when not held (or not recorded)."""
+        self._owner = 0
         self._hold: Hold | None = None
+        """The hold as reported to the agent, once it has lasted report_after."""
+        self._fast = 0
+        self._hist: list[float] | None = None
+        self._folded: tuple[int, list[float] | None] = (0, None)
 
-    def _lock_info(self, shim: runtime.Shim) -> LockInfo:
+    def lock_info(self) -> LockInfo:
+        """The lock's identity in this process (rebuilt in a forked child)."""
+        shim = runtime.current
+        generation = shim.generation if shim is not None else 0
         info = self._info
-        if info is None or self._gen != shim.generation:
-            # Per process: a forked child's copy of the lock is another lock.
+        if info is None or self._gen != generation:
             info = self._info = LockInfo(
                 self._system,
-                shim.instance_id,
+                shim.instance_id if shim is not None else "",
                 self._site,
-                self._site.rpartition("#")[0],
+                self._template,
                 reentrant=self._reentrant,
             )
-            self._gen = shim.generation
+            self._gen = generation
         return info
+
+    def fold_into(self, stats: LockStats) -> None:
+        """Add this lock's counts since the last fold to ``stats`` (reporter thread)."""
+        fast, hist = self._fast, self._hist
+        old_fast, old_hist = self._folded
+        self._folded = (fast, list(hist) if hist is not None else None)
+        template, system = self._template, self._system
+        if fast > old_fast:
+            stats.bulk(template, system, "acquired", fast - old_fast, waits_zero=fast - old_fast)
+        if hist is not None:
+            stats.bulk_holds(template, system, hist, old_hist)
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """As ``threading.Lock.acquire``."""
         inner = self._inner
-        shim = runtime.current
-        if shim is None or (timeout != -1 and (not blocking or timeout < 0)) or not _enabled():
+        if timeout != -1 and (not blocking or timeout < 0):
             return inner.acquire(blocking, timeout)  # type: ignore[no-any-return]
-        if inner.acquire(False):
+        if not inner.acquire(False):
+            return self._slow_acquire(blocking, timeout)
+        shim = runtime.current
+        if shim is not None and _enabled():
+            self._since = _perf()
+            self._owner = ident = _get_ident()
+            self._fast += 1
             try:
-                self._hold = shim.recorder.acquired(self._lock_info(shim), _get_ident(), None, self)
+                shim.recorder.light_acquired(self, ident)
             except Exception:
                 operations.failed()
-            return True
-        return self._slow_acquire(shim, blocking, timeout)
+        return True
 
-    def _slow_acquire(self, shim: runtime.Shim, blocking: bool, timeout: float) -> bool:
+    def _slow_acquire(self, blocking: bool, timeout: float) -> bool:
         inner = self._inner
+        shim = runtime.current
+        if not blocking or shim is None or not _enabled():
+            return inner.acquire(blocking, timeout)  # type: ignore[no-any-return]
+        ident = _get_ident()
         try:
-            wait = shim.recorder.begin_wait(self._lock_info(shim), _get_ident(), None, self)
+            wait = shim.recorder.begin_wait(self.lock_info(), ident, None, self)
         except Exception:
             operations.failed()
             return inner.acquire(blocking, timeout)  # type: ignore[no-any-return]
-        if not blocking:
-            got = inner.acquire(False)
-        else:
-            try:
-                got = inner.acquire(True, timeout)
-            except BaseException:
-                shim.recorder.end_wait(wait, "error")
-                raise
-        outcome = "acquired" if got else ("timeout" if blocking else "busy")
         try:
-            self._hold = shim.recorder.end_wait(wait, outcome)
+            got = inner.acquire(True, timeout)
+        except BaseException:
+            shim.recorder.end_wait(wait, "error", hold=False)
+            raise
+        try:
+            shim.recorder.end_wait(wait, "acquired" if got else "timeout", hold=False)
+            if got:
+                self._since = _perf()
+                self._owner = ident
+                shim.recorder.light_acquired(self, ident)
+                if wait.reported:  # others may wait for this thread: show the hold now
+                    shim.recorder.report_light(self, ident)
         except Exception:
             operations.failed()
         return bool(got)
 
     def release(self) -> None:
         """As ``threading.Lock.release``."""
-        hold = self._hold
-        self._inner.release()
-        if hold is not None:
-            self._hold = None
+        since = self._since
+        if since:
             shim = runtime.current
             if shim is not None:
                 try:
-                    shim.recorder.end_hold(hold)
+                    shim.recorder.light_released(self, self._owner, since)
                 except Exception:
                     operations.failed()
+            self._since = 0
+        self._inner.release()
 
     def locked(self) -> bool:
         """As ``threading.Lock.locked``."""
@@ -166,6 +218,7 @@ class TracedLock:
 
     def _at_fork_reinit(self) -> None:
         self._inner._at_fork_reinit()
+        self._since = 0
         self._hold = None
 
     def __repr__(self) -> str:
@@ -195,8 +248,8 @@ class TracedRLock(TracedLock):
     def release(self) -> None:
         """As ``threading.RLock.release``."""
         if self._depth and self._inner._is_owned():
-            self._inner.release()
             self._depth -= 1
+            self._inner.release()
             return
         super().release()
 
@@ -205,31 +258,35 @@ class TracedRLock(TracedLock):
         locked = getattr(self._inner, "locked", None)
         if locked is not None:
             return bool(locked())
-        return bool(self._inner._is_owned()) or self._hold is not None
+        return bool(self._inner._is_owned()) or bool(self._since)
 
     # threading.Condition uses these when present, to release every level at once.
     def _is_owned(self) -> bool:
         return bool(self._inner._is_owned())
 
     def _release_save(self) -> Any:
-        hold, depth = self._hold, self._depth
-        self._hold, self._depth = None, 0
-        state = self._inner._release_save()
-        if hold is not None and runtime.current is not None:
+        depth = self._depth
+        since = self._since
+        if since and runtime.current is not None:
             try:
-                runtime.current.recorder.end_hold(hold)
+                runtime.current.recorder.light_released(self, self._owner, since)
             except Exception:
                 operations.failed()
-        return (state, depth)
+        self._since = 0
+        self._depth = 0
+        return (self._inner._release_save(), depth)
 
     def _acquire_restore(self, saved: Any) -> None:
         state, depth = saved
         self._inner._acquire_restore(state)
         self._depth = depth
         shim = runtime.current
-        if shim is not None:
+        if shim is not None and _enabled():
+            self._since = _perf()
+            self._owner = ident = _get_ident()
+            self._fast += 1
             try:
-                self._hold = shim.recorder.acquired(self._lock_info(shim), _get_ident(), None, self)
+                shim.recorder.light_acquired(self, ident)
             except Exception:
                 operations.failed()
 

@@ -1,0 +1,198 @@
+"""Shim overhead: ns per acquire+release, bare vs instrumented, in one run.
+
+    .venv/bin/python benchmarks/shim_overhead.py [--rounds 7] [--quick]
+
+Starts a real redis-server and ZooKeeper (lockscope.testing), then measures, alternating
+the configurations round by round so drift on a shared machine hits all of them alike:
+
+* redis-py ``Lock`` acquire+release: bare; with the shim and an SDK TracerProvider whose
+  sampler drops everything ("unsampled"); with every span recorded (ALWAYS_ON, batch span
+  processor, discarding exporter); with opentelemetry-instrumentation-redis instead
+  (ALWAYS_ON, same processor) -- the generic alternative;
+* kazoo ``Lock`` acquire+release: bare and with the shim (unsampled);
+* ``threading.Lock`` acquire+release: bare and with the opt-in threading shim.
+
+Prints the median per configuration and its ratio to bare (threading: ns added).  Targets:
+<= 1.03 unsampled, <= 1.10 all spans, kazoo <= 1.03, threading <= +1000 ns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis
+from kazoo.client import KazooClient
+from opentelemetry.instrumentation.redis import RedisInstrumentor
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
+
+from lockscope.instrumentation import LockscopeInstrumentor
+from lockscope.instrumentation.config import ShimConfig
+from lockscope.testing import RedisServer, ZooKeeperServer
+from lockscope.testing.otlp_sink import OtlpSink
+
+
+class _Discard(SpanExporter):
+    def export(self, spans: Sequence[Any]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+def _provider(sampled: bool) -> TracerProvider:
+    provider = TracerProvider(sampler=ALWAYS_ON if sampled else ParentBased(ALWAYS_OFF))
+    provider.add_span_processor(BatchSpanProcessor(_Discard(), max_queue_size=65536))
+    return provider
+
+
+def _per_op(fn: Callable[[], None], n: int) -> float:
+    gc.collect()
+    start = time.perf_counter_ns()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter_ns() - start) / n
+
+
+class Bench:
+    """One named configuration: set-up, the measured operation, tear-down."""
+
+    def __init__(self, name: str, enter: Callable[[], Callable[[], None]],
+                 leave: Callable[[], None], n: int) -> None:  # fmt: skip
+        self.name = name
+        self.enter = enter
+        self.leave = leave
+        self.n = n
+        self.samples: list[float] = []
+
+    def run_once(self) -> None:
+        op = self.enter()
+        try:
+            for _ in range(max(10, self.n // 20)):  # warm-up
+                op()
+            self.samples.append(_per_op(op, self.n))
+        finally:
+            self.leave()
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="fewer operations per round")
+    args = parser.parse_args(argv)
+    scale = 0.2 if args.quick else 1.0
+
+    with RedisServer() as server, ZooKeeperServer() as zk_server, OtlpSink() as sink:
+        client = redis.Redis.from_url(server.url)
+        zk = KazooClient(hosts=zk_server.hosts, timeout=10)
+        zk.start(timeout=30)
+        instrumentor = LockscopeInstrumentor()
+        config = ShimConfig(endpoint=sink.endpoint, metrics_export="agent")
+        unsampled, sampled = _provider(False), _provider(True)
+
+        def redis_op() -> Callable[[], None]:
+            lock = client.lock("bench:redis", timeout=30)
+
+            def op() -> None:
+                lock.acquire()
+                lock.release()
+
+            return op
+
+        def kazoo_op() -> Callable[[], None]:
+            lock = zk.Lock("/bench/kazoo", "bench")
+
+            def op() -> None:
+                lock.acquire()
+                lock.release()
+
+            return op
+
+        def thread_op() -> Callable[[], None]:
+            lock = threading.Lock()  # created here, after instrumenting: app code
+
+            def op() -> None:
+                lock.acquire()
+                lock.release()
+
+            return op
+
+        def shim(make: Callable[[], Callable[[], None]], **kwargs: Any) -> Callable[[], Any]:
+            def enter() -> Callable[[], None]:
+                instrumentor.instrument(config=config, **kwargs)
+                return make()
+
+            return enter
+
+        def otel_redis() -> Callable[[], None]:
+            RedisInstrumentor().instrument(tracer_provider=sampled)
+            return redis_op()
+
+        def uninstrument() -> None:
+            instrumentor.uninstrument(flush_timeout=0.5)
+
+        nothing: Callable[[], None] = lambda: None  # noqa: E731
+        n_redis, n_zk, n_thread = int(3000 * scale), int(300 * scale), int(300_000 * scale)
+        redis_benches = [
+            Bench("redis bare", redis_op, nothing, n_redis),
+            Bench("redis shim, unsampled", shim(redis_op, tracer_provider=unsampled),
+                  uninstrument, n_redis),
+            Bench("redis shim, all spans", shim(redis_op, tracer_provider=sampled),
+                  uninstrument, n_redis),
+            Bench("redis otel-instrumentation-redis", otel_redis,
+                  RedisInstrumentor().uninstrument, n_redis),
+        ]  # fmt: skip
+        kazoo_benches = [
+            Bench("kazoo bare", kazoo_op, nothing, n_zk),
+            Bench("kazoo shim, unsampled", shim(kazoo_op, tracer_provider=unsampled),
+                  uninstrument, n_zk),
+        ]  # fmt: skip
+        thread_benches = [
+            Bench("threading bare", thread_op, nothing, n_thread),
+            Bench("threading shim", shim(thread_op, threading=True), uninstrument, n_thread),
+        ]
+        for round_no in range(args.rounds):
+            for group in (redis_benches, kazoo_benches, thread_benches):
+                order = group if round_no % 2 == 0 else list(reversed(group))
+                for bench in order:
+                    bench.run_once()
+            print(f"round {round_no + 1}/{args.rounds} done", flush=True)
+
+        print()
+        print(f"{'configuration':40} {'ns/op (median)':>15} {'vs bare':>12}  target")
+        targets = {
+            "redis shim, unsampled": "<= 1.03",
+            "redis shim, all spans": "<= 1.10",
+            "redis otel-instrumentation-redis": "(reference)",
+            "kazoo shim, unsampled": "<= 1.03",
+            "threading shim": "<= +1000 ns",
+        }
+        for group in (redis_benches, kazoo_benches, thread_benches):
+            bare = group[0].median
+            for bench in group:
+                if bench is group[0]:
+                    versus = ""
+                elif bench.name.startswith("threading"):
+                    versus = f"+{bench.median - bare:.0f} ns"
+                else:
+                    versus = f"{bench.median / bare:.3f}x"
+                print(f"{bench.name:40} {bench.median:15.0f} {versus:>12}  "
+                      f"{targets.get(bench.name, '')}")  # fmt: skip
+        zk.stop()
+        zk.close()
+        client.close()
+        sampled.shutdown()
+        unsampled.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

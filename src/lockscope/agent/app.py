@@ -44,11 +44,14 @@ from lockscope.agent.app_keys import (
     ReceiverLimits,
 )
 from lockscope.agent.config import AgentConfig
+from lockscope.agent.export_alertmanager import bind_http_url, setup_alertmanager
 from lockscope.agent.metrics_store import MetricsStore
 from lockscope.agent.otlp_receiver import setup_otlp_routes
 from lockscope.agent.otlp_stats import ReceiverStats
 from lockscope.agent.state import AgentState
 from lockscope.agent.web_api import setup_api_routes
+from lockscope.agent.web_metrics import setup_metrics_route
+from lockscope.agent.web_view import setup_web_view
 
 __all__ = [
     "DEFAULT_HTTP",
@@ -121,11 +124,15 @@ async def _readyz(request: web.Request) -> web.Response:
 def build_http_app(
     extra: Iterable[HttpSetup] = (), middlewares: Iterable[Middleware] = ()
 ) -> web.Application:
-    """The HTTP application: JSON API, ``/healthz``, ``/readyz``, plus ``extra`` setups."""
+    """The HTTP application: JSON API, ``/healthz``, ``/readyz``, ``/metrics``, the web view
+    at ``/`` and the Alertmanager exporter, plus ``extra`` setups."""
     app = web.Application(middlewares=list(middlewares))
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
-    setup_api_routes(app)
+    setup_api_routes(app, index=False)
+    setup_web_view(app)
+    setup_metrics_route(app)
+    setup_alertmanager(app)
     for setup in extra:
         setup(app)
     return app
@@ -229,6 +236,7 @@ class AgentRunner:
                 otlp_app, self._otlp_address, auto_decompress=False
             )
             self._http_bound = await self._serve(http_app, self._http_address)
+            bind_http_url(http_app, self.http_url)
         except BaseException:
             await self._cleanup_runners()
             raise

@@ -30,6 +30,7 @@ from aiohttp import web
 
 from lockscope.agent.app_keys import STATE_KEY
 from lockscope.agent.state import AgentState
+from lockscope.agent.web_nodegraph import nodegraph_frames
 
 __all__ = ["API_PREFIX", "setup_api_routes"]
 
@@ -91,7 +92,12 @@ async def _graph(request: web.Request) -> web.Response:
     include_idle = request.query.get("include_idle", "false").lower()
     if include_idle not in ("true", "false", "1", "0"):
         return json_error(400, "include_idle must be true or false")
-    return _json(request.app[STATE_KEY].api_graph(include_idle=include_idle in ("true", "1")))
+    state = request.app[STATE_KEY]
+    graph = state.api_graph(include_idle=include_idle in ("true", "1"))
+    if request.query.get("format") == "nodegraph":
+        # The nodes and edges frames of Grafana's Node Graph panel (web_nodegraph).
+        return _json(nodegraph_frames(graph, state.api_stale_holders(True)))
+    return _json(graph)
 
 
 async def _processes(request: web.Request) -> web.Response:

@@ -19,6 +19,7 @@ from lockscope.locks.aio import ZooKeeperLock as ExportedAsyncLock
 from lockscope.locks.zookeeper import (
     AsyncZooKeeperLock,
     AsyncZooKeeperSemaphore,
+    ZooKeeperHolder,
     ZooKeeperLock,
     ZooKeeperReadLock,
     ZooKeeperSemaphore,
@@ -125,6 +126,8 @@ def test_acquire_release_and_token_is_node_sequence(zk: Any, path: str) -> None:
     assert children(zk, path) == [node]
     assert lock.fencing_token == sequence_of(node) == lock.sequence
     assert lock.holder_sequence() == lock.fencing_token
+    assert lock.owner == node
+    assert lock.holder() == ZooKeeperHolder(node, lock.fencing_token)
     assert lock.contenders() == ["worker-1"]
     assert lock.owned()
     assert lock.locked()
@@ -133,6 +136,8 @@ def test_acquire_release_and_token_is_node_sequence(zk: Any, path: str) -> None:
         lock.acquire(blocking=False)
     lock.release()
     assert children(zk, path) == []
+    assert lock.owner is None
+    assert lock.holder() is None
     assert not lock.owned()
     assert not lock.locked()
     with pytest.raises(LockNotOwned):
@@ -177,6 +182,9 @@ def test_five_contenders_are_served_in_arrival_order(
         # Arrival = node creation: let each contender queue before the next starts.
         wait_for(lambda i=i: locks[i].sequence is not None, what=f"contender {i} queued")
     assert holder.contenders()[1:] == [f"c{i}" for i in range(5)]
+    found = locks[4].holder()  # what a waiter learns about whom it waits for
+    assert found is not None
+    assert found.owner == holder.owner
     holder.release()
     for thread in threads:
         thread.join(WAIT)
@@ -458,6 +466,7 @@ def test_semaphore_admits_two_and_blocks_the_third(
     assert sems[1].acquire(timeout=WAIT)
     assert sems[1].locked()
     assert sorted(sems[2].contenders()) == ["s0", "s1"]
+    assert sems[2].holder() is None  # many holders
     assert not sems[2].acquire(timeout=0.3)
     assert not sems[2].acquire(blocking=False)
     zk = sems[0].client

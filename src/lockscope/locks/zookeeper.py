@@ -29,6 +29,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import inspect
 import logging
@@ -63,6 +64,7 @@ __all__ = [
     "AsyncZooKeeperReadLock",
     "AsyncZooKeeperSemaphore",
     "AsyncZooKeeperWriteLock",
+    "ZooKeeperHolder",
     "ZooKeeperLock",
     "ZooKeeperReadLock",
     "ZooKeeperSemaphore",
@@ -183,6 +185,18 @@ class _CancelHandle:
                 return False
             self._hook = hook
             return True
+
+
+@dataclasses.dataclass(frozen=True)
+class ZooKeeperHolder:
+    """Who is first in a lock's queue, as :meth:`ZooKeeperLock.holder` reports it."""
+
+    owner: str
+    """The node name (what :attr:`ZooKeeperLock.owner` is for that holder)."""
+    fencing_token: int | None
+    """The node's sequence number."""
+    ttl: None = None
+    """ZooKeeper holds have no lease."""
 
 
 class _ZooKeeperPrimitive(Lock):
@@ -313,9 +327,22 @@ class _ZooKeeperPrimitive(Lock):
 
     def holder_sequence(self) -> int | None:
         """Sequence number of the first node in the queue (the holder, for exclusive locks)."""
+        found = self.holder()
+        return None if found is None else found.fencing_token
+
+    def holder(self) -> ZooKeeperHolder | None:
+        """The first node in the queue (the holder of an exclusive or write lock; one of
+        the holders of a read lock), or ``None`` when nobody holds or waits."""
         self._conn.ensure_started()
         nodes = self._contender_nodes()
-        return sequence_of(nodes[0]) if nodes else None
+        return ZooKeeperHolder(nodes[0], sequence_of(nodes[0])) if nodes else None
+
+    @property
+    def owner(self) -> str | None:
+        """This object's node name while it holds: unique per hold, like a Redis owner."""
+        with self._mutex:
+            held = self._held
+        return self.node if held else None
 
     def cancel(self) -> None:
         """Interrupt a pending ``acquire`` from another thread: it returns ``False``."""
@@ -865,6 +892,10 @@ class ZooKeeperSemaphore(_ZooKeeperPrimitive):
         """Semaphores have many holders and no holder sequence: always ``None``."""
         return None
 
+    def holder(self) -> ZooKeeperHolder | None:
+        """Semaphores have many holders: always ``None`` (see :meth:`contenders`)."""
+        return None
+
     def locked(self) -> bool:
         """Whether every lease is taken (an acquire would have to wait), as in asyncio."""
         return len(self.contenders()) >= self.max_leases
@@ -1047,6 +1078,15 @@ class _AsyncZooKeeperPrimitive(AsyncLock, Generic[_S]):
     async def holder_sequence(self) -> int | None:
         """See :meth:`ZooKeeperLock.holder_sequence`."""
         return await asyncio.to_thread(self.sync.holder_sequence)
+
+    async def holder(self) -> ZooKeeperHolder | None:
+        """See :meth:`ZooKeeperLock.holder`."""
+        return await asyncio.to_thread(self.sync.holder)
+
+    @property
+    def owner(self) -> str | None:
+        """See :attr:`ZooKeeperLock.owner`."""
+        return self.sync.owner
 
     async def close(self) -> None:
         """See :meth:`ZooKeeperLock.close`."""

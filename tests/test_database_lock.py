@@ -703,3 +703,22 @@ def test_per_lock_factories_do_not_pile_up_pools(tmp_path: Path, name: str) -> N
     del lock
     gc.collect()
     assert len(_database_store._factory_stores) <= before
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("scheme", ["postgresql", "mysql"])
+def test_server_that_never_answers_gives_backend_unavailable(scheme: str, name: str) -> None:
+    import socket
+
+    # Accepts TCP connections (the kernel does, from the backlog) but never says a word:
+    # a hung server or a middlebox. The timeouts must end the wait (PyMySQL awaits the
+    # server's greeting with its read timeout, our statement_timeout).
+    silent = socket.create_server(("127.0.0.1", 0))
+    try:
+        port = silent.getsockname()[1]
+        url = f"{scheme}://u@127.0.0.1:{port}/db"
+        lock = DatabaseLock(f"{name}:{scheme}", url, connect_timeout=1, statement_timeout=1)
+        with pytest.raises(BackendUnavailable, match="connect"):
+            lock.acquire(blocking=False)
+    finally:
+        silent.close()

@@ -1,0 +1,118 @@
+"""Small pieces of the shim: configuration, aggregation, encoding, the recorder's rules."""
+
+from __future__ import annotations
+
+import pytest
+
+from lockscope import events
+from lockscope.instrumentation.config import DEFAULT_ENDPOINT, ShimConfig
+from lockscope.instrumentation.otlp_export import _retry_after, encode_events
+from lockscope.instrumentation.recorder import LockInfo, Recorder
+from lockscope.instrumentation.stats import BOUNDS, OTHER, LockStats
+from lockscope.testing.otlp_sink import decode_logs
+
+
+def test_config_defaults_and_precedence() -> None:
+    assert ShimConfig.from_env({}).endpoint == DEFAULT_ENDPOINT
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/",
+        "OTEL_EXPORTER_OTLP_HEADERS": "Authorization=Bearer%20abc,x-a=1",
+        "LOCKSCOPE_HEADERS": "x-a=2",
+        "OTEL_RESOURCE_ATTRIBUTES": "service.name=from-res,deployment.environment=prod",
+        "LOCKSCOPE_REPORT_AFTER": "0.5",
+        "LOCKSCOPE_HEARTBEAT": "nonsense",
+        "LOCKSCOPE_DISABLED": "TRUE",
+    }
+    config = ShimConfig.from_env(env)
+    assert config.endpoint == "http://collector:4318"
+    assert config.headers == {"Authorization": "Bearer abc", "x-a": "2"}
+    assert config.service_name == "from-res"
+    assert config.resource["deployment.environment"] == "prod"
+    assert config.report_after == 0.5
+    assert config.heartbeat == 1.0  # invalid value: default
+    assert config.disabled
+    env["LOCKSCOPE_ENDPOINT"] = "http://agent:4318"
+    env["OTEL_SERVICE_NAME"] = "svc"
+    config = ShimConfig.from_env(env)
+    assert (config.endpoint, config.service_name) == ("http://agent:4318", "svc")
+
+
+def test_stats_buckets_sums_and_template_cap() -> None:
+    stats = LockStats(max_templates=2)
+    stats.acquired("a", "redis", "acquired", 0.0)
+    stats.acquired("a", "redis", "timeout", 0.3)
+    stats.held("a", "redis", BOUNDS[3], lost=True)  # exactly on a bound: that bucket
+    stats.acquired("b", "redis", "acquired", 0.0)
+    stats.acquired("c", "redis", "acquired", 0.0)  # over the cap
+    _, acquisitions, lost, waits, holds = stats.snapshot()
+    assert acquisitions[("a", "redis", "timeout")] == 1
+    assert acquisitions[(OTHER, "redis", "acquired")] == 1
+    assert lost == {("a", "redis"): 1}
+    assert waits[("a", "redis")][0] == 1
+    assert waits[("a", "redis")][-1] == pytest.approx(0.3)
+    assert holds[("a", "redis")][3] == 1
+
+
+def test_events_encode_and_decode_round_trip() -> None:
+    attrs = {
+        events.ATTR_LOCK_NAME: "orders:1",
+        events.ATTR_LOCK_TTL: 5.0,
+        events.ATTR_LOCK_TOKEN: 42,
+        events.ATTR_LOCK_FIFO: True,
+        events.ATTR_HOLDS: [{events.ATTR_LOCK_NAME: "x", events.ATTR_SINCE: 1}],
+    }
+    body = encode_events(
+        [(events.EVENT_HEARTBEAT, 123, attrs)],
+        {"service.name": "s", "host.name": "h", "process.pid": 7, "service.instance.id": "i"},
+    )
+    (received,) = decode_logs(body)
+    assert received.name == events.EVENT_HEARTBEAT
+    assert received.event.time_ns == 123
+    assert dict(received.attrs) == attrs
+    assert (received.pid, received.event.process.instance) == (7, "i")
+
+
+def test_retry_after_seconds_and_dates() -> None:
+    assert _retry_after("3") == 3.0
+    assert _retry_after(None) is None
+    assert _retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
+    assert _retry_after("soon") is None
+
+
+def test_recorder_pairs_once_and_reports_holds_before_waits() -> None:
+    recorder = Recorder(report_after=0.0)
+    a = LockInfo("redis", "ns", "a:1", "a:{id}")
+    b = LockInfo("redis", "ns", "b:1", "b:{id}")
+    target_a, target_b = object(), object()
+    for _ in range(2):
+        wait = recorder.begin_wait(a, 1, None, target_a)
+        hold_a = recorder.end_wait(wait, "acquired")
+        wait = recorder.begin_wait(b, 1, None, target_b)
+        hold_b = recorder.end_wait(wait, "acquired")
+        assert hold_a is not None and hold_b is not None
+        recorder.end_hold(hold_b)
+        recorder.end_hold(hold_a)
+    pairs = [e for e in recorder.drain(100) if e[0] == events.EVENT_ORDER_PAIR]
+    assert len(pairs) == 1
+    assert pairs[0][2][events.ATTR_ORDER_FIRST] == "a:{id}"
+
+    hold = recorder.end_wait(recorder.begin_wait(a, 1, None, target_a), "acquired")
+    wait = recorder.begin_wait(b, 1, None, target_b)
+    import time
+
+    recorder.report(time.perf_counter_ns(), recorder.due_waits(time.perf_counter_ns()))
+    names = [e[0] for e in recorder.drain(100)]
+    assert names == [events.EVENT_HOLD_START, events.EVENT_WAIT_START]
+    recorder.end_wait(wait, "timeout")
+    assert hold is not None
+    recorder.end_hold(hold, "lost")
+    names = [e[0] for e in recorder.drain(100)]
+    assert names == [events.EVENT_WAIT_END, events.EVENT_LOCK_LOST, events.EVENT_HOLD_END]
+
+
+def test_recorder_queue_is_bounded_and_counts_drops() -> None:
+    recorder = Recorder(queue_size=3)
+    for _ in range(5):
+        recorder.emit(events.EVENT_HEARTBEAT, 0, {})
+    assert recorder.pending() == 3
+    assert recorder.dropped == 2

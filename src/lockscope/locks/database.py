@@ -226,8 +226,34 @@ class AsyncDatabaseLock(AsyncLock):
     system = "database"
     mode = "exclusive"
 
-    def __init__(self, name: str, url: str | None = None, **kwargs: Any) -> None:
-        self._sync = DatabaseLock(name, url, **kwargs)
+    def __init__(
+        self,
+        name: str,
+        url: str | None = None,
+        *,
+        connect: Callable[[], Any] | None = None,
+        dialect: str | None = None,
+        namespace: str | None = None,
+        ttl: float = 30.0,
+        table: str = DEFAULT_TABLE,
+        connect_timeout: float = 5.0,
+        statement_timeout: float = 5.0,
+        blocking_timeout: float | None = None,
+        retry_interval: float = 0.05,
+    ) -> None:
+        self._sync = DatabaseLock(
+            name,
+            url,
+            connect=connect,
+            dialect=dialect,
+            namespace=namespace,
+            ttl=ttl,
+            table=table,
+            connect_timeout=connect_timeout,
+            statement_timeout=statement_timeout,
+            blocking_timeout=blocking_timeout,
+            retry_interval=retry_interval,
+        )
         super().__init__(
             name,
             ttl=self._sync.ttl,

@@ -143,8 +143,7 @@ def test_asyncio_lock_long_wait_is_reported_with_the_task(sink: OtlpSink) -> Non
         h = asyncio.create_task(holder(), name="holder-task")
         await asyncio.sleep(0)
         w = asyncio.create_task(waiter(), name="waiter-task")
-        while not sink.named(events.EVENT_WAIT_START):
-            await asyncio.sleep(0.01)
+        await asyncio.to_thread(sink.wait_for, lambda e: e.name == events.EVENT_WAIT_START, 30)
         released.set()
         await asyncio.gather(h, w)
 

@@ -89,7 +89,8 @@ def test_recorder_pairs_once_and_reports_holds_before_waits() -> None:
         hold_a = recorder.end_wait(wait, "acquired")
         wait = recorder.begin_wait(b, 1, None, target_b)
         hold_b = recorder.end_wait(wait, "acquired")
-        assert hold_a is not None and hold_b is not None
+        assert hold_a is not None
+        assert hold_b is not None
         recorder.end_hold(hold_b)
         recorder.end_hold(hold_a)
     pairs = [e for e in recorder.drain(100) if e[0] == events.EVENT_ORDER_PAIR]

@@ -366,6 +366,9 @@ def test_release_in_an_outage_is_bounded_and_the_node_still_goes(
     assert holder.acquire()
     zookeeper_server.pause()
     try:
+        for query in (holder.contenders, holder.holder, holder.locked, holder.owned):
+            with pytest.raises(BackendUnavailable):
+                query()
         with pytest.raises(BackendUnavailable):
             holder.release()
         assert holder.pending_cleanups == 1

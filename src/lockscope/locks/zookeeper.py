@@ -269,10 +269,6 @@ class _ZooKeeperPrimitive(Lock):
         """Fencing token of a fresh hold; ``None`` if the hold vanished already."""
         return sequence_of(recipe.node)
 
-    def _probe(self) -> Any:
-        """A recipe object for read-only queries; it never joins the queue."""
-        raise NotImplementedError
-
     # -- public surface ----------------------------------------------------------------------
     @property
     def client(self) -> Any:
@@ -296,12 +292,25 @@ class _ZooKeeperPrimitive(Lock):
         return sequence_of(self.node)
 
     def contenders(self) -> list[str]:
-        """Identifiers of the holders and waiters, in queue order (holder first)."""
+        """Identifiers of the holders and waiters, in queue order (holder first).
+
+        The same answer as kazoo's ``contenders()``, with every call bounded by
+        ``operation_timeout``.
+        """
         self._conn.ensure_started()
-        try:
-            return list(self._probe().contenders())
-        except KazooException as exc:
-            raise BackendUnavailable(f"ZooKeeper contenders of {self.path}: {exc}") from exc
+        return self._identifiers(self.path, self._contender_nodes())
+
+    def _identifiers(self, parent: str, nodes: list[str]) -> list[str]:
+        # Ask for all nodes' data at once: one round trip of latency, not one per node.
+        pending = [self.client.get_async(f"{parent}/{node}") for node in nodes]
+        found = []
+        for result in pending:
+            try:
+                data, _stat = self._wait(result, "contenders")
+            except NoNodeError:
+                continue  # left while we looked
+            found.append((data or b"").decode("utf-8", errors="replace"))
+        return found
 
     def _wait(self, result: Any, what: str) -> Any:
         """Wait for a kazoo async call, at most ``operation_timeout``.
@@ -746,9 +755,6 @@ class ZooKeeperLock(_ZooKeeperPrimitive):
         recipe.assured_path = self._assured_path
         return recipe
 
-    def _probe(self) -> Any:
-        return self._new_recipe()
-
 
 class ZooKeeperWriteLock(ZooKeeperLock):
     """The writer side of kazoo's read/write lock: excludes readers and writers.
@@ -826,9 +832,6 @@ class ZooKeeperSemaphore(_ZooKeeperPrimitive):
         recipe.assured_path = self._assured_path
         return recipe
 
-    def _probe(self) -> Any:
-        return KazooSemaphore(self.client, self.path, self.identifier, max_leases=self.max_leases)
-
     def _recipe_acquire(self, recipe: Any, blocking: bool, timeout: float | None) -> bool:
         try:
             return bool(recipe.acquire(blocking=blocking, timeout=timeout))
@@ -881,12 +884,14 @@ class ZooKeeperSemaphore(_ZooKeeperPrimitive):
         return None
 
     def contenders(self) -> list[str]:
-        """Identifiers of the current lease holders (unordered)."""
+        """Identifiers of the current lease holders (unordered), as kazoo's
+        ``lease_holders()``, with every call bounded by ``operation_timeout``."""
         self._conn.ensure_started()
         try:
-            return list(self._probe().lease_holders())
-        except KazooException as exc:
-            raise BackendUnavailable(f"ZooKeeper lease holders of {self.path}: {exc}") from exc
+            leases = self._wait(self.client.get_children_async(self.path), "listing")
+        except NoNodeError:
+            return []
+        return self._identifiers(self.path, list(leases))
 
     def holder_sequence(self) -> int | None:
         """Semaphores have many holders and no holder sequence: always ``None``."""

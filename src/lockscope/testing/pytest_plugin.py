@@ -15,6 +15,10 @@ Installing lockscope makes these fixtures available in every test suite, with no
     a :class:`~lockscope.testing.PostgresServer` (``.url``, ``.dsn``).
 ``mariadb_server`` (session)
     a :class:`~lockscope.testing.MariaDBServer` (``.url``).
+``alertmanager_server``, ``prometheus_server`` (session)
+    an :class:`~lockscope.testing.prometheus.AlertmanagerServer` (``.url``, ``.alerts()``)
+    and a :class:`~lockscope.testing.prometheus.PrometheusServer` (``.scrape()``,
+    ``.query()``).
 ``lockscope_agent`` (function)
     a started in-process agent, :class:`~lockscope.testing.agent.InProcessAgent`
     (``.otlp_url``, ``.http_url``, ``.state``, ``.get()``, ``.post_events()``), stopped after
@@ -43,6 +47,7 @@ if TYPE_CHECKING:
     from lockscope.testing.agent import InProcessAgent
     from lockscope.testing.mariadb_server import MariaDBServer
     from lockscope.testing.postgres_server import PostgresServer
+    from lockscope.testing.prometheus import AlertmanagerServer, PrometheusServer
     from lockscope.testing.redis_server import RedisServer
     from lockscope.testing.server import Server
     from lockscope.testing.zookeeper_server import ZooKeeperServer
@@ -140,6 +145,29 @@ def mariadb_server() -> Iterator[MariaDBServer]:
     from lockscope.testing.mariadb_server import MariaDBServer
 
     with MariaDBServer() as server:
+        _track(server)
+        yield server
+        _started.remove(server)
+
+
+@pytest.fixture(scope="session")
+def alertmanager_server() -> Iterator[AlertmanagerServer]:
+    """One Alertmanager for the session (clustering off, a do-nothing receiver)."""
+    from lockscope.testing.prometheus import AlertmanagerServer
+
+    with AlertmanagerServer() as server:
+        _track(server)
+        yield server
+        _started.remove(server)
+
+
+@pytest.fixture(scope="session")
+def prometheus_server() -> Iterator[PrometheusServer]:
+    """One Prometheus for the session (1 s scrape and evaluation); point it at a target
+    with ``prometheus_server.scrape(["127.0.0.1:PORT"])``."""
+    from lockscope.testing.prometheus import PrometheusServer
+
+    with PrometheusServer() as server:
         _track(server)
         yield server
         _started.remove(server)

@@ -322,3 +322,32 @@ def test_killing_the_leader_process_elects_the_next_candidate(
     finally:
         for candidate in candidates:
             candidate.stop()
+
+
+def test_without_rejoin_a_lost_leader_leaves_and_an_owned_client_closes(
+    zookeeper_server: Any, path: str
+) -> None:
+    lost: list[str] = []
+    election = LeaderElection(
+        zookeeper_server.hosts,
+        path,
+        "solo",
+        on_lost=lost.append,
+        rejoin=False,
+        session_timeout=2.0,
+    )
+    election.start()
+    wait_for(lambda: election.is_leader)
+    client = election.client
+    session_id, password = client.client_id
+    other = KazooClient(hosts=zookeeper_server.hosts, client_id=(session_id, password))
+    other.start(timeout=20)
+    other.stop()
+    other.close()
+    wait_for(lambda: not election.running, what="candidate left")
+    assert lost == [SESSION_LOST]
+    assert not election.is_leader
+    wait_for(lambda: client.connected, what="new session")
+    assert election.contenders() == []  # did not queue again
+    election.close()
+    assert not client.connected

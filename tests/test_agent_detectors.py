@@ -580,3 +580,75 @@ def test_event_order_within_a_ring_does_not_matter() -> None:
         assert len(members) == 2
         ids.add(st.api_deadlocks()["deadlocks"][0]["id"])
     assert len(ids) == 1
+
+
+# -- evidence gate (phantom edges from lost release events) ------------------------------------
+def gated() -> World:
+    return World(AgentConfig())  # the default evidence_timeout
+
+
+def test_phantom_self_deadlock_from_lost_release_is_never_reported() -> None:
+    w = gated()
+    w.heartbeat(1)
+    w.hold("1.1", "A")
+    w.advance(0.1)  # released A, but the hold.end was lost; then it waits for A again
+    w.wait("1.1", "A")
+    assert w.active("deadlocks") == []
+    w.advance(0.9)
+    w.heartbeat(1, waits=[w.entry("1.1", "A", w.wait_since("1.1") or 0)])  # no hold of A
+    assert w.active("deadlocks") == []
+    assert w.state.deadlocks.counters.candidates_rejected_total == 1
+    w.advance(5)
+    assert w.state.deadlocks.counters.detected_total == 0
+
+
+def test_real_deadlock_with_old_hold_evidence_is_confirmed_by_the_next_heartbeat() -> None:
+    w = gated()
+    w.heartbeat(1)
+    w.heartbeat(2)
+    since = {"1.1": w.now, "2.1": w.now}
+    w.hold("1.1", "A")
+    w.hold("2.1", "B")
+    w.advance(0.5)
+    w.wait("1.1", "B")
+    w.wait("2.1", "A")
+    assert w.active("deadlocks") == []  # holds last asserted before the waits began
+    w.advance(0.4)
+    w.heartbeat(
+        1,
+        holds=[w.entry("1.1", "A", since["1.1"])],
+        waits=[w.entry("1.1", "B", w.wait_since("1.1") or 0)],
+    )
+    assert w.active("deadlocks") == []  # 2's hold of B still unconfirmed
+    w.heartbeat(
+        2,
+        holds=[w.entry("2.1", "B", since["2.1"])],
+        waits=[w.entry("2.1", "A", w.wait_since("2.1") or 0)],
+    )
+    assert w.deadlocks() == [w.keys("1.1", "2.1")]
+
+
+def test_holder_owner_seen_by_the_waiter_is_fresh_evidence() -> None:
+    w = gated()
+    w.heartbeat(1)
+    w.heartbeat(2)
+    w.hold("1.1", "A", **{ev.ATTR_LOCK_OWNER: "o-1"})
+    w.hold("2.1", "B", **{ev.ATTR_LOCK_TOKEN: 17})
+    w.advance(0.5)
+    w.wait("1.1", "B", **{ev.ATTR_LOCK_HOLDER_TOKEN: 17})
+    w.wait("2.1", "A", **{ev.ATTR_LOCK_HOLDER_OWNER: "o-1"})
+    assert w.deadlocks() == [w.keys("1.1", "2.1")]
+
+
+def test_evidence_timeout_reports_for_senders_without_heartbeats() -> None:
+    w = gated()
+    w.hold("1.1", "A")
+    w.hold("2.1", "B")
+    w.advance(0.5)
+    w.wait("1.1", "B")
+    w.wait("2.1", "A")
+    assert w.active("deadlocks") == []
+    w.advance(2.9)
+    assert w.active("deadlocks") == []
+    w.advance(0.2)
+    assert len(w.active("deadlocks")) == 1

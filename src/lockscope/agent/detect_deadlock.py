@@ -213,8 +213,9 @@ class DeadlockDetector:
     @staticmethod
     def _fresh(members: frozenset[Actor], red: Reduction) -> bool:
         """Whether every edge of the group is backed by evidence newer than the wait it
-        blocks: the hold (or the queued wait) was asserted after the waiter began waiting,
-        and the lock server's owner (where the waiter reported it) is the holder.
+        blocks: the waiter saw the holder's owner id or fencing token on the lock server
+        (``holder_owner``/``holder_token``), or else the hold (or the queued wait) was
+        asserted after the waiter began waiting.
 
         An edge whose only evidence is older may be a phantom (its end event was lost);
         the holder's next heartbeat either confirms it or removes it (``evidence_timeout``
@@ -230,8 +231,10 @@ class DeadlockDetector:
                     h = target.holds.get(lock.key)
                     if h is None:
                         continue
-                    if w.holder_owner and h.owner and h.owner != w.holder_owner:
-                        return False
+                    if (w.holder_owner and w.holder_owner == h.owner) or (
+                        w.holder_token is not None and w.holder_token == h.token
+                    ):
+                        continue  # the lock server named this holder to the waiter
                     if h.asserted_ns < w.since_ns:
                         return False
                 else:

@@ -243,6 +243,7 @@ class Wait:
         "asserted_ns",
         "code",
         "holder_owner",
+        "holder_token",
         "lock",
         "mode",
         "since_ns",
@@ -260,6 +261,9 @@ class Wait:
         self.ticket: int | None = None
         self.code: tuple[str | None, int | None, str | None] | None = None
         self.holder_owner: str | None = None
+        """The lock server's current owner id as the waiter saw it (where cheap)."""
+        self.holder_token: int | None = None
+        """The current holder's fencing token as the waiter saw it (where cheap)."""
 
 
 # -- edge rules ---------------------------------------------------------------------------

@@ -474,6 +474,7 @@ class AgentState:
         w.ticket = ticket
         w.code = _code(attrs)
         w.holder_owner = _str(attrs, ev.ATTR_LOCK_HOLDER_OWNER)
+        w.holder_token = _int(attrs, ev.ATTR_LOCK_HOLDER_TOKEN)
         actor.wait = w
         lock.add_wait(w)
         self._nwaits += 1

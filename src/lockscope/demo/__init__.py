@@ -91,6 +91,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--agent-http", metavar="URL", help="the running agent's HTTP base URL (with --agent-otlp)"
     )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="how long to wait for each finding before failing (default 15)",
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
         "--once", action="store_true", help="play one round and exit (0 if both were found)"
@@ -186,8 +193,8 @@ def run(args: argparse.Namespace) -> int:
     from lockscope.demo.agent_link import AgentError
     from lockscope.demo.console import Console
 
-    if args.repeat is not None and args.repeat < 0:
-        print("lockscope demo: --repeat must not be negative", file=sys.stderr)
+    if (args.repeat is not None and args.repeat < 0) or args.timeout <= 0:
+        print("lockscope demo: --repeat must be >= 0 and --timeout > 0", file=sys.stderr)
         return EXIT_USAGE
     try:
         if args.backend == "redis":
@@ -223,7 +230,15 @@ def _play(args: argparse.Namespace, agent: AgentLink, console: Console) -> int:
         try:
             while True:
                 number += 1
-                game = Round(agent, pool, console, backend=args.backend, url=url, number=number)
+                game = Round(
+                    agent,
+                    pool,
+                    console,
+                    backend=args.backend,
+                    url=url,
+                    number=number,
+                    find_timeout=args.timeout,
+                )
                 try:
                     result = game.run()
                 except DemoFailed as exc:

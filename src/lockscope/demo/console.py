@@ -6,6 +6,7 @@ The tables use :func:`lockscope.agent.status.table`, the same layout as
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -24,9 +25,12 @@ class Console:
         self.started = time.monotonic()
 
     def write(self, text: str = "") -> None:
-        """Print ``text`` as is."""
-        self.out.write(text + "\n")
-        self.out.flush()
+        """Print ``text`` as is (a closed pipe, as from ``| head``, silences the rest)."""
+        try:
+            self.out.write(text + "\n")
+            self.out.flush()
+        except BrokenPipeError:
+            self.out = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the console
 
     def step(self, text: str) -> None:
         """Print a progress line, ``[  1.23s] text``."""

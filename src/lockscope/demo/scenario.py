@@ -73,6 +73,7 @@ class Round:
         backend: str,
         url: str,
         number: int = 1,
+        find_timeout: float = FIND_TIMEOUT,
     ) -> None:
         self.agent = agent
         self.pool = pool
@@ -80,6 +81,7 @@ class Round:
         self.backend = backend
         self.url = url
         self.suffix = "" if number == 1 else f"#{number}"
+        self.find_timeout = find_timeout
         self.result = RoundResult()
 
     # -- plumbing --------------------------------------------------------------------------
@@ -160,7 +162,7 @@ class Round:
         pids = {w.pid for w in workers}
         found = self.until(
             lambda: self._deadlock_of(pids, active=True),
-            FIND_TIMEOUT,
+            self.find_timeout,
             "the agent's deadlock finding",
         )
         latency = time.monotonic() - closed
@@ -181,7 +183,7 @@ class Round:
         self.event(target, "gave-up", START_TIMEOUT)
         resolved = self.until(
             lambda: self._resolved(found, "/api/v1/deadlocks", "deadlocks"),
-            FIND_TIMEOUT,
+            self.find_timeout,
             f"deadlock {found.get('id')} resolved",
         )
         self.result.deadlock_resolved = True
@@ -228,7 +230,7 @@ class Round:
         self.event(retry, "waiting", START_TIMEOUT)
         self.until(
             lambda: self._agent_sees_hold(holder),
-            FIND_TIMEOUT,
+            self.find_timeout,
             f"the agent hearing {holder.name}'s heartbeat and its hold of {STALE_LOCK}",
         )
         c.step(f"crashing {holder.name} (SIGKILL) while it holds {STALE_LOCK}")
@@ -236,7 +238,7 @@ class Round:
         crashed = time.monotonic()
         found = self.until(
             lambda: self._stale_of(holder.pid),
-            FIND_TIMEOUT,
+            self.find_timeout,
             "the agent's stale-holder finding",
         )
         latency = time.monotonic() - crashed
@@ -253,7 +255,7 @@ class Round:
         self.event(retry, "acquired", START_TIMEOUT)
         resolved = self.until(
             lambda: self._resolved(found, "/api/v1/stale-holders", "stale_holders"),
-            FIND_TIMEOUT,
+            self.find_timeout,
             "the stale holder resolved",
         )
         self.result.stale_resolved = True

@@ -61,6 +61,8 @@ class Limits:
     """Distinct lock templates used as metric label values; the rest become ``{other}``."""
     max_order_pairs: int = 100_000
     """Distinct (first, second) lock-template pairs in the merged lock-order graph."""
+    max_token_history: int = 100_000
+    """Locks whose recent fencing tokens are remembered (least recently used go first)."""
     max_tombstones: int = 200_000
     """Remembered ended holds/waits, so a late start event cannot resurrect them."""
     max_heartbeat_entries: int = 100_000

@@ -224,7 +224,7 @@ class AgentState:
 
         Raises :class:`RejectedEvent` (a ``ValueError``) for an event that cannot be applied
         - unknown name, missing lock name or actor, wrong attribute types, a limit hit - and
-        changes nothing in that case.
+        then changes nothing but the sending process's liveness.
         """
         handler = self._handlers.get(event.name)
         if handler is None:
@@ -584,7 +584,7 @@ class AgentState:
             history = tokens.pop(lock.key, None)  # re-inserted: most recent last
             if history is None:
                 history = []
-                if len(tokens) >= self._limits.max_locks:
+                if len(tokens) >= self._limits.max_token_history:
                     del tokens[next(iter(tokens))]
             tokens[lock.key] = history
             earlier = token_went_backwards(history, h.since_ns, h.token, h.actor)

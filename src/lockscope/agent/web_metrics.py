@@ -24,9 +24,10 @@ is exposed as ``lockscope_agent_lock_labels{state="folded"}``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Final
+from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -46,6 +47,7 @@ from lockscope.agent.app_keys import (
     RECEIVER_STATS_KEY,
     STATE_KEY,
 )
+from lockscope.agent.export_alertmanager import AlertExporter, exporter_of
 from lockscope.agent.findings import DEADLOCK, KINDS, ORDER_INVERSION
 from lockscope.agent.metrics_store import HistogramTotal, MetricsStore
 from lockscope.agent.otlp_stats import ReceiverStats
@@ -140,8 +142,10 @@ class LockscopeCollector(Collector):
         stats: ReceiverStats,
         store: MetricsStore,
         max_lock_labels: int | None = None,
+        alerts: Callable[[], AlertExporter | None] | None = None,
     ) -> None:
         self.state = state
+        self.alerts = alerts
         self.stats = stats
         self.store = store
         limit = max_lock_labels or state.config.limits.max_label_values
@@ -397,6 +401,56 @@ class LockscopeCollector(Collector):
         )
         family_g.add_metric([__version__], 1)
         yield family_g
+        yield from self._alert_metrics()
+
+    def _alert_metrics(self) -> Iterator[Metric]:
+        exporter = self.alerts() if self.alerts is not None else None
+        if exporter is None:
+            return
+        sent = CounterMetricFamily(
+            "lockscope_agent_alerts_sent",
+            "Alerts Alertmanager accepted from this agent (re-sends included), per Alertmanager.",
+            labels=["alertmanager"],
+        )
+        errors = CounterMetricFamily(
+            "lockscope_agent_alert_errors",
+            "Failed pushes to Alertmanager (unreachable, timeout, 5xx); retried with backoff.",
+            labels=["alertmanager"],
+        )
+        rejected = CounterMetricFamily(
+            "lockscope_agent_alerts_rejected",
+            "Alerts Alertmanager refused as invalid (4xx); not retried.",
+            labels=["alertmanager"],
+        )
+        pending = GaugeMetricFamily(
+            "lockscope_agent_alerts_pending",
+            "Alert changes not yet delivered, per Alertmanager.",
+            labels=["alertmanager"],
+        )
+        waiting = exporter.pending()
+        for target in exporter.targets:
+            url = [_redact(target.url)]
+            sent.add_metric(url, target.sent)
+            errors.add_metric(url, target.errors)
+            rejected.add_metric(url, target.rejected)
+            pending.add_metric(url, waiting.get(target.url, 0))
+        yield from (sent, errors, rejected, pending)
+        yield CounterMetricFamily(
+            "lockscope_agent_alerts_dropped",
+            "Resolved alerts dropped undelivered because the alert memory cap was reached.",
+            value=exporter.dropped,
+        )
+
+
+def _redact(url: str) -> str:
+    """The URL without user info, so a password in --alertmanager-url never becomes a label."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host += f":{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 def _go_float(value: float) -> str:
@@ -439,7 +493,11 @@ def setup_metrics_route(app: web.Application, max_lock_labels: int | None = None
     async def start(app: web.Application) -> None:
         registry = CollectorRegistry(auto_describe=False)
         collector = LockscopeCollector(
-            app[STATE_KEY], app[RECEIVER_STATS_KEY], app[METRICS_STORE_KEY], max_lock_labels
+            app[STATE_KEY],
+            app[RECEIVER_STATS_KEY],
+            app[METRICS_STORE_KEY],
+            max_lock_labels,
+            alerts=lambda: exporter_of(app),
         )
         registry.register(collector)
         exporter.collector = collector

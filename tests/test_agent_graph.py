@@ -191,9 +191,21 @@ OPS = st.tuples(
 )
 
 
-def run_scenario(kind: str, ops: list[tuple[str, str, str, int]], fifo_locks: list[bool]) -> None:
+def run_scenario(
+    kind: str,
+    ops: list[tuple[str, str, str, int]],
+    fifo_locks: list[bool],
+    lost: list[bool] | None = None,
+) -> None:
+    """Apply ``ops`` to the state and the model; after each step the deadlocks must match.
+
+    With ``lost``, the i-th event is lost when ``lost[i]``; then only the end matters: after
+    every process has sent a heartbeat with its true snapshot, state and model must agree.
+    """
     w = World(clock_skew=0)
     m = Model()
+    hold_since: dict[tuple[str, str], int] = {}
+    lost_iter = iter(lost or [])
     ticket = 0
     for i, lock in enumerate(LOCKS):
         m.fifo[lock] = fifo_locks[i] if kind in ("rw", "fifo", "mixed") else False
@@ -214,10 +226,13 @@ def run_scenario(kind: str, ops: list[tuple[str, str, str, int]], fifo_locks: li
         if mode == "semaphore":
             extra[ev.ATTR_LOCK_MAX_LEASES] = m.leases[lock]
         w.advance(0.001)
+        send = not next(lost_iter, False)
         if op == "hold":
             if key in m.holds[lock]:
                 continue
-            w.hold(actor, lock, mode=mode, **extra)
+            if send:
+                w.hold(actor, lock, mode=mode, **extra)
+            hold_since[key, lock] = w.now
             if mode != "semaphore":
                 # a conflicting hold asserted before this one began has evidently ended
                 for other, omode in list(m.holds[lock].items()):
@@ -231,21 +246,52 @@ def run_scenario(kind: str, ops: list[tuple[str, str, str, int]], fifo_locks: li
                 continue
             ticket += 7 * r + 1 if r != 3 else -5  # some tickets arrive out of order
             extra[ev.ATTR_QUEUE_POSITION] = ticket
-            w.wait(actor, lock, mode=mode, **extra)
+            if send:
+                w.wait(actor, lock, mode=mode, **extra)
             m.waits[key] = (lock, mode, ticket, w.now)
         elif op == "release":
             if key not in m.holds[lock]:
                 continue
-            w.release(actor, lock)
+            if send:
+                w.release(actor, lock, since=hold_since[key, lock])
             del m.holds[lock][key]
         else:
             if key not in m.waits:
                 continue
-            w.end_wait(actor, m.waits[key][0])
+            if send:
+                w.send(ev.EVENT_WAIT_END, actor, m.waits[key][0], since=m.waits[key][3])
             del m.waits[key]
-        got = {frozenset(s) for s in w.deadlock_keys()}
-        assert got == m.expected(), f"after {op} {actor} {lock}"
-        assert len(w.active("deadlocks")) == len(got)
+        if lost is None:
+            got = {frozenset(s) for s in w.deadlock_keys()}
+            assert got == m.expected(), f"after {op} {actor} {lock}"
+            assert len(w.active("deadlocks")) == len(got)
+    if lost is None:
+        return
+    # every process now sends its true snapshot
+    w.advance(0.5)
+    for p in sorted({a.split(".")[0] for a in ACTORS}):
+        holds, waits = [], []
+        for a in ACTORS:
+            if not a.startswith(p + "."):
+                continue
+            key = w.actor_key(a)
+            for lk, holders in m.holds.items():
+                if key in holders:
+                    extra = {ev.ATTR_LOCK_FIFO: m.fifo[lk], ev.ATTR_LOCK_MAX_LEASES: m.leases[lk]}
+                    holds.append(w.entry(a, lk, hold_since[key, lk], mode=holders[key], **extra))
+            if key in m.waits:
+                lk, mode, ticket, since = m.waits[key]
+                extra = {ev.ATTR_LOCK_FIFO: m.fifo[lk], ev.ATTR_QUEUE_POSITION: ticket}
+                if mode == "semaphore":
+                    extra[ev.ATTR_LOCK_MAX_LEASES] = m.leases[lk]
+                waits.append(w.entry(a, lk, since, mode=mode, **extra))
+        w.heartbeat(int(p), holds=holds, waits=waits)
+    state_holds = {(a.key, lk) for a in w.state.actors() for lk in a.holds}
+    model_holds = {(k, f"redis:ns/{lk}") for lk, hs in m.holds.items() for k in hs}
+    assert state_holds == model_holds
+    state_waits = {(a.key, a.wait.lock.name) for a in w.state.actors() if a.wait}
+    assert state_waits == {(k, v[0]) for k, v in m.waits.items()}
+    assert {frozenset(s) for s in w.deadlock_keys()} == m.expected()
 
 
 SCENARIO = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -279,3 +325,16 @@ def test_property_semaphore(ops: list[tuple[str, str, str, int]]) -> None:
 @given(st.lists(OPS, max_size=40), st.lists(st.booleans(), min_size=3, max_size=3))
 def test_property_mixed(ops: list[tuple[str, str, str, int]], fifo: list[bool]) -> None:
     run_scenario("mixed", ops, fifo)
+
+
+@SCENARIO
+@given(
+    st.lists(OPS, max_size=40),
+    st.lists(st.booleans(), min_size=3, max_size=3),
+    st.lists(st.sampled_from([False] * 9 + [True]), min_size=40, max_size=40),
+    st.sampled_from(["exclusive", "rw", "fifo", "semaphore", "mixed"]),
+)
+def test_property_lost_events_heal_after_one_heartbeat_round(
+    ops: list[tuple[str, str, str, int]], fifo: list[bool], lost: list[bool], kind: str
+) -> None:
+    run_scenario(kind, ops, fifo, lost)

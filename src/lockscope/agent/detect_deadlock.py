@@ -36,7 +36,10 @@ from lockscope.agent.graph import (
     upstream,
 )
 
-__all__ = ["DeadlockDetector", "deadlock_id"]
+__all__ = ["DeadlockCounters", "DeadlockDetector", "deadlock_id"]
+
+_MAX_LISTED = 50
+"""A participant's holds listed in a finding (an actor may hold thousands)."""
 
 
 def deadlock_id(members: Iterable[Actor]) -> str:
@@ -289,10 +292,12 @@ class DeadlockDetector:
             except ExploreLimit:
                 self._limit()
                 return
-            if any(group == active.members for group in red.deadlocked_sets()):
+            groups = red.deadlocked_sets()
+            if any(group == active.members for group in groups):
                 self._set_support(did, active, red.downstream(active.members))
                 return
-            reason = "released"
+            grew = any(active.members < group for group in groups)
+            reason = "superseded" if grew else "released"
         self._resolve(did, now_ns, reason)
         # What is left of it may still be deadlocked (a smaller cycle inside the old group).
         try:
@@ -360,8 +365,8 @@ def _finding(did: str, members: frozenset[Actor], red: Reduction, now_ns: int) -
                 "waits_for_system": w.lock.system,
                 "mode": w.mode,
                 "waits_for_actors": targets,
-                "holds": sorted(h.lock.name for h in m.holds.values()),
-                "hold_keys": sorted(m.holds),
+                "holds": sorted(h.lock.name for h in m.holds.values())[:_MAX_LISTED],
+                "hold_keys": sorted(m.holds)[:_MAX_LISTED],
                 "waiting_since": rfc3339(w.since_ns),
                 "code": _code(w.code),
             }

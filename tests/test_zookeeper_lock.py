@@ -639,3 +639,74 @@ async def test_recipe_runs_in_the_callers_context(zk: Any, path: str) -> None:
     assert await alock.acquire()
     await alock.release()
     assert ContextSpyLock.seen == ["caller", "caller", "caller"]
+
+
+HOLDER = """
+import sys
+import threading
+from kazoo.client import KazooClient
+from lockscope.errors import LockLost
+from lockscope.locks.zookeeper import ZooKeeperLock
+
+hosts, path = sys.argv[1:3]
+client = KazooClient(hosts=hosts, timeout=1.0)  # the smallest session the server grants
+client.start(timeout=20)
+out = threading.Lock()  # on_lost prints from another thread: keep lines whole
+
+def say(*words):
+    with out:
+        print(*words, flush=True)
+
+lock = ZooKeeperLock(client, path, on_lost=lambda lk: say("on_lost", lk.lost))
+lock.acquire()
+say("held", lock.fencing_token)
+sys.stdin.readline()  # the test says when the "work" is done
+try:
+    lock.release()
+    say("released")
+except LockLost:
+    say("LockLost")
+"""
+
+
+def test_holder_process_paused_past_its_session_learns_it_lost_the_lock(
+    zookeeper_server: Any, new_client: Callable[..., Any], path: str
+) -> None:
+    """The classic GC-pause scenario: the frozen holder's session expires, the next
+    contender takes over, and the holder finds out when it runs again."""
+    import subprocess
+    import sys
+
+    from lockscope.testing import faults
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, zookeeper_server.hosts, path],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdin is not None
+        words = proc.stdout.readline().split()
+        assert words[0] == "held", words
+        holder_token = int(words[1])
+        waiter = ZooKeeperLock(new_client(), path)
+        with faults.paused(proc.pid):
+            assert waiter.acquire(timeout=WAIT), "the frozen holder's session never expired"
+        assert waiter.fencing_token is not None
+        assert waiter.fencing_token > holder_token
+        lines = []
+        proc.stdin.write("done\n")
+        proc.stdin.flush()
+        for line in proc.stdout:
+            lines.append(line.strip())
+        # on_lost runs on its own thread, so it may print after the release attempt.
+        assert sorted(lines) == ["LockLost", "on_lost True"]
+        assert proc.wait(WAIT) == 0
+        assert waiter.owned()
+        waiter.release()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(WAIT)

@@ -44,6 +44,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from kazoo.client import KazooClient
 from kazoo.exceptions import (
     CancelledError,
+    ConnectionLoss,
     KazooException,
     LockTimeout,
     NoNodeError,
@@ -302,33 +303,64 @@ class _ZooKeeperPrimitive(Lock):
 
     def _identifiers(self, parent: str, nodes: list[str]) -> list[str]:
         # Ask for all nodes' data at once: one round trip of latency, not one per node.
-        pending = [self.client.get_async(f"{parent}/{node}") for node in nodes]
+        requests = [functools.partial(self.client.get_async, f"{parent}/{n}") for n in nodes]
+        pending = [(request, request()) for request in requests]
         found = []
-        for result in pending:
+        for request, sent in pending:
             try:
-                data, _stat = self._wait(result, "contenders")
+                data, _stat = self._wait(request, "contenders", sent=sent)
             except NoNodeError:
                 continue  # left while we looked
             found.append((data or b"").decode("utf-8", errors="replace"))
         return found
 
-    def _wait(self, result: Any, what: str) -> Any:
-        """Wait for a kazoo async call, at most ``operation_timeout``.
+    def _wait(
+        self,
+        request: Callable[[], Any],
+        what: str,
+        *,
+        expiry_passes: bool = False,
+        sent: Any = None,
+        on_retry: Callable[[], None] | None = None,
+    ) -> Any:
+        """Run a kazoo async call, retried after a connection loss, for at most
+        ``operation_timeout`` seconds in all.
 
         kazoo's sync calls wait for an unreachable server indefinitely; lockscope's calls
         raise :class:`~lockscope.errors.BackendUnavailable` instead. ``NoNodeError``
-        passes through for the caller to interpret.
+        (and with ``expiry_passes``, ``SessionExpiredError``: the session's nodes are
+        gone) pass through for the caller to interpret. ``sent`` is the result of a call
+        of ``request`` already made; ``on_retry`` runs before each retry.
         """
-        try:
-            return result.get(timeout=self._operation_timeout)
-        except NoNodeError:
-            raise
-        except (KazooException, KazooTimeoutError) as exc:
-            raise BackendUnavailable(f"ZooKeeper {what} of {self.path}: {exc!r}") from exc
+        deadline = time.monotonic() + self._operation_timeout
+        result = request() if sent is None else sent
+        while True:
+            try:
+                return result.get(timeout=max(0.0, deadline - time.monotonic()))
+            except NoNodeError:
+                raise
+            except SessionExpiredError:
+                if expiry_passes:
+                    raise
+                raise BackendUnavailable(
+                    f"ZooKeeper {what} of {self.path}: session expired"
+                ) from None
+            except ConnectionLoss as exc:
+                # The reply was lost with the connection; kazoo reconnects and queues a
+                # new request until then. Callers only retry what is safe to repeat.
+                if time.monotonic() >= deadline:
+                    raise BackendUnavailable(f"ZooKeeper {what} of {self.path}: {exc!r}") from exc
+                if on_retry is not None:
+                    on_retry()
+                result = request()
+            except (KazooException, KazooTimeoutError) as exc:
+                raise BackendUnavailable(f"ZooKeeper {what} of {self.path}: {exc!r}") from exc
 
     def _contender_nodes(self) -> list[str]:
         try:
-            children = self._wait(self.client.get_children_async(self.path), "listing")
+            children = self._wait(
+                functools.partial(self.client.get_children_async, self.path), "listing"
+            )
         except NoNodeError:
             return []
         nodes = [child for child in children if _CONTENDER_RE.search(child)]
@@ -523,7 +555,11 @@ class _ZooKeeperPrimitive(Lock):
             return self._token_after_acquire(recipe)
         node = self._node_of(recipe)
         try:
-            stat = None if node is None else self._wait(self.client.exists_async(node), "check")
+            stat = (
+                None
+                if node is None
+                else self._wait(functools.partial(self.client.exists_async, node), "check")
+            )
         except BackendUnavailable:
             return None
         if stat is None or stat.ephemeralOwner != self._conn.session_id():
@@ -641,7 +677,16 @@ class _ZooKeeperPrimitive(Lock):
     def _node_is_ours(self) -> bool:
         """Ask the server whether the held node exists in this session; mark lost if not."""
         node = self._held_node()
-        stat = None if node is None else self._wait(self.client.exists_async(node), "check")
+        try:
+            stat = (
+                None
+                if node is None
+                else self._wait(
+                    functools.partial(self.client.exists_async, node), "check", expiry_passes=True
+                )
+            )
+        except SessionExpiredError:
+            stat = None  # seen before kazoo reported LOST: the node went with the session
         if stat is None or stat.ephemeralOwner != self._conn.session_id():
             self._mark_lost()
             return False
@@ -669,9 +714,24 @@ class _ZooKeeperPrimitive(Lock):
             self._forget()
             raise LockLost(f"{self.path!r} was lost before release: the ZooKeeper session ended")
         node = self._held_node()
+        session = self._conn.session_id()
+        retried: list[bool] = []
         try:
-            self._wait(self.client.delete_async(node), "release")
+            self._wait(
+                functools.partial(self.client.delete_async, node),
+                "release",
+                expiry_passes=True,
+                on_retry=lambda: retried.append(True),
+            )
         except NoNodeError:
+            if retried and not self.lost and self._conn.session_id() == session:
+                # Our first delete went through before the connection dropped.
+                self._forget()
+                return
+            self._mark_lost()
+            self._forget()
+            raise LockLost(f"{self.path!r} was lost before release: its node was gone") from None
+        except SessionExpiredError:
             self._mark_lost()
             self._forget()
             raise LockLost(f"{self.path!r} was lost before release: its node was gone") from None
@@ -862,7 +922,9 @@ class ZooKeeperSemaphore(_ZooKeeperPrimitive):
 
     def _token_after_acquire(self, recipe: Any) -> int | None:
         try:
-            stat = self._wait(self.client.exists_async(recipe.create_path), "check")
+            stat = self._wait(
+                functools.partial(self.client.exists_async, recipe.create_path), "check"
+            )
         except BackendUnavailable:
             return None
         return None if stat is None else int(stat.czxid)
@@ -888,7 +950,9 @@ class ZooKeeperSemaphore(_ZooKeeperPrimitive):
         ``lease_holders()``, with every call bounded by ``operation_timeout``."""
         self._conn.ensure_started()
         try:
-            leases = self._wait(self.client.get_children_async(self.path), "listing")
+            leases = self._wait(
+                functools.partial(self.client.get_children_async, self.path), "listing"
+            )
         except NoNodeError:
             return []
         return self._identifiers(self.path, list(leases))

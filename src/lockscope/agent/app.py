@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from typing import Final
@@ -51,6 +52,12 @@ from lockscope.agent.otlp_stats import ReceiverStats
 from lockscope.agent.state import AgentState
 from lockscope.agent.web_api import setup_api_routes
 from lockscope.agent.web_metrics import setup_metrics_route
+from lockscope.agent.web_security import (
+    AccessPolicy,
+    add_safe_headers,
+    auth_middleware,
+    warn_if_exposed,
+)
 from lockscope.agent.web_view import setup_web_view
 
 __all__ = [
@@ -151,7 +158,9 @@ class AgentRunner:
 
     Also an async context manager.  ``max_request_bytes`` bounds OTLP bodies on the wire
     and after decompression; ``alertmanager_urls`` are handed to the alert exporter
-    through :data:`~lockscope.agent.app_keys.ALERTMANAGER_URLS_KEY`.
+    through :data:`~lockscope.agent.app_keys.ALERTMANAGER_URLS_KEY`.  ``access`` (bearer
+    token) and ``ssl_context`` (HTTPS) apply to both listeners, see
+    :mod:`lockscope.agent.web_security`.
     """
 
     def __init__(
@@ -166,8 +175,12 @@ class AgentRunner:
         tick_interval: float = DEFAULT_TICK_INTERVAL,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
         http_setup: Iterable[HttpSetup] = (),
+        access: AccessPolicy | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.config = config if config is not None else AgentConfig()
+        self.access = access if access is not None else AccessPolicy()
+        self.ssl_context = ssl_context
         self.state = state if state is not None else AgentState(self.config)
         self.stats = ReceiverStats()
         self.metrics_store = MetricsStore()
@@ -202,12 +215,12 @@ class AgentRunner:
     def otlp_url(self) -> str:
         """Base URL of the OTLP receiver, e.g. ``http://127.0.0.1:4318`` (the value for
         ``LOCKSCOPE_ENDPOINT``)."""
-        return _url(self._bound(self._otlp_bound))
+        return _url(self._bound(self._otlp_bound), self.ssl_context is not None)
 
     @property
     def http_url(self) -> str:
         """Base URL of the HTTP side, e.g. ``http://127.0.0.1:9477``."""
-        return _url(self._bound(self._http_bound))
+        return _url(self._bound(self._http_bound), self.ssl_context is not None)
 
     @staticmethod
     def _bound(address: Address | None) -> Address:
@@ -227,8 +240,14 @@ class AgentRunner:
             self.ready,
             self.alertmanager_urls,
         )
-        otlp_app = build_otlp_app([self._count_in_flight])
-        http_app = build_http_app(self._http_setup, [self._count_in_flight])
+        otlp_app = build_otlp_app(
+            [self._count_in_flight, auth_middleware(self.access, self._count_unauthorized)]
+        )
+        http_app = build_http_app(
+            self._http_setup, [self._count_in_flight, auth_middleware(self.access)]
+        )
+        http_app.on_response_prepare.append(add_safe_headers)
+        warn_if_exposed((self._otlp_address, self._http_address), self.access)
         for app in (otlp_app, http_app):
             _share(app, *shared)
         try:
@@ -255,7 +274,7 @@ class AgentRunner:
         )
         await runner.setup()
         self._runners.append(runner)
-        site = web.TCPSite(runner, address[0], address[1])
+        site = web.TCPSite(runner, address[0], address[1], ssl_context=self.ssl_context)
         await site.start()
         bound = runner.addresses[-1]
         return (address[0], int(bound[1]))
@@ -274,6 +293,9 @@ class AgentRunner:
             self._in_flight -= 1
             if not self._in_flight:
                 self._drained.set()
+
+    def _count_unauthorized(self, request: web.Request) -> None:
+        self.stats.reject("unauthorized")
 
     @property
     def in_flight(self) -> int:
@@ -333,11 +355,11 @@ class AgentRunner:
         await self.stop()
 
 
-def _url(address: Address) -> str:
+def _url(address: Address, tls: bool = False) -> str:
     host = address[0]
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{address[1]}"
+    return f"{'https' if tls else 'http'}://{host}:{address[1]}"
 
 
 def run_agent(
@@ -349,6 +371,8 @@ def run_agent(
     alertmanager_urls: Iterable[str] = (),
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
     http_setup: Iterable[HttpSetup] = (),
+    access: AccessPolicy | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> int:
     """Serve until SIGTERM or SIGINT, then shut down gracefully; returns the exit code
     (0 after a clean shutdown, 1 when a listener could not bind)."""
@@ -362,6 +386,8 @@ def run_agent(
             alertmanager_urls=alertmanager_urls,
             shutdown_timeout=shutdown_timeout,
             http_setup=http_setup,
+            access=access,
+            ssl_context=ssl_context,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -19,6 +19,15 @@ the environment, which wins over the file, which wins over the default:
     (repeatable)              (comma-separated)                 = ["URL", ...]
   --max-request-bytes N     LOCKSCOPE_AGENT_MAX_REQUEST_BYTES max_request_bytes     16777216
   --log-level LEVEL         LOCKSCOPE_LOG_LEVEL               log_level             info
+  --token TOKEN             LOCKSCOPE_AGENT_TOKEN             token                 none
+  --token-file FILE         LOCKSCOPE_AGENT_TOKEN_FILE        token_file            none
+  --tls-cert FILE           LOCKSCOPE_AGENT_TLS_CERT          tls_cert              none
+  --tls-key FILE            LOCKSCOPE_AGENT_TLS_KEY           tls_key               none
+  --no-metrics-auth         -                                 metrics_auth = false  true
+
+With a token, ingest (/v1/*), the API, the web view and /metrics need
+"Authorization: Bearer TOKEN" (/healthz and /readyz stay open); with a certificate and key
+both listeners serve HTTPS.  See docs/reliability.md ("Access control").
 
 The config file (TOML) also holds the detection thresholds, lock-name templates and
 limits; those keys are described in docs/agent.md.  For example:
@@ -69,13 +78,28 @@ ENV_CONFIG: Final = "LOCKSCOPE_AGENT_CONFIG"
 ENV_ALERTMANAGER: Final = "LOCKSCOPE_ALERTMANAGER_URL"
 ENV_LOG_LEVEL: Final = "LOCKSCOPE_LOG_LEVEL"
 ENV_MAX_REQUEST_BYTES: Final = "LOCKSCOPE_AGENT_MAX_REQUEST_BYTES"
+ENV_TOKEN: Final = "LOCKSCOPE_AGENT_TOKEN"
+ENV_TOKEN_FILE: Final = "LOCKSCOPE_AGENT_TOKEN_FILE"
+ENV_TLS_CERT: Final = "LOCKSCOPE_AGENT_TLS_CERT"
+ENV_TLS_KEY: Final = "LOCKSCOPE_AGENT_TLS_KEY"
 
 DEFAULT_OTLP: Final = "127.0.0.1:4318"
 DEFAULT_HTTP: Final = "127.0.0.1:9477"
 DEFAULT_LOG_LEVEL: Final = "info"
 DEFAULT_MAX_REQUEST_BYTES: Final = 16 * 1024 * 1024
 FILE_KEYS: Final = frozenset(
-    {"otlp", "http", "alertmanager_urls", "log_level", "max_request_bytes"}
+    {
+        "otlp",
+        "http",
+        "alertmanager_urls",
+        "log_level",
+        "max_request_bytes",
+        "token",
+        "token_file",
+        "tls_cert",
+        "tls_key",
+        "metrics_auth",
+    }
 )
 """Top-level config file keys the command itself reads; the rest go to AgentConfig."""
 EXIT_USAGE: Final = 2
@@ -123,6 +147,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="LEVEL",
         help=f"debug, info, warning or error (env {ENV_LOG_LEVEL}; default {DEFAULT_LOG_LEVEL})",
     )
+    parser.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help=f"bearer token required on ingest, API, web view and /metrics (env {ENV_TOKEN})",
+    )
+    parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help=f"read the bearer token from FILE (env {ENV_TOKEN_FILE})",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help=f"serve HTTPS with this PEM certificate (env {ENV_TLS_CERT})",
+    )
+    parser.add_argument(
+        "--tls-key", metavar="FILE", help=f"the certificate's PEM private key (env {ENV_TLS_KEY})"
+    )
+    parser.add_argument(
+        "--no-metrics-auth",
+        dest="metrics_auth",
+        action="store_false",
+        default=None,
+        help="serve /metrics without the token (the API and ingest still need it)",
+    )
 
 
 def parse_address(value: str, what: str = "address") -> tuple[str, int]:
@@ -155,6 +204,11 @@ class AgentSettings:
     """The config file's other keys, for :meth:`AgentConfig.from_mapping`."""
     sources: Mapping[str, str] = field(default_factory=dict)
     """Setting -> where its value came from (``flag``, ``env``, ``file``, ``default``)."""
+    token: str | None = None
+    """The bearer token (from ``--token`` or read from ``--token-file``)."""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    metrics_auth: bool = True
 
 
 def _read_file(path: Path | None) -> dict[str, Any]:
@@ -230,6 +284,46 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
         raise SettingsError(f"max_request_bytes must be an integer, got {max_bytes!r}") from None
     if max_request_bytes < 1024:
         raise SettingsError(f"max_request_bytes must be at least 1024, got {max_bytes!r}")
+    token = pick(
+        "token", getattr(args, "token", None), env.get(ENV_TOKEN), section.get("token"), None
+    )
+    token_file = pick(
+        "token_file",
+        getattr(args, "token_file", None),
+        env.get(ENV_TOKEN_FILE),
+        section.get("token_file"),
+        None,
+    )
+    if token is None and token_file is not None:
+        from lockscope.agent.web_security import read_token_file
+
+        try:
+            token = read_token_file(str(token_file))
+        except (OSError, ValueError) as exc:
+            raise SettingsError(f"cannot read the token file {token_file}: {exc}") from None
+    if token is not None and (not isinstance(token, str) or token != token.strip()):
+        raise SettingsError("the token must be a string without surrounding spaces")
+    tls_cert = pick(
+        "tls_cert",
+        getattr(args, "tls_cert", None),
+        env.get(ENV_TLS_CERT),
+        section.get("tls_cert"),
+        None,
+    )
+    tls_key = pick(
+        "tls_key",
+        getattr(args, "tls_key", None),
+        env.get(ENV_TLS_KEY),
+        section.get("tls_key"),
+        None,
+    )
+    if (tls_cert is None) != (tls_key is None):
+        raise SettingsError("TLS needs both a certificate (--tls-cert) and a key (--tls-key)")
+    metrics_auth = pick(
+        "metrics_auth", getattr(args, "metrics_auth", None), None, section.get("metrics_auth"), True
+    )
+    if not isinstance(metrics_auth, bool):
+        raise SettingsError(f"metrics_auth must be true or false, got {metrics_auth!r}")
     otlp_address = parse_address(str(otlp), "OTLP address")
     http_address = parse_address(str(http), "HTTP address")
     if otlp_address == http_address and otlp_address[1] != 0:
@@ -243,6 +337,10 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
         max_request_bytes=max_request_bytes,
         config_data=config_data,
         sources=sources,
+        token=token,
+        tls_cert=Path(tls_cert) if tls_cert is not None else None,
+        tls_key=Path(tls_key) if tls_key is not None else None,
+        metrics_auth=metrics_auth,
     )
 
 
@@ -275,6 +373,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         from lockscope.agent.app import run_agent
+        from lockscope.agent.web_security import AccessPolicy, server_ssl_context
     except ImportError as exc:
         print(
             f"lockscope agent: {exc.name or exc} is missing; install the agent extra: "
@@ -282,8 +381,17 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    ssl_context = None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        try:
+            ssl_context = server_ssl_context(settings.tls_cert, settings.tls_key)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            print(f"lockscope agent: cannot load the TLS certificate/key: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     return run_agent(
         config,
+        access=AccessPolicy(settings.token, protect_metrics=settings.metrics_auth),
+        ssl_context=ssl_context,
         otlp=settings.otlp,
         http=settings.http,
         max_request_bytes=settings.max_request_bytes,

@@ -104,6 +104,7 @@ def test_exports_and_identity(zk: Any, path: str, zookeeper_server: Any) -> None
     assert lock.mode == "exclusive"
     assert lock.fifo is True
     assert lock.ttl is None
+    assert lock.max_leases is None  # semaphores only
     assert lock.name == path
     assert lock.namespace == zookeeper_server.hosts
     relative = ZooKeeperLock(zk, "orders:1")

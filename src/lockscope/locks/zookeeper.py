@@ -206,7 +206,8 @@ class _ZooKeeperPrimitive(Lock):
     system: ClassVar[str] = "zookeeper"
     fifo: ClassVar[bool] = True
     """Waiters are served in arrival order (the agent then adds queue-order "soft" edges)."""
-    max_leases: int = 1
+    max_leases: int | None = None
+    """Semaphores only: how many holders at once."""
 
     def __init__(
         self,
@@ -871,6 +872,7 @@ class ZooKeeperSemaphore(_ZooKeeperPrimitive):
     """
 
     mode: LockMode = "semaphore"
+    max_leases: int
 
     def __init__(self, client: KazooClient | str, name: str, *, max_leases: int, **kw: Any) -> None:
         if isinstance(max_leases, bool) or not isinstance(max_leases, int) or max_leases < 1:
@@ -996,7 +998,8 @@ class _AsyncZooKeeperPrimitive(AsyncLock, Generic[_S]):
 
     system: ClassVar[str] = "zookeeper"
     fifo: ClassVar[bool] = True
-    max_leases: int = 1
+    max_leases: int | None = None
+    """Semaphores only: how many holders at once."""
     _sync_class: ClassVar[type[_ZooKeeperPrimitive]]
 
     def __init__(

@@ -407,3 +407,53 @@ def test_grafana_dashboard_providers_read_the_mounted_dashboards(compose: dict[s
             target = next(t for s, t in mounts if s == hosts[0])
             local = hosts[0] / os.path.relpath(path, target)
             assert list(local.glob("*.json")), f"{file.name}: no dashboards at {local}"
+
+
+# -- the builder stage ---------------------------------------------------------------------
+def _docker_context(tmp_path: Path) -> Path:
+    """The files `docker build` sends: the repository filtered by .dockerignore."""
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    context = tmp_path / "context"
+    for dirpath, dirnames, filenames in os.walk(ROOT):
+        here = Path(dirpath).relative_to(ROOT).as_posix()
+        prefix = "" if here == "." else here + "/"
+        # Walk into a directory only if something inside it can be included again.
+        dirnames[:] = [
+            d
+            for d in dirnames
+            if not _ignored(prefix + d, patterns)
+            or any(p.lstrip("!").startswith(prefix + d + "/") for p in patterns if p[0] == "!")
+        ]
+        for name in filenames:
+            relative = prefix + name
+            if not _ignored(relative, patterns):
+                (context / relative).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(ROOT / relative, context / relative)
+    return context
+
+
+def test_the_docker_context_builds_a_complete_wheel(tmp_path: Path) -> None:
+    import zipfile
+
+    context = _docker_context(tmp_path)
+    assert not (context / "tests").exists()
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), "."],
+        cwd=context,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (wheel,) = tmp_path.glob("lockscope-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        entry_points = next(zf.read(n) for n in names if n.endswith("entry_points.txt"))
+    for module in ("cli.py", "agent/app.py", "demo/worker.py", "instrumentation/__init__.py"):
+        assert f"lockscope/{module}" in names
+    assert b"lockscope = lockscope.cli:main" in entry_points

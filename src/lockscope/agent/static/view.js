@@ -117,26 +117,21 @@
     return (h >>> 0) / 4294967296;
   }
 
-  function layout(nodes, edges) {
-    const index = new Map();
-    const pts = nodes.map((n, i) => {
-      index.set(n.id, i);
-      let p = positions.get(n.id);
-      if (!p) {
-        const a = hash(n.id) * Math.PI * 2;
-        const r = 120 + 80 * hash(n.id + "r");
-        p = { x: Math.cos(a) * r, y: Math.sin(a) * r };
-      }
-      return { x: p.x, y: p.y, dx: 0, dy: 0 };
+  // Each connected component is laid out on its own, then the components are packed in
+  // rows (largest first), so unrelated waits do not drift apart or overlap.
+  function simulate(ids, links) {
+    const pts = ids.map((id) => {
+      const p = positions.get(id);
+      if (p) return { x: p.x, y: p.y, dx: 0, dy: 0 };
+      const a = hash(id) * Math.PI * 2;
+      const r = 60 + 60 * hash(id + "r");
+      return { x: Math.cos(a) * r, y: Math.sin(a) * r, dx: 0, dy: 0 };
     });
-    const links = edges
-      .map((e) => [index.get(e.source), index.get(e.target)])
-      .filter(([a, b]) => a !== undefined && b !== undefined && a !== b);
-    const fresh = nodes.some((n) => !positions.has(n.id));
-    const rounds = fresh ? 300 : 40;
-    const k = 90;
+    const fresh = ids.some((id) => !positions.has(id));
+    const rounds = fresh ? 300 : 30;
+    const k = 80;
     for (let round = 0; round < rounds; round++) {
-      const t = 12 * (1 - round / rounds) + 0.5;
+      const t = 10 * (1 - round / rounds) + 0.5;
       for (const p of pts) { p.dx = 0; p.dy = 0; }
       for (let i = 0; i < pts.length; i++) {
         for (let j = i + 1; j < pts.length; j++) {
@@ -158,16 +153,61 @@
         pts[b].dx += dx * f; pts[b].dy += dy * f;
       }
       for (const p of pts) {
-        p.dx -= p.x * 0.02; p.dy -= p.y * 0.02;
+        p.dx -= p.x * 0.05; p.dy -= p.y * 0.05;
         const d = Math.sqrt(p.dx * p.dx + p.dy * p.dy) || 1;
         const step = Math.min(d, t);
         p.x += (p.dx / d) * step;
         p.y += (p.dy / d) * step;
       }
     }
-    positions.clear();
-    nodes.forEach((n, i) => positions.set(n.id, { x: pts[i].x, y: pts[i].y }));
+    let cx = 0, cy = 0;
+    for (const p of pts) { cx += p.x / pts.length; cy += p.y / pts.length; }
+    ids.forEach((id, i) => {
+      pts[i].x -= cx; pts[i].y -= cy;
+      positions.set(id, { x: pts[i].x, y: pts[i].y });
+    });
     return pts;
+  }
+
+  function layout(nodes, edges) {
+    const live = new Set(nodes.map((n) => n.id));
+    for (const id of [...positions.keys()]) if (!live.has(id)) positions.delete(id);
+    const index = new Map(nodes.map((n, i) => [n.id, i]));
+    const parent = nodes.map((_, i) => i);
+    const find = (i) => (parent[i] === i ? i : (parent[i] = find(parent[i])));
+    const pairs = [];
+    for (const e of edges) {
+      const a = index.get(e.source), b = index.get(e.target);
+      if (a === undefined || b === undefined || a === b) continue;
+      pairs.push([a, b]);
+      parent[find(a)] = find(b);
+    }
+    const groups = new Map();
+    nodes.forEach((_, i) => {
+      const root = find(i);
+      if (!groups.has(root)) groups.set(root, []);
+      groups.get(root).push(i);
+    });
+    const comps = [...groups.values()].sort((a, b) => b.length - a.length);
+    const out = new Array(nodes.length);
+    const gap = 140, rowWidth = 1100;
+    let x = 0, y = 0, rowHeight = 0;
+    for (const members of comps) {
+      const local = new Map(members.map((m, i) => [m, i]));
+      const links = pairs.filter(([a]) => local.has(a)).map(([a, b]) => [local.get(a), local.get(b)]);
+      const pts = simulate(members.map((m) => nodes[m].id), links);
+      let minX = Infinity, maxX = -Infinity, minY = Infinity, maxY = -Infinity;
+      for (const p of pts) {
+        minX = Math.min(minX, p.x); maxX = Math.max(maxX, p.x);
+        minY = Math.min(minY, p.y); maxY = Math.max(maxY, p.y);
+      }
+      const w = maxX - minX, h = maxY - minY;
+      if (x > 0 && x + w > rowWidth) { x = 0; y += rowHeight + gap; rowHeight = 0; }
+      members.forEach((m, i) => { out[m] = { x: pts[i].x - minX + x, y: pts[i].y - minY + y }; });
+      x += w + gap;
+      rowHeight = Math.max(rowHeight, h);
+    }
+    return out;
   }
 
   // -- drawing -------------------------------------------------------------------------
@@ -190,9 +230,9 @@
       minX = Math.min(minX, p.x); maxX = Math.max(maxX, p.x);
       minY = Math.min(minY, p.y); maxY = Math.max(maxY, p.y);
     }
-    const pad = 110;
-    const width = Math.max(maxX - minX + 2 * pad, 900);
-    const height = Math.max(maxY - minY + 2 * pad, 560);
+    const pad = 90;
+    const width = Math.max(maxX - minX + 2 * pad, 700);
+    const height = Math.max(maxY - minY + 2 * pad, 420);
     const cx = (minX + maxX) / 2, cy = (minY + maxY) / 2;
     const root = svg("svg", {
       viewBox: `${cx - width / 2} ${cy - height / 2} ${width} ${height}`,

@@ -79,6 +79,8 @@ class ShimConfig:
     metrics_interval: float = 5.0
     queue_size: int = 10_000
     http_timeout: float = 1.0
+    ca_file: str | None = None
+    """PEM CA bundle to trust for an ``https://`` endpoint (default: the system's)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ShimConfig:
@@ -115,4 +117,7 @@ class ShimConfig:
             metrics_interval=_seconds(env, "LOCKSCOPE_METRICS_INTERVAL", 5.0, 0.1),
             queue_size=queue_size,
             http_timeout=_seconds(env, "LOCKSCOPE_HTTP_TIMEOUT", 1.0, 0.01),
+            ca_file=(
+                env.get("LOCKSCOPE_CA_FILE") or env.get("OTEL_EXPORTER_OTLP_CERTIFICATE") or None
+            ),
         )

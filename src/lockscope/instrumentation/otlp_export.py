@@ -13,11 +13,12 @@ import contextlib
 import http.client
 import logging
 import os
+import ssl
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -37,6 +38,7 @@ from lockscope.instrumentation.stats import BOUNDS, StatsSnapshot
 __all__ = [
     "HttpTransport",
     "PostResult",
+    "Transport",
     "any_value",
     "encode_events",
     "encode_stats",
@@ -122,6 +124,18 @@ class PostResult:
 _RETRYABLE = frozenset({429, 502, 503, 504})
 
 
+class Transport(Protocol):
+    """What the reporter sends through (:class:`HttpTransport` or a fan-out of them)."""
+
+    def post(self, path: str, body: bytes) -> PostResult:
+        """POST ``body`` to ``path``; never raises."""
+        ...
+
+    def close(self) -> None:
+        """Drop kept-alive connections."""
+        ...
+
+
 def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
@@ -136,10 +150,18 @@ def _retry_after(value: str | None) -> float | None:
 
 
 class HttpTransport:
-    """POSTs protobuf bodies to one OTLP/HTTP base URL, one kept-alive connection."""
+    """POSTs protobuf bodies to one OTLP/HTTP base URL, one kept-alive connection.
+
+    For ``https://`` endpoints, ``ca_file`` (``LOCKSCOPE_CA_FILE`` or
+    ``OTEL_EXPORTER_OTLP_CERTIFICATE``) is the PEM bundle to trust instead of the system's.
+    """
 
     def __init__(
-        self, endpoint: str, headers: Mapping[str, str] | None = None, timeout: float = 1.0
+        self,
+        endpoint: str,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 1.0,
+        ca_file: str | None = None,
     ) -> None:
         parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
         self.scheme = parts.scheme or "http"
@@ -151,6 +173,8 @@ class HttpTransport:
         self.headers.setdefault("User-Agent", f"lockscope-shim/{__version__}")
         self._conn: http.client.HTTPConnection | None = None
         self._pid = os.getpid()
+        self.ca_file = ca_file
+        self._ssl: ssl.SSLContext | None = None
 
     def url(self, path: str) -> str:
         """The full URL of ``path`` (e.g. ``/v1/logs``)."""
@@ -159,12 +183,16 @@ class HttpTransport:
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None or self._pid != os.getpid():
             self._pid = os.getpid()
-            cls = (
-                http.client.HTTPSConnection
-                if self.scheme == "https"
-                else http.client.HTTPConnection
-            )
-            self._conn = cls(self.host, self.port, timeout=self.timeout)
+            if self.scheme == "https":
+                if self._ssl is None:
+                    # Built on the sender thread at first use: a bad CA file is an OSError
+                    # there, which post() turns into a counted failure, never an app error.
+                    self._ssl = ssl.create_default_context(cafile=self.ca_file)
+                self._conn = http.client.HTTPSConnection(
+                    self.host, self.port, timeout=self.timeout, context=self._ssl
+                )
+            else:
+                self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         return self._conn
 
     def close(self) -> None:

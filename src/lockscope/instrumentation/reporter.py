@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from lockscope import events
-from lockscope.instrumentation.otlp_export import HttpTransport, encode_events
+from lockscope.instrumentation.otlp_export import Transport, encode_events
 from lockscope.instrumentation.recorder import Recorder, Wait
 
 __all__ = ["Reporter"]
@@ -97,7 +97,7 @@ class Reporter:
     def __init__(
         self,
         recorder: Recorder,
-        transport: HttpTransport,
+        transport: Transport,
         resource: Callable[[], Mapping[str, Any]],
         *,
         report_after: float,

@@ -19,7 +19,7 @@ from opentelemetry import trace
 from lockscope import __version__, events
 from lockscope.instrumentation.config import ShimConfig
 from lockscope.instrumentation.metrics import LockMetrics
-from lockscope.instrumentation.otlp_export import HttpTransport
+from lockscope.instrumentation.otlp_fanout import make_transport
 from lockscope.instrumentation.recorder import Recorder, Wait
 from lockscope.instrumentation.reporter import Reporter
 from lockscope.instrumentation.spans import SpanFactory
@@ -63,7 +63,9 @@ class Shim:
         config = self.config
         self.pid = os.getpid()
         self.instance_id = uuid.uuid4().hex
-        self.transport = HttpTransport(config.endpoint, config.headers, config.http_timeout)
+        self.transport = make_transport(
+            config.endpoint, config.headers, config.http_timeout, config.ca_file
+        )
         self.reporter = Reporter(
             self.recorder,
             self.transport,

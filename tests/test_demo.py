@@ -6,14 +6,17 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 
+from lockscope.agent.web_security import AccessPolicy
 from lockscope.testing.agent import InProcessAgent
 
 DEMO = [sys.executable, "-m", "lockscope", "demo"]
 FREE_PORTS = ["--http", "127.0.0.1:0", "--otlp", "127.0.0.1:0"]
 RUN_TIMEOUT = 150
+TOKEN = "demo-s3cret"
 
 
 def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
@@ -53,9 +56,16 @@ def test_demo_once_on_sqlite_finds_deadlock_and_stale_holder() -> None:
     assert_full_story(result.stdout)
 
 
-def test_demo_once_on_redis_with_an_lockscope_agent(
-    redis_url: str, lockscope_agent: InProcessAgent
+@pytest.fixture
+def agent_with_token() -> Iterator[InProcessAgent]:
+    with InProcessAgent(access=AccessPolicy(token=TOKEN)) as agent:
+        yield agent
+
+
+def test_demo_once_on_redis_with_an_external_agent(
+    redis_url: str, agent_with_token: InProcessAgent
 ) -> None:
+    agent = agent_with_token
     result = run_demo(
         "--once",
         "--backend",
@@ -63,21 +73,37 @@ def test_demo_once_on_redis_with_an_lockscope_agent(
         "--redis-url",
         redis_url,
         "--agent-otlp",
-        lockscope_agent.otlp_url,
+        agent.otlp_url,
         "--agent-http",
-        lockscope_agent.http_url,
+        agent.http_url,
+        "--agent-token",
+        TOKEN,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"RedisLock on {redis_url}" in result.stdout
     assert_full_story(result.stdout)
     # The findings live in the external agent, where the demo read them.
-    deadlocks = lockscope_agent.get("/api/v1/deadlocks")["deadlocks"]
+    deadlocks = agent.call(lambda: agent.state.api_deadlocks())["deadlocks"]
     assert [d["status"] for d in deadlocks] == ["resolved"]
     assert {p["service"] for p in deadlocks[0]["participants"]} == {
         "transfer-1",
         "transfer-2",
         "transfer-3",
     }
+
+
+def test_demo_with_a_wrong_token_says_so(agent_with_token: InProcessAgent) -> None:
+    result = run_demo(
+        "--once",
+        "--agent-otlp",
+        agent_with_token.otlp_url,
+        "--agent-http",
+        agent_with_token.http_url,
+        "--agent-token",
+        "not-" + TOKEN,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "HTTP 401" in result.stdout
 
 
 def _closed_port() -> int:
@@ -126,6 +152,7 @@ def test_demo_reports_a_busy_port() -> None:
     [
         (["--agent-otlp", "http://127.0.0.1:4318"], "--agent-otlp and --agent-http go together"),
         (["--timeout", "0"], "--timeout > 0"),
+        (["--agent-token", "x"], "--agent-token goes with --agent-otlp/--agent-http"),
         (["--http", "nonsense"], "must be HOST:PORT"),
     ],
 )

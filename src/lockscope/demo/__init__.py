@@ -34,6 +34,7 @@ import socket
 import sys
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -47,6 +48,7 @@ __all__ = ["add_arguments", "run"]
 DEFAULT_OTLP: Final = ("127.0.0.1", 4318)
 DEFAULT_HTTP: Final = ("127.0.0.1", 9477)
 DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
+ENV_AGENT_TOKEN: Final = "LOCKSCOPE_AGENT_TOKEN"
 EXIT_NOT_FOUND: Final = 1
 EXIT_USAGE: Final = 2
 WORKER_ENV: Final = {
@@ -90,6 +92,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--agent-http", metavar="URL", help="the running agent's HTTP base URL (with --agent-otlp)"
+    )
+    parser.add_argument(
+        "--agent-token",
+        metavar="TOKEN",
+        help=f"the running agent's bearer token, if it has one (env {ENV_AGENT_TOKEN})",
     )
     parser.add_argument(
         "--timeout",
@@ -159,9 +166,12 @@ def _start_agent(args: argparse.Namespace) -> AgentLink:
             raise _UsageError(
                 "--otlp/--http start an agent here; not with --agent-otlp/--agent-http"
             )
-        agent = ExternalAgent(args.agent_otlp, args.agent_http)
+        token = args.agent_token or os.environ.get(ENV_AGENT_TOKEN) or None
+        agent = ExternalAgent(args.agent_otlp, args.agent_http, token)
         agent.wait_ready(60.0)
         return agent
+    if args.agent_token:
+        raise _UsageError("--agent-token goes with --agent-otlp/--agent-http")
     otlp = _address(args.otlp, DEFAULT_OTLP, "--otlp")
     http = _address(args.http, DEFAULT_HTTP, "--http")
     notes = []
@@ -177,7 +187,7 @@ def _start_agent(args: argparse.Namespace) -> AgentLink:
     return LocalAgent(otlp, http).start()
 
 
-def _worker_env(otlp_url: str) -> dict[str, str]:
+def _worker_env(otlp_url: str, token: str | None) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -185,6 +195,9 @@ def _worker_env(otlp_url: str) -> dict[str, str]:
     }
     env.update(WORKER_ENV)
     env["LOCKSCOPE_ENDPOINT"] = otlp_url
+    if token is not None:
+        # The shim's header syntax is OTEL_EXPORTER_OTLP_HEADERS's: percent-encoded values.
+        env["LOCKSCOPE_HEADERS"] = "Authorization=" + urllib.parse.quote(f"Bearer {token}")
     return env
 
 
@@ -225,7 +238,7 @@ def _play(args: argparse.Namespace, agent: AgentLink, console: Console) -> int:
         console.write(f"  agent OTLP receiver  {agent.otlp_url}")
         console.write(f"  agent web view       {agent.http_url}/")
         console.write(f"  findings as tables   lockscope status --http {agent.http_url}")
-        pool = WorkerPool(_worker_env(agent.otlp_url), Path(tmp))
+        pool = WorkerPool(_worker_env(agent.otlp_url, agent.token), Path(tmp))
         number = 0
         try:
             while True:

@@ -28,12 +28,17 @@ class AgentLink:
 
     otlp_url: str
     http_url: str
+    token: str | None = None
+    """The agent's bearer token (``lockscope agent --token``), if it has one."""
 
     def get(self, path: str, timeout: float = 5.0) -> Any:
         """GET ``path`` (``/api/v1/...``) as JSON; :class:`AgentError` if unreachable."""
         url = self.http_url + path
+        request = urllib.request.Request(url)
+        if self.token is not None:
+            request.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 return json.load(response)
         except urllib.error.HTTPError as exc:
             raise AgentError(f"{url}: HTTP {exc.code} {exc.reason}") from None
@@ -68,9 +73,10 @@ class AgentLink:
 class ExternalAgent(AgentLink):
     """An agent that runs elsewhere (``lockscope agent``, the compose stack)."""
 
-    def __init__(self, otlp_url: str, http_url: str) -> None:
+    def __init__(self, otlp_url: str, http_url: str, token: str | None = None) -> None:
         self.otlp_url = _base(otlp_url)
         self.http_url = _base(http_url)
+        self.token = token
 
     def wait_ready(self, timeout: float) -> None:
         """Poll ``/readyz`` until it answers 200 (compose starts services in any order)."""
@@ -101,7 +107,7 @@ class LocalAgent(AgentLink):
                 f"the agent needs the 'agent' extra ({exc.name} is missing): "
                 "pip install 'lockscope[agent]'"
             ) from None
-        self._runner = AgentRunner(otlp=otlp, http=http, http_setup=_extra_http_setup())
+        self._runner = AgentRunner(otlp=otlp, http=http)
         self._loop = asyncio.new_event_loop()
         self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -150,14 +156,6 @@ class LocalAgent(AgentLink):
         if self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         thread.join(15.0)
-
-
-def _extra_http_setup() -> tuple[Any, ...]:
-    """The agent command's extra HTTP setups (metrics, web view), when it has them."""
-    from lockscope.agent import cli
-
-    setups = getattr(cli, "http_setups", None)
-    return tuple(setups()) if callable(setups) else ()
 
 
 def _base(url: str) -> str:

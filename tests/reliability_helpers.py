@@ -1,0 +1,191 @@
+"""Shared by tests/test_reliability_*.py and benchmarks/soak.py: a real ``lockscope agent``
+process, HTTP helpers that carry a token and trust a CA, and a self-signed certificate."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+LOCKSCOPE = [sys.executable, "-m", "lockscope"]
+READY_LINE = re.compile(r"OTLP on (https?://\S+), HTTP on (https?://\S+)")
+
+
+def until(predicate: Callable[[], T], timeout: float = 15.0, interval: float = 0.02) -> T:
+    """Poll ``predicate`` until truthy; return its value or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+class AgentProcess:
+    """``lockscope agent ARGS`` in a subprocess on free loopback ports (restartable on the
+    same ports)."""
+
+    def __init__(self, *args: str, env: Mapping[str, str] | None = None) -> None:
+        self.args = list(args)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("LOCKSCOPE_")}
+        self.env.update(env or {})
+        self.stderr: list[str] = []
+        self.otlp_url = self.http_url = ""
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self, otlp: str = "127.0.0.1:0", http: str = "127.0.0.1:0") -> AgentProcess:
+        """Start; waits for the ready line and records the bound URLs."""
+        self.proc = subprocess.Popen(
+            [*LOCKSCOPE, "agent", "--otlp", otlp, "--http", http, *self.args],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            env=self.env,
+        )
+        lines: queue.Queue[str] = queue.Queue()
+        proc = self.proc
+
+        def pump() -> None:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                lines.put(line)
+                self.stderr.append(line)
+
+        threading.Thread(target=pump, daemon=True).start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=0.1)
+            except queue.Empty:
+                if proc.poll() is not None:
+                    break
+                continue
+            match = READY_LINE.search(line)
+            if match:
+                self.otlp_url, self.http_url = match.group(1), match.group(2)
+                return self
+        raise AssertionError(f"agent did not start: {''.join(self.stderr)}")
+
+    def restart(self) -> None:
+        """Kill (SIGKILL: no goodbye) and start again on the same ports."""
+        self.kill()
+        self.start(self.otlp_url.split("://")[1], self.http_url.split("://")[1])
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def output(self) -> str:
+        return "".join(self.stderr)
+
+
+def request(
+    url: str,
+    *,
+    token: str | None = None,
+    data: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+    context: ssl.SSLContext | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP request; returns status, headers and body (errors included)."""
+    all_headers = dict(headers or {})
+    if token is not None:
+        all_headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=data, headers=all_headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def get_json(url: str, **kw: Any) -> Any:
+    status, _, body = request(url, **kw)
+    assert status == 200, (status, body[:300])
+    return json.loads(body)
+
+
+def self_signed_cert(directory: Path, hosts: Sequence[str] = ("127.0.0.1",)) -> tuple[Path, Path]:
+    """A self-signed certificate (with IP/DNS subjectAltNames) and its key, by openssl."""
+    cert, key = directory / "agent.pem", directory / "agent-key.pem"
+    san = ",".join(f"IP:{h}" if h[0].isdigit() else f"DNS:{h}" for h in hosts)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=lockscope-test",
+            "-addext",
+            f"subjectAltName={san}",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process (from /proc, Linux)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def metric_value(text: str, name: str, labels: Mapping[str, str] | None = None) -> float:
+    """Sum of the samples of ``name`` in a Prometheus exposition matching ``labels``."""
+    total = 0.0
+    found = False
+    for line in text.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        metric, _, label_text = head.partition("{")
+        if metric != name:
+            continue
+        if labels and not all(f'{k}="{v}"' in label_text for k, v in labels.items()):
+            continue
+        total += float(value)
+        found = True
+    return total if found else 0.0

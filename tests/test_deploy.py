@@ -394,18 +394,28 @@ def test_grafana_datasource_points_at_the_compose_prometheus(compose: dict[str, 
     assert url.port in published(services(compose)["prometheus"])
 
 
+def test_grafana_infinity_source_may_reach_the_agent(compose: dict[str, Any]) -> None:
+    data = yaml.safe_load((DEPLOY / "grafana/datasources/infinity.yml").read_text())
+    (source,) = data["datasources"]
+    assert source["type"] in services(compose)["grafana"]["environment"]["GF_INSTALL_PLUGINS"]
+    assert source["jsonData"]["allowedHosts"] == [f"http://agent:{HTTP_PORT}"]
+
+
 def test_grafana_dashboard_providers_read_the_mounted_dashboards(compose: dict[str, Any]) -> None:
     mounts = bind_mounts(services(compose)["grafana"])
-    providers_dir = next(s for s, t in mounts if t == "/etc/grafana/provisioning/dashboards")
-    files = sorted(providers_dir.glob("*.y*ml"))
-    assert files, f"no dashboard provider file in {providers_dir}"
+    providers = "/etc/grafana/provisioning/dashboards/"
+    files = [s for s, t in mounts if t.startswith(providers) and s.is_file()]
+    files += [f for s, t in mounts if t == providers.rstrip("/") for f in s.glob("*.y*ml")]
+    assert files, "no dashboard provider file is mounted"
     for file in files:
-        for provider in yaml.safe_load(file.read_text()).get("providers", []):
+        loaded = yaml.safe_load(file.read_text())
+        assert loaded.get("providers"), f"{file.name} is not a dashboard provider file"
+        for provider in loaded["providers"]:
             path = provider["options"]["path"]
-            hosts = [s for s, t in mounts if path == t or path.startswith(t.rstrip("/") + "/")]
+            hosts = [(s, t) for s, t in mounts if path == t or path.startswith(t + "/")]
             assert hosts, f"{file.name}: provider path {path} is not a mounted directory"
-            target = next(t for s, t in mounts if s == hosts[0])
-            local = hosts[0] / os.path.relpath(path, target)
+            source, target = hosts[0]
+            local = source / os.path.relpath(path, target)
             assert list(local.glob("*.json")), f"{file.name}: no dashboards at {local}"
 
 

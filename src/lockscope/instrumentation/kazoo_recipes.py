@@ -49,6 +49,8 @@ def _sequence(node: Any) -> int | None:
 class KazooAdapter(Adapter):
     """kazoo lock recipes."""
 
+    watches_holds = True
+
     def __init__(self, errors: Any) -> None:
         self.timeout_error = errors.LockTimeout
         self.cancelled_error = errors.CancelledError
@@ -92,7 +94,7 @@ class KazooAdapter(Adapter):
             return "cancelled"
         return super().exc_outcome(exc)
 
-    def hold_fields(self, instance: Any) -> tuple[int | None, str | None, float | None]:
+    def hold_fields(self, instance: Any) -> tuple[int | None, str | bytes | None, float | None]:
         instance = self._recipe(instance)
         node = getattr(instance, "node", None)
         if node is None:  # a semaphore: its lease node

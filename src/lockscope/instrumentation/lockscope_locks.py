@@ -53,7 +53,7 @@ class LockscopeAdapter(Adapter):
             adapter=self,
         )
 
-    def hold_fields(self, instance: Any) -> tuple[int | None, str | None, float | None]:
+    def hold_fields(self, instance: Any) -> tuple[int | None, str | bytes | None, float | None]:
         token = getattr(instance, "fencing_token", None)
         owner = getattr(instance, "owner", None)
         ttl = getattr(instance, "ttl", None)

@@ -91,7 +91,7 @@ class Adapter:
             return "cancelled"
         return "error"
 
-    def hold_fields(self, instance: Any) -> tuple[int | None, str | None, float | None]:
+    def hold_fields(self, instance: Any) -> tuple[int | None, str | bytes | None, float | None]:
         """(fencing token, owner id, lease seconds) right after a successful acquire."""
         return None, None, None
 
@@ -117,8 +117,12 @@ class Adapter:
         cheaply (``None``: nothing to learn).  Its errors are ignored."""
         return None
 
+    watches_holds = False
+    """Whether :meth:`on_hold` does anything (saves a call per acquire when not)."""
+
     def on_hold(self, instance: Any, hold: Hold) -> None:
-        """Called after a hold is registered (kazoo watches its session here)."""
+        """Called after a hold is registered, if :attr:`watches_holds` (kazoo watches its
+        session here)."""
 
 
 def _fast_enabled_check() -> Callable[[], bool]:
@@ -182,7 +186,7 @@ def failed() -> None:
 class _Acquire:
     """One instrumented acquire in flight."""
 
-    __slots__ = ("adapter", "blocking", "info", "instance", "shim", "span", "wait")
+    __slots__ = ("adapter", "args", "info", "instance", "kwargs", "shim", "span", "wait")
 
     def __init__(
         self, shim: runtime.Shim, adapter: Adapter, instance: Any, info: LockInfo, task: Any
@@ -193,7 +197,8 @@ class _Acquire:
         self.info = info
         actor = _get_ident() if task is None else id(task)
         self.wait = shim.recorder.begin_wait(info, actor, task, instance)
-        self.blocking = True
+        self.args: Any = ()
+        self.kwargs: Any = {}
         self.span: Any = None
         spans = shim.spans
         if spans is not None:
@@ -212,19 +217,20 @@ class _Acquire:
             span = self.span
             if span is not None:
                 end = hold.start if hold is not None else _now()
-                span.set_attribute(events.ATTR_OUTCOME, outcome)
-                span.set_attribute(events.ATTR_WAIT_DURATION, (end - self.wait.start) / 1e9)
+                attrs: dict[str, Any] = {
+                    events.ATTR_OUTCOME: outcome,
+                    events.ATTR_WAIT_DURATION: (end - self.wait.start) / 1e9,
+                }
                 if token is not None:
-                    span.set_attribute(events.ATTR_LOCK_TOKEN, token)
+                    attrs[events.ATTR_LOCK_TOKEN] = token
+                span.set_attributes(attrs)
                 if exc is not None and outcome == "error":
                     span.record_exception(exc)
                     span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                 span.end()
                 if hold is not None and self.shim.spans is not None:
-                    hold.span = self.shim.spans.start_hold(self.info, span)
-                    if token is not None:
-                        hold.span.set_attribute(events.ATTR_LOCK_TOKEN, token)
-            if hold is not None:
+                    hold.span = self.shim.spans.start_hold(self.info, token)
+            if hold is not None and self.adapter.watches_holds:
                 self.adapter.on_hold(self.instance, hold)
         except Exception:
             failed()
@@ -241,7 +247,7 @@ def begin(adapter: Adapter, instance: Any, args: Any, kwargs: Any, task: Any) ->
     if info is None:
         return None
     op = _Acquire(shim, adapter, instance, info, task)
-    op.blocking = adapter.blocking(instance, args, kwargs)
+    op.args, op.kwargs = args, kwargs
     return op
 
 
@@ -269,7 +275,7 @@ def acquire_wrapper(adapter: Adapter) -> Wrapper:
             raise
         if token is not None:
             _detach(token)
-        op.done(_result_outcome(adapter, result, op.blocking))
+        op.done(_result_outcome(adapter, result, op))
         return result
 
     return wrapper
@@ -299,7 +305,7 @@ def async_acquire_wrapper(adapter: Adapter) -> Wrapper:
             raise
         if token is not None:
             _detach(token)
-        op.done(_result_outcome(adapter, result, op.blocking))
+        op.done(_result_outcome(adapter, result, op))
         return result
 
     return wrapper
@@ -312,9 +318,11 @@ def exc_outcome(adapter: Adapter, exc: BaseException) -> str:
         return "error"
 
 
-def _result_outcome(adapter: Adapter, result: Any, blocking: bool) -> str:
+def _result_outcome(adapter: Adapter, result: Any, op: _Acquire) -> str:
+    if result is True:
+        return "acquired"
     try:
-        return adapter.outcome(result, blocking)
+        return adapter.outcome(result, adapter.blocking(op.instance, op.args, op.kwargs))
     except Exception:
         return "error"
 
@@ -347,8 +355,12 @@ def released(adapter: Adapter, instance: Any, hold: Hold, exc: BaseException | N
         span = hold.span
         if span is not None:
             hold.span = None
-            span.set_attribute(events.ATTR_OUTCOME, outcome)
-            span.set_attribute(events.ATTR_HOLD_DURATION, (_now() - hold.start) / 1e9)
+            span.set_attributes(
+                {
+                    events.ATTR_OUTCOME: outcome,
+                    events.ATTR_HOLD_DURATION: (_now() - hold.start) / 1e9,
+                }
+            )
             if exc is not None:
                 span.record_exception(exc)
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))

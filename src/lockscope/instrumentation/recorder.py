@@ -40,6 +40,7 @@ class LockInfo:
     __slots__ = (
         "adapter",
         "attrs",
+        "bound",
         "fifo",
         "key",
         "max_leases",
@@ -68,6 +69,8 @@ class LockInfo:
     ) -> None:
         self.adapter = adapter
         """The target adapter that made this (for the reporter's holder look-up)."""
+        self.bound: Any = None
+        """The recorder's stats references for this lock's template (see LockStats.bind)."""
         self.system = system
         self.namespace = namespace
         self.name = name
@@ -166,7 +169,7 @@ class Hold:
         start: int,
         since_ns: int,
         token: int | None,
-        owner: str | None,
+        owner: str | bytes | None,
         expires_at: int | None,
     ) -> None:
         self.info = info
@@ -244,7 +247,7 @@ class Recorder:
         outcome: str,
         *,
         token: int | None = None,
-        owner: str | None = None,
+        owner: str | bytes | None = None,
         ttl: float | None = None,
         hold: bool = True,
     ) -> Hold | None:
@@ -260,7 +263,7 @@ class Recorder:
                 attrs[events.ATTR_WAIT_DURATION] = (now - wait.start) / 1e9
                 self._emit(events.EVENT_WAIT_END, now, attrs)
             self.acquires += 1
-            self.stats.acquired(info.template, info.system, outcome, (now - wait.start) / 1e9)
+            self._count(info, outcome, (now - wait.start) / 1e9)
             if outcome != "acquired" or not hold:
                 return None
             new = self._add_hold(info, wait.actor, wait.task, wait.target, now, token, owner, ttl)
@@ -278,14 +281,14 @@ class Recorder:
         target: object,
         *,
         token: int | None = None,
-        owner: str | None = None,
+        owner: str | bytes | None = None,
         ttl: float | None = None,
     ) -> Hold:
         """An acquire that did not wait (in-process fast path)."""
         now = _perf()
         with self._lock:
             self.acquires += 1
-            self.stats.acquired(info.template, info.system, "acquired", 0.0)
+            self._count(info, "acquired", 0.0)
             return self._add_hold(info, actor, task, target, now, token, owner, ttl)
 
     def _add_hold(
@@ -296,7 +299,7 @@ class Recorder:
         target: object,
         now: int,
         token: int | None,
-        owner: str | None,
+        owner: str | bytes | None,
         ttl: float | None,
     ) -> Hold:
         expires = None if ttl is None else now + self._offset + int(ttl * 1e9)
@@ -387,7 +390,15 @@ class Recorder:
                 if not mine:
                     del self._by_actor[hold.actor]
             duration = (now - hold.start) / 1e9
-            self.stats.held(info.template, info.system, duration, lost)
+            bound = info.bound
+            if bound is None or bound[0] is not self.stats:
+                bound = info.bound = self.stats.bind(info.template, info.system)
+            hist = bound[3]
+            hist[bisect_left(BOUNDS, duration)] += 1
+            hist[-1] += duration
+            if lost:
+                key = (info.template, info.system)
+                self.stats.lost[key] = self.stats.lost.get(key, 0) + 1
             if lost:
                 attrs = self._hold_attrs(hold)
                 attrs[events.ATTR_OUTCOME] = "lost"
@@ -567,6 +578,16 @@ class Recorder:
             self._emit(name, perf_ns, attrs)
 
     # -- internals (caller holds self._lock) ---------------------------------------------
+    def _count(self, info: LockInfo, outcome: str, waited: float) -> None:
+        bound = info.bound
+        if bound is None or bound[0] is not self.stats:
+            bound = info.bound = self.stats.bind(info.template, info.system)
+        outcomes = bound[1]
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        hist = bound[2]
+        hist[bisect_left(BOUNDS, waited)] += 1
+        hist[-1] += waited
+
     def _emit(self, name: str, perf_ns: int, attrs: dict[str, Any]) -> None:
         if len(self._events) >= self.queue_size:
             self.dropped += 1
@@ -607,7 +628,10 @@ class Recorder:
         if hold.token is not None:
             attrs[events.ATTR_LOCK_TOKEN] = hold.token
         if hold.owner is not None:
-            attrs[events.ATTR_LOCK_OWNER] = hold.owner
+            owner = hold.owner
+            if isinstance(owner, bytes):  # kept raw on the hot path, decoded when reported
+                owner = owner.decode("utf-8", "backslashreplace")
+            attrs[events.ATTR_LOCK_OWNER] = owner
         if hold.expires_at is not None:
             attrs[events.ATTR_LOCK_EXPIRES_AT] = hold.expires_at
         return attrs

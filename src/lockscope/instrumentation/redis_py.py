@@ -70,10 +70,9 @@ class RedisAdapter(Adapter):
             blocking = instance.blocking
         return bool(blocking)
 
-    def hold_fields(self, instance: Any) -> tuple[int | None, str | None, float | None]:
-        timeout = instance.timeout
-        owner = _text(getattr(instance.local, "token", None))
-        return None, owner, float(timeout) if timeout is not None else None
+    def hold_fields(self, instance: Any) -> tuple[int | None, str | bytes | None, float | None]:
+        # The owner stays bytes here (decoded only if the hold is reported).
+        return None, getattr(instance.local, "token", None), instance.timeout
 
     def is_lost(self, exc: BaseException) -> bool:
         return isinstance(exc, self.lost_errors)

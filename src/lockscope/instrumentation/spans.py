@@ -16,7 +16,7 @@ from types import FrameType
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.trace import Link, Span, SpanKind, Tracer
+from opentelemetry.trace import Span, SpanKind, Tracer
 
 from lockscope import __version__, events
 from lockscope.instrumentation.recorder import LockInfo, Recorder
@@ -82,14 +82,6 @@ def caller_location(frame: FrameType | None = None) -> tuple[str, int, str] | No
     return None
 
 
-def _add_location(span: Span) -> None:
-    where = caller_location(sys._getframe(1))
-    if where is not None:
-        span.set_attribute(events.ATTR_CODE_FILE, where[0])
-        span.set_attribute(events.ATTR_CODE_LINE, where[1])
-        span.set_attribute(events.ATTR_CODE_FUNCTION, where[2])
-
-
 class SpanFactory:
     """Starts lock spans on the tracer of the app's (global) TracerProvider."""
 
@@ -101,10 +93,19 @@ class SpanFactory:
     def start_acquire(self, info: LockInfo, recorder: Recorder) -> Span:
         """The wait span (linked to the holder's hold span when the holder is in this
         process); the caller makes it current and ends it."""
-        span = self.tracer.start_span(events.SPAN_ACQUIRE, kind=SpanKind.INTERNAL)
+        span = self.tracer.start_span(
+            events.SPAN_ACQUIRE, kind=SpanKind.INTERNAL, attributes=info.attrs
+        )
         if span.is_recording():
-            span.set_attributes(info.attrs)
-            _add_location(span)
+            where = caller_location(sys._getframe(1))
+            if where is not None:
+                span.set_attributes(
+                    {
+                        events.ATTR_CODE_FILE: where[0],
+                        events.ATTR_CODE_LINE: where[1],
+                        events.ATTR_CODE_FUNCTION: where[2],
+                    }
+                )
             holder = recorder.holder_of(info.key)
             if holder is not None and holder.span is not None:
                 context = holder.span.get_span_context()
@@ -112,12 +113,9 @@ class SpanFactory:
                     span.add_link(context, {"lockscope.link": "holder"})
         return span
 
-    def start_hold(self, info: LockInfo, acquire_span: Span) -> Span:
-        """The hold span, a sibling of the sampled wait span, linked to it."""
-        span = self.tracer.start_span(
-            events.SPAN_HOLD,
-            kind=SpanKind.INTERNAL,
-            attributes=info.attrs,
-            links=[Link(acquire_span.get_span_context())],
-        )
-        return span
+    def start_hold(self, info: LockInfo, token: int | None) -> Span:
+        """The hold span, a sibling of the sampled wait span (same parent)."""
+        attrs = info.attrs
+        if token is not None:
+            attrs = {**attrs, events.ATTR_LOCK_TOKEN: token}
+        return self.tracer.start_span(events.SPAN_HOLD, kind=SpanKind.INTERNAL, attributes=attrs)

@@ -44,6 +44,8 @@ class LockStats:
         self.lost: dict[Key, int] = {}
         self.waits: dict[Key, list[float]] = {}
         self.holds: dict[Key, list[float]] = {}
+        self.by_outcome: dict[Key, dict[str, int]] = {}
+        """Acquisitions counted through :meth:`bind` (merged by :meth:`snapshot`)."""
         self._templates: set[str] = set()
 
     def _key(self, template: str, system: str) -> Key:
@@ -97,11 +99,32 @@ class LockStats:
         for i, value in enumerate(hist):
             mine[i] += value - (before[i] if before is not None else 0)
 
+    def bind(self, template: str, system: str) -> tuple[LockStats, dict[str, int], list[float],
+                                                       list[float]]:  # fmt: skip
+        """Direct references for one (template, system): (self, acquisitions by outcome,
+        wait histogram, hold histogram).  Callers cache it per lock (hot path: no look-ups)."""
+        key = self._key(template, system)
+        by_outcome = self.by_outcome.get(key)
+        if by_outcome is None:
+            by_outcome = self.by_outcome[key] = {}
+        waits = self.waits.get(key)
+        if waits is None:
+            waits = self.waits[key] = [0] * (_SUM + 1)
+        holds = self.holds.get(key)
+        if holds is None:
+            holds = self.holds[key] = [0] * (_SUM + 1)
+        return self, by_outcome, waits, holds
+
     def snapshot(self) -> StatsSnapshot:
         """Copies of the cumulative figures."""
+        acquisitions = dict(self.acquisitions)
+        for (template, system), outcomes in list(self.by_outcome.items()):
+            for outcome, count in list(outcomes.items()):
+                key = (template, system, outcome)
+                acquisitions[key] = acquisitions.get(key, 0) + count
         return (
             self.start_ns,
-            dict(self.acquisitions),
+            acquisitions,
             dict(self.lost),
             {k: list(v) for k, v in list(self.waits.items())},
             {k: list(v) for k, v in list(self.holds.items())},

@@ -104,3 +104,26 @@ def test_demo_command_finds_a_deadlock_and_a_stale_holder() -> None:
     assert "DEADLOCK dl-" in result.stdout
     assert "STALE HOLDER found by the agent" in result.stdout
     assert "installing" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["agent", "instrument", "status", "demo"])
+def test_every_command_help_says_what_it_does_with_an_example(command: str) -> None:
+    from lockscope.cli import COMMANDS
+
+    assert command in COMMANDS
+    result = subprocess.run(
+        [sys.executable, "-m", "lockscope", command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^\s*Examples?:", result.stdout, re.MULTILINE), result.stdout
+    assert f"lockscope {command}" in result.stdout.split("Example", 1)[1]
+
+
+def test_the_command_list_is_covered() -> None:
+    from lockscope.cli import COMMANDS
+
+    assert set(COMMANDS) == {"agent", "instrument", "status", "demo"}

@@ -237,7 +237,7 @@ class Round:
         holder.signal(signal.SIGKILL)
         crashed = time.monotonic()
         found = self.until(
-            lambda: self._stale_of(holder.pid),
+            lambda: self._stale_of(holder),
             self.find_timeout,
             "the agent's stale-holder finding",
         )
@@ -270,9 +270,14 @@ class Round:
                 return bool(proc.get("last_heartbeat")) and (proc.get("holds") or 0) > 0
         return False
 
-    def _stale_of(self, pid: int) -> dict[str, Any] | None:
-        items = self.agent.findings("/api/v1/stale-holders", "stale_holders", "active")
-        return next((item for item in items if item.get("pid") == pid), None)
+    def _stale_of(self, holder: Worker) -> dict[str, Any] | None:
+        # Any status: on a slow machine the lease may run out, and the finding resolve,
+        # between two polls; it was found all the same.
+        items = self.agent.findings("/api/v1/stale-holders", "stale_holders")
+        return next(
+            (i for i in items if i.get("pid") == holder.pid and i.get("service") == holder.name),
+            None,
+        )
 
     # -- both ------------------------------------------------------------------------------
     def run(self) -> RoundResult:

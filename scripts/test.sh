@@ -4,10 +4,15 @@
 #   scripts/test.sh                 # everything
 #   scripts/test.sh -k redis -x     # extra arguments go to pytest
 #
-# Creates .venv (Python >= 3.11) on first use and installs lockscope with its test extras.
-# The servers come from Debian packages: run scripts/setup-system.sh once first.
+# Sets up everything on a fresh Debian machine: the server packages (scripts/setup-system.sh,
+# a no-op once they are installed; LOCKSCOPE_SKIP_SYSTEM_SETUP=1 skips it), then .venv
+# (Python >= 3.11) with lockscope and its test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [[ ${LOCKSCOPE_SKIP_SYSTEM_SETUP:-0} != 1 ]]; then
+  scripts/setup-system.sh
+fi
 
 python=${PYTHON:-python3}
 venv=.venv

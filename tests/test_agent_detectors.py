@@ -648,7 +648,7 @@ def test_evidence_timeout_reports_for_senders_without_heartbeats() -> None:
     w.wait("1.1", "B")
     w.wait("2.1", "A")
     assert w.active("deadlocks") == []
-    w.advance(2.9)
+    w.advance(2.4)
     assert w.active("deadlocks") == []
     w.advance(0.2)
     assert len(w.active("deadlocks")) == 1

@@ -240,8 +240,7 @@ def run_scenario(
                     if omode != "semaphore" and not (mode == "read" and omode == "read"):
                         del m.holds[lock][other]
             m.holds[lock][key] = mode
-            if key in m.waits and m.waits[key][0] == lock:
-                del m.waits[key]
+            m.waits.pop(key, None)  # an actor that acquires is not waiting any more
         elif op == "wait":
             if key in m.waits:
                 continue

@@ -112,7 +112,7 @@ class AgentConfig:
     confirm_after: float = 0.0
     """Seconds a deadlock candidate must persist before it is re-checked and reported.
     0 confirms at once (lowest latency); a few hundred ms rides out reordered delivery."""
-    evidence_timeout: float = 3.0
+    evidence_timeout: float = 2.5
     """A deadlock candidate one of whose edges rests only on evidence older than the wait
     it blocks (the hold was last asserted before the waiter began waiting: its release
     event may have been lost) waits for the holder's next heartbeat to confirm the hold,

@@ -83,7 +83,7 @@ class DeadlockDetector:
         *,
         budget: int,
         confirm_after_ns: int,
-        evidence_timeout_ns: int = 2_000_000_000,
+        evidence_timeout_ns: int = 2_500_000_000,
         on_limit: Callable[[str], None] | None = None,
     ) -> None:
         self._store = store

@@ -448,10 +448,11 @@ class AgentState:
         if ("w", actor.key, lock.key, since) in self._tombstones:
             _inc(self.counters.events_ignored, "tombstoned")
             return None
-        h = actor.holds.get(lock.key)
-        if h is not None and h.since_ns >= since:
-            _inc(self.counters.events_ignored, "superseded")  # the wait that led to the hold
-            return None
+        # ...and a wait that began before one of the actor's holds was over by then.
+        for h in actor.holds.values():
+            if h.since_ns > since or (h.lock is lock and h.since_ns == since):
+                _inc(self.counters.events_ignored, "superseded")
+                return None
         ticket = _int(attrs, ev.ATTR_QUEUE_POSITION)
         cur = actor.wait
         if cur is not None:
@@ -515,9 +516,13 @@ class AgentState:
         if ("h", actor.key, lock.key, since) in self._tombstones:
             _inc(self.counters.events_ignored, "tombstoned")
             return None, False
+        # An actor blocked in one acquire cannot acquire anything else: whatever it waited
+        # for before this hold began is over (acquired, timed out, cancelled).
         w = actor.wait
-        if w is not None and w.lock is lock and w.since_ns <= since:
+        if w is not None and (w.since_ns < since or (w.lock is lock and w.since_ns == since)):
             self._drop_wait(w, tombstone=True, gc=False)
+            if w.lock is not lock:
+                self._gc_lock(w.lock)
         expires = _int(attrs, ev.ATTR_LOCK_EXPIRES_AT)
         token = _int(attrs, ev.ATTR_LOCK_TOKEN)
         cur = actor.holds.get(lock.key)

@@ -189,3 +189,123 @@ def metric_value(text: str, name: str, labels: Mapping[str, str] | None = None) 
         total += float(value)
         found = True
     return total if found else 0.0
+
+
+def letters(i: int) -> str:
+    """``i`` in base 26 letters: distinct names the digit/uuid collapse cannot fold."""
+    out = ""
+    while True:
+        i, r = divmod(i, 26)
+        out = chr(97 + r) + out
+        if not i:
+            return out
+
+
+def cardinality_attack(
+    otlp_url: str,
+    http_url: str,
+    pid: int,
+    names: int,
+    batch: int = 5_000,
+    processes: int = 50,
+    token: str | None = None,
+) -> dict[str, Any]:
+    """Post ``names`` distinct lock names as holds (to the state) and as metric series
+    (to the lock label), then read the agent's /metrics and its RSS."""
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsServiceRequest,
+    )
+
+    from lockscope import events as ev
+    from lockscope.agent.model import Event, ProcessInfo
+    from lockscope.testing.agent import encode_logs
+
+    protobuf = {"Content-Type": "application/x-protobuf"}
+    rss_before = rss_bytes(pid)
+    peak = rss_before
+    now = time.time_ns()
+    started = time.monotonic()
+    for start in range(0, names, batch):
+        holds = []
+        metrics = ExportMetricsServiceRequest()
+        rm = metrics.resource_metrics.add()
+        proc = ProcessInfo(
+            "attacker",
+            "host",
+            90_000 + start // batch % processes,
+            f"atk-{start // batch % processes}",
+        )
+        for key, value in (
+            (ev.RES_SERVICE_NAME, proc.service),
+            (ev.RES_SERVICE_INSTANCE, proc.instance),
+            (ev.RES_PROCESS_PID, proc.pid),
+        ):
+            kv = rm.resource.attributes.add(key=key)
+            if isinstance(value, int):
+                kv.value.int_value = value
+            else:
+                kv.value.string_value = value
+        metric = rm.scope_metrics.add().metrics.add(name=ev.METRIC_ACQUISITIONS)
+        metric.sum.aggregation_temporality = 2  # type: ignore[assignment]  # cumulative
+        metric.sum.is_monotonic = True
+        for i in range(start, min(names, start + batch)):
+            name = "attack:" + letters(i)
+            holds.append(
+                Event(
+                    ev.EVENT_HOLD_START,
+                    now,
+                    proc,
+                    {
+                        ev.ATTR_LOCK_SYSTEM: "redis",
+                        ev.ATTR_LOCK_NAMESPACE: "ns",
+                        ev.ATTR_LOCK_NAME: name,
+                        ev.ATTR_LOCK_MODE: "exclusive",
+                        ev.ATTR_ACTOR_ID: f"thread:{i % 64}",
+                        ev.ATTR_SINCE: now,
+                    },
+                )
+            )
+            point = metric.sum.data_points.add(
+                start_time_unix_nano=now, time_unix_nano=now, as_int=1
+            )
+            for key, value in (
+                (ev.ATTR_LOCK_TEMPLATE, name),
+                (ev.ATTR_LOCK_SYSTEM, "redis"),
+                (ev.ATTR_OUTCOME, "acquired"),
+            ):
+                point.attributes.add(key=key).value.string_value = value
+        status, _, body = request(
+            otlp_url + "/v1/logs",
+            data=encode_logs(holds),
+            headers=protobuf,
+            token=token,
+            timeout=60,
+        )
+        assert status == 200, (status, body[:200])
+        status, _, body = request(
+            otlp_url + "/v1/metrics",
+            data=metrics.SerializeToString(),
+            headers=protobuf,
+            token=token,
+            timeout=60,
+        )
+        assert status == 200, (status, body[:200])
+        peak = max(peak, rss_bytes(pid))
+    elapsed = time.monotonic() - started
+    status, _, body = request(http_url + "/metrics", token=token, timeout=60)
+    assert status == 200
+    text = body.decode()
+    label_values = set(re.findall(r'[{,]lock="((?:[^"\\]|\\.)*)"', text))
+    rss_after = rss_bytes(pid)
+    return {
+        "names": names,
+        "seconds": round(elapsed, 1),
+        "names_per_second": round(names / elapsed),
+        "lock_label_values": len(label_values),
+        "limits_hit": metric_value(text, "lockscope_agent_limits_hit_total"),
+        "rejected": metric_value(text, "lockscope_agent_events_rejected_total"),
+        "metric_points_dropped": metric_value(text, "lockscope_agent_metric_points_dropped_total"),
+        "rss_before_bytes": rss_before,
+        "rss_peak_bytes": max(peak, rss_after),
+        "rss_growth_bytes": max(peak, rss_after) - rss_before,
+    }

@@ -24,6 +24,8 @@ the environment, which wins over the file, which wins over the default:
   --tls-cert FILE           LOCKSCOPE_AGENT_TLS_CERT          tls_cert              none
   --tls-key FILE            LOCKSCOPE_AGENT_TLS_KEY           tls_key               none
   --no-metrics-auth         -                                 metrics_auth = false  true
+  --external-url URL        LOCKSCOPE_AGENT_EXTERNAL_URL      external_url          the HTTP address
+    (base of the web view links that alerts carry)
 
 With a token, ingest (/v1/*), the API, the web view and /metrics need
 "Authorization: Bearer TOKEN" (/healthz and /readyz stay open); with a certificate and key
@@ -82,6 +84,7 @@ ENV_TOKEN: Final = "LOCKSCOPE_AGENT_TOKEN"
 ENV_TOKEN_FILE: Final = "LOCKSCOPE_AGENT_TOKEN_FILE"
 ENV_TLS_CERT: Final = "LOCKSCOPE_AGENT_TLS_CERT"
 ENV_TLS_KEY: Final = "LOCKSCOPE_AGENT_TLS_KEY"
+ENV_EXTERNAL_URL: Final = "LOCKSCOPE_AGENT_EXTERNAL_URL"
 
 DEFAULT_OTLP: Final = "127.0.0.1:4318"
 DEFAULT_HTTP: Final = "127.0.0.1:9477"
@@ -99,6 +102,7 @@ FILE_KEYS: Final = frozenset(
         "tls_cert",
         "tls_key",
         "metrics_auth",
+        "external_url",
     }
 )
 """Top-level config file keys the command itself reads; the rest go to AgentConfig."""
@@ -166,6 +170,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tls-key", metavar="FILE", help=f"the certificate's PEM private key (env {ENV_TLS_KEY})"
     )
     parser.add_argument(
+        "--external-url",
+        metavar="URL",
+        help=f"URL people reach the web view at, for alert links (env {ENV_EXTERNAL_URL})",
+    )
+    parser.add_argument(
         "--no-metrics-auth",
         dest="metrics_auth",
         action="store_false",
@@ -209,6 +218,8 @@ class AgentSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     metrics_auth: bool = True
+    external_url: str | None = None
+    """Base URL of the web view in alert links (default: the bound HTTP address)."""
 
 
 def _read_file(path: Path | None) -> dict[str, Any]:
@@ -260,6 +271,17 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
     for url in urls:
         if not url.startswith(("http://", "https://")):
             raise SettingsError(f"Alertmanager URL must start with http:// or https://: {url!r}")
+    external_url = pick(
+        "external_url",
+        getattr(args, "external_url", None),
+        env.get(ENV_EXTERNAL_URL),
+        section.get("external_url"),
+        None,
+    )
+    if external_url is not None and (
+        not isinstance(external_url, str) or not external_url.startswith(("http://", "https://"))
+    ):
+        raise SettingsError(f"external_url must start with http:// or https://: {external_url!r}")
     otlp = pick("otlp", args.otlp, env.get(ENV_OTLP), section.get("otlp"), DEFAULT_OTLP)
     http = pick("http", args.http, env.get(ENV_HTTP), section.get("http"), DEFAULT_HTTP)
     level = pick(
@@ -341,6 +363,7 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
         tls_cert=Path(tls_cert) if tls_cert is not None else None,
         tls_key=Path(tls_key) if tls_key is not None else None,
         metrics_auth=metrics_auth,
+        external_url=external_url,
     )
 
 
@@ -373,6 +396,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         from lockscope.agent.app import run_agent
+        from lockscope.agent.export_alertmanager import alert_options
         from lockscope.agent.web_security import AccessPolicy, server_ssl_context
     except ImportError as exc:
         print(
@@ -396,6 +420,7 @@ def run(args: argparse.Namespace) -> int:
         http=settings.http,
         max_request_bytes=settings.max_request_bytes,
         alertmanager_urls=settings.alertmanager_urls,
+        http_setup=[alert_options(external_url=settings.external_url)],
     )
 
 

@@ -4,17 +4,24 @@ Alertmanager is down."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from export_helpers import BILLING, SHIPPING, S, deadlock_events, end_wait, metrics_text, samples
 from lockscope.agent.export_alertmanager import alert_options
-from lockscope.testing.agent import InProcessAgent
+from lockscope.testing.agent import InProcessAgent, encode_logs
 from lockscope.testing.prometheus import AlertmanagerServer
+from lockscope.testing.server import free_port
 
 EXTERNAL = "https://lockscope.example.test"
 FAST = {"resend_interval": 1.0, "backoff_initial": 0.1, "backoff_max": 0.5}
@@ -171,3 +178,45 @@ def test_no_alertmanager_url_means_no_exporter():
     with InProcessAgent() as agent:
         text = metrics_text(agent)
     assert "lockscope_agent_alerts_sent_total" not in text
+
+
+def test_lockscope_agent_command_pushes_with_its_external_url(
+    alertmanager_server: AlertmanagerServer, locks: tuple[str, str]
+):
+    """The real ``lockscope agent`` process: --alertmanager-url and --external-url."""
+    otlp, http = free_port(), free_port()
+    agent = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "lockscope"),
+            "agent",
+            f"--otlp=127.0.0.1:{otlp}",
+            f"--http=127.0.0.1:{http}",
+            f"--alertmanager-url={alertmanager_server.url}",
+            "--external-url=https://locks.example.test/",
+        ],
+        env={**os.environ, "LOCKSCOPE_LOG_LEVEL": "warning"},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+
+        def ready() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http}/readyz", timeout=1) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        wait_until(ready)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{otlp}/v1/logs",
+            data=encode_logs(deadlock_events(*locks)),
+            headers={"Content-Type": "application/x-protobuf"},
+        )
+        urllib.request.urlopen(request, timeout=10).close()
+        (alert,) = wait_until(lambda: deadlock_alerts(alertmanager_server, locks))
+        link = alert["annotations"]["finding_url"]
+        assert link.startswith("https://locks.example.test/findings/deadlock/dl-"), link
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=30) == 0, agent.stderr.read() if agent.stderr else ""

@@ -35,10 +35,12 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 from aiohttp import web
@@ -426,10 +428,21 @@ def alert_options(**options: Any) -> Any:
 
 
 def bind_http_url(app: web.Application, url: str) -> None:
-    """Tell the exporter where the HTTP listener ended up (the default link base)."""
+    """Tell the exporter where the HTTP listener ended up (the default link base).
+
+    A wildcard address (``0.0.0.0``, ``::``) is no use in a link: the host's name is used
+    instead; set ``--external-url`` when people reach the agent through another name.
+    """
     options = app.get(ALERT_OPTIONS_KEY)
-    if options is not None:
-        options.bound_url = url
+    if options is None:
+        return
+    parts = urlsplit(url)
+    if parts.hostname in ("0.0.0.0", "::"):
+        netloc = socket.getfqdn()
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        url = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    options.bound_url = url
 
 
 def exporter_of(app: web.Application) -> AlertExporter | None:

@@ -19,6 +19,7 @@ import pytest
 
 from export_helpers import BILLING, SHIPPING, S, deadlock_events, end_wait, metrics_text, samples
 from lockscope.agent.export_alertmanager import alert_options
+from lockscope.agent.findings import Finding
 from lockscope.testing.agent import InProcessAgent, encode_logs
 from lockscope.testing.prometheus import AlertmanagerServer
 from lockscope.testing.server import free_port
@@ -220,3 +221,32 @@ def test_lockscope_agent_command_pushes_with_its_external_url(
     finally:
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(timeout=30) == 0, agent.stderr.read() if agent.stderr else ""
+
+
+def _finding(n: int, active: bool) -> Finding:
+    finding = Finding(
+        kind="violation",
+        id=f"viol-{n}",
+        labels={"alertname": "LockMutualExclusionViolation", "id": f"viol-{n}", "lock": "x"},
+        text=f"violation {n}",
+        data={},
+        detected_at_ns=time.time_ns(),
+    )
+    if not active:
+        finding.resolved_at_ns = time.time_ns()
+    return finding
+
+
+def test_alert_memory_is_bounded_and_never_drops_active_alerts():
+    from lockscope.agent.export_alertmanager import AlertExporter, AlertOptions
+
+    exporter = AlertExporter([], AlertOptions(max_alerts=3))
+    for n in range(3):
+        exporter.on_finding(_finding(n, active=True))
+    for n in range(3, 8):
+        exporter.on_finding(_finding(n, active=True))
+        resolved = _finding(n, active=False)
+        exporter.on_finding(resolved)
+    assert len(exporter) == 4  # the three active ones plus the newest resolved
+    assert exporter.dropped == 4
+    assert {"viol-0", "viol-1", "viol-2", "viol-7"} == set(exporter._alerts)

@@ -5,8 +5,10 @@ lockscope's DatabaseLock on a SQLite file in a temporary directory, each instrum
 the shim exactly as your app would be (LockscopeInstrumentor().instrument()):
 
   1. three transfers each lock one account, then want the next one's: a ring of three,
-     a real deadlock.  The agent finds it within about a second and names a victim; the
-     victim gives up its acquire and the other two complete.
+     a real deadlock.  The agent finds it within about a second and names a victim.
+     The deadlock is left in place for --linger seconds (20; Enter goes on) for you to
+     look at in the web view; then the victim gives up its acquire and the other two
+     complete.
   2. a report job crashes (SIGKILL) while holding a lease; the agent reports the stale
      holder as soon as its heartbeats stop; a retry takes the lock when the lease ends.
 
@@ -49,6 +51,7 @@ DEFAULT_OTLP: Final = ("127.0.0.1", 4318)
 DEFAULT_HTTP: Final = ("127.0.0.1", 9477)
 DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
 ENV_AGENT_TOKEN: Final = "LOCKSCOPE_AGENT_TOKEN"
+DEFAULT_LINGER: Final = 20.0
 EXIT_NOT_FOUND: Final = 1
 EXIT_USAGE: Final = 2
 WORKER_ENV: Final = {
@@ -104,6 +107,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=15.0,
         metavar="SECONDS",
         help="how long to wait for each finding before failing (default 15)",
+    )
+    parser.add_argument(
+        "--linger",
+        type=float,
+        metavar="SECONDS",
+        help="leave the deadlock (and the dead holder's lease) in place this long before "
+        "resolving, to look at it (default 0 with --once, else 20; Enter ends it early)",
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
@@ -206,8 +216,9 @@ def run(args: argparse.Namespace) -> int:
     from lockscope.demo.agent_link import AgentError
     from lockscope.demo.console import Console
 
-    if (args.repeat is not None and args.repeat < 0) or args.timeout <= 0:
-        print("lockscope demo: --repeat must be >= 0 and --timeout > 0", file=sys.stderr)
+    negative = [v for v in (args.repeat, args.linger) if v is not None and v < 0]
+    if negative or args.timeout <= 0:
+        print("lockscope demo: --repeat and --linger must be >= 0, --timeout > 0", file=sys.stderr)
         return EXIT_USAGE
     try:
         if args.backend == "redis":
@@ -228,6 +239,7 @@ def _play(args: argparse.Namespace, agent: AgentLink, console: Console) -> int:
     from lockscope.demo.scenario import DemoFailed, Round
 
     rounds_ok = 0
+    linger = args.linger if args.linger is not None else (0.0 if args.once else DEFAULT_LINGER)
     with tempfile.TemporaryDirectory(prefix="lockscope-demo-") as tmp:
         if args.backend == "redis":
             url, where = args.redis_url, f"RedisLock on {args.redis_url}"
@@ -251,6 +263,7 @@ def _play(args: argparse.Namespace, agent: AgentLink, console: Console) -> int:
                     url=url,
                     number=number,
                     find_timeout=args.timeout,
+                    linger=linger,
                 )
                 try:
                     result = game.run()

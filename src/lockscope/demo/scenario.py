@@ -7,7 +7,9 @@ API, as ``lockscope status`` or the web view would.
 
 from __future__ import annotations
 
+import select
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,6 +76,7 @@ class Round:
         url: str,
         number: int = 1,
         find_timeout: float = FIND_TIMEOUT,
+        linger: float = 0.0,
     ) -> None:
         self.agent = agent
         self.pool = pool
@@ -82,6 +85,8 @@ class Round:
         self.url = url
         self.suffix = "" if number == 1 else f"#{number}"
         self.find_timeout = find_timeout
+        self.linger = linger
+        self.lease = max(STALE_LEASE, linger)
         self.result = RoundResult()
 
     # -- plumbing --------------------------------------------------------------------------
@@ -175,6 +180,7 @@ class Round:
         victim = found.get("victim")
         c.step(f"suggested victim: {victim} (the youngest waiter, as PostgreSQL and InnoDB pick)")
         target = self._victim_worker(found, workers)
+        self._linger("the deadlock stays in place")
         c.step(
             f"resolving: {target.name} gives up its acquire (SIGTERM), as a database aborts"
             " the victim's transaction"
@@ -191,6 +197,23 @@ class Round:
         for w in workers:
             self.event(w, "exit", START_TIMEOUT)
         c.step("the other two transfers completed")
+
+    def _linger(self, what: str) -> None:
+        """Leave the problem in place for ``linger`` seconds (Enter on a terminal ends it
+        early), so it can be seen in the web view, ``lockscope status`` and Grafana."""
+        if self.linger <= 0:
+            return
+        interactive = sys.stdin.isatty()
+        hint = "; press Enter to go on" if interactive else ""
+        self.console.step(f"{what} for {self.linger:g} s: see it at {self.agent.http_url}/{hint}")
+        deadline = time.monotonic() + self.linger
+        while (remaining := deadline - time.monotonic()) > 0:
+            if interactive:
+                ready, _, _ = select.select([sys.stdin], [], [], min(0.1, remaining))
+                if ready:
+                    sys.stdin.readline()
+                    return
+            self.pump(0 if interactive else min(0.1, remaining))
 
     def _deadlock_of(self, pids: set[int], *, active: bool) -> dict[str, Any] | None:
         items = self.agent.findings("/api/v1/deadlocks", "deadlocks", "active" if active else "all")
@@ -221,7 +244,7 @@ class Round:
         c.heading("2. A stale holder: the report job crashes while it holds the report lock")
         holder = self.pool.start(
             "nightly-report" + self.suffix,
-            self._argv("hold", STALE_LOCK, "--ttl", str(STALE_LEASE)),
+            self._argv("hold", STALE_LOCK, "--ttl", str(self.lease)),
         )
         self.event(holder, "holding", START_TIMEOUT)
         retry = self.pool.start(
@@ -250,7 +273,7 @@ class Round:
         c.block(stale_table([found]))
         c.step(
             f"{retry.name} keeps waiting: the lease of the dead holder ends"
-            f" {STALE_LEASE:.0f} s after it was taken"
+            f" {self.lease:.0f} s after it was taken"
         )
         self.event(retry, "acquired", START_TIMEOUT)
         resolved = self.until(

@@ -78,9 +78,12 @@ def test_demo_once_on_redis_with_an_external_agent(
         agent.http_url,
         "--agent-token",
         TOKEN,
+        "--linger",
+        "1",
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"RedisLock on {redis_url}" in result.stdout
+    assert f"the deadlock stays in place for 1 s: see it at {agent.http_url}/" in result.stdout
     assert_full_story(result.stdout)
     # The findings live in the external agent, where the demo read them.
     deadlocks = agent.call(lambda: agent.state.api_deadlocks())["deadlocks"]

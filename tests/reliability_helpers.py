@@ -15,6 +15,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -309,3 +310,162 @@ def cardinality_attack(
         "rss_peak_bytes": max(peak, rss_after),
         "rss_growth_bytes": max(peak, rss_after) - rss_before,
     }
+
+
+class FaultProxy:
+    """An OTLP/HTTP hop between shims and an agent that misbehaves on demand.
+
+    ``mode``: ``"pass"`` (forward), ``"black_hole"`` (read the request, never answer),
+    ``"slow"`` (answer after ``delay`` seconds, forwarding), ``"status"`` (answer
+    ``status`` with ``retry_after``, forward nothing).  In ``pass`` mode, ``drop`` is the
+    probability that a lock event (log record) is lost, and with ``reorder`` the records
+    of each request are shuffled and requests are forwarded in random order, in windows of
+    ``reorder_window`` seconds; the shim always gets 200, as from a Collector that lost
+    data after accepting it.  Counts are in :attr:`counts`.
+    """
+
+    def __init__(self, upstream: str | None = None, seed: int = 1) -> None:
+        import http.server
+        import random
+
+        self.upstream = upstream
+        self.mode = "pass"
+        self.delay = 0.0
+        self.status = 500
+        self.retry_after: str | None = None
+        self.drop = 0.0
+        self.reorder = False
+        self.reorder_window = 0.05
+        self.keep_metrics = True
+        self.counts: Counter[str] = Counter()
+        self._random = random.Random(seed)
+        self._lock = threading.Lock()
+        self._pending: list[tuple[str, dict[str, str], bytes]] = []
+        self._stop = threading.Event()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0") or 0)
+                body = self.rfile.read(length)
+                headers = {
+                    k: v
+                    for k, v in self.headers.items()
+                    if k.lower() in ("content-type", "authorization", "content-encoding")
+                }
+                status, retry_after = proxy._handle(self.path, headers, body)
+                if status is None:
+                    proxy._stop.wait(3600)
+                    self.close_connection = True
+                    return
+                self.send_response(status)
+                if retry_after:
+                    self.send_header("Retry-After", retry_after)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
+        self._server = Server(("127.0.0.1", 0), Handler)
+        self._threads = [
+            threading.Thread(target=self._server.serve_forever, daemon=True),
+            threading.Thread(target=self._forward_loop, daemon=True),
+        ]
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> FaultProxy:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> FaultProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _handle(
+        self, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int | None, str | None]:
+        self.counts["requests"] += 1
+        mode = self.mode
+        if mode == "black_hole":
+            self.counts["black_holed"] += 1
+            return None, None
+        if mode == "status":
+            self.counts[f"answered_{self.status}"] += 1
+            return self.status, self.retry_after
+        if mode == "slow":
+            time.sleep(self.delay)  # the fault itself: this hop is slow
+        if path.endswith("/v1/logs") and (self.drop or self.reorder):
+            body = self._mangle(body)
+        if self.upstream is None:
+            return 200, None
+        if self.reorder and path.endswith("/v1/logs"):
+            with self._lock:
+                self._pending.append((path, headers, body))
+            return 200, None
+        return self._forward(path, headers, body), None
+
+    def _mangle(self, body: bytes) -> bytes:
+        from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+            ExportLogsServiceRequest,
+        )
+
+        request = ExportLogsServiceRequest()
+        request.ParseFromString(body)
+        for resource_logs in request.resource_logs:
+            for scope_logs in resource_logs.scope_logs:
+                records = list(scope_logs.log_records)
+                kept = [r for r in records if self._random.random() >= self.drop]
+                self.counts["records"] += len(records)
+                self.counts["records_dropped"] += len(records) - len(kept)
+                if self.reorder:
+                    self._random.shuffle(kept)
+                del scope_logs.log_records[:]
+                scope_logs.log_records.extend(kept)
+        return bytes(request.SerializeToString())
+
+    def _forward(self, path: str, headers: dict[str, str], body: bytes) -> int:
+        import http.client
+        from urllib.parse import urlsplit
+
+        assert self.upstream is not None
+        parts = urlsplit(self.upstream)
+        conn = http.client.HTTPConnection(
+            parts.hostname or "127.0.0.1", parts.port or 80, timeout=30
+        )
+        try:
+            conn.request("POST", path, body=body, headers=headers)
+            response = conn.getresponse()
+            response.read()
+            self.counts[f"forwarded_{response.status}"] += 1
+            return response.status
+        except OSError:
+            self.counts["upstream_down"] += 1
+            return 503
+        finally:
+            conn.close()
+
+    def _forward_loop(self) -> None:
+        while not self._stop.wait(self.reorder_window):
+            with self._lock:
+                batch, self._pending = self._pending, []
+            self._random.shuffle(batch)
+            for path, headers, body in batch:
+                self._forward(path, headers, body)

@@ -256,3 +256,16 @@ def test_the_node_graph_panel_reads_the_agent(live: tuple[InProcessAgent, Promet
     # The live deadlock is in it, highlighted.
     assert any(e["highlighted"] for e in edges)
     assert {"orders:1", "payments:9"} <= {n["title"] for n in nodes}
+
+
+def test_live_metrics_of_a_real_app_pass_promtool(live: tuple[InProcessAgent, PrometheusServer]):
+    agent, _ = live
+    with urllib.request.urlopen(agent.http_url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    assert "lockscope_lock_wait_seconds_bucket{" in text
+    result = subprocess.run(
+        ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "", result.stdout
+    assert result.stderr.strip() == "", result.stderr

@@ -85,11 +85,13 @@ class DeadlockDetector:
         confirm_after_ns: int,
         evidence_timeout_ns: int = 2_500_000_000,
         on_limit: Callable[[str], None] | None = None,
+        semaphores_waited: Callable[[], bool] = lambda: True,
     ) -> None:
         self._store = store
         self._budget = budget
         self._confirm_after_ns = confirm_after_ns
         self._evidence_timeout_ns = evidence_timeout_ns
+        self._semaphores_waited = semaphores_waited
         self._on_limit = on_limit or (lambda _name: None)
         self._active: dict[str, _Active] = {}
         self._index: dict[Actor, set[str]] = {}
@@ -162,10 +164,13 @@ class DeadlockDetector:
         self.counters.searches_total += 1
         try:
             path, hit = find_cycle(actor, self._budget, self._index)
-            if path is None and not hit:
+            # Without a cycle through `actor`, only a semaphore knot upstream of it can be
+            # new (when it got stuck behind a known deadlock); with no semaphore waits at all
+            # there is nothing to do.
+            if path is None and not (hit and self._semaphores_waited()):
                 return
             red = reduce([actor], self._budget)
-            if actor in red.residual:
+            if actor in red.residual and self._semaphores_waited():
                 # `actor` is stuck now; semaphore waiters upstream of it may be stuck too.
                 seeds = upstream([actor], self._budget)
                 if len(seeds) > 1:

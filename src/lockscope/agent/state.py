@@ -55,6 +55,7 @@ from lockscope.agent.findings import (
 )
 from lockscope.agent.graph import (
     EXCLUSIVE,
+    SEMAPHORE,
     Actor,
     Hold,
     Lock,
@@ -184,6 +185,7 @@ class AgentState:
         self._locks: dict[str, Lock] = {}
         self._nholds = 0
         self._nwaits = 0
+        self._semaphore_waits = 0
         self._waiters: dict[str, int] = {}
         self._labels: set[str] = set()
         self._tombstones: OrderedDict[tuple[str, str, str, int], int] = OrderedDict()
@@ -204,6 +206,7 @@ class AgentState:
             confirm_after_ns=int(config.confirm_after * _NS),
             evidence_timeout_ns=int(config.evidence_timeout * _NS),
             on_limit=self._limit_hit,
+            semaphores_waited=lambda: self._semaphore_waits > 0,
         )
         self.order = OrderGraph(self._limits.max_order_pairs, config.order_self_pairs)
         self._now = clock()
@@ -479,6 +482,8 @@ class AgentState:
         actor.wait = w
         lock.add_wait(w)
         self._nwaits += 1
+        if mode == SEMAPHORE:
+            self._semaphore_waits += 1
         label = self._label(lock.template)
         self._waiters[label] = self._waiters.get(label, 0) + 1
         self.deadlocks.touched(actor)
@@ -491,15 +496,15 @@ class AgentState:
         actor.wait = None
         lock.remove_wait(w)
         self._nwaits -= 1
+        if w.mode == SEMAPHORE:
+            self._semaphore_waits -= 1
         label = self._label(lock.template)
         self._waiters[label] -= 1
         if tombstone:
             self._tombstone("w", actor, lock, w.since_ns)
+        # The waiters queued behind lose a soft edge: removals never create a deadlock, and
+        # one that used the edge had this waiter as a participant (re-checked via touched).
         self.deadlocks.touched(actor)
-        if lock.fifo:
-            # soft edges of the waiters queued behind change
-            for other in lock.waits:
-                self.deadlocks.touched(other.actor)
         if gc:
             self._gc(actor, lock)
 

@@ -182,7 +182,6 @@ READY_QUERIES = (
     "lockscope_mutual_exclusion_violations_total > 0",
     "lockscope_locks_lost_total > 0",
     'lockscope_lock_acquisitions_total{result="error"} > 0',
-    'lockscope_lock_acquisitions_total{result="timeout"} > 0',
     f'rate(lockscope_lock_hold_seconds_count{{lock="{LOCK}"}}[10s]) > 0',
     f'rate(lockscope_lock_wait_seconds_count{{lock="{LOCK}"}}[10s]) > 0',
     "count_over_time(lockscope_deadlocks_active[2m]) > 5",

@@ -49,7 +49,7 @@ def _init(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> None:
 
 async def _acquire(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     shim = runtime.current
-    if shim is None or not operations.is_instrumentation_enabled():
+    if shim is None or not operations.fast_enabled():
         return await wrapped(*args, **kwargs)
     try:
         info = _info(shim, instance)

@@ -2,8 +2,9 @@
 
 A target module describes its library with an :class:`Adapter` (how to read a lock's
 identity, token and lease; which exceptions mean "lost"); this module turns it into wrapt
-wrappers.  Each wrapper first checks :func:`is_instrumentation_enabled` and never lets its
-own errors reach the caller: the wrapped call's result or exception is passed through
+wrappers.  Each wrapper first checks :func:`is_instrumentation_enabled` (as
+:data:`fast_enabled`, the same test with fewer calls) and never lets its own errors reach
+the caller: the wrapped call's result or exception is passed through
 unchanged (principle 4, fail open).
 """
 
@@ -255,7 +256,7 @@ def acquire_wrapper(adapter: Adapter) -> Wrapper:
     """A wrapt wrapper for a blocking ``acquire``-like method."""
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        if not is_instrumentation_enabled():
+        if not fast_enabled():
             return wrapped(*args, **kwargs)
         try:
             op = begin(adapter, instance, args, kwargs, None)
@@ -285,7 +286,7 @@ def async_acquire_wrapper(adapter: Adapter) -> Wrapper:
     """The asyncio flavour of :func:`acquire_wrapper` (the actor is the current task)."""
 
     async def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        if not is_instrumentation_enabled():
+        if not fast_enabled():
             return await wrapped(*args, **kwargs)
         try:
             op = begin(adapter, instance, args, kwargs, asyncio.current_task())
@@ -373,7 +374,7 @@ def release_wrapper(adapter: Adapter) -> Wrapper:
     """A wrapt wrapper for ``release``: ends the hold (``lost`` on a lost-lock error)."""
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        if not is_instrumentation_enabled():
+        if not fast_enabled():
             return wrapped(*args, **kwargs)
         try:
             hold = _find(adapter, instance, None)
@@ -402,7 +403,7 @@ def async_release_wrapper(adapter: Adapter) -> Wrapper:
     """The asyncio flavour of :func:`release_wrapper`."""
 
     async def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        if not is_instrumentation_enabled():
+        if not fast_enabled():
             return await wrapped(*args, **kwargs)
         try:
             hold = _find(adapter, instance, asyncio.current_task())
@@ -457,7 +458,7 @@ def extend_wrapper(
     """A wrapt wrapper for ``extend``-like calls (``extension`` reads the new lease)."""
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        if not is_instrumentation_enabled():
+        if not fast_enabled():
             return wrapped(*args, **kwargs)
         try:
             hold = _find(adapter, instance, None)
@@ -490,7 +491,7 @@ def async_extend_wrapper(
     returning an awaitable (redis-py's): their immediate errors stay immediate."""
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        if not is_instrumentation_enabled():
+        if not fast_enabled():
             return wrapped(*args, **kwargs)
         try:
             hold = _find(adapter, instance, asyncio.current_task())

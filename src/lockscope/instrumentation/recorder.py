@@ -48,6 +48,7 @@ class LockInfo:
         "name",
         "namespace",
         "reentrant",
+        "span_attrs",
         "system",
         "template",
         "ttl",
@@ -98,6 +99,13 @@ class LockInfo:
             attrs[events.ATTR_LOCK_TTL] = float(ttl)
         self.attrs = attrs
         """The lock's event attributes (shared: copy before adding to it)."""
+        # Spans carry fewer (each costs the SDK a validation): identity, mode, lease.
+        self.span_attrs = {
+            k: v
+            for k, v in attrs.items()
+            if k not in (events.ATTR_LOCK_TEMPLATE, events.ATTR_LOCK_FIFO)
+            and not (k == events.ATTR_LOCK_MODE and v == "exclusive")
+        }
 
     def __repr__(self) -> str:
         return f"<LockInfo {self.key} {self.mode}>"

@@ -94,7 +94,7 @@ class SpanFactory:
         """The wait span (linked to the holder's hold span when the holder is in this
         process); the caller makes it current and ends it."""
         span = self.tracer.start_span(
-            events.SPAN_ACQUIRE, kind=SpanKind.INTERNAL, attributes=info.attrs
+            events.SPAN_ACQUIRE, kind=SpanKind.INTERNAL, attributes=info.span_attrs
         )
         if span.is_recording():
             where = caller_location(sys._getframe(1))
@@ -115,7 +115,7 @@ class SpanFactory:
 
     def start_hold(self, info: LockInfo, token: int | None) -> Span:
         """The hold span, a sibling of the sampled wait span (same parent)."""
-        attrs = info.attrs
+        attrs = info.span_attrs
         if token is not None:
             attrs = {**attrs, events.ATTR_LOCK_TOKEN: token}
         return self.tracer.start_span(events.SPAN_HOLD, kind=SpanKind.INTERNAL, attributes=attrs)

@@ -201,3 +201,38 @@ def test_nodegraph_frames(agent: InProcessAgent):
     assert sum(e["highlighted"] for e in edges) == 6
     assert any(n["title"] == EVIL for n in nodes)  # JSON data, escaped by whoever renders it
     assert sum(n["color"] == "red" for n in nodes) == 6
+
+
+def test_stale_holder_page(agent: InProcessAgent, tmp_path: Path):
+    (stale,) = agent.get("/api/v1/stale-holders?status=active")["stale_holders"]
+    dom = chromium(tmp_path, f"{agent.http_url}/findings/stale_holder/{stale['id']}", "--dump-dom")
+    assert 'data-rendered="true"' in dom, dom[-3000:]
+    assert "reports/daily held by reports:55/thread:3 (max_hold)" in dom
+    assert "<td>reports</td>" in dom
+
+
+def test_a_resolved_deadlock_is_no_longer_drawn(tmp_path: Path):
+    now = time.time_ns()
+    with InProcessAgent() as agent:
+        events = scenario(now)
+        agent.post_events(events)
+        (deadlock,) = agent.wait_for(
+            lambda: agent.get("/api/v1/deadlocks?status=active")["deadlocks"]
+        )
+        # ledger (the youngest waiter) gives up.
+        ledger_wait = next(
+            e for e in events if e.name == ev.EVENT_WAIT_START and e.process.service == "ledger"
+        )
+        attrs = {**ledger_wait.attrs, ev.ATTR_OUTCOME: "timeout"}
+        agent.post_events([Event(ev.EVENT_WAIT_END, time.time_ns(), ledger_wait.process, attrs)])
+        agent.wait_for(lambda: not agent.get("/api/v1/deadlocks?status=active")["deadlocks"])
+        dom = chromium(tmp_path, agent.http_url + "/", "--dump-dom")
+        assert 'data-rendered="true"' in dom
+        assert "<svg" in dom
+        assert not any("in-cycle" in c.split() for c in _classes(dom, "g"))
+        assert f"/findings/deadlock/{deadlock['id']}" not in dom
+        page = chromium(
+            tmp_path, f"{agent.http_url}/findings/deadlock/{deadlock['id']}", "--dump-dom"
+        )
+        assert "<dd>resolved</dd>" in page
+        assert "<dd>wait_ended</dd>" in page

@@ -10,7 +10,9 @@ the configurations round by round so drift on a shared machine hits all of them 
   processor, discarding exporter); with opentelemetry-instrumentation-redis instead
   (ALWAYS_ON, same processor) -- the generic alternative;
 * kazoo ``Lock`` acquire+release: bare and with the shim (unsampled);
-* ``threading.Lock`` acquire+release: bare and with the opt-in threading shim.
+* ``threading.Lock`` acquire+release: bare and with the opt-in threading shim;
+* a redis-py ``Lock`` whose server calls are no-ops ("no-server"): the shim's own cost in
+  ns, with no tracer, unsampled and with all spans.
 
 For each configuration it prints the best round (noise on a shared machine only ever adds
 time, so the minimum is the most faithful estimate) and the median, as wall time and ratio to
@@ -31,6 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
+import redis.lock
 from kazoo.client import KazooClient
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
@@ -124,6 +127,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return op
 
+        class _Offline(redis.lock.Lock):
+            """A redis-py Lock whose server round trips are no-ops: the shim's own cost."""
+
+            def do_acquire(self, token: Any) -> bool:
+                return True
+
+            def do_release(self, expected_token: Any) -> None:
+                return None
+
+        def offline_op() -> Callable[[], None]:
+            lock = _Offline(client, "bench:offline", timeout=30)
+
+            def op() -> None:
+                lock.acquire()
+                lock.release()
+
+            return op
+
         def kazoo_op() -> Callable[[], None]:
             lock = zk.Lock("/bench/kazoo", "bench")
 
@@ -167,6 +188,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             Bench("redis otel-instrumentation-redis", otel_redis,
                   RedisInstrumentor().uninstrument, n_redis),
         ]  # fmt: skip
+        offline_benches = [
+            Bench("no-server bare", offline_op, nothing, n_redis * 5),
+            Bench("no-server shim, no tracer", shim(offline_op), uninstrument, n_redis * 5),
+            Bench("no-server shim, unsampled", shim(offline_op, tracer_provider=unsampled),
+                  uninstrument, n_redis * 5),
+            Bench("no-server shim, all spans", shim(offline_op, tracer_provider=sampled),
+                  uninstrument, n_redis * 5),
+        ]  # fmt: skip
         kazoo_benches = [
             Bench("kazoo bare", kazoo_op, nothing, n_zk),
             Bench("kazoo shim, unsampled", shim(kazoo_op, tracer_provider=unsampled),
@@ -177,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             Bench("threading shim", shim(thread_op, threading=True), uninstrument, n_thread),
         ]
         for round_no in range(args.rounds):
-            for group in (redis_benches, kazoo_benches, thread_benches):
+            for group in (redis_benches, offline_benches, kazoo_benches, thread_benches):
                 order = group if round_no % 2 == 0 else list(reversed(group))
                 for bench in order:
                     bench.run_once()
@@ -194,12 +223,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "kazoo shim, unsampled": "<= 1.03",
             "threading shim": "<= +1000 ns",
         }
-        for group in (redis_benches, kazoo_benches, thread_benches):
+        for group in (redis_benches, offline_benches, kazoo_benches, thread_benches):
             bare = group[0]
             for bench in group:
                 if bench is bare:
                     ratio = median_ratio = est = ""
-                elif bench.name.startswith("threading"):
+                elif bench.name.startswith(("threading", "no-server")):
                     ratio = f"+{bench.best - bare.best:.0f}"
                     median_ratio = f"+{bench.median - bare.median:.0f}"
                     est = f"+{bench.best_cpu - bare.best_cpu:.0f}"

@@ -401,7 +401,7 @@ def upstream(seeds: Iterable[Actor], budget: int) -> set[Actor]:
 class Reduction:
     """Result of :func:`reduce` over the part of the graph reachable from some seeds."""
 
-    __slots__ = ("edges", "nodes", "residual")
+    __slots__ = ("_groups", "edges", "nodes", "residual")
 
     def __init__(
         self,
@@ -413,9 +413,17 @@ class Reduction:
         self.edges = edges
         self.residual = residual
         """Actors that can never proceed (deadlocked, or blocked by a deadlock)."""
+        self._groups: list[set[Actor]] | None = None
 
     def deadlocked_sets(self) -> list[set[Actor]]:
         """Strongly connected groups of the residual that contain a cycle: the deadlocks."""
+        if self._groups is None:
+            self._groups = self._strongly_connected()
+        return self._groups
+
+    def _strongly_connected(self) -> list[set[Actor]]:
+        if not self.residual:
+            return []
         import networkx as nx
 
         g = nx.DiGraph()

@@ -259,3 +259,23 @@ def test_spans_nest_redis_commands_and_link_to_the_holder(
     assert holds[0].attributes[events.ATTR_OUTCOME] == "released"
     # The release script runs under the hold span.
     assert any(s.parent is not None and s.parent.span_id == holds[0].context.span_id for s in spans)
+
+
+def test_headers_are_sent_with_every_request(sink: OtlpSink) -> None:
+    config = ShimConfig.from_env(
+        {
+            "LOCKSCOPE_ENDPOINT": sink.endpoint,
+            "LOCKSCOPE_HEARTBEAT": "0.1",
+            "LOCKSCOPE_HEADERS": "Authorization=Bearer%20s3cret",
+            "LOCKSCOPE_METRICS_EXPORT": "none",
+        }
+    )
+    instrumentor = LockscopeInstrumentor()
+    instrumentor.instrument(config=config)
+    try:
+        sink.wait_until(lambda s: len(s.requests) >= 1)
+    finally:
+        instrumentor.uninstrument()
+    _, headers, _ = sink.requests[0]
+    assert headers["Authorization"] == "Bearer s3cret"
+    assert headers["Content-Type"] == "application/x-protobuf"

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from agent_helpers import T0, S, World, proc
 from lockscope import events as ev
 from lockscope.agent.config import AgentConfig, ConfigError, Limits
+from lockscope.agent.findings import rfc3339
 from lockscope.agent.model import Event
 from lockscope.agent.state import AgentState, RejectedEvent
 
@@ -562,3 +563,25 @@ def test_memory_per_tracked_hold_is_under_1_kib() -> None:
     assert state.hold_count == n
     per_hold = (after - before) / n
     assert per_hold < 1024, f"{per_hold:.0f} bytes per hold"
+
+
+def test_late_extension_does_not_roll_the_lease_back() -> None:
+    w = World()
+    since = w.now
+    w.hold("1.1", "A", **{ev.ATTR_LOCK_EXPIRES_AT: w.now + 2 * S})
+    t_ext = w.now + S
+    w.advance(1.5)
+    w.heartbeat(1, holds=[w.entry("1.1", "A", since, **{ev.ATTR_LOCK_EXPIRES_AT: w.now + 10 * S})])
+    # the extension sent at t+1 s arrives after the heartbeat at t+1.5 s
+    w.send(
+        ev.EVENT_HOLD_EXTEND,
+        "1.1",
+        "A",
+        t=t_ext,
+        since=since,
+        **{ev.ATTR_LOCK_EXPIRES_AT: t_ext + 2 * S},
+    )
+    lock = w.state.api_lock("A")
+    assert lock is not None
+    [holder] = lock["holders"]
+    assert holder["expires_at"] == rfc3339(w.now + 10 * S)

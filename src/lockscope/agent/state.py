@@ -533,11 +533,12 @@ class AgentState:
         cur = actor.holds.get(lock.key)
         if cur is not None:
             if cur.since_ns == since:
-                cur.asserted_ns = max(cur.asserted_ns, asserted)
-                if expires is not None:
-                    cur.expires_at_ns = expires
-                if token is not None:
-                    cur.token = token
+                if asserted >= cur.asserted_ns:  # a late, older report must not roll back
+                    cur.asserted_ns = asserted
+                    if expires is not None:
+                        cur.expires_at_ns = expires
+                    if token is not None:
+                        cur.token = token
                 return cur, False
             if cur.since_ns > since:
                 _inc(self.counters.events_ignored, "superseded")
@@ -741,9 +742,11 @@ class AgentState:
         h = actor.holds.get(lock.key)
         if h is not None and (since is None or h.since_ns == since):
             expires = _int(attrs, ev.ATTR_LOCK_EXPIRES_AT)
+            if event.time_ns < h.asserted_ns:
+                return  # an older extension than what we know (reordered delivery)
             if expires is not None:
                 h.expires_at_ns = expires
-            h.asserted_ns = max(h.asserted_ns, event.time_ns)
+            h.asserted_ns = event.time_ns
             self._resolve_hold_findings(h, "extended", only=LEASE_EXPIRED)
             self._timeline_add(event.time_ns, lock, "extend", actor, h.mode, None)
             self._asserted(h, event.time_ns)

@@ -158,3 +158,18 @@ def test_memory_stays_bounded_under_a_burst_while_the_agent_is_down(client: redi
         held.release()
         assert shim.recorder.pending() <= QUEUE
         assert shim.recorder.errors == 0
+
+
+def test_shim_bugs_never_reach_the_caller(
+    client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lockscope.instrumentation.recorder import Recorder
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("shim bug")
+
+    with _shim(_refused_endpoint()) as shim:
+        monkeypatch.setattr(Recorder, "end_wait", broken)
+        monkeypatch.setattr(Recorder, "find_hold", broken)
+        assert _lock_scenario(client) == EXPECTED
+        assert shim.recorder.errors > 0

@@ -203,9 +203,12 @@ class _Acquire:
         self.span: Any = None
         spans = shim.spans
         if spans is not None:
-            span = spans.start_acquire(info, shim.recorder)
-            if span.is_recording():
-                self.span = span
+            try:  # the wait is registered: a tracing failure must not orphan it
+                span = spans.start_acquire(info, shim.recorder)
+                if span.is_recording():
+                    self.span = span
+            except Exception:
+                failed()
 
     def done(self, outcome: str, exc: BaseException | None = None) -> None:
         try:

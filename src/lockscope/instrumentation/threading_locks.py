@@ -174,7 +174,10 @@ class TracedLock:
         try:
             got = inner.acquire(True, timeout)
         except BaseException:
-            shim.recorder.end_wait(wait, "error", hold=False)
+            try:
+                shim.recorder.end_wait(wait, "error", hold=False)
+            except Exception:
+                operations.failed()
             raise
         try:
             shim.recorder.end_wait(wait, "acquired" if got else "timeout", hold=False)

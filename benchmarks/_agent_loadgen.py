@@ -16,9 +16,8 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
-
 from _agent_workload import Fleet, encode_requests
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 
 PER_REQUEST = 512
 

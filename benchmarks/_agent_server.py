@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import json
 import os
 import signal
@@ -54,6 +55,8 @@ async def main() -> None:
     config = AgentConfig(limits=Limits(max_processes=100_000))
     state = AgentState(config)
     records: list[dict[str, Any]] = []
+    batches: list[float] = []
+    """Seconds from receipt to done of each large (fleet) request."""
     me = psutil.Process()
 
     original_handle = otlp_receiver._handle
@@ -66,6 +69,8 @@ async def main() -> None:
         finally:
             _request.reset(token)
             done = time.perf_counter()
+            if (request.content_length or 0) > 10_000:
+                batches.append(done - info["receipt"])
             for rec in info["found"]:
                 rec["visible"] = done
 
@@ -103,6 +108,18 @@ async def main() -> None:
 
     state.subscribe(on_finding)
 
+    # Garbage-collector pauses, a usual suspect for latency outliers.
+    pauses: list[tuple[int, float]] = []
+    gc_start = [0.0]
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            gc_start[0] = time.perf_counter()
+        else:
+            pauses.append((info["generation"], time.perf_counter() - gc_start[0]))
+
+    gc.callbacks.append(on_gc)
+
     async def stats(request: web.Request) -> web.Response:
         cpu = me.cpu_times()
         return web.json_response(
@@ -112,6 +129,8 @@ async def main() -> None:
                 "rejected": dict(runner.stats.rejected),
                 "cpu": cpu.user + cpu.system,
                 "rss": me.memory_info().rss,
+                "gc_objects": len(gc.get_objects()),
+                "tombstones": len(state._tombstones),
                 "state": state.api_status(),
                 "findings": {
                     "deadlocks_detected": detector.counters.detected_total,
@@ -120,12 +139,20 @@ async def main() -> None:
                     "by_kind": _by_kind(state.findings()),
                 },
                 "ignored": dict(state.counters.events_ignored),
+                "gc": {
+                    str(g): {
+                        "count": sum(1 for gen, _ in pauses if gen == g),
+                        "max_ms": max((d for gen, d in pauses if gen == g), default=0.0) * 1e3,
+                        "total_ms": sum(d for gen, d in pauses if gen == g) * 1e3,
+                    }
+                    for g in (0, 1, 2)
+                },
                 "healed": dict(state.counters.healed),
             }
         )
 
     async def deadlocks(request: web.Request) -> web.Response:
-        return web.json_response({"records": records})
+        return web.json_response({"records": records, "batches": batches})
 
     def bench_routes(app: web.Application) -> None:
         app.router.add_get("/bench/stats", stats)

@@ -220,35 +220,38 @@ class DeadlockDetector:
 
     @staticmethod
     def _fresh(members: frozenset[Actor], red: Reduction) -> bool:
-        """Whether every edge of the group is backed by evidence newer than the wait it
-        blocks: the waiter saw the holder's owner id or fencing token on the lock server
-        (``holder_owner``/``holder_token``), or else the hold (or the queued wait) was
-        asserted after the waiter began waiting.
+        """Whether the evidence shows the whole group stuck at one instant.
 
-        An edge whose only evidence is older may be a phantom (its end event was lost);
-        the holder's next heartbeat either confirms it or removes it (``evidence_timeout``
-        bounds the wait, for senders that never heartbeat).
+        Let t* be when the last participant began waiting.  Every participant's wait must
+        have been asserted (event or heartbeat) at or after t*, and every hold the group's
+        edges rest on too - or the waiter saw that holder named by the lock server
+        (``holder_owner``/``holder_token``) when it reported at or after t*.  Then at t*
+        every wait and every hold of the cycle existed at once: a deadlock, which nothing
+        but a timeout dissolves.  Evidence older than t* may describe a hold already
+        released, its end event lost or still in flight; the next heartbeats settle it
+        (``evidence_timeout`` bounds the wait, for senders that never heartbeat).
         """
+        t_star = 0
         for m in members:
             w = m.wait
             assert w is not None
+            t_star = max(t_star, w.since_ns)
+        for m in members:
+            w = m.wait
+            assert w is not None
+            if w.asserted_ns < t_star:
+                return False
             for target, lock, kind in red.edges.get(m, ()):
-                if target not in members:
+                if target not in members or kind != HOLD_EDGE:
+                    continue  # a queued target is a participant: its wait is checked
+                h = target.holds.get(lock.key)
+                if h is None or h.asserted_ns >= t_star:
                     continue
-                if kind == HOLD_EDGE:
-                    h = target.holds.get(lock.key)
-                    if h is None:
-                        continue
-                    if (w.holder_owner and w.holder_owner == h.owner) or (
-                        w.holder_token is not None and w.holder_token == h.token
-                    ):
-                        continue  # the lock server named this holder to the waiter
-                    if h.asserted_ns < w.since_ns:
-                        return False
-                else:
-                    q = target.wait
-                    if q is not None and q.lock is lock and q.asserted_ns < w.since_ns:
-                        return False
+                named = (w.holder_owner is not None and w.holder_owner == h.owner) or (
+                    w.holder_token is not None and w.holder_token == h.token
+                )
+                if not (named and w.probed_ns >= t_star):
+                    return False
         return True
 
     def _report(self, members: frozenset[Actor], red: Reduction, now_ns: int) -> None:

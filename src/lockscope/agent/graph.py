@@ -246,6 +246,7 @@ class Wait:
         "holder_token",
         "lock",
         "mode",
+        "probed_ns",
         "since_ns",
         "ticket",
     )
@@ -258,6 +259,8 @@ class Wait:
         self.mode = mode
         self.since_ns = since_ns
         self.asserted_ns = asserted_ns
+        self.probed_ns = since_ns
+        """When the waiter looked up ``holder_owner``/``holder_token`` (its report)."""
         self.ticket: int | None = None
         self.code: tuple[str | None, int | None, str | None] | None = None
         self.holder_owner: str | None = None

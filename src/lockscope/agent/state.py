@@ -447,6 +447,7 @@ class AgentState:
         since: int,
         asserted: int,
         attrs: Mapping[str, Any],
+        probed: bool = False,
     ) -> Wait | None:
         if ("w", actor.key, lock.key, since) in self._tombstones:
             _inc(self.counters.events_ignored, "tombstoned")
@@ -479,6 +480,8 @@ class AgentState:
         w.code = _code(attrs)
         w.holder_owner = _str(attrs, ev.ATTR_LOCK_HOLDER_OWNER)
         w.holder_token = _int(attrs, ev.ATTR_LOCK_HOLDER_TOKEN)
+        if probed:  # a wait.start: the shim looked the holder up when it sent it
+            w.probed_ns = asserted
         actor.wait = w
         lock.add_wait(w)
         self._nwaits += 1
@@ -681,7 +684,7 @@ class AgentState:
                 _inc(self.counters.events_ignored, "older_than_heartbeat")
                 return
             if (
-                self._put_wait(actor, lock, mode, since, event.time_ns, attrs) is not None
+                self._put_wait(actor, lock, mode, since, event.time_ns, attrs, True) is not None
                 and not known
             ):
                 self._timeline_add(since, lock, "wait", actor, mode, None)

@@ -113,11 +113,10 @@ class AgentConfig:
     """Seconds a deadlock candidate must persist before it is re-checked and reported.
     0 confirms at once (lowest latency); a few hundred ms rides out reordered delivery."""
     evidence_timeout: float = 2.5
-    """A deadlock candidate one of whose edges rests only on evidence older than the wait
-    it blocks (the hold was last asserted before the waiter began waiting: its release
-    event may have been lost) waits for the holder's next heartbeat to confirm the hold,
-    at most this long (senders that never heartbeat always wait this long).  Fresh
-    candidates are reported at once; 0 reports every candidate at once."""
+    """A deadlock is reported once the evidence shows all its participants stuck at one
+    instant (every wait and hold asserted after the last wait began, see docs/agent.md);
+    until then the candidate waits for the participants' next heartbeats, at most this long
+    (senders that never heartbeat always wait this long).  0 reports candidates at once."""
     finding_ttl: float = 300.0
     """One-shot findings (violations, lost locks) stay active this long, then resolve."""
     tombstone_ttl: float = 30.0

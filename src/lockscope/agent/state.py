@@ -55,6 +55,7 @@ from lockscope.agent.findings import (
 )
 from lockscope.agent.graph import (
     EXCLUSIVE,
+    READ,
     SEMAPHORE,
     Actor,
     Hold,
@@ -547,6 +548,19 @@ class AgentState:
                 _inc(self.counters.events_ignored, "superseded")
                 return None, False
             self._drop_hold(cur, tombstone=True, reason="released", gc=False)
+        if mode != SEMAPHORE:
+            # Evidence older than another actor's conflicting acquisition says nothing
+            # about now (a late report of a hold already released).
+            skew = int(self.config.clock_skew * _NS)
+            for other in lock.holds:
+                if (
+                    other.actor is not actor
+                    and other.mode != SEMAPHORE
+                    and not (mode == READ and other.mode == READ)
+                    and other.since_ns > asserted + skew
+                ):
+                    _inc(self.counters.events_ignored, "superseded")
+                    return None, False
         if self._nholds >= self._limits.max_holds:
             self._limit_hit("max_holds")
             raise RejectedEvent("too many holds (limits.max_holds)", "limit")

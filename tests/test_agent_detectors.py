@@ -652,3 +652,17 @@ def test_evidence_timeout_reports_for_senders_without_heartbeats() -> None:
     assert w.active("deadlocks") == []
     w.advance(0.2)
     assert len(w.active("deadlocks")) == 1
+
+
+def test_lock_lost_after_lease_expiry_stays_active_until_its_ttl() -> None:
+    w = World()
+    since = w.now
+    w.hold("1.1", "A", **{ev.ATTR_LOCK_EXPIRES_AT: w.now + S})
+    w.advance(3)
+    w.send(ev.EVENT_LOCK_LOST, "1.1", "A", since=since)
+    [s] = w.active("stale_holders")
+    assert s["detail"] == "the holder lost the lock"
+    w.advance(299)
+    assert len(w.active("stale_holders")) == 1
+    w.advance(2)
+    assert w.active("stale_holders") == []

@@ -37,10 +37,12 @@ def stale_finding(
     hold: Hold | None = None,
     detail: str | None = None,
     expires_in_ns: int | None = None,
+    id_extra: str = "",
 ) -> Finding:
-    """A stale-holder finding about ``actor``'s hold of ``lock`` that began at ``since_ns``."""
+    """A stale-holder finding about ``actor``'s hold of ``lock`` that began at ``since_ns``
+    (``expires_in_ns``: a one-shot finding, resolved by the store after that long)."""
     info = actor.process.info
-    fid = stable_id("stale", [reason, lock.key, actor.key, str(since_ns)])
+    fid = stable_id("stale", [reason, lock.key, actor.key, str(since_ns), id_extra])
     data: dict[str, Any] = {
         "lock": lock.name,
         "lock_key": lock.key,

@@ -645,7 +645,11 @@ class AgentState:
         max_hold = cfg.max_hold_for(h.lock.template)
         if max_hold > 0 and t - h.since_ns > max_hold * _NS:
             self._stale(MAX_HOLD, h, h.since_ns, f"held longer than {max_hold:g}s")
-        skew = int(cfg.clock_skew * _NS)
+        self._check_overlap(h)
+
+    def _check_overlap(self, h: Hold) -> None:
+        """A violation if another actor's conflicting hold overlaps ``h`` on evidence."""
+        skew = int(self.config.clock_skew * _NS)
         for other in h.lock.holds:
             if other is h or not conflicting(h, other):
                 continue
@@ -781,7 +785,7 @@ class AgentState:
         if h is not None and (since is None or h.since_ns == since):
             # The holder believed it held the lock until now.
             h.asserted_ns = max(h.asserted_ns, event.time_ns)
-            self._asserted(h, event.time_ns)
+            self._check_overlap(h)
             since = h.since_ns
         ttl = int(self.config.finding_ttl * _NS)
         f = stale_finding(
@@ -793,6 +797,7 @@ class AgentState:
             hold=h,
             detail="the holder lost the lock",
             expires_in_ns=ttl,
+            id_extra="lost",
         )
         if self.store.add(f):
             _inc(self.counters.stale_holders_detected, LEASE_EXPIRED)

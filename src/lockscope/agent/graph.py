@@ -134,6 +134,7 @@ class Lock:
 
     __slots__ = (
         "_name_at",
+        "exclusive_holds",
         "fifo",
         "holds",
         "key",
@@ -156,6 +157,8 @@ class Lock:
         self.max_leases: int | None = None
         self.holds: list[Hold] = _EMPTY
         self.waits: list[Wait] = _EMPTY
+        self.exclusive_holds = 0
+        """Holds in ``exclusive`` or ``write`` mode (readers need not look at each other)."""
 
     @property
     def name(self) -> str:
@@ -168,12 +171,16 @@ class Lock:
             self.holds = [h]
         else:
             self.holds.append(h)
+        if h.mode == EXCLUSIVE or h.mode == WRITE:
+            self.exclusive_holds += 1
 
     def remove_hold(self, h: Hold) -> None:
         """Stop tracking a hold of this lock."""
         self.holds.remove(h)
         if not self.holds:
             self.holds = _EMPTY
+        if h.mode == EXCLUSIVE or h.mode == WRITE:
+            self.exclusive_holds -= 1
 
     def add_wait(self, w: Wait) -> None:
         """Track a wait for this lock."""

@@ -548,7 +548,7 @@ class AgentState:
                 _inc(self.counters.events_ignored, "superseded")
                 return None, False
             self._drop_hold(cur, tombstone=True, reason="released", gc=False)
-        if mode != SEMAPHORE:
+        if mode != SEMAPHORE and (mode != READ or lock.exclusive_holds):
             # Evidence older than another actor's conflicting acquisition says nothing
             # about now (a late report of a hold already released).
             skew = int(self.config.clock_skew * _NS)
@@ -631,6 +631,8 @@ class AgentState:
         # hold evidently ended (its release event was lost, or its holder died).  No
         # tombstone: if its holder still asserts it later, it comes back and the overlap
         # becomes a violation.
+        if h.mode == SEMAPHORE or (h.mode == READ and lock.exclusive_holds == 0):
+            return  # nothing conflicts (and readers of a busy read lock cost nothing here)
         skew = int(self.config.clock_skew * _NS)
         for gone in list(lock.holds):
             if gone is not h and conflicting(h, gone) and gone.asserted_ns + skew < h.since_ns:
@@ -649,6 +651,9 @@ class AgentState:
 
     def _check_overlap(self, h: Hold) -> None:
         """A violation if another actor's conflicting hold overlaps ``h`` on evidence."""
+        lock = h.lock
+        if h.mode == SEMAPHORE or (h.mode == READ and lock.exclusive_holds == 0):
+            return
         skew = int(self.config.clock_skew * _NS)
         for other in h.lock.holds:
             if other is h or not conflicting(h, other):

@@ -4,7 +4,8 @@ process, on free loopback ports, plus two benchmark-only routes on its HTTP addr
 
 * ``GET /bench/stats``: events applied, records received/rejected, the process's CPU
   seconds and RSS, state sizes;
-* ``GET /bench/deadlocks``: one timing record per deadlock found (see below).
+* ``GET /bench/deadlocks``: one timing record per deadlock found (see below);
+* ``GET /bench/objects``: what the garbage collector tracks, by type (top 15).
 
 Detection timing.  Three clocks are read (``time.perf_counter``), all inside the agent:
 
@@ -151,12 +152,21 @@ async def main() -> None:
             }
         )
 
+    async def objects(request: web.Request) -> web.Response:
+        counts: dict[str, int] = {}
+        for o in gc.get_objects():
+            name = type(o).__name__
+            counts[name] = counts.get(name, 0) + 1
+        top = sorted(counts.items(), key=lambda kv: -kv[1])[:15]
+        return web.json_response({"total": sum(counts.values()), "top": top})
+
     async def deadlocks(request: web.Request) -> web.Response:
         return web.json_response({"records": records, "batches": batches})
 
     def bench_routes(app: web.Application) -> None:
         app.router.add_get("/bench/stats", stats)
         app.router.add_get("/bench/deadlocks", deadlocks)
+        app.router.add_get("/bench/objects", objects)
 
     runner = AgentRunner(
         config,

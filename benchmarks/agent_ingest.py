@@ -271,12 +271,13 @@ def sustained(
         parent.send((agent.otlp, duration, connections))
         probe.start()
         result = parent.recv()
+        after = agent.stats()  # before the idle phase: rates cover the load only
+        after["objects"] = _get(agent.http, "/bench/objects")
         idle_from = time.perf_counter()
         probe.phase = "idle"
         time.sleep(idle)  # the probe keeps going on the idle agent
         probe.stop_flag.set()
         probe.join(30)
-        after = agent.stats()
         timing = _get(agent.http, "/bench/deadlocks")
         records = timing["records"]
     finally:

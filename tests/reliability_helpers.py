@@ -3,6 +3,7 @@ process, HTTP helpers that carry a token and trust a CA, and a self-signed certi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -469,3 +470,90 @@ class FaultProxy:
             self._random.shuffle(batch)
             for path, headers, body in batch:
                 self._forward(path, headers, body)
+
+
+WORKER = str(Path(__file__).with_name("reliability_worker.py"))
+
+
+class Worker:
+    """``reliability_worker.py MODE CFG`` under the shim (``lockscope instrument``)."""
+
+    def __init__(
+        self,
+        mode: str,
+        cfg: Mapping[str, Any],
+        endpoint: str,
+        *,
+        heartbeat: float = 0.5,
+        report_after: float = 0.05,
+        service: str = "reliability",
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCKSCOPE_", "OTEL_"))}
+        env.update(
+            {
+                "LOCKSCOPE_ENDPOINT": endpoint,
+                "LOCKSCOPE_HEARTBEAT": str(heartbeat),
+                "LOCKSCOPE_REPORT_AFTER": str(report_after),
+                "LOCKSCOPE_METRICS_EXPORT": "none",
+                "OTEL_SERVICE_NAME": service,
+                **(extra_env or {}),
+            }
+        )
+        self.proc = subprocess.Popen(
+            [*LOCKSCOPE, "instrument", "--", sys.executable, WORKER, mode, json.dumps(dict(cfg))],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with contextlib.suppress(ValueError):
+                self.lines.put(json.loads(line))
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def expect(self, event: str, timeout: float = 60.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                err = (
+                    self.proc.stderr.read()
+                    if self.proc.poll() is not None and self.proc.stderr
+                    else ""
+                )
+                raise AssertionError(f"worker {self.pid}: no {event!r} within {timeout} s {err}")
+            try:
+                line = self.lines.get(timeout=min(left, 0.2))
+            except queue.Empty:
+                continue
+            if line.get("event") == event:
+                return line
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+    def wait(self, timeout: float = 600) -> int:
+        return self.proc.wait(timeout)
+
+
+def findings(http_url: str, kind: str, token: str | None = None) -> list[dict[str, Any]]:
+    """All findings of ``kind`` (deadlocks, stale-holders, violations, order-inversions)."""
+    key = kind.replace("-", "_")
+    return list(get_json(f"{http_url}/api/v1/{kind}", token=token)[key])

@@ -1,0 +1,150 @@
+"""An ordinary app process for the reliability tests and the soak, run under the shim:
+``python -m lockscope instrument -- python reliability_worker.py MODE JSON``.
+
+Modes (JSON keys in brackets):
+
+``deadlock`` [url, first, second]
+    take redis lock ``first``, print ``holding``, wait for ``go`` on stdin, then block on
+    ``second`` until killed (with a partner doing the opposite order: a deadlock).
+``hold`` [url, name, ttl]
+    take redis lock ``name`` (lease ``ttl``), print ``holding``, wait for ``release`` on
+    stdin, release, print what happened (``released`` or ``lost``).
+``zk_hold`` [hosts, path, timeout]
+    take a kazoo ``Lock`` (session timeout ``timeout``), print ``holding``; print ``lost``
+    as soon as the session is lost; on ``release`` release unless lost, print ``done``.
+``soak`` [url, ops, threads, locks, seed, long_every]
+    ``threads`` threads doing ``ops`` lock operations in total: take one or two of
+    ``locks`` redis locks *in sorted order* (so no deadlock is possible), hold briefly
+    (every ``long_every``-th hold lasts 30-80 ms, so waits and holds pass report_after),
+    release in reverse order; print a JSON summary (counts, and the locks found lost on
+    release); connection errors (server down) are counted and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import threading
+import time
+from typing import Any
+
+import redis
+
+
+def say(event: str, **fields: Any) -> None:
+    sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
+    sys.stdout.flush()
+
+
+def deadlock(cfg: dict[str, Any]) -> None:
+    client = redis.Redis.from_url(cfg["url"])
+    first = client.lock(cfg["first"], timeout=600)
+    first.acquire()
+    say("holding", lock=cfg["first"])
+    sys.stdin.readline()
+    client.lock(cfg["second"], timeout=600).acquire(blocking_timeout=600)
+    say("acquired", lock=cfg["second"])  # never, while the partner lives
+
+
+def hold(cfg: dict[str, Any]) -> None:
+    client = redis.Redis.from_url(cfg["url"], socket_timeout=5)
+    lock = client.lock(cfg["name"], timeout=float(cfg.get("ttl", 60)))
+    lock.acquire()
+    say("holding", lock=cfg["name"])
+    sys.stdin.readline()
+    while True:
+        try:
+            lock.release()
+        except redis.exceptions.LockNotOwnedError:
+            say("lost")
+        except redis.exceptions.ConnectionError:
+            time.sleep(0.1)  # the server is still restarting
+            continue
+        else:
+            say("released")
+        return
+
+
+def zk_hold(cfg: dict[str, Any]) -> None:
+    from kazoo.client import KazooClient, KazooState
+
+    client = KazooClient(hosts=cfg["hosts"], timeout=float(cfg.get("timeout", 4)))
+    lost = threading.Event()
+
+    def listener(state: Any) -> None:
+        if state == KazooState.LOST and not lost.is_set():
+            lost.set()
+            say("lost")
+
+    client.add_listener(listener)
+    client.start(timeout=30)
+    lock = client.Lock(cfg["path"], "worker")
+    lock.acquire(timeout=60)
+    say("holding", path=cfg["path"])
+    sys.stdin.readline()
+    if not lost.is_set():
+        lock.release()
+        say("released")
+    client.stop()
+    say("done")
+
+
+def soak(cfg: dict[str, Any]) -> None:
+    client = redis.Redis.from_url(cfg["url"])
+    names = [f"soak:{chr(97 + i)}" for i in range(int(cfg.get("locks", 6)))]
+    ops, threads = int(cfg["ops"]), int(cfg.get("threads", 2))
+    long_every = int(cfg.get("long_every", 10))
+    counts = {"ops": 0, "long_holds": 0, "timeouts": 0, "errors": 0}
+    lost: list[str] = []
+    counts_lock = threading.Lock()
+
+    def worker(n: int, seed: int) -> None:
+        rng = random.Random(seed)
+        for i in range(n):
+            chosen = sorted(rng.sample(names, rng.choice((1, 1, 2))))
+            locks = [client.lock(name, timeout=30) for name in chosen]
+            taken = []
+            errors = timeouts = 0
+            for lock in locks:
+                try:
+                    if lock.acquire(blocking_timeout=20):
+                        taken.append(lock)
+                    else:
+                        timeouts += 1
+                except redis.exceptions.ConnectionError:
+                    errors += 1  # the server is down: the app carries on without it
+            long_hold = i % long_every == 0
+            if long_hold:
+                time.sleep(rng.uniform(0.03, 0.08))  # the app's work while holding
+            for lock in reversed(taken):
+                try:
+                    lock.release()
+                except redis.exceptions.LockNotOwnedError:
+                    with counts_lock:
+                        lost.append(str(lock.name))
+                except redis.exceptions.ConnectionError:
+                    errors += 1
+            if errors:
+                time.sleep(0.05)
+            with counts_lock:
+                counts["ops"] += 1
+                counts["long_holds"] += long_hold
+                counts["timeouts"] += timeouts
+                counts["errors"] += errors
+
+    seed = int(cfg.get("seed", 0))
+    pool = [
+        threading.Thread(target=worker, args=(ops // threads, seed * 100 + t))
+        for t in range(threads)
+    ]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    say("done", lost=sorted(set(lost)), **counts)
+
+
+if __name__ == "__main__":
+    mode, config = sys.argv[1], json.loads(sys.argv[2])
+    {"deadlock": deadlock, "hold": hold, "zk_hold": zk_hold, "soak": soak}[mode](config)

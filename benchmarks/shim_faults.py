@@ -16,10 +16,13 @@ Configurations (alternated round by round so drift on a shared machine hits all 
 (the proxy reads requests and never answers; the shim's HTTP timeout is 1 s), ``slow``
 (3 s per request), ``500`` and ``429`` (Retry-After: 1) for the whole phase.
 
-Prints per configuration the median ns/op of the measured loop (best round and median of
-rounds), the ratio to ``healthy`` (target <= 1.05), the shim's dropped events, failed
-posts, its event queue at the end, and the process's RSS growth; then switches the proxy
-back to healthy and reports how long the shim took to deliver again (recovery).
+Prints per configuration the median ns/op of the measured loop (median of rounds, and the
+best round), the ratio to ``healthy`` (target <= 1.05), the app thread's CPU ns/op
+(``time.thread_time_ns``: the cost to the app itself, free of the Redis server's and the
+shared machine's noise), the shim's dropped events, failed posts, its event queue at the
+end, and the process's RSS growth; then switches the proxy back to healthy and reports
+how long the shim took to deliver again (recovery).  On a busy machine wall time is noisy:
+use more rounds (``--rounds 9 --seconds 2``) and compare the best rounds and CPU.
 """
 
 from __future__ import annotations
@@ -102,18 +105,21 @@ def run_mode(client: redis.Redis, proxy: FaultProxy, mode: str, seconds: float) 
     rss0 = rss_bytes(_pid())
     lock = client.lock(f"faults:own:{mode}", timeout=30)
     samples: list[float] = []
+    cpu: list[float] = []
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        start = time.perf_counter_ns()
+        start, cpu_start = time.perf_counter_ns(), time.thread_time_ns()
         for _ in range(100):
             lock.acquire()
             lock.release()
         samples.append((time.perf_counter_ns() - start) / 100)
+        cpu.append((time.thread_time_ns() - cpu_start) / 100)
     stop.set()
     for thread in threads:
         thread.join(5)
     result = {
         "ns_per_op": statistics.median(samples),
+        "cpu_per_op": statistics.median(cpu),
         "dropped": float(shim.recorder.dropped),
         "failed_posts": float(shim.reporter.failed_posts),
         "sent": float(shim.reporter.sent),
@@ -177,9 +183,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         agent.stop()
 
     healthy = statistics.median(r["ns_per_op"] for r in results["healthy"])
+    healthy_cpu = statistics.median(r["cpu_per_op"] for r in results["healthy"])
     print()
     print(
         f"{'agent':12} {'median ns/op':>12} {'ratio':>6} {'best':>10} {'ratio':>6} "
+        f"{'cpu ns/op':>9} {'ratio':>6} "
         f"{'dropped':>8} {'failed':>7} {'queued':>7} {'RSS +MiB':>8}  target"
     )
     worst = 0.0
@@ -193,6 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"{mode:12} {median:12.0f} {ratio:6.3f} {best:10.0f} "
             f"{best / min(r['ns_per_op'] for r in results['healthy']):6.3f} "
+            f"{statistics.median(r['cpu_per_op'] for r in rows):9.0f} "
+            f"{statistics.median(r['cpu_per_op'] for r in rows) / healthy_cpu:6.3f} "
             f"{max(r['dropped'] for r in rows):8.0f} {max(r['failed_posts'] for r in rows):7.0f} "
             f"{max(r['queued'] for r in rows):7.0f} "
             f"{max(r['rss_growth'] for r in rows) / 2**20:8.1f}  "

@@ -279,3 +279,38 @@ def test_headers_are_sent_with_every_request(sink: OtlpSink) -> None:
     _, headers, _ = sink.requests[0]
     assert headers["Authorization"] == "Bearer s3cret"
     assert headers["Content-Type"] == "application/x-protobuf"
+
+
+def test_metrics_go_to_the_apps_meter_provider(sink: OtlpSink, client: redis.Redis) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    for _ in _instrument(sink, metrics_export="auto", meter_provider=provider):
+        for _ in range(5):
+            with client.lock("app-metered:1", timeout=5):
+                pass
+        assert runtime.current is not None
+        assert runtime.current.metrics.mode == "app"
+
+        def points() -> dict[str, object]:
+            data = reader.get_metrics_data()
+            found: dict[str, object] = {}
+            for rm in data.resource_metrics if data else ():
+                for sm in rm.scope_metrics:
+                    for metric in sm.metrics:
+                        for point in metric.data.data_points:
+                            if (
+                                point.attributes.get(events.ATTR_LOCK_TEMPLATE)
+                                == "app-metered:{id}"
+                            ):
+                                found[metric.name] = point
+            return found
+
+        sink.wait_until(lambda _: events.METRIC_HOLD_DURATION in points())
+        found = points()
+    assert found[events.METRIC_ACQUISITIONS].value == 5  # type: ignore[attr-defined]
+    assert found[events.METRIC_HOLD_DURATION].count == 5  # type: ignore[attr-defined]
+    assert not list(sink.iter_metric_points())  # nothing went to the agent
+    provider.shutdown()

@@ -71,8 +71,8 @@ class LockscopeInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     Keyword arguments of :meth:`instrument`: ``threading`` and ``asyncio`` (bool) opt in to
     in-process locks (default from ``LOCKSCOPE_INSTRUMENT_THREADING``/``_ASYNCIO``);
-    ``tracer_provider``; ``config`` (a :class:`~lockscope.instrumentation.config.ShimConfig`,
-    default from the environment).
+    ``tracer_provider`` and ``meter_provider`` (default: the global ones); ``config`` (a
+    :class:`~lockscope.instrumentation.config.ShimConfig`, default from the environment).
     """
 
     _patcher = Patcher()
@@ -89,7 +89,7 @@ class LockscopeInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             return
         if runtime.current is not None:
             return
-        shim = runtime.Shim(config, kwargs.get("tracer_provider"))
+        shim = runtime.Shim(config, kwargs.get("tracer_provider"), kwargs.get("meter_provider"))
         runtime.current = shim
         patcher = self._patcher
         patcher.start()

@@ -14,7 +14,8 @@ The reporter thread exports them, one of two ways (``LOCKSCOPE_METRICS_EXPORT``)
     in ``lockscope.dropped``), so they leave with the app's own metrics pipeline.
 ``auto`` (default)
     ``app`` if the app has configured a MeterProvider (``opentelemetry-instrument`` with
-    ``OTEL_METRICS_EXPORTER`` does) when the shim starts, else ``agent``.
+    ``OTEL_METRICS_EXPORTER`` does) when the shim starts, or passed one as
+    ``instrument(meter_provider=...)``, else ``agent``.
 ``none``
     no export.
 """
@@ -53,9 +54,11 @@ class LockMetrics:
         interval: float,
         resource: Callable[[], dict[str, Any]],
         submit: Callable[[bytes], None],
+        meter_provider: Any = None,
     ) -> None:
         if mode == "auto":
-            mode = "app" if app_has_meter_provider() else "agent"
+            app = meter_provider is not None or app_has_meter_provider()
+            mode = "app" if app else "agent"
         self.mode = mode
         self.interval = interval
         self._resource = resource
@@ -63,7 +66,7 @@ class LockMetrics:
         self._next = time.monotonic() + interval
         self._last: StatsSnapshot | None = None
         if mode == "app":
-            meter = metrics.get_meter("lockscope.instrumentation", __version__)
+            meter = metrics.get_meter("lockscope.instrumentation", __version__, meter_provider)
             self._acquisitions = meter.create_counter(
                 events.METRIC_ACQUISITIONS, unit="{acquisition}", description="Lock acquires."
             )

@@ -48,9 +48,12 @@ def tracing_configured(tracer_provider: Any = None) -> bool:
 class Shim:
     """Everything the instrumentation runs in this process."""
 
-    def __init__(self, config: ShimConfig, tracer_provider: Any = None) -> None:
+    def __init__(
+        self, config: ShimConfig, tracer_provider: Any = None, meter_provider: Any = None
+    ) -> None:
         self.config = config
         self.tracer_provider = tracer_provider
+        self.meter_provider = meter_provider
         self.recorder = Recorder(config.report_after, config.queue_size)
         self.recorder.thread_names = _thread_name
         self.generation = 0
@@ -76,7 +79,11 @@ class Shim:
             tick=self._tick,
         )
         self.metrics = LockMetrics(
-            config.metrics_export, config.metrics_interval, self.resource, self.reporter.submit
+            config.metrics_export,
+            config.metrics_interval,
+            self.resource,
+            self.reporter.submit,
+            self.meter_provider,
         )
 
     def resource(self) -> dict[str, Any]:

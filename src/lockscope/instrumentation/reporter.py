@@ -1,10 +1,10 @@
 """The reporter: the shim's background threads, never the caller's.
 
-``lockscope-reporter`` wakes every ``report_after / 2`` seconds (so a wait is reported at
-most ``1.5 x report_after`` after it began, usually sooner), finds the waits and holds that
-have lasted ``report_after``, asks the lock library who holds an awaited lock where that is
-cheap (on ``lockscope-probe``, bounded to 50 ms per tick), queues the events, sends a
-heartbeat snapshot every ``LOCKSCOPE_HEARTBEAT`` and feeds the metric instruments.
+``lockscope-reporter`` wakes every ``report_after / 4`` seconds (so a wait is queued at most
+``1.25 x report_after`` after it began), finds the waits and holds that have lasted
+``report_after``, asks the lock library who holds an awaited lock where that is cheap (on
+``lockscope-probe``, bounded to 50 ms per tick), queues the events, sends a heartbeat
+snapshot every ``LOCKSCOPE_HEARTBEAT`` and exports the lock metrics.
 
 ``lockscope-sender`` drains the event queue in batches of up to 512 records and POSTs them
 to ``LOCKSCOPE_ENDPOINT/v1/logs``.  A failed batch is retried with exponential backoff

@@ -1,0 +1,258 @@
+"""Soak: lossy, reordered delivery under random contention; agent restarts during live
+deadlocks; a lock-name cardinality attack.  Counts everything, prints a report.
+
+    .venv/bin/python benchmarks/soak.py                      # the full soak (minutes)
+    .venv/bin/python benchmarks/soak.py --processes 4 --ops 1000 --injected 2   # smaller
+    .venv/bin/python benchmarks/soak.py --only cardinality --names 1000000
+    .venv/bin/python benchmarks/soak.py --only restart --restarts 5
+
+Parts (``--only`` picks one):
+
+``loss``
+    ``--processes`` (10) app processes under the shim, each doing ``--ops`` (10,000) redis
+    lock operations on ``--threads`` (2) threads with random contention over ``--locks``
+    (8) locks, always taken in sorted order (so any deadlock reported among them is
+    false); every ``--long-every`` (50th) hold lasts 30-80 ms, so holds and the waits
+    behind them pass ``report_after`` (20 ms).  Their events go through a fault proxy
+    that drops ``--drop`` (10%) of lock events at random and reorders delivery.
+    Meanwhile ``--injected`` (5) real deadlocks (two processes taking two locks in
+    opposite orders) are started one after another; each must be found, then its victim
+    is killed and it must resolve.  Reports operations, events sent/dropped, deadlocks
+    found/injected, false deadlocks, violations.
+``restart``
+    a live deadlock, then the agent is SIGKILLed and restarted ``--restarts`` (3) times:
+    seconds until it reports the deadlock again (target: within two heartbeats).
+``cardinality``
+    ``--names`` (1,000,000) distinct lock names posted as holds and as metric series:
+    lock-label series count (cap 1,000 + ``__other__``), limit hits counted, agent RSS.
+
+Exit status 1 if a promise is broken (a false deadlock, a violation, a missed injected
+deadlock, a restart slower than two heartbeats plus one second, the label cap exceeded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from lockscope.testing import RedisServer
+from reliability_helpers import (
+    AgentProcess,
+    FaultProxy,
+    Worker,
+    cardinality_attack,
+    findings,
+    get_json,
+    rss_bytes,
+    until,
+)
+
+
+def _deadlock_pair(url: str, endpoint: str, a: str, b: str, hb: float) -> tuple[Worker, Worker]:
+    first = Worker("deadlock", {"url": url, "first": a, "second": b}, endpoint, heartbeat=hb)
+    second = Worker("deadlock", {"url": url, "first": b, "second": a}, endpoint, heartbeat=hb)
+    first.expect("holding")
+    second.expect("holding")
+    first.send("go")
+    second.send("go")
+    return first, second
+
+
+def _active(http_url: str, locks: set[str]) -> list[dict[str, Any]]:
+    return [
+        d
+        for d in findings(http_url, "deadlocks")
+        if d["status"] == "active" and set(d["locks"]) == locks
+    ]
+
+
+def loss(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
+    config = Path(tempfile.mkdtemp()) / "agent.toml"
+    config.write_text(f"confirm_after = {args.confirm_after}\n")
+    agent = AgentProcess("--config", str(config)).start()
+    report: dict[str, Any] = {}
+    try:
+        with FaultProxy(upstream=agent.otlp_url, seed=args.seed) as proxy:
+            proxy.drop, proxy.reorder = args.drop, not args.no_reorder
+            cfg = {
+                "url": redis_url,
+                "ops": args.ops,
+                "threads": args.threads,
+                "locks": args.locks,
+                "long_every": args.long_every,
+            }
+            started = time.monotonic()
+            soakers = [
+                Worker(
+                    "soak",
+                    {**cfg, "seed": args.seed * 1000 + n},
+                    proxy.endpoint,
+                    heartbeat=args.heartbeat,
+                    report_after=0.02,
+                )
+                for n in range(args.processes)
+            ]
+            latencies: list[float] = []
+            found = 0
+            peak_rss = rss_bytes(agent.pid)
+            try:
+                for k in range(args.injected):
+                    locks = {f"inj:{k}:a", f"inj:{k}:b"}
+                    a, b = sorted(locks)
+                    pair = _deadlock_pair(redis_url, proxy.endpoint, a, b, args.heartbeat)
+                    t0 = time.monotonic()
+                    try:
+                        until(lambda locks=locks: _active(agent.http_url, locks), timeout=30)
+                        latencies.append(time.monotonic() - t0)
+                        found += 1
+                        pair[0].kill()
+                        until(lambda locks=locks: not _active(agent.http_url, locks), timeout=30)
+                    except AssertionError:
+                        print(f"injected deadlock {k} NOT found", flush=True)
+                    finally:
+                        for worker in pair:
+                            worker.kill()
+                    peak_rss = max(peak_rss, rss_bytes(agent.pid))
+                    print(f"injected deadlock {k + 1}/{args.injected} done", flush=True)
+                    # Spread the injections over the soak, but never past its end.
+                    if any(w.proc.poll() is None for w in soakers):
+                        threading.Event().wait(args.inject_every)
+                summaries = []
+                for worker in soakers:
+                    worker.wait(3600)
+                    summaries.append(worker.expect("done", timeout=10))
+                    peak_rss = max(peak_rss, rss_bytes(agent.pid))
+            finally:
+                for worker in soakers:
+                    worker.kill()
+            elapsed = time.monotonic() - started
+            injected_locks = {f"inj:{k}:{s}" for k in range(args.injected) for s in "ab"}
+            deadlocks = findings(agent.http_url, "deadlocks")
+            false = [d for d in deadlocks if not set(d["locks"]) <= injected_locks]
+            metrics = get_json(agent.http_url + "/readyz")
+            report = {
+                "processes": args.processes,
+                "threads_per_process": args.threads,
+                "lock_operations": sum(s["ops"] for s in summaries),
+                "long_holds": sum(s["long_holds"] for s in summaries),
+                "acquire_timeouts": sum(s["timeouts"] for s in summaries),
+                "seconds": round(elapsed, 1),
+                "otlp_requests": proxy.counts["requests"],
+                "lock_events_sent": proxy.counts["records"],
+                "lock_events_dropped": proxy.counts["records_dropped"],
+                "drop_rate": round(
+                    proxy.counts["records_dropped"] / max(1, proxy.counts["records"]), 4
+                ),
+                "reordered": proxy.reorder,
+                "injected_deadlocks": args.injected,
+                "injected_found": found,
+                "detection_seconds_median": round(statistics.median(latencies), 2)
+                if latencies
+                else None,
+                "detection_seconds_max": round(max(latencies), 2) if latencies else None,
+                "false_deadlocks": len(false),
+                "violations": len(findings(agent.http_url, "violations")),
+                "agent_peak_rss_mib": round(peak_rss / 2**20, 1),
+                "agent_state": metrics.get("state"),
+                "confirm_after": args.confirm_after,
+            }
+            if false:
+                report["false_deadlock_examples"] = [
+                    {k: d[k] for k in ("locks", "detected_at", "resolved_at", "resolution")}
+                    for d in false[:5]
+                ]
+    finally:
+        agent.stop()
+    return report
+
+
+def restart(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
+    agent = AgentProcess().start()
+    times: list[float] = []
+    try:
+        pair = _deadlock_pair(redis_url, agent.otlp_url, "rs:a", "rs:b", args.heartbeat)
+        try:
+            until(lambda: _active(agent.http_url, {"rs:a", "rs:b"}), timeout=30)
+            for _ in range(args.restarts):
+                agent.restart()
+                t0 = time.monotonic()
+                until(lambda: _active(agent.http_url, {"rs:a", "rs:b"}), timeout=60)
+                times.append(time.monotonic() - t0)
+        finally:
+            for worker in pair:
+                worker.kill()
+    finally:
+        agent.stop()
+    return {
+        "heartbeat_seconds": args.heartbeat,
+        "restarts": len(times),
+        "found_again_seconds": [round(t, 2) for t in times],
+        "max_seconds": round(max(times), 2),
+        "within_two_heartbeats": all(t <= 2 * args.heartbeat for t in times),
+    }
+
+
+def cardinality(args: argparse.Namespace) -> dict[str, Any]:
+    agent = AgentProcess().start()
+    try:
+        return cardinality_attack(agent.otlp_url, agent.http_url, agent.pid, names=args.names)
+    finally:
+        agent.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=("loss", "restart", "cardinality"))
+    parser.add_argument("--processes", type=int, default=10)
+    parser.add_argument("--ops", type=int, default=10_000, help="lock operations per process")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--locks", type=int, default=8)
+    parser.add_argument("--long-every", type=int, default=50, help="every Nth hold lasts 30-80 ms")
+    parser.add_argument("--drop", type=float, default=0.10)
+    parser.add_argument("--no-reorder", action="store_true")
+    parser.add_argument("--injected", type=int, default=5)
+    parser.add_argument("--inject-every", type=float, default=10.0, help="seconds between")
+    parser.add_argument("--heartbeat", type=float, default=0.5)
+    parser.add_argument("--confirm-after", type=float, default=0.0)
+    parser.add_argument("--restarts", type=int, default=3)
+    parser.add_argument("--names", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", action="store_true", help="print the report as JSON only")
+    args = parser.parse_args(argv)
+
+    report: dict[str, Any] = {}
+    with RedisServer() as server:
+        if args.only in (None, "loss"):
+            report["loss"] = loss(args, server.url)
+        if args.only in (None, "restart"):
+            report["restart"] = restart(args, server.url)
+    if args.only in (None, "cardinality"):
+        report["cardinality"] = cardinality(args)
+    print(json.dumps(report, indent=2))
+
+    broken = []
+    if "loss" in report:
+        r = report["loss"]
+        if r["false_deadlocks"] or r["violations"] or r["injected_found"] < r["injected_deadlocks"]:
+            broken.append("loss")
+    if "restart" in report and report["restart"]["max_seconds"] > 2 * args.heartbeat + 1:
+        broken.append("restart")
+    if "cardinality" in report and report["cardinality"]["lock_label_values"] > 1_001:
+        broken.append("cardinality")
+    if broken:
+        print(f"BROKEN: {', '.join(broken)}", file=sys.stderr)
+    return 1 if broken else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

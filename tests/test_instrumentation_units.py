@@ -117,3 +117,28 @@ def test_recorder_queue_is_bounded_and_counts_drops() -> None:
         recorder.emit(events.EVENT_HEARTBEAT, 0, {})
     assert recorder.pending() == 3
     assert recorder.dropped == 2
+
+
+def test_spans_skip_the_sdk_only_when_the_sampler_surely_drops() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import (
+        ALWAYS_OFF,
+        ALWAYS_ON,
+        ParentBased,
+        TraceIdRatioBased,
+    )
+
+    from lockscope.instrumentation.spans import SpanFactory
+
+    never = SpanFactory(TracerProvider(sampler=ALWAYS_OFF))
+    assert never.surely_dropped()
+    ratio = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.0)))
+    factory = SpanFactory(ratio)
+    assert not factory.surely_dropped()  # a root: the ratio sampler must decide
+    with ratio.get_tracer("t").start_as_current_span("unsampled parent"):
+        assert factory.surely_dropped()
+    sampled = TracerProvider(sampler=ParentBased(ALWAYS_ON))
+    factory = SpanFactory(sampled)
+    with sampled.get_tracer("t").start_as_current_span("sampled parent"):
+        assert not factory.surely_dropped()
+    assert not SpanFactory(TracerProvider(sampler=TraceIdRatioBased(0.5))).surely_dropped()

@@ -202,7 +202,7 @@ class _Acquire:
         self.kwargs: Any = {}
         self.span: Any = None
         spans = shim.spans
-        if spans is not None:
+        if spans is not None and not spans.surely_dropped():
             try:  # the wait is registered: a tracing failure must not orphan it
                 span = spans.start_acquire(info, shim.recorder)
                 if span.is_recording():

@@ -4,7 +4,8 @@
 ``1.25 x report_after`` after it began), finds the waits and holds that have lasted
 ``report_after``, asks the lock library who holds an awaited lock where that is cheap (on
 ``lockscope-probe``, bounded to 50 ms per tick), queues the events, sends a heartbeat
-snapshot every ``LOCKSCOPE_HEARTBEAT`` and exports the lock metrics.
+snapshot every ``LOCKSCOPE_HEARTBEAT`` (and one with the first events it queues) and
+exports the lock metrics.
 
 ``lockscope-sender`` drains the event queue in batches of up to 512 records and POSTs them
 to ``LOCKSCOPE_ENDPOINT/v1/logs``.  A failed batch is retried with exponential backoff
@@ -122,10 +123,12 @@ class Reporter:
         self.sent = 0
         """Events the endpoint accepted."""
         self.failed_posts = 0
+        self._announced = False
 
     def start(self) -> None:
         """Start both threads (again, in a forked child)."""
         self._stop = False
+        self._announced = False
         self._threads = [
             threading.Thread(target=self._report_loop, name="lockscope-reporter", daemon=True),
             threading.Thread(target=self._send_loop, name="lockscope-sender", daemon=True),
@@ -191,7 +194,12 @@ class Reporter:
             self._prober.run(jobs, _PROBE_BUDGET)
             _add_code_locations(due)
         recorder.report(now, due)
+        if not self._announced and recorder.pending():
+            # The first report comes with a heartbeat: a process that dies before its first
+            # regular one would otherwise be "never heard from" (a much longer timeout).
+            heartbeat = True
         if heartbeat:
+            self._announced = True
             waits, holds = recorder.snapshot()
             recorder.emit(
                 events.EVENT_HEARTBEAT,

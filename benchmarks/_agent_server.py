@@ -18,7 +18,9 @@ Detection timing.  Three clocks are read (``time.perf_counter``), all inside the
   loop is free again, so this is the first moment an API request can be answered (the
   agent applies a request's records without yielding).
 
-Wrapping ``apply`` costs one Python call per event (well under 1% of its cost).
+Wrapping ``apply`` costs one Python call per event (well under 1% of its cost).  The
+garbage collector is set up as ``lockscope agent`` sets it up
+(:func:`lockscope.agent.app.tune_gc`); ``BENCH_DEFAULT_GC=1`` keeps CPython's defaults.
 
 Run: ``python benchmarks/_agent_server.py``; prints one JSON line with the ports, serves
 until SIGTERM.
@@ -40,7 +42,7 @@ import psutil
 from aiohttp import web
 
 from lockscope.agent import otlp_receiver
-from lockscope.agent.app import AgentRunner
+from lockscope.agent.app import AgentRunner, tune_gc
 from lockscope.agent.config import AgentConfig, Limits
 from lockscope.agent.findings import DEADLOCK, Finding
 from lockscope.agent.model import Event
@@ -176,6 +178,8 @@ async def main() -> None:
         http_setup=[bench_routes],
     )
     await runner.start()
+    if not os.environ.get("BENCH_DEFAULT_GC"):
+        tune_gc()  # as ``lockscope agent`` (run_agent) does
     print(json.dumps({"otlp": runner.otlp_port, "http": runner.http_port}), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -5,11 +5,14 @@ process."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
+from kazoo.client import KazooClient
+from kazoo.exceptions import LockTimeout
 
 from lockscope import events as ev
 from lockscope.instrumentation import LockscopeInstrumentor, runtime
@@ -63,4 +66,44 @@ def test_the_first_report_comes_with_a_heartbeat(
         assert len(sink.named(ev.EVENT_HEARTBEAT)) == 1  # once, not on every report
     finally:
         lock.release()
+        client.close()
+
+
+@pytest.mark.parametrize("recipe", ["Lock", "WriteLock"])
+def test_a_kazoo_waiter_names_its_holder_as_the_holder_names_itself(
+    shim: runtime.Shim, sink: OtlpSink, zookeeper_server: Any, recipe: str
+) -> None:
+    """The waiter's ``holder_owner``/``holder_token`` equal the holder's ``owner``/``token``:
+    the agent can confirm a ZooKeeper deadlock at once, without waiting for heartbeats."""
+    client = KazooClient(hosts=zookeeper_server.hosts, timeout=10)
+    client.start(timeout=30)
+    path = f"/fixes/named-{recipe}"
+    try:
+        holder = getattr(client, recipe)(path, "holder")
+        assert holder.acquire(timeout=10)
+        waiter = getattr(client, recipe)(path, "waiter")
+        result: list[str] = []
+
+        def wait() -> None:
+            try:
+                waiter.acquire(timeout=1.0)
+            except LockTimeout:
+                result.append("timeout")
+
+        thread = threading.Thread(target=wait)
+        thread.start()
+        start = sink.wait_for(
+            lambda e: e.name == ev.EVENT_WAIT_START and e.attrs[ev.ATTR_LOCK_NAME] == path
+        )
+        thread.join(30)
+        assert result == ["timeout"]
+        hold = sink.wait_for(
+            lambda e: e.name == ev.EVENT_HOLD_START and e.attrs[ev.ATTR_LOCK_NAME] == path
+        )
+        holder.release()
+        assert start.attrs[ev.ATTR_LOCK_HOLDER_OWNER] == hold.attrs[ev.ATTR_LOCK_OWNER]
+        assert start.attrs[ev.ATTR_LOCK_HOLDER_TOKEN] == hold.attrs[ev.ATTR_LOCK_TOKEN]
+        assert start.attrs[ev.ATTR_QUEUE_POSITION] > hold.attrs[ev.ATTR_LOCK_TOKEN]
+    finally:
+        client.stop()
         client.close()

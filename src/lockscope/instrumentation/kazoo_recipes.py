@@ -4,7 +4,8 @@ Identity: system ``zookeeper``, namespace = the client's hosts (and chroot), nam
 recipe's path.  Kazoo's locks are FIFO (each contender queues a sequential znode), so
 waits carry ``lockscope.lock.fifo`` and, when reported, their queue ticket.  The hold's
 fencing token is the sequence number of the contender's znode.  A long wait asks
-``contenders()`` (``lease_holders()`` for a semaphore) for the holder on the probe thread.
+the server for the node at the head of the queue (``lease_holders()`` for a semaphore) on
+the probe thread: its name and sequence are the holder's ``owner`` and ``token``.
 A session ``LOST`` while holding reports the hold as lost.
 
 A ``Semaphore`` takes an internal ``Lock`` while it looks for a lease and an ``Election``
@@ -123,10 +124,16 @@ def _probe(wait: Wait) -> None:
         if holders:
             wait.holder_owner = str(holders[0])
         return
+    recipe = getattr(recipe, "lock", recipe)  # an Election queues on its inner Lock
     wait.ticket = _sequence(getattr(recipe, "node", None))
-    contenders = recipe.contenders()
-    if contenders:
-        wait.holder_owner = str(contenders[0])
+    # The node at the head of the queue holds the lock; its name is what its holder
+    # reports as the hold's owner (and its sequence as the token), so the agent can match
+    # waiter and holder at once.  ``contenders()`` would give identifiers, one read each.
+    nodes = [n for n in recipe.client.get_children(recipe.path) if _sequence(n) is not None]
+    if nodes:
+        head = min(nodes, key=lambda n: _sequence(n) or 0)
+        wait.holder_owner = head
+        wait.holder_token = _sequence(head)
 
 
 def _session_listener(client: Any) -> Any:

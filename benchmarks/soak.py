@@ -205,7 +205,13 @@ def restart(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
 def cardinality(args: argparse.Namespace) -> dict[str, Any]:
     agent = AgentProcess().start()
     try:
-        return cardinality_attack(agent.otlp_url, agent.http_url, agent.pid, names=args.names)
+        return cardinality_attack(
+            agent.otlp_url,
+            agent.http_url,
+            agent.pid,
+            names=args.names,
+            progress=lambda line: print(line, flush=True),
+        )
     finally:
         agent.stop()
 

@@ -211,6 +211,7 @@ def cardinality_attack(
     batch: int = 5_000,
     processes: int = 50,
     token: str | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Post ``names`` distinct lock names as holds (to the state) and as metric series
     (to the lock label), then read the agent's /metrics and its RSS."""
@@ -227,6 +228,7 @@ def cardinality_attack(
     peak = rss_before
     now = time.time_ns()
     started = time.monotonic()
+    slowest = 0.0
     for start in range(0, names, batch):
         holds = []
         metrics = ExportMetricsServiceRequest()
@@ -276,25 +278,25 @@ def cardinality_attack(
                 (ev.ATTR_OUTCOME, "acquired"),
             ):
                 point.attributes.add(key=key).value.string_value = value
-        status, _, body = request(
-            otlp_url + "/v1/logs",
-            data=encode_logs(holds),
-            headers=protobuf,
-            token=token,
-            timeout=60,
-        )
-        assert status == 200, (status, body[:200])
-        status, _, body = request(
-            otlp_url + "/v1/metrics",
-            data=metrics.SerializeToString(),
-            headers=protobuf,
-            token=token,
-            timeout=60,
-        )
-        assert status == 200, (status, body[:200])
+        for path, data in (
+            ("/v1/logs", encode_logs(holds)),
+            ("/v1/metrics", metrics.SerializeToString()),
+        ):
+            sent = time.monotonic()
+            status, _, body = request(
+                otlp_url + path, data=data, headers=protobuf, token=token, timeout=600
+            )
+            assert status == 200, (status, body[:200])
+            slowest = max(slowest, time.monotonic() - sent)
         peak = max(peak, rss_bytes(pid))
+        done = min(names, start + batch)
+        if progress is not None and done % 50_000 < batch:
+            progress(
+                f"{done} names, {time.monotonic() - started:.0f} s, "
+                f"RSS {rss_bytes(pid) / 2**20:.0f} MiB, slowest request {slowest:.2f} s"
+            )
     elapsed = time.monotonic() - started
-    status, _, body = request(http_url + "/metrics", token=token, timeout=60)
+    status, _, body = request(http_url + "/metrics", token=token, timeout=600)
     assert status == 200
     text = body.decode()
     label_values = set(re.findall(r'[{,]lock="((?:[^"\\]|\\.)*)"', text))
@@ -310,6 +312,7 @@ def cardinality_attack(
         "rss_before_bytes": rss_before,
         "rss_peak_bytes": max(peak, rss_after),
         "rss_growth_bytes": max(peak, rss_after) - rss_before,
+        "slowest_request_seconds": round(slowest, 2),
     }
 
 

@@ -107,3 +107,17 @@ def test_a_kazoo_waiter_names_its_holder_as_the_holder_names_itself(
     finally:
         client.stop()
         client.close()
+
+
+def test_one_zookeeper_namespace_for_the_shim_and_lockscopes_locks() -> None:
+    """A kazoo recipe and a lockscope ZooKeeperLock on the same ensemble, however each
+    client lists its servers, are the same lock for the agent."""
+    from lockscope.instrumentation.kazoo_recipes import zookeeper_namespace
+    from lockscope.locks.zookeeper import ZooKeeperLock
+
+    listed = KazooClient(hosts="127.0.0.2:2182,127.0.0.1:2181,127.0.0.2:2182/app")
+    reordered = KazooClient(hosts="127.0.0.1:2181,127.0.0.2:2182/app")
+    expected = "127.0.0.1:2181,127.0.0.2:2182/app"
+    assert ev.zookeeper_namespace(listed.hosts, listed.chroot) == expected
+    assert zookeeper_namespace(listed) == zookeeper_namespace(reordered) == expected
+    assert ZooKeeperLock(listed, "x").namespace == expected

@@ -18,6 +18,7 @@ Lock spans (``lock.acquire`` and ``lock.hold``) carrying the same attributes are
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final
 
 SCHEMA_VERSION: Final = 1
@@ -148,9 +149,21 @@ METRIC_LOCKS_LOST: Final = "lockscope.lock.lost"
 MODES: Final = ("exclusive", "read", "write", "semaphore")
 OUTCOMES: Final = ("acquired", "timeout", "busy", "cancelled", "error", "released", "lost")
 
-__all__ = [*sorted(n for n in list(globals()) if n.isupper() and not n.startswith("_")), "lock_key"]
+__all__ = [
+    *sorted(n for n in list(globals()) if n.isupper() and not n.startswith("_")),
+    "lock_key",
+    "zookeeper_namespace",
+]
 
 
 def lock_key(system: str, namespace: str, name: str) -> str:
     """The lock's identity as one string: ``system:namespace/name`` (used as a graph node id)."""
     return f"{system}:{namespace}/{name}"
+
+
+def zookeeper_namespace(hosts: Iterable[tuple[str, int]], chroot: str | None = None) -> str:
+    """The namespace of a ZooKeeper lock: the ensemble's ``host:port`` list, sorted and
+    without duplicates, plus the chroot.  Every ZooKeeper target (kazoo recipes,
+    lockscope's own locks) spells it this way, so one lock has one identity however each
+    client lists its servers."""
+    return ",".join(sorted({f"{host}:{port}" for host, port in hosts})) + (chroot or "")

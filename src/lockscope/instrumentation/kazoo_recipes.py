@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from lockscope import events
 from lockscope.instrumentation import operations, runtime
 from lockscope.instrumentation.operations import Adapter
 from lockscope.instrumentation.patching import Patcher
@@ -31,14 +32,14 @@ _watched_lock = threading.Lock()
 
 
 def zookeeper_namespace(client: Any) -> str:
-    """``host:port,host:port[/chroot]`` of a kazoo client."""
+    """``host:port,host:port[/chroot]`` of a kazoo client (sorted, as lockscope's own
+    ZooKeeper locks spell it: see :func:`lockscope.events.zookeeper_namespace`)."""
     hosts = getattr(client, "hosts", None)
-    try:
-        text = ",".join(f"{h}:{p}" for h, p in hosts) if hosts is not None else ""
-    except (TypeError, ValueError):
-        text = str(hosts)
     chroot = getattr(client, "chroot", None) or ""
-    return text + chroot
+    try:
+        return events.zookeeper_namespace(hosts or (), chroot)
+    except (TypeError, ValueError):
+        return str(hosts) + chroot
 
 
 def _sequence(node: Any) -> int | None:

@@ -58,6 +58,7 @@ from kazoo.recipe.lock import Semaphore as KazooSemaphore
 from kazoo.recipe.lock import WriteLock as KazooWriteLock
 
 from lockscope.errors import BackendUnavailable, LockError, LockLost, LockNotOwned
+from lockscope.events import zookeeper_namespace
 from lockscope.locks.base import AsyncLock, Lock, LockMode, validate_timeout, validate_ttl
 
 __all__ = [
@@ -128,8 +129,7 @@ class _Connection:
     @property
     def namespace(self) -> str:
         """The ensemble (sorted ``host:port`` list) plus the chroot: where the locks live."""
-        hosts = ",".join(sorted({f"{host}:{port}" for host, port in self.client.hosts}))
-        return hosts + (self.client.chroot or "")
+        return zookeeper_namespace(self.client.hosts, self.client.chroot)
 
     def ensure_started(self) -> None:
         with self._start_lock:

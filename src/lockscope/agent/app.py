@@ -204,6 +204,7 @@ class AgentRunner:
         self.state = state if state is not None else AgentState(self.config)
         self.stats = ReceiverStats()
         self.metrics_store = MetricsStore()
+        self.state.on_process_forgotten.append(self.metrics_store.forget_process)
         self.limits = ReceiverLimits(max_request_bytes)
         self.alertmanager_urls = tuple(alertmanager_urls)
         self.tick_interval = tick_interval

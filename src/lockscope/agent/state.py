@@ -197,6 +197,9 @@ class AgentState(StateQueries):
         """Lock key -> recent fencing tokens; survives the lock going idle (LRU-bounded)."""
         self.store = FindingStore(self._limits.max_findings)
         self.counters = StateCounters()
+        self.on_process_forgotten: list[Callable[[str], None]] = []
+        """Called with the ``service.instance.id`` of every process the state forgets
+        (dead for ``dead_process_retention``), e.g. to drop its metric series."""
         self.deadlocks = DeadlockDetector(
             self.store,
             budget=self._limits.max_explore,
@@ -348,6 +351,8 @@ class AgentState(StateQueries):
                 self._drop_hold(hold, tombstone=False, reason="forgotten")
         if self._procs.get(proc.info.instance) is proc:
             del self._procs[proc.info.instance]
+            for callback in list(self.on_process_forgotten):
+                callback(proc.info.instance)
 
     def _timer(self, when: int, kind: str, payload: Any) -> None:
         heapq.heappush(self._timers, (when, next(self._seq), kind, payload))

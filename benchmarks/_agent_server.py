@@ -34,11 +34,10 @@ import gc
 import json
 import os
 import signal
-import sys
 import time
 from typing import Any
 
-import psutil
+import psutil  # type: ignore[import-untyped]
 from aiohttp import web
 
 from lockscope.agent import otlp_receiver
@@ -197,6 +196,5 @@ def _by_kind(findings: Any) -> dict[str, int]:
 
 
 if __name__ == "__main__":
-    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
     os.environ.setdefault("PYTHONHASHSEED", "0")
     asyncio.run(main())

@@ -98,11 +98,11 @@ def inprocess(events: int, seed: int) -> dict[str, Any]:
         state.apply(e)
     t3 = time.process_time()
     n = len(decoded)
-    hb = [e for e in sim if e[1] == ev.EVENT_HEARTBEAT]
-    entries = sum(len(e[3][ev.ATTR_HOLDS]) + len(e[3][ev.ATTR_WAITS]) for e in hb)
+    hb = [r for r in sim if r[1] == ev.EVENT_HEARTBEAT]
+    entries = sum(len(r[3][ev.ATTR_HOLDS]) + len(r[3][ev.ATTR_WAITS]) for r in hb)
     kinds: dict[str, int] = {}
-    for e in sim:
-        kinds[e[1]] = kinds.get(e[1], 0) + 1
+    for r in sim:
+        kinds[r[1]] = kinds.get(r[1], 0) + 1
     return {
         "events": n,
         "parse_us": (t1 - t0) / n * 1e6,
@@ -149,6 +149,13 @@ class Agent:
             self.proc.wait()
 
 
+def _probe_attrs(lock: dict[str, Any], since: int, outcome: str | None = None) -> dict[str, Any]:
+    attrs = {**lock, ev.ATTR_ACTOR_ID: "thread:1", ev.ATTR_SINCE: since}
+    if outcome is not None:
+        attrs[ev.ATTR_OUTCOME] = outcome
+    return attrs
+
+
 class Probe(threading.Thread):
     """End-to-end latency under load: every ``every`` seconds a two-process ring is built
     (holds and the first wait in one request), then the closing wait.start is POSTed and
@@ -188,21 +195,13 @@ class Probe(threading.Thread):
             ]
             locks = [lock_attrs(0, f"probe:{n}:{i}") for i in (0, 1)]
 
-            def attrs(
-                i: int, lock: int, since: int, locks: list[dict[str, Any]] = locks, **extra: Any
-            ) -> dict[str, Any]:
-                return {
-                    **locks[lock],
-                    ev.ATTR_ACTOR_ID: "thread:1",
-                    ev.ATTR_SINCE: since,
-                    **extra,
-                }
-
-            hold = [(ev.EVENT_HOLD_START, now + 1, attrs(i, i, now - 10**9)) for i in (0, 1)]
-            w0 = (ev.EVENT_WAIT_START, now + 2, attrs(0, 1, now - 5 * 10**8))
+            hold = [
+                (ev.EVENT_HOLD_START, now + 1, _probe_attrs(lock, now - 10**9)) for lock in locks
+            ]
+            w0 = (ev.EVENT_WAIT_START, now + 2, _probe_attrs(locks[1], now - 5 * 10**8))
             setup = encode_events([hold[0], w0], procs[0]) + encode_events([hold[1]], procs[1])
             closing = encode_events(
-                [(ev.EVENT_WAIT_START, now + 3, attrs(1, 0, now - 4 * 10**8))], procs[1]
+                [(ev.EVENT_WAIT_START, now + 3, _probe_attrs(locks[0], now - 4 * 10**8))], procs[1]
             )
             self._post(otlp, setup)
             t0 = time.perf_counter()
@@ -227,24 +226,24 @@ class Probe(threading.Thread):
                 (
                     ev.EVENT_WAIT_END,
                     now + 4,
-                    attrs(0, 1, now - 5 * 10**8, **{ev.ATTR_OUTCOME: "timeout"}),
+                    _probe_attrs(locks[1], now - 5 * 10**8, "timeout"),
                 ),
                 (
                     ev.EVENT_HOLD_END,
                     now + 5,
-                    attrs(0, 0, now - 10**9, **{ev.ATTR_OUTCOME: "released"}),
+                    _probe_attrs(locks[0], now - 10**9, "released"),
                 ),
             ]
             end1 = [
                 (
                     ev.EVENT_WAIT_END,
                     now + 4,
-                    attrs(1, 0, now - 4 * 10**8, **{ev.ATTR_OUTCOME: "timeout"}),
+                    _probe_attrs(locks[0], now - 4 * 10**8, "timeout"),
                 ),
                 (
                     ev.EVENT_HOLD_END,
                     now + 5,
-                    attrs(1, 1, now - 10**9, **{ev.ATTR_OUTCOME: "released"}),
+                    _probe_attrs(locks[1], now - 10**9, "released"),
                 ),
             ]
             self._post(otlp, encode_events(end0, procs[0]) + encode_events(end1, procs[1]))

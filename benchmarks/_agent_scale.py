@@ -85,6 +85,9 @@ def scale_main(conn: Connection, n_holds: int, mix_events: int, reps: int, seed:
         state.apply(e)
     preload_cpu = time.process_time() - t0
     rss1 = _rss()
+    t0 = time.process_time()
+    gc.collect()  # what one full collection costs with this many holds tracked
+    full_gc = time.process_time() - t0
     assert state.hold_count == n_holds, (state.hold_count, n_holds)
     per_event = []
     for r, mix in enumerate(mixes):
@@ -105,6 +108,8 @@ def scale_main(conn: Connection, n_holds: int, mix_events: int, reps: int, seed:
             "bytes_per_hold": (rss1 - rss0) / n_holds,
             "preload_us_per_hold": preload_cpu / n_holds * 1e6,
             "deadlocks": state.deadlocks.counters.detected_total,
+            "full_gc_ms": full_gc * 1e3,
+            "gc_tracked": len(gc.get_objects()),
         }
     )
     conn.close()

@@ -449,6 +449,10 @@ def report(res: dict[str, Any], mode: str) -> str:
         verdict(big["bytes_per_hold"] <= TARGET_BYTES),
     )
     row("   load cost per hold (apply of hold.start, CPU)", f"{big['preload_us_per_hold']:.1f} us")
+    row(
+        f"   one full GC collection with {big['holds']:,} holds ({big['gc_tracked']:,} objects)",
+        f"{big['full_gc_ms']:.0f} ms",
+    )
     add("")
     add(
         "5. incremental search vs a naive detector: networkx over the whole wait-for graph "

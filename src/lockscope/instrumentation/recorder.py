@@ -509,16 +509,19 @@ class Recorder:
         lock._hold = None
         if hold is None:
             return
+        if not locked:
+            with self._lock:
+                self._end_light_reported(lock, hold, seconds)
+        else:
+            self._end_light_reported(lock, hold, seconds)
+
+    def _end_light_reported(self, lock: Any, hold: Hold, seconds: float) -> None:
+        if self._light_reported.pop(id(lock), None) is not hold:
+            return  # reported by this process's parent before a fork: not ours to end
         attrs = self._hold_attrs(hold)
         attrs[events.ATTR_OUTCOME] = "released"
         attrs[events.ATTR_HOLD_DURATION] = seconds
-        if locked:
-            self._light_reported.pop(id(lock), None)
-            self._emit(events.EVENT_HOLD_END, _perf(), attrs)
-        else:
-            with self._lock:
-                self._light_reported.pop(id(lock), None)
-                self._emit(events.EVENT_HOLD_END, _perf(), attrs)
+        self._emit(events.EVENT_HOLD_END, _perf(), attrs)
 
     def fold_light(self) -> None:
         """Move the in-process locks' own counters into :attr:`stats` (reporter thread)."""

@@ -214,6 +214,13 @@ class Fleet(Api):
             app.close()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _print_measured() -> Iterator[None]:
+    yield
+    if MEASURED:
+        print("\nmeasured (s):", json.dumps(MEASURED, indent=1))
+
+
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[Fleet]:
     with InProcessAgent() as agent:
@@ -223,8 +230,6 @@ def fleet() -> Iterator[Fleet]:
             yield pool
         finally:
             pool.close()
-            if MEASURED:
-                print("\nmeasured (s):", json.dumps(MEASURED, indent=1))
 
 
 # -- deadlock helpers -------------------------------------------------------------------------

@@ -118,7 +118,10 @@ def loss(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
                         pair[0].kill()
                         until(lambda locks=locks: not _active(agent.http_url, locks), timeout=30)
                     except AssertionError:
-                        print(f"injected deadlock {k} NOT found", flush=True)
+                        print(f"injected deadlock {k} NOT found; the agent's view:", flush=True)
+                        for name in sorted(locks):
+                            view = get_json(f"{agent.http_url}/api/v1/locks/{name}")
+                            print(json.dumps(view)[:2000], flush=True)
                     finally:
                         for worker in pair:
                             worker.kill()

@@ -165,6 +165,13 @@ def lock_info(adapter: Adapter, instance: Any) -> LockInfo | None:
     return info
 
 
+def _cached_info(instance: Any) -> Any:
+    try:
+        return instance.__dict__.get(_INFO_ATTR)
+    except AttributeError:
+        return None
+
+
 def skip(instance: Any) -> None:
     """Never record calls on ``instance`` (its owner records them itself)."""
     with contextlib.suppress(AttributeError):
@@ -247,8 +254,12 @@ def begin(adapter: Adapter, instance: Any, args: Any, kwargs: Any, task: Any) ->
     shim = runtime.current
     if shim is None:
         return None
-    info = lock_info(adapter, instance)
+    info = _cached_info(instance)
     if info is None:
+        info = lock_info(adapter, instance)
+        if info is None:
+            return None
+    elif info is _SKIP:
         return None
     op = _Acquire(shim, adapter, instance, info, task)
     op.args, op.kwargs = args, kwargs
@@ -279,7 +290,7 @@ def acquire_wrapper(adapter: Adapter) -> Wrapper:
             raise
         if token is not None:
             _detach(token)
-        op.done(_result_outcome(adapter, result, op))
+        op.done("acquired" if result is True else _result_outcome(adapter, result, op))
         return result
 
     return wrapper
@@ -335,8 +346,12 @@ def _find(adapter: Adapter, instance: Any, task: Any) -> Hold | None:
     shim = runtime.current
     if shim is None:
         return None
-    info = lock_info(adapter, instance)
+    info = _cached_info(instance)
     if info is None:
+        info = lock_info(adapter, instance)
+        if info is None:
+            return None
+    elif info is _SKIP:
         return None
     actor = _get_ident() if task is None else id(task)
     return shim.recorder.find_hold(instance, actor, info.key, any_actor=adapter.shared(instance))

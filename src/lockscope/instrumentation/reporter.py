@@ -19,6 +19,7 @@ from __future__ import annotations
 import _thread
 import collections
 import contextlib
+import gc
 import logging
 import sys
 import threading
@@ -273,11 +274,29 @@ class Reporter:
         return True
 
 
+def _thread_frames() -> dict[int, Any]:
+    """``sys._current_frames()``, made safe on CPython 3.11.
+
+    There a garbage collection that starts inside the call can deadlock the whole process:
+    it holds the runtime's thread-list lock while it allocates, and collecting a dead
+    thread's objects needs that lock, with the GIL held (CPython gh-106883, fixed in 3.12
+    by pausing the collector around the call).  The soak (benchmarks/soak.py) froze an
+    instrumented app that way.  So pause it here too, unless the app turned it off.
+    """
+    if sys.version_info >= (3, 12) or not gc.isenabled():
+        return sys._current_frames()
+    gc.disable()
+    try:
+        return sys._current_frames()
+    finally:
+        gc.enable()
+
+
 def _add_code_locations(waits: list[Wait]) -> None:
     """Where each long-waiting thread is waiting (its live frame; cheap, on report only)."""
     from lockscope.instrumentation.spans import caller_location, is_library_frame
 
-    frames = sys._current_frames()
+    frames = _thread_frames() if any(w.task is None for w in waits) else {}
     for wait in waits:
         where = None
         if wait.task is not None:

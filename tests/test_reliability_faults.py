@@ -255,3 +255,30 @@ def heartbeated(http_url: str, pid: int) -> bool:
 
 def stale_for(http_url: str, pid: int) -> list[dict[str, Any]]:
     return [s for s in findings(http_url, "stale-holders") if s["pid"] == pid]
+
+
+def test_thread_frames_pause_the_collector_on_python_311(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The soak froze an instrumented app in sys._current_frames() (CPython gh-106883): the
+    reporter must call it with the garbage collector paused, and turn it back on."""
+    import gc
+    import sys
+
+    from lockscope.instrumentation import reporter
+
+    seen: list[bool] = []
+
+    def current_frames() -> dict[int, object]:
+        seen.append(gc.isenabled())
+        return {}
+
+    monkeypatch.setattr(sys, "_current_frames", current_frames)
+    assert gc.isenabled()
+    reporter._thread_frames()
+    assert seen == [sys.version_info >= (3, 12)]
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        reporter._thread_frames()  # the app's choice is left alone
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

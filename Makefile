@@ -5,11 +5,14 @@
 #   make test                 # = scripts/test.sh: lint, type-check, the whole test suite
 #   make test TEST_ARGS="-k demo -x"
 #   make setup                # = scripts/setup-system.sh: the test servers (Debian, sudo)
+#   make soak                 # = benchmarks/soak.py: lossy delivery, restarts, 1M-name attack
+#   make soak SOAK_ARGS="--only loss"
 
 DEMO_ARGS ?=
 TEST_ARGS ?=
+SOAK_ARGS ?=
 
-.PHONY: demo test setup
+.PHONY: demo test setup soak
 
 demo:
 	./scripts/demo.sh $(DEMO_ARGS)
@@ -19,3 +22,6 @@ test:
 
 setup:
 	./scripts/setup-system.sh
+
+soak:
+	.venv/bin/python benchmarks/soak.py $(SOAK_ARGS)

@@ -566,7 +566,8 @@ class Recorder:
     def snapshot(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The reported waits and holds, as heartbeat entries."""
         with self._lock:
-            waits = [self._wait_attrs(w) for w in self._waits if w.reported]
+            # begin_wait adds without the lock: iterate a copy (list() of a set is atomic).
+            waits = [self._wait_attrs(w) for w in list(self._waits) if w.reported]
             holds = [self._hold_attrs(h) for hs in self._holds.values() for h in hs if h.reported]
             holds += [self._hold_attrs(h) for h in self._light_reported.values()]
         return waits, holds

@@ -142,3 +142,36 @@ def test_spans_skip_the_sdk_only_when_the_sampler_surely_drops() -> None:
     with sampled.get_tracer("t").start_as_current_span("sampled parent"):
         assert not factory.surely_dropped()
     assert not SpanFactory(TracerProvider(sampler=TraceIdRatioBased(0.5))).surely_dropped()
+
+
+def test_reporter_side_reads_survive_concurrent_lock_calls() -> None:
+    import threading
+
+    recorder = Recorder(report_after=0.0)
+    info = LockInfo("redis", "ns", "busy", "busy")
+    stop = threading.Event()
+
+    def hammer(actor: int) -> None:
+        target = object()
+        while not stop.is_set():
+            hold = recorder.end_wait(recorder.begin_wait(info, actor, None, target), "acquired")
+            assert hold is not None
+            recorder.end_hold(hold)
+
+    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        import time
+
+        for _ in range(300):
+            now = time.perf_counter_ns()
+            recorder.report(now, recorder.due_waits(now))
+            recorder.snapshot()
+            recorder.drain(1000)
+            recorder.stats.snapshot()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert recorder.acquires > 0

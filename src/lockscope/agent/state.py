@@ -186,6 +186,9 @@ class AgentState(StateQueries):
         self._waiters: dict[str, int] = {}
         self._labels: set[str] = set()
         self._tombstones: OrderedDict[tuple[str, str, str, int], int] = OrderedDict()
+        self._healed: dict[tuple[str, str, str, int], int] = {}
+        """Tombstones left by a heartbeat that did not list the hold or wait -> that
+        heartbeat's time: a newer heartbeat listing it again brings it back."""
         self._liveness: list[tuple[int, int, str]] = []
         self._timers: list[tuple[int, int, str, Any]] = []
         self._expiring: deque[tuple[int, str]] = deque()
@@ -270,10 +273,11 @@ class AgentState(StateQueries):
                     self._drop_hold(hold, tombstone=False, reason="lease_expired")
         tombs = self._tombstones
         while tombs:
-            _key, expiry = next(iter(tombs.items()))
+            key, expiry = next(iter(tombs.items()))
             if expiry > now:
                 break
             tombs.popitem(last=False)
+            self._healed.pop(key, None)
         expiring = self._expiring
         while expiring and expiring[0][0] <= now:
             _, fid = expiring.popleft()
@@ -431,9 +435,32 @@ class AgentState(StateQueries):
     def _tombstone(self, kind: str, actor: Actor, lock: Lock, since: int) -> None:
         tombs = self._tombstones
         if len(tombs) >= self._limits.max_tombstones:
-            tombs.popitem(last=False)
+            oldest, _expiry = tombs.popitem(last=False)
+            self._healed.pop(oldest, None)
             self._limit_hit("max_tombstones")
-        tombs[(kind, actor.key, lock.key, since)] = self._now + int(self.config.tombstone_ttl * _NS)
+        key = (kind, actor.key, lock.key, since)
+        tombs[key] = self._now + int(self.config.tombstone_ttl * _NS)
+        self._healed.pop(key, None)
+
+    def _tombstoned(self, kind: str, actor: Actor, lock: Lock, since: int, asserted: int) -> bool:
+        """Whether the hold or wait ended (or a snapshot dropped it) and this evidence is
+        not newer than that.
+
+        A heartbeat lists only what was already reported when it was taken; delivered
+        after the report of a new wait or hold (reordered), it drops that entry.  Evidence
+        asserted after that heartbeat (the next snapshot listing it) brings it back:
+        otherwise a reordered pair would hide a live wait, and a deadlock, for
+        ``tombstone_ttl``.
+        """
+        key = (kind, actor.key, lock.key, since)
+        if key not in self._tombstones:
+            return False
+        healed_at = self._healed.get(key)
+        if healed_at is not None and asserted > healed_at:
+            del self._tombstones[key]
+            del self._healed[key]
+            return False
+        return True
 
     def _timeline_add(
         self, t: int, lock: Lock, what: str, actor: Actor, mode: str | None, detail: str | None
@@ -451,7 +478,7 @@ class AgentState(StateQueries):
         attrs: Mapping[str, Any],
         probed: bool = False,
     ) -> Wait | None:
-        if ("w", actor.key, lock.key, since) in self._tombstones:
+        if self._tombstoned("w", actor, lock, since, asserted):
             _inc(self.counters.events_ignored, "tombstoned")
             return None
         # ...and a wait that began before one of the actor's holds was over by then.
@@ -523,7 +550,7 @@ class AgentState(StateQueries):
         asserted: int,
         attrs: Mapping[str, Any],
     ) -> tuple[Hold | None, bool]:
-        if ("h", actor.key, lock.key, since) in self._tombstones:
+        if self._tombstoned("h", actor, lock, since, asserted):
             _inc(self.counters.events_ignored, "tombstoned")
             return None, False
         # An actor blocked in one acquire cannot acquire anything else: whatever it waited
@@ -917,9 +944,11 @@ class AgentState(StateQueries):
             if w is not None and w not in seen_waits and w.asserted_ns < t:
                 _inc(self.counters.healed, "wait")
                 self._drop_wait(w, tombstone=True)
+                self._healed[("w", actor.key, w.lock.key, w.since_ns)] = t
             for h in list(actor.holds.values()):
                 if h not in seen_holds and h.asserted_ns < t:
                     _inc(self.counters.healed, "hold")
                     self._drop_hold(h, tombstone=True, reason="released")
+                    self._healed[("h", actor.key, h.lock.key, h.since_ns)] = t
         for actor, lock in touched:
             self._gc(actor, lock)

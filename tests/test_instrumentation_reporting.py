@@ -218,16 +218,20 @@ def test_metrics_reach_the_agent_when_the_app_has_no_meter_provider(
     assert counts["busy"] >= 1
 
 
+@pytest.mark.parametrize("sampler", ["default", "ratio"])
 def test_spans_nest_redis_commands_and_link_to_the_holder(
-    sink: OtlpSink, client: redis.Redis
+    sink: OtlpSink, client: redis.Redis, sampler: str
 ) -> None:
+    """Both span paths: the default sampler surely records (attributes and link given at
+    the start), a ratio sampler is asked (they are added once the span records)."""
     from opentelemetry.instrumentation.redis import RedisInstrumentor
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 
     exporter = InMemorySpanExporter()
-    provider = TracerProvider()
+    provider = TracerProvider() if sampler == "default" else TracerProvider(TraceIdRatioBased(1.0))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     RedisInstrumentor().instrument(tracer_provider=provider)
     try:
@@ -248,6 +252,8 @@ def test_spans_nest_redis_commands_and_link_to_the_holder(
     assert second.attributes[events.ATTR_OUTCOME] == "busy"
     assert first.attributes[events.ATTR_LOCK_NAME] == "spanned:1"
     assert first.attributes[events.ATTR_CODE_FILE].endswith("test_instrumentation_reporting.py")
+    assert first.attributes[events.ATTR_CODE_FUNCTION].endswith("link_to_the_holder")
+    assert second.attributes[events.ATTR_CODE_LINE] > first.attributes[events.ATTR_CODE_LINE]
     # The redis SET of each acquire is a child of its lock.acquire span.
     children = [
         s for s in spans if s.parent is not None and s.parent.span_id == first.context.span_id

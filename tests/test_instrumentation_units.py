@@ -144,6 +144,30 @@ def test_spans_skip_the_sdk_only_when_the_sampler_surely_drops() -> None:
     assert not SpanFactory(TracerProvider(sampler=TraceIdRatioBased(0.5))).surely_dropped()
 
 
+def test_spans_know_when_the_sampler_surely_records() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import (
+        ALWAYS_OFF,
+        ALWAYS_ON,
+        ParentBased,
+        TraceIdRatioBased,
+    )
+
+    from lockscope.instrumentation.spans import SpanFactory
+
+    assert SpanFactory(TracerProvider(sampler=ALWAYS_ON)).certainty() == 1
+    assert SpanFactory(TracerProvider(sampler=ALWAYS_OFF)).certainty() == -1
+    assert SpanFactory(TracerProvider(sampler=TraceIdRatioBased(1.0))).certainty() == 0
+    default = TracerProvider()  # ParentBased(ALWAYS_ON)
+    assert SpanFactory(default).certainty() == 1
+    ratio = TracerProvider(sampler=ParentBased(TraceIdRatioBased(1.0)))
+    factory = SpanFactory(ratio)
+    assert factory.certainty() == 0  # a root: the ratio sampler decides
+    with ratio.get_tracer("t").start_as_current_span("sampled parent"):
+        assert factory.certainty() == 1
+    assert SpanFactory(TracerProvider(sampler=ParentBased(ALWAYS_OFF))).certainty() == -1
+
+
 def test_reporter_side_reads_survive_concurrent_lock_calls() -> None:
     import threading
 

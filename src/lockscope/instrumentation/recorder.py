@@ -49,6 +49,7 @@ class LockInfo:
         "namespace",
         "reentrant",
         "span_attrs",
+        "span_sites",
         "system",
         "template",
         "ttl",
@@ -106,6 +107,8 @@ class LockInfo:
             if k not in (events.ATTR_LOCK_TEMPLATE, events.ATTR_LOCK_FIFO)
             and not (k == events.ATTR_LOCK_MODE and v == "exclusive")
         }
+        self.span_sites: dict[Any, dict[str, Any]] | None = None
+        """Span attributes merged with a call site's code location (see spans._site_attrs)."""
 
     def __repr__(self) -> str:
         return f"<LockInfo {self.key} {self.mode}>"

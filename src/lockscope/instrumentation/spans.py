@@ -17,7 +17,7 @@ from types import FrameType
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind, Tracer, get_current_span
+from opentelemetry.trace import Link, Span, SpanKind, Tracer, get_current_span
 
 from lockscope import __version__, events
 from lockscope.instrumentation.recorder import LockInfo, Recorder
@@ -84,28 +84,46 @@ def caller_location(frame: FrameType | None = None) -> tuple[str, int, str] | No
 
 
 _ALWAYS_OFF = "AlwaysOffSampler"
+_ALWAYS_ON = "AlwaysOnSampler"
+_SITES_PER_LOCK = 32
+"""Call sites whose merged span attributes are cached per lock (more are built each time)."""
+
+# Decisions a sampler's description makes certain, per parent kind.
+_ASK, _DROP, _RECORD = 0, -1, 1
 
 
-def _certain_drops(tracer_provider: Any) -> tuple[bool, bool, bool, bool]:
-    """From the SDK sampler's public description: whether it surely drops a span that is
-    (always, a root, a child of an unsampled local parent, of an unsampled remote parent)."""
+def _decision(description: str | None) -> int:
+    if description == _ALWAYS_OFF:
+        return _DROP
+    if description == _ALWAYS_ON:
+        return _RECORD
+    return _ASK
+
+
+def _certain_decisions(tracer_provider: Any) -> tuple[int, int, int, int, int, int]:
+    """From the SDK sampler's public description: the decision it surely makes for a span
+    that is a root, a child of an (unsampled local, unsampled remote, sampled local, sampled
+    remote) parent; and one for all of them if it is the same (``_ASK``: not certain)."""
     if tracer_provider is None:
         tracer_provider = trace.get_tracer_provider()
     sampler = getattr(tracer_provider, "sampler", None)
     try:
         description = str(sampler.get_description()) if sampler is not None else ""
     except Exception:
-        return False, False, False, False
-    if description == _ALWAYS_OFF:
-        return True, True, True, True
+        return _ASK, _ASK, _ASK, _ASK, _ASK, _ASK
+    whole = _decision(description)
+    if whole != _ASK:
+        return whole, whole, whole, whole, whole, whole
     if not description.startswith("ParentBased{"):
-        return False, False, False, False
+        return _ASK, _ASK, _ASK, _ASK, _ASK, _ASK
     parts = dict(re.findall(r"(\w+):([^,{}]+(?:\{[^}]*\})?)", description[len("ParentBased{") :]))
     return (
-        False,
-        parts.get("root") == _ALWAYS_OFF,
-        parts.get("localParentNotSampled") == _ALWAYS_OFF,
-        parts.get("remoteParentNotSampled") == _ALWAYS_OFF,
+        _ASK,
+        _decision(parts.get("root")),
+        _decision(parts.get("localParentNotSampled")),
+        _decision(parts.get("remoteParentNotSampled")),
+        _decision(parts.get("localParentSampled")),
+        _decision(parts.get("remoteParentSampled")),
     )
 
 
@@ -116,30 +134,47 @@ class SpanFactory:
         self.tracer: Tracer = trace.get_tracer(
             "lockscope.instrumentation", __version__, tracer_provider
         )
-        self._always_off, self._root_off, self._local_off, self._remote_off = _certain_drops(
-            tracer_provider
-        )
-        self._may_skip = self._always_off or self._root_off or self._local_off
+        (
+            self._always,
+            self._root,
+            self._local_off,
+            self._remote_off,
+            self._local_on,
+            self._remote_on,
+        ) = _certain_decisions(tracer_provider)
+        self._may_skip = _DROP in (self._always, self._root, self._local_off, self._remote_off)
 
     def surely_dropped(self) -> bool:
         """Whether the sampler would certainly drop a span started now (so the SDK need
         not be asked: a non-recording span costs it ~4 us, this check ~0.3 us).  True only
         when the sampler's own description says so: AlwaysOff, or ParentBased whose branch
         for the current parent (none / unsampled local / unsampled remote) is AlwaysOff."""
-        if not self._may_skip:
-            return False
-        if self._always_off:
-            return True
+        return self._may_skip and self.certainty() == _DROP
+
+    def certainty(self) -> int:
+        """What the sampler surely decides for a span started now, by its own description:
+        -1 drop (no SDK call needed), 1 record (the code location can go in the start
+        attributes), 0 not certain (ask through ``start_span``)."""
+        if self._always != _ASK:
+            return self._always
         context = get_current_span().get_span_context()
         if not context.is_valid:
-            return self._root_off
+            return self._root
         if context.trace_flags.sampled:
-            return False
+            return self._remote_on if context.is_remote else self._local_on
         return self._remote_off if context.is_remote else self._local_off
 
-    def start_acquire(self, info: LockInfo, recorder: Recorder) -> Span:
+    def start_acquire(self, info: LockInfo, recorder: Recorder, certain: bool = False) -> Span:
         """The wait span (linked to the holder's hold span when the holder is in this
-        process); the caller makes it current and ends it."""
+        process); the caller makes it current and ends it.  ``certain``: the sampler surely
+        records it, so the code location and the link go in at the start, in one call."""
+        if certain:
+            return self.tracer.start_span(
+                events.SPAN_ACQUIRE,
+                kind=SpanKind.INTERNAL,
+                attributes=_site_attrs(info, sys._getframe(1)),
+                links=_holder_link(info, recorder),
+            )
         span = self.tracer.start_span(
             events.SPAN_ACQUIRE, kind=SpanKind.INTERNAL, attributes=info.span_attrs
         )
@@ -153,11 +188,9 @@ class SpanFactory:
                         events.ATTR_CODE_FUNCTION: where[2],
                     }
                 )
-            holder = recorder.holder_of(info.key)
-            if holder is not None and holder.span is not None:
-                context = holder.span.get_span_context()
-                if context.is_valid:
-                    span.add_link(context, {"lockscope.link": "holder"})
+            links = _holder_link(info, recorder)
+            if links:
+                span.add_link(links[0].context, _HOLDER_LINK)
         return span
 
     def start_hold(self, info: LockInfo, token: int | None) -> Span:
@@ -166,3 +199,44 @@ class SpanFactory:
         if token is not None:
             attrs = {**attrs, events.ATTR_LOCK_TOKEN: token}
         return self.tracer.start_span(events.SPAN_HOLD, kind=SpanKind.INTERNAL, attributes=attrs)
+
+
+_HOLDER_LINK = {"lockscope.link": "holder"}
+
+
+def _holder_link(info: LockInfo, recorder: Recorder) -> list[Link] | None:
+    holder = recorder.holder_of(info.key)
+    if holder is not None and holder.span is not None:
+        context = holder.span.get_span_context()
+        if context.is_valid:
+            return [Link(context, _HOLDER_LINK)]
+    return None
+
+
+def _site_attrs(info: LockInfo, frame: FrameType | None) -> dict[str, Any]:
+    """The lock's span attributes plus the code location of the first frame outside the
+    libraries, merged once per (lock, call site) and cached on the LockInfo."""
+    depth = 0
+    while frame is not None and depth < 30:
+        code = frame.f_code
+        if not _skipped(code.co_filename):
+            break
+        frame = frame.f_back
+        depth += 1
+    else:
+        return info.span_attrs
+    site = (code, frame.f_lineno)
+    sites = info.span_sites
+    if sites is None:
+        sites = info.span_sites = {}
+    attrs = sites.get(site)
+    if attrs is None:
+        attrs = {
+            **info.span_attrs,
+            events.ATTR_CODE_FILE: code.co_filename,
+            events.ATTR_CODE_LINE: site[1],
+            events.ATTR_CODE_FUNCTION: code.co_qualname,
+        }
+        if len(sites) < _SITES_PER_LOCK:
+            sites[site] = attrs
+    return attrs

@@ -73,6 +73,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--timeout", type=float, default=5.0, metavar="SECONDS", help="per request (5)"
     )
     parser.add_argument("--json", action="store_true", help="print the API answers as JSON")
+    parser.add_argument(
+        "--token",
+        metavar="TOKEN",
+        default=None,
+        help="bearer token of an agent started with one (env LOCKSCOPE_AGENT_TOKEN)",
+    )
 
 
 def base_url(value: str | None) -> str:
@@ -83,13 +89,18 @@ def base_url(value: str | None) -> str:
     return url.rstrip("/")
 
 
-def fetch_findings(url: str, timeout: float = 5.0) -> dict[str, list[dict[str, Any]]]:
-    """The active findings of the agent at ``url``, by section key."""
+def fetch_findings(
+    url: str, timeout: float = 5.0, token: str | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """The active findings of the agent at ``url``, by section key (``token``: the agent's
+    bearer token, when it has one)."""
     out: dict[str, list[dict[str, Any]]] = {}
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     for path, key, _title, _columns in SECTIONS:
         full = f"{url}{path}?status=active"
         try:
-            with urllib.request.urlopen(full, timeout=timeout) as response:
+            request = urllib.request.Request(full, headers=headers)
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 body = json.load(response)
         except urllib.error.HTTPError as exc:
             raise AgentUnreachable(f"{full}: HTTP {exc.code} {exc.reason}") from None
@@ -200,7 +211,8 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out if out is not None else sys.stdout
     url = base_url(args.http)
     try:
-        findings = fetch_findings(url, args.timeout)
+        token = getattr(args, "token", None) or os.environ.get("LOCKSCOPE_AGENT_TOKEN")
+        findings = fetch_findings(url, args.timeout, token)
     except AgentUnreachable as exc:
         print(f"lockscope status: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE

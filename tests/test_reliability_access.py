@@ -270,3 +270,24 @@ def test_cli_rejects_half_a_tls_setup_and_an_empty_token_file(tmp_path: Path) ->
     )
     assert result.returncode == 2
     assert "empty" in result.stderr
+
+
+def test_lockscope_status_sends_the_token(guarded: InProcessAgent) -> None:
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("LOCKSCOPE_")}
+    refused = subprocess.run(
+        [*LOCKSCOPE, "status", "--http", guarded.http_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert refused.returncode != 0
+    assert "401" in refused.stderr
+    allowed = subprocess.run(
+        [*LOCKSCOPE, "status", "--http", guarded.http_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env, "LOCKSCOPE_AGENT_TOKEN": TOKEN},
+    )
+    assert allowed.returncode == 0, allowed.stderr

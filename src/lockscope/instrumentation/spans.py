@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Callable
+from contextvars import ContextVar
 from types import FrameType
 from typing import Any
 
@@ -127,6 +129,35 @@ def _certain_decisions(tracer_provider: Any) -> tuple[int, int, int, int, int, i
     )
 
 
+def _current_span_getter() -> Callable[[], Span | None]:
+    """The current context's span or ``None``: :func:`get_current_span` read straight from
+    the SDK's context variable (~0.1 us instead of ~0.3 us on every unsampled acquire);
+    falls back to the public call."""
+    try:
+        from opentelemetry.context import _RUNTIME_CONTEXT
+        from opentelemetry.trace.propagation import _SPAN_KEY
+
+        var = _RUNTIME_CONTEXT._current_context  # type: ignore[attr-defined]
+        if not isinstance(var, ContextVar):
+            raise TypeError(var)
+        get = var.get
+
+        def current() -> Span | None:
+            span: Span | None = get().get(_SPAN_KEY)
+            return span
+
+        return current
+    except Exception:
+
+        def public() -> Span | None:
+            return get_current_span()
+
+        return public
+
+
+_current_span = _current_span_getter()
+
+
 class SpanFactory:
     """Starts lock spans on the tracer of the app's (global) TracerProvider."""
 
@@ -157,7 +188,10 @@ class SpanFactory:
         attributes), 0 not certain (ask through ``start_span``)."""
         if self._always != _ASK:
             return self._always
-        context = get_current_span().get_span_context()
+        span = _current_span()
+        if span is None:
+            return self._root
+        context = span.get_span_context()
         if not context.is_valid:
             return self._root
         if context.trace_flags.sampled:

@@ -66,7 +66,9 @@ _CHUNK: Final = 64 * 1024
 _INVALID_ARGUMENT: Final = 3
 _RESOURCE_EXHAUSTED: Final = 8
 _INTERNAL_ERRORS_LOGGED: Final = 20
-_YIELD_EVERY: Final = 2048
+_YIELD_EVERY: Final = 128
+"""Events applied between yields to the event loop: an API request or a probe waits for at
+most one slice (~1 ms), not a whole batch; a yield costs ~0.2 µs per event."""
 
 
 class BodyTooLarge(Exception):
@@ -190,7 +192,7 @@ async def _ingest(app: web.Application, signal: Signal, message: object) -> tupl
     events = batch.events
     for start in range(0, len(events), group):
         if start and not start % _YIELD_EVERY:
-            # A 16 MiB batch is ~10^5 events: let ticks, probes and API calls run meanwhile.
+            # Let ticks, probes and API calls run meanwhile (a 512-record batch takes ~5 ms).
             await asyncio.sleep(0)
         failed = ""
         for event in events[start : start + group]:

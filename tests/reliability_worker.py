@@ -12,6 +12,10 @@ Modes (JSON keys in brackets):
 ``zk_hold`` [hosts, path, timeout]
     take a kazoo ``Lock`` (session timeout ``timeout``), print ``holding``; print ``lost``
     as soon as the session is lost; on ``release`` release unless lost, print ``done``.
+``skewed`` [url, name, skew, rounds, hold]
+    this host's clock is ``skew`` seconds off (``time.time``/``time_ns`` patched before
+    the shim starts, which this mode starts itself): wait for ``go``, then ``rounds``
+    times take redis lock ``name``, hold it ``hold`` seconds, release; print ``done``.
 ``soak`` [url, ops, threads, locks, seed, long_every]
     ``threads`` threads doing ``ops`` lock operations in total: take one or two of
     ``locks`` redis locks *in sorted order* (so no deadlock is possible), hold briefly
@@ -90,6 +94,25 @@ def zk_hold(cfg: dict[str, Any]) -> None:
     say("done")
 
 
+def skewed(cfg: dict[str, Any]) -> None:
+    skew_ns = int(float(cfg["skew"]) * 1e9)
+    real_time_ns, real_time = time.time_ns, time.time
+    time.time_ns = lambda: real_time_ns() + skew_ns  # type: ignore[assignment]
+    time.time = lambda: real_time() + skew_ns / 1e9  # type: ignore[assignment]
+    from lockscope.instrumentation import LockscopeInstrumentor
+
+    LockscopeInstrumentor().instrument()
+    client = redis.Redis.from_url(cfg["url"])
+    say("ready")
+    sys.stdin.readline()
+    for _ in range(int(cfg.get("rounds", 5))):
+        lock = client.lock(cfg["name"], timeout=30)
+        lock.acquire(blocking_timeout=60)
+        time.sleep(float(cfg.get("hold", 0.3)))  # the app's work while holding
+        lock.release()
+    say("done")
+
+
 def soak(cfg: dict[str, Any]) -> None:
     client = redis.Redis.from_url(cfg["url"])
     names = [f"soak:{chr(97 + i)}" for i in range(int(cfg.get("locks", 6)))]
@@ -147,4 +170,5 @@ def soak(cfg: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     mode, config = sys.argv[1], json.loads(sys.argv[2])
-    {"deadlock": deadlock, "hold": hold, "zk_hold": zk_hold, "soak": soak}[mode](config)
+    modes = {"deadlock": deadlock, "hold": hold, "zk_hold": zk_hold, "skewed": skewed}
+    {**modes, "soak": soak}[mode](config)

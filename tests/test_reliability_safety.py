@@ -29,7 +29,7 @@ import pytest
 import redis
 
 from lockscope.testing import faults
-from reliability_helpers import LOCKSCOPE, AgentProcess, findings, get_json, until
+from reliability_helpers import LOCKSCOPE, AgentProcess, findings, get_json, request, until
 
 WORKER = str(Path(__file__).with_name("redis_lock_worker.py"))
 
@@ -159,3 +159,73 @@ def test_contention_across_instrumented_processes_finds_nothing(
         "violations": [],
         "order-inversions": [],
     }
+
+
+def test_clock_skew_between_hosts_invents_no_violation(agent: AgentProcess, redis_url: str) -> None:
+    """Three instrumented processes whose clocks are 0, -2 and +2 s off take turns on one
+    Redis lock (holds of 0.3 s, so every hold is reported): the skewed timestamps make the
+    holds look overlapping or far apart, yet the lock server let one in at a time, and
+    the agent reports no violation, no stale holder and no deadlock."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCKSCOPE_", "OTEL_"))}
+    env.update(
+        {
+            "LOCKSCOPE_ENDPOINT": agent.otlp_url,
+            "LOCKSCOPE_HEARTBEAT": "0.2",
+            "LOCKSCOPE_REPORT_AFTER": "0.05",
+            "LOCKSCOPE_METRICS_EXPORT": "none",
+            "OTEL_SERVICE_NAME": "skewed",
+        }
+    )
+    worker = str(Path(__file__).with_name("reliability_worker.py"))
+    name = f"skew-{uuid.uuid4().hex[:8]}"
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                worker,
+                "skewed",
+                json.dumps(
+                    {"url": redis_url, "name": name, "skew": skew, "rounds": 4, "hold": 0.3}
+                ),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for skew in (0, -2, 2)
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            assert json.loads(proc.stdout.readline())["event"] == "ready"
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        # Watch the lock while they work: every process's holds reach the agent (so the
+        # check below could fail).
+        holders: set[int] = set()
+
+        def all_done() -> bool:
+            status, _, body = request(f"{agent.http_url}/api/v1/locks/{name}")
+            if status == 200:
+                holders.update(h["pid"] for h in json.loads(body)["holders"])
+            return all(proc.poll() is not None for proc in procs)
+
+        until(all_done, timeout=60, interval=0.05)
+        assert [proc.returncode for proc in procs] == [0, 0, 0]
+        assert holders == {proc.pid for proc in procs}
+        assert everything(agent.http_url) == {
+            "deadlocks": [],
+            "stale-holders": [],
+            "violations": [],
+            "order-inversions": [],
+        }
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

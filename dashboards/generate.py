@@ -137,13 +137,53 @@ def datasource_variables(d: Dashboard, lock: bool = False) -> Dashboard:
     return d
 
 
-class _Ids:
-    def __init__(self) -> None:
-        self.n = 0
+def lockscope_dashboard(title: str, uid: str, description: str) -> Dashboard:
+    """A dashboard with the settings both lockscope dashboards share."""
+    return (
+        Dashboard(title)
+        .uid(uid)
+        .description(description)
+        .tags(TAGS)
+        .editable()
+        .tooltip(DashboardCursorSync.CROSSHAIR)
+        .refresh("10s")
+        .time("now-1h", "now")
+        .timezone("browser")
+    )
 
-    def __call__(self) -> int:
-        self.n += 1
-        return self.n
+
+def sibling_link(title: str) -> DashboardLink:
+    """A link to the other lockscope dashboard(s), carrying variables and time range."""
+    return (
+        DashboardLink(title)
+        .type("dashboards")
+        .tags(["lockscope"])
+        .include_vars(True)
+        .keep_time(True)
+    )
+
+
+Panel = (
+    stat.Panel | timeseries.Panel | piechart.Panel | bargauge.Panel | table.Panel | nodegraph.Panel
+)
+
+
+class _Board:
+    """Adds rows and panels to a dashboard, numbering them in order (rows count too)."""
+
+    def __init__(self, dashboard: Dashboard) -> None:
+        self.dashboard = dashboard
+        self._last_id = 0
+
+    def _next_id(self) -> int:
+        self._last_id += 1
+        return self._last_id
+
+    def row(self, title: str) -> None:
+        self.dashboard.with_row(Row(title).id(self._next_id()))
+
+    def add(self, panel: Panel, datasource: DataSourceRef = PROMETHEUS) -> None:
+        self.dashboard.with_panel(panel.id(self._next_id()).datasource(datasource))
 
 
 def quantiles(metric: str, selector: str) -> list[PromQuery]:
@@ -158,28 +198,49 @@ def quantiles(metric: str, selector: str) -> list[PromQuery]:
     ]
 
 
+# -- panels both dashboards show, for a series selector ---------------------------------------
+def times_in_range(title: str, metric: str, selector: str, color: str, span: int) -> stat.Panel:
+    """How often counter ``metric`` went up in the time range; 0, not "no data", if never."""
+    return (
+        stat.Panel().title(title).span(span).height(5)
+        .with_target(
+            prom(f"sum(increase({metric}{{{selector}}}[$__range])) or vector(0)", instant=True)
+        )
+        .thresholds(thresholds((None, "green"), (1, color)))
+        .decimals(0)
+    )  # fmt: skip
+
+
+def acquisition_rate(selector: str) -> timeseries.Panel:
+    return (
+        timeseries.Panel().title("Acquisition rate by result").span(12).height(8)
+        .unit("ops")
+        .with_target(
+            prom(f"sum by (result) (rate(lockscope_lock_acquisitions_total{{{selector}}}"
+                 "[$__rate_interval]))", "{{result}}")
+        )
+    )  # fmt: skip
+
+
+def time_quantiles(what: str, selector: str) -> timeseries.Panel:
+    """p50/p90/p99 of ``lockscope_lock_<what>_seconds`` (what: wait or hold)."""
+    return (
+        timeseries.Panel().title(f"{what.capitalize()} time quantiles").span(12).height(8)
+        .unit("s")
+        .targets(quantiles(f"lockscope_lock_{what}_seconds", selector))
+    )  # fmt: skip
+
+
 # -- the overview ------------------------------------------------------------------------------
 def overview() -> Dashboard:
     """Fleet-wide: acquisitions, waits and holds, contention, findings, agent health."""
-    pid = _Ids()
     d = (
-        Dashboard("lockscope: locks overview")
-        .uid("lockscope-overview")
-        .description("Lock acquisitions, waits, holds and the agent's findings, fleet-wide.")
-        .tags(TAGS)
-        .editable()
-        .tooltip(DashboardCursorSync.CROSSHAIR)
-        .refresh("10s")
-        .time("now-1h", "now")
-        .timezone("browser")
-        .link(
-            DashboardLink("Per lock")
-            .type("dashboards")
-            .tags(["lockscope"])
-            .as_dropdown(False)
-            .include_vars(True)
-            .keep_time(True)
+        lockscope_dashboard(
+            "lockscope: locks overview",
+            "lockscope-overview",
+            "Lock acquisitions, waits, holds and the agent's findings, fleet-wide.",
         )
+        .link(sibling_link("Per lock").as_dropdown(False))
         .link(DashboardLink("Runbook").type("link").url(RUNBOOK).target_blank(True))
     )
     d = (
@@ -191,17 +252,17 @@ def overview() -> Dashboard:
         )
         .with_variable(DatasourceVariable("infinity").label("Infinity").type(INFINITY_TYPE))
     )
+    board = _Board(d)
 
-    d = d.with_row(Row("Findings").id(pid()))
-    d = d.with_panel(
-        stat.Panel().id(pid()).title("Active deadlocks").span(4).height(5)
+    board.row("Findings")
+    board.add(
+        stat.Panel().title("Active deadlocks").span(4).height(5)
         .description("Deadlocks active right now (lockscope_deadlocks_active).")
         .with_target(prom(f"sum(lockscope_deadlocks_active{{{JOB}}})", instant=True))
         .thresholds(thresholds((None, "green"), (1, "red")))
-        .datasource(PROMETHEUS)
     )  # fmt: skip
-    d = d.with_panel(
-        stat.Panel().id(pid()).title("Deadlocks detected").span(4).height(5)
+    board.add(
+        stat.Panel().title("Deadlocks detected").span(4).height(5)
         .description("Deadlocks detected in the time range.")
         .with_target(
             prom(f"sum(increase(lockscope_deadlocks_detected_total{{{JOB}}}[$__range]))",
@@ -209,99 +270,65 @@ def overview() -> Dashboard:
         )
         .thresholds(thresholds((None, "green"), (1, "orange")))
         .decimals(0)
-        .datasource(PROMETHEUS)
     )  # fmt: skip
-    d = d.with_panel(
-        stat.Panel().id(pid()).title("Stale holders").span(4).height(5)
+    board.add(
+        stat.Panel().title("Stale holders").span(4).height(5)
         .description("Active stale-holder findings by reason.")
         .with_target(
             prom(f"sum by (reason) (lockscope_stale_holders{{{JOB}}})", "{{reason}}",
                  instant=True)
         )
         .thresholds(thresholds((None, "green"), (1, "orange")))
-        .datasource(PROMETHEUS)
     )  # fmt: skip
-    d = d.with_panel(
-        stat.Panel().id(pid()).title("Mutual-exclusion violations").span(4).height(5)
+    board.add(
+        times_in_range("Mutual-exclusion violations",
+                       "lockscope_mutual_exclusion_violations_total", JOB, "red", span=4)
         .description("Violations in the time range: overlapping holds or fencing tokens "
                      "going backwards.")
-        .with_target(
-            prom("sum(increase(lockscope_mutual_exclusion_violations_total"
-                 f"{{{JOB}}}[$__range])) or vector(0)", instant=True)
-        )
-        .thresholds(thresholds((None, "green"), (1, "red")))
-        .decimals(0)
-        .datasource(PROMETHEUS)
     )  # fmt: skip
-    d = d.with_panel(
-        stat.Panel().id(pid()).title("Lock-order inversions").span(4).height(5)
+    board.add(
+        stat.Panel().title("Lock-order inversions").span(4).height(5)
         .description("Active lock-order inversions (potential deadlocks).")
         .with_target(prom(f"sum(lockscope_lock_order_inversions{{{JOB}}})", instant=True))
         .thresholds(thresholds((None, "green"), (1, "orange")))
-        .datasource(PROMETHEUS)
     )  # fmt: skip
-    d = d.with_panel(
-        stat.Panel().id(pid()).title("Locks lost").span(4).height(5)
+    board.add(
+        times_in_range("Locks lost", "lockscope_locks_lost_total", JOB, "orange", span=4)
         .description("Holds found lost in the time range (lease expired, taken over).")
-        .with_target(
-            prom(f"sum(increase(lockscope_locks_lost_total{{{JOB}}}[$__range])) or vector(0)",
-                 instant=True)
-        )
-        .thresholds(thresholds((None, "green"), (1, "orange")))
-        .decimals(0)
-        .datasource(PROMETHEUS)
     )  # fmt: skip
-    d = d.with_panel(
-        nodegraph.Panel().id(pid()).title("Wait-for graph (live)").span(24).height(12)
+    board.add(
+        nodegraph.Panel().title("Wait-for graph (live)").span(24).height(12)
         .description("The agent's live wait-for graph: actors and locks, red on a deadlock "
                      "cycle, orange for stale holders. Needs the Infinity data source plugin "
                      "(yesoreyeram-infinity-datasource) allowed to reach $agent_url.")
         .with_target(InfinityNodeGraphQuery("nodes"))
-        .with_target(InfinityNodeGraphQuery("edges"))
-        .datasource(INFINITY)
+        .with_target(InfinityNodeGraphQuery("edges")),
+        INFINITY,
     )  # fmt: skip
 
-    d = d.with_row(Row("Acquisitions").id(pid()))
-    d = d.with_panel(
-        timeseries.Panel().id(pid()).title("Acquisition rate by result").span(12).height(8)
-        .unit("ops")
-        .with_target(
-            prom(f"sum by (result) (rate(lockscope_lock_acquisitions_total{{{JOB}}}"
-                 "[$__rate_interval]))", "{{result}}")
-        )
-        .datasource(PROMETHEUS)
-    )  # fmt: skip
-    d = d.with_panel(
-        piechart.Panel().id(pid()).title("Acquisition outcomes").span(6).height(8)
+    board.row("Acquisitions")
+    board.add(acquisition_rate(JOB))
+    board.add(
+        piechart.Panel().title("Acquisition outcomes").span(6).height(8)
         .with_target(
             prom(f"sum by (result) (increase(lockscope_lock_acquisitions_total{{{JOB}}}"
                  "[$__range]))", "{{result}}", instant=True)
         )
-        .datasource(PROMETHEUS)
     )  # fmt: skip
-    d = d.with_panel(
-        timeseries.Panel().id(pid()).title("Acquire errors by system").span(6).height(8)
+    board.add(
+        timeseries.Panel().title("Acquire errors by system").span(6).height(8)
         .unit("ops")
         .with_target(
             prom("sum by (system) (rate(lockscope_lock_acquisitions_total"
                  f'{{{JOB},result="error"}}[$__rate_interval]))', "{{system}}")
         )
-        .datasource(PROMETHEUS)
     )  # fmt: skip
-    d = d.with_panel(
-        timeseries.Panel().id(pid()).title("Wait time quantiles").span(12).height(8).unit("s")
-        .targets(quantiles("lockscope_lock_wait_seconds", JOB))
-        .datasource(PROMETHEUS)
-    )  # fmt: skip
-    d = d.with_panel(
-        timeseries.Panel().id(pid()).title("Hold time quantiles").span(12).height(8).unit("s")
-        .targets(quantiles("lockscope_lock_hold_seconds", JOB))
-        .datasource(PROMETHEUS)
-    )  # fmt: skip
+    board.add(time_quantiles("wait", JOB))
+    board.add(time_quantiles("hold", JOB))
 
-    d = d.with_row(Row("Contention").id(pid()))
-    d = d.with_panel(
-        bargauge.Panel().id(pid()).title("Top contended locks (wait seconds per second)")
+    board.row("Contention")
+    board.add(
+        bargauge.Panel().title("Top contended locks (wait seconds per second)")
         .span(12).height(9).unit("s")
         .description("Time spent waiting for each lock per second of wall time: the locks "
                      "work queues on.")
@@ -309,48 +336,42 @@ def overview() -> Dashboard:
             prom("topk(10, sum by (lock) (rate(lockscope_lock_wait_seconds_sum"
                  f"{{{JOB}}}[$__rate_interval])))", "{{lock}}", instant=True)
         )
-        .datasource(PROMETHEUS)
     )  # fmt: skip
-    d = d.with_panel(
-        timeseries.Panel().id(pid()).title("Waiters by lock").span(12).height(9)
+    board.add(
+        timeseries.Panel().title("Waiters by lock").span(12).height(9)
         .description("Actors waiting longer than report_after, per lock.")
         .with_target(prom(f"sum by (lock) (lockscope_lock_waiters{{{JOB}}})", "{{lock}}"))
-        .datasource(PROMETHEUS)
     )  # fmt: skip
-    d = d.with_panel(
-        table.Panel().id(pid()).title("Locks by p99 wait").span(24).height(8)
+    board.add(
+        table.Panel().title("Locks by p99 wait").span(24).height(8)
         .with_target(
             prom("histogram_quantile(0.99, sum by (lock, system, le) "
                  f"(rate(lockscope_lock_wait_seconds_bucket{{{JOB}}}[$__rate_interval])))",
                  instant=True)
         )
         .unit("s")
-        .datasource(PROMETHEUS)
     )  # fmt: skip
 
-    d = d.with_row(Row("Agent").id(pid()))
-    d = d.with_panel(
-        stat.Panel().id(pid()).title("Agents up").span(4).height(5)
+    board.row("Agent")
+    board.add(
+        stat.Panel().title("Agents up").span(4).height(5)
         .with_target(prom(f"sum(up{{{JOB}}})", instant=True))
         .thresholds(thresholds((None, "red"), (1, "green")))
-        .datasource(PROMETHEUS)
     )  # fmt: skip
-    d = d.with_panel(
-        stat.Panel().id(pid()).title("Reporting processes").span(4).height(5)
+    board.add(
+        stat.Panel().title("Reporting processes").span(4).height(5)
         .with_target(prom(f"sum(lockscope_agent_reporting_processes{{{JOB}}})", instant=True))
-        .datasource(PROMETHEUS)
     )  # fmt: skip
-    d = d.with_panel(
-        timeseries.Panel().id(pid()).title("Records received by signal").span(8).height(5)
+    board.add(
+        timeseries.Panel().title("Records received by signal").span(8).height(5)
         .unit("ops")
         .with_target(
             prom(f"sum by (signal) (rate(lockscope_agent_events_received_total{{{JOB}}}"
                  "[$__rate_interval]))", "{{signal}}")
         )
-        .datasource(PROMETHEUS)
     )  # fmt: skip
-    d = d.with_panel(
-        timeseries.Panel().id(pid()).title("Events dropped and rejected").span(8).height(5)
+    board.add(
+        timeseries.Panel().title("Events dropped and rejected").span(8).height(5)
         .unit("ops")
         .with_target(
             prom(f"sum(rate(lockscope_shim_events_dropped_total{{{JOB}}}[$__rate_interval]))",
@@ -360,110 +381,59 @@ def overview() -> Dashboard:
             prom(f"sum by (reason) (rate(lockscope_agent_events_rejected_total{{{JOB}}}"
                  "[$__rate_interval]))", "rejected: {{reason}}", "B")
         )
-        .datasource(PROMETHEUS)
     )  # fmt: skip
-    d = d.with_panel(
-        timeseries.Panel().id(pid()).title("Tracked by the agent").span(8).height(5)
+    board.add(
+        timeseries.Panel().title("Tracked by the agent").span(8).height(5)
         .with_target(prom(f"sum(lockscope_agent_locks{{{JOB}}})", "locks", "A"))
         .with_target(prom(f"sum(lockscope_agent_holds{{{JOB}}})", "holds", "B"))
         .with_target(prom(f"sum(lockscope_agent_waits{{{JOB}}})", "waits", "C"))
-        .datasource(PROMETHEUS)
     )  # fmt: skip
-    d = d.with_panel(
-        timeseries.Panel().id(pid()).title("Lock label values").span(8).height(5)
+    board.add(
+        timeseries.Panel().title("Lock label values").span(8).height(5)
         .description("Distinct lock templates with their own series, and folded into "
                      'lock="__other__" by the cap.')
         .with_target(prom(f"sum by (state) (lockscope_agent_lock_labels{{{JOB}}})",
                           "{{state}}"))
-        .datasource(PROMETHEUS)
     )  # fmt: skip
-    return d
+    return board.dashboard
 
 
 # -- one lock ----------------------------------------------------------------------------------
 def per_lock() -> Dashboard:
     """Drill-down for one lock template: rate, outcomes, waits, holds, waiters, findings."""
-    pid = _Ids()
     sel = f'{JOB},lock="$lock"'
-    d = (
-        Dashboard("lockscope: lock $lock")
-        .uid("lockscope-lock")
-        .description("One lock template: acquisitions, waits, holds, waiters and findings.")
-        .tags(TAGS)
-        .editable()
-        .tooltip(DashboardCursorSync.CROSSHAIR)
-        .refresh("10s")
-        .time("now-1h", "now")
-        .timezone("browser")
-        .link(
-            DashboardLink("Overview")
-            .type("dashboards")
-            .tags(["lockscope"])
-            .include_vars(True)
-            .keep_time(True)
-        )
-    )
-    d = datasource_variables(d, lock=True)
-    d = d.with_panel(
-        stat.Panel().id(pid()).title("Acquisitions").span(6).height(5).unit("ops")
+    d = lockscope_dashboard(
+        "lockscope: lock $lock",
+        "lockscope-lock",
+        "One lock template: acquisitions, waits, holds, waiters and findings.",
+    ).link(sibling_link("Overview"))
+    board = _Board(datasource_variables(d, lock=True))
+    board.add(
+        stat.Panel().title("Acquisitions").span(6).height(5).unit("ops")
         .with_target(
             prom(f"sum(rate(lockscope_lock_acquisitions_total{{{sel}}}[$__rate_interval]))",
                  instant=True)
         )
-        .datasource(PROMETHEUS)
     )  # fmt: skip
-    d = d.with_panel(
-        stat.Panel().id(pid()).title("Waiters now").span(6).height(5)
+    board.add(
+        stat.Panel().title("Waiters now").span(6).height(5)
         .with_target(prom(f"sum(lockscope_lock_waiters{{{sel}}}) or vector(0)", instant=True))
         .thresholds(thresholds((None, "green"), (5, "orange"), (20, "red")))
-        .datasource(PROMETHEUS)
     )  # fmt: skip
-    d = d.with_panel(
-        stat.Panel().id(pid()).title("Violations").span(6).height(5)
-        .with_target(
-            prom("sum(increase(lockscope_mutual_exclusion_violations_total"
-                 f"{{{sel}}}[$__range])) or vector(0)", instant=True)
-        )
-        .thresholds(thresholds((None, "green"), (1, "red")))
-        .decimals(0)
-        .datasource(PROMETHEUS)
+    board.add(
+        times_in_range("Violations", "lockscope_mutual_exclusion_violations_total", sel, "red",
+                       span=6)
     )  # fmt: skip
-    d = d.with_panel(
-        stat.Panel().id(pid()).title("Lost").span(6).height(5)
-        .with_target(
-            prom(f"sum(increase(lockscope_locks_lost_total{{{sel}}}[$__range])) or vector(0)",
-                 instant=True)
-        )
-        .thresholds(thresholds((None, "green"), (1, "orange")))
-        .decimals(0)
-        .datasource(PROMETHEUS)
-    )  # fmt: skip
-    d = d.with_panel(
-        timeseries.Panel().id(pid()).title("Acquisition rate by result").span(12).height(8)
-        .unit("ops")
-        .with_target(
-            prom(f"sum by (result) (rate(lockscope_lock_acquisitions_total{{{sel}}}"
-                 "[$__rate_interval]))", "{{result}}")
-        )
-        .datasource(PROMETHEUS)
-    )  # fmt: skip
-    d = d.with_panel(
-        timeseries.Panel().id(pid()).title("Waiters").span(12).height(8)
+    board.add(times_in_range("Lost", "lockscope_locks_lost_total", sel, "orange", span=6))
+    board.add(acquisition_rate(sel))
+    board.add(
+        timeseries.Panel().title("Waiters").span(12).height(8)
         .with_target(prom(f"sum(lockscope_lock_waiters{{{sel}}}) or vector(0)", "waiters"))
-        .datasource(PROMETHEUS)
     )  # fmt: skip
-    d = d.with_panel(
-        timeseries.Panel().id(pid()).title("Wait time quantiles").span(12).height(8).unit("s")
-        .targets(quantiles("lockscope_lock_wait_seconds", sel))
-        .datasource(PROMETHEUS)
-    )  # fmt: skip
-    d = d.with_panel(
-        timeseries.Panel().id(pid()).title("Hold time quantiles").span(12).height(8).unit("s")
-        .targets(quantiles("lockscope_lock_hold_seconds", sel))
-        .datasource(PROMETHEUS)
-    )  # fmt: skip
-    d = d.with_panel(
-        timeseries.Panel().id(pid()).title("Mean wait and hold").span(24).height(7).unit("s")
+    board.add(time_quantiles("wait", sel))
+    board.add(time_quantiles("hold", sel))
+    board.add(
+        timeseries.Panel().title("Mean wait and hold").span(24).height(7).unit("s")
         .with_target(
             prom(f"sum(rate(lockscope_lock_wait_seconds_sum{{{sel}}}[$__rate_interval])) / "
                  f"sum(rate(lockscope_lock_wait_seconds_count{{{sel}}}[$__rate_interval]))",
@@ -474,9 +444,8 @@ def per_lock() -> Dashboard:
                  f"sum(rate(lockscope_lock_hold_seconds_count{{{sel}}}[$__rate_interval]))",
                  "mean hold", "B")
         )
-        .datasource(PROMETHEUS)
     )  # fmt: skip
-    return d
+    return board.dashboard
 
 
 DASHBOARDS: dict[str, Callable[[], Dashboard]] = {

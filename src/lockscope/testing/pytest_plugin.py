@@ -38,8 +38,9 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import pytest
 
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
 # Servers started in this session, healed after each test. The plugin imports the server
 # classes only inside fixtures, so suites that never use them pay nothing.
 _started: list[Server] = []
+_S = TypeVar("_S", bound="Server")
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -72,6 +74,17 @@ def _track(server: Server) -> None:
         signal.signal(signal.SIGTERM, _interrupt)
 
 
+@contextmanager
+def _serving(server: _S) -> Iterator[_S]:
+    """Start ``server``, heal it after each test while in use, then close it."""
+    with server:
+        _track(server)
+        try:
+            yield server
+        finally:
+            _started.remove(server)
+
+
 @pytest.fixture(autouse=True)
 def _lockscope_heal_servers() -> Iterator[None]:
     """After each test, resume or restart any session server the test left broken."""
@@ -85,10 +98,8 @@ def redis_server() -> Iterator[RedisServer]:
     """One redis-server for the whole session (not flushed between tests: see ``redis_url``)."""
     from lockscope.testing.redis_server import RedisServer
 
-    with RedisServer() as server:
-        _track(server)
+    with _serving(RedisServer()) as server:
         yield server
-        _started.remove(server)
 
 
 @pytest.fixture(scope="session")
@@ -96,17 +107,8 @@ def redis_servers() -> Iterator[list[RedisServer]]:
     """Three independent redis-servers (for Redlock), separate from ``redis_server``."""
     from lockscope.testing.redis_server import RedisServer
 
-    servers = [RedisServer() for _ in range(3)]
-    try:
-        for server in servers:
-            server.start()
-            _track(server)
-        yield servers
-    finally:
-        for server in servers:
-            if server in _started:
-                _started.remove(server)
-            server.close()
+    with ExitStack() as stack:
+        yield [stack.enter_context(_serving(RedisServer())) for _ in range(3)]
 
 
 @pytest.fixture
@@ -122,10 +124,8 @@ def zookeeper_server() -> Iterator[ZooKeeperServer]:
     """One standalone ZooKeeper for the session (tick 500 ms: sessions may be as short as 1 s)."""
     from lockscope.testing.zookeeper_server import ZooKeeperServer
 
-    with ZooKeeperServer() as server:
-        _track(server)
+    with _serving(ZooKeeperServer()) as server:
         yield server
-        _started.remove(server)
 
 
 @pytest.fixture(scope="session")
@@ -133,10 +133,8 @@ def postgres_server() -> Iterator[PostgresServer]:
     """One PostgreSQL cluster for the session, with database ``lockscope`` (trust auth)."""
     from lockscope.testing.postgres_server import PostgresServer
 
-    with PostgresServer() as server:
-        _track(server)
+    with _serving(PostgresServer()) as server:
         yield server
-        _started.remove(server)
 
 
 @pytest.fixture(scope="session")
@@ -144,10 +142,8 @@ def mariadb_server() -> Iterator[MariaDBServer]:
     """One MariaDB for the session: passwordless ``root@127.0.0.1``, database ``lockscope``."""
     from lockscope.testing.mariadb_server import MariaDBServer
 
-    with MariaDBServer() as server:
-        _track(server)
+    with _serving(MariaDBServer()) as server:
         yield server
-        _started.remove(server)
 
 
 @pytest.fixture(scope="session")
@@ -155,10 +151,8 @@ def alertmanager_server() -> Iterator[AlertmanagerServer]:
     """One Alertmanager for the session (clustering off, a do-nothing receiver)."""
     from lockscope.testing.prometheus import AlertmanagerServer
 
-    with AlertmanagerServer() as server:
-        _track(server)
+    with _serving(AlertmanagerServer()) as server:
         yield server
-        _started.remove(server)
 
 
 @pytest.fixture(scope="session")
@@ -167,10 +161,8 @@ def prometheus_server() -> Iterator[PrometheusServer]:
     with ``prometheus_server.scrape(["127.0.0.1:PORT"])``."""
     from lockscope.testing.prometheus import PrometheusServer
 
-    with PrometheusServer() as server:
-        _track(server)
+    with _serving(PrometheusServer()) as server:
         yield server
-        _started.remove(server)
 
 
 @pytest.fixture

@@ -13,12 +13,17 @@ from __future__ import annotations
 from typing import Any, Final
 
 from lockscope.agent.findings import ALERT_NAMES, VIOLATION, Finding, rfc3339, stable_id
-from lockscope.agent.graph import READ, SEMAPHORE, Actor, Hold, Lock
+from lockscope.agent.graph import READ, SEMAPHORE, Actor, Hold, Lock, actor_label
+from lockscope.agent.model import ProcessInfo
 
 __all__ = [
     "FENCING_TOKEN_BACKWARDS",
     "OVERLAPPING_HOLDS",
+    "ActorRef",
+    "TokenEntry",
     "actor_json",
+    "actor_ref",
+    "actor_ref_json",
     "overlap_ns",
     "token_went_backwards",
     "violation_finding",
@@ -42,16 +47,43 @@ def conflicting(a: Hold, b: Hold) -> bool:
     return not (a.mode == READ and b.mode == READ)
 
 
+ActorRef = tuple[ProcessInfo, str, str | None]
+"""An actor as plain values, ``(process info, actor id, name)``, for records that outlive
+it (see :func:`actor_ref_json`)."""
+
+
+def actor_ref(actor: Actor) -> ActorRef:
+    """The :data:`ActorRef` of ``actor``."""
+    return (actor.process.info, actor.actor_id, actor.name)
+
+
+def actor_ref_json(ref: ActorRef) -> dict[str, Any]:
+    """:func:`actor_json` of the actor an :data:`ActorRef` was taken from."""
+    info, actor_id, name = ref
+    return {
+        "actor": actor_label(info, actor_id, name),
+        "actor_id": actor_id,
+        "service": info.service,
+        "host": info.host,
+        "pid": info.pid,
+        "instance": info.instance,
+    }
+
+
+TokenEntry = tuple[int, int, ProcessInfo, str, str | None]
+"""``(since, token, *actor ref)``: one hold in a lock's fencing-token history."""
+
+
 def token_went_backwards(
-    history: list[tuple[int, int, Actor]], since_ns: int, token: int, actor: Actor
-) -> tuple[int, int, Actor] | None:
-    """Record a hold's fencing token in a lock's short ``(since, token, actor)`` history
+    history: list[TokenEntry], since_ns: int, token: int, actor: ActorRef
+) -> TokenEntry | None:
+    """Record a hold's fencing token in a lock's short ``(since, token, *actor)`` history
     (newest few, by ``since``); returns the earlier hold with a higher token, if any."""
     worse = None
     for entry in history:
         if entry[0] < since_ns and entry[1] > token and (worse is None or entry[1] > worse[1]):
             worse = entry
-    history.append((since_ns, token, actor))
+    history.append((since_ns, token, *actor))
     if len(history) > 1:
         history.sort(key=lambda e: e[0])
         del history[:-_HISTORY]

@@ -40,6 +40,7 @@ __all__ = [
     "Process",
     "Reduction",
     "Wait",
+    "actor_label",
     "blocks",
     "find_cycle",
     "predecessors",
@@ -92,6 +93,11 @@ class Process:
         self.actors: dict[str, Actor] = {}
 
 
+def actor_label(info: ProcessInfo, actor_id: str, name: str | None) -> str:
+    """:attr:`Actor.label` from plain values (records that outlive the actor keep these)."""
+    return f"{info.service}:{info.pid}/{name or actor_id}"
+
+
 class Actor:
     """A thread or task of a process: a node of the wait-for graph."""
 
@@ -113,8 +119,7 @@ class Actor:
     @property
     def label(self) -> str:
         """``service:pid/actor`` for people and the API's ``actor`` field."""
-        info = self.process.info
-        return f"{info.service}:{info.pid}/{self.name or self.actor_id}"
+        return actor_label(self.process.info, self.actor_id, self.name)
 
     def __repr__(self) -> str:
         return f"Actor({self.key})"

@@ -37,7 +37,10 @@ from lockscope.agent.detect_stale import LEASE_EXPIRED, MAX_HOLD, ORPHANED, stal
 from lockscope.agent.detect_violation import (
     FENCING_TOKEN_BACKWARDS,
     OVERLAPPING_HOLDS,
-    actor_json,
+    ActorRef,
+    TokenEntry,
+    actor_ref,
+    actor_ref_json,
     conflicting,
     hold_json,
     overlap_ns,
@@ -58,6 +61,7 @@ from lockscope.agent.graph import (
     Lock,
     Process,
     Wait,
+    actor_label,
 )
 from lockscope.agent.model import Event, ProcessInfo
 from lockscope.agent.state_queries import StateQueries
@@ -197,10 +201,13 @@ class AgentState(StateQueries):
         self._timers: list[tuple[int, int, str, Any]] = []
         self._expiring: deque[tuple[int, str]] = deque()
         self._seq = itertools.count()
-        self._timeline: deque[tuple[int, Lock, str, Actor, str | None, str | None]] = deque(
-            maxlen=self._limits.timeline_size
-        )
-        self._tokens: dict[str, list[tuple[int, int, Actor]]] = {}
+        # Both histories hold plain values (lock key, actor id...), not Lock and Actor
+        # objects, so the actors and locks of ended holds are freed.
+        self._timeline: deque[
+            tuple[int, str, str, ProcessInfo, str, str | None, str | None, str | None]
+        ] = deque(maxlen=self._limits.timeline_size)
+        """(time, lock key, what, actor's process, actor id, actor name, mode, detail)."""
+        self._tokens: dict[str, list[TokenEntry]] = {}
         """Lock key -> recent fencing tokens; survives the lock going idle (LRU-bounded)."""
         self.store = FindingStore(self._limits.max_findings)
         self.counters = StateCounters()
@@ -502,7 +509,9 @@ class AgentState(StateQueries):
     def _timeline_add(
         self, t: int, lock: Lock, what: str, actor: Actor, mode: str | None, detail: str | None
     ) -> None:
-        self._timeline.append((t, lock, what, actor, mode, detail))
+        self._timeline.append(
+            (t, lock.key, what, actor.process.info, actor.actor_id, actor.name, mode, detail)
+        )
 
     # -- waits ------------------------------------------------------------------------------
     def _put_wait(
@@ -680,17 +689,18 @@ class AgentState(StateQueries):
                 if len(tokens) >= self._limits.max_token_history:
                     del tokens[next(iter(tokens))]
             tokens[lock.key] = history
-            earlier = token_went_backwards(history, h.since_ns, h.token, h.actor)
+            earlier = token_went_backwards(history, h.since_ns, h.token, actor_ref(h.actor))
             if earlier is not None:
-                e_since, e_token, e_actor = earlier
-                other = {**actor_json(e_actor), "since": rfc3339(e_since), "token": e_token}
+                e_since, e_token, e_info, e_id, e_name = earlier
+                e_actor: ActorRef = (e_info, e_id, e_name)
+                other = {**actor_ref_json(e_actor), "since": rfc3339(e_since), "token": e_token}
                 self._violation(
                     FENCING_TOKEN_BACKWARDS,
                     h,
                     other,
                     [h.actor.key, str(h.since_ns), str(h.token)],
                     f"fencing token {h.token} of {h.actor.label} is lower than token "
-                    f"{e_token} of {e_actor.label} acquired before it",
+                    f"{e_token} of {actor_label(*e_actor)} acquired before it",
                 )
         # Someone else took the lock after the last evidence of a conflicting hold: that
         # hold evidently ended (its release event was lost, or its holder died).  No

@@ -20,7 +20,8 @@ from lockscope.agent.findings import (
     FindingStore,
     rfc3339,
 )
-from lockscope.agent.graph import Actor, Lock, Process, to_networkx, waits_for
+from lockscope.agent.graph import Actor, Lock, Process, actor_label, to_networkx, waits_for
+from lockscope.agent.model import ProcessInfo
 
 __all__ = ["StateQueries"]
 
@@ -33,7 +34,7 @@ class StateQueries:
     _nholds: int
     _nwaits: int
     _waiters: dict[str, int]
-    _timeline: deque[tuple[int, Lock, str, Actor, str | None, str | None]]
+    _timeline: deque[tuple[int, str, str, ProcessInfo, str, str | None, str | None, str | None]]
     store: FindingStore
     deadlocks: DeadlockDetector
     counters: Any
@@ -194,9 +195,15 @@ class StateQueries:
             for w in waits
         ]
         out["timeline"] = [
-            {"time": rfc3339(t), "event": what, "actor": who.label, "mode": mode, "detail": detail}
-            for t, lk, what, who, mode, detail in self._timeline
-            if lk.key == lock.key
+            {
+                "time": rfc3339(t),
+                "event": what,
+                "actor": actor_label(info, actor_id, name),
+                "mode": mode,
+                "detail": detail,
+            }
+            for t, key, what, info, actor_id, name, mode, detail in self._timeline
+            if key == lock.key
         ]
         return out
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Generic, TypeVar
 
-from lockscope.locks.base import AsyncLock, Lock
+from lockscope.locks.base import AsyncLock, Lock, _LockCommon
 
 __all__ = ["AsyncDelegatingLock", "DelegatingLock"]
 
@@ -20,19 +20,19 @@ _L = TypeVar("_L", bound=Lock)
 _A = TypeVar("_A", bound=AsyncLock)
 
 
-class DelegatingLock(Lock, Generic[_L]):
-    """A :class:`Lock` that forwards every call to ``wrapped``; subclasses add behaviour."""
+class _Delegation(_LockCommon):
+    """What both flavours share: the wrapped lock's identity, its extras and its token."""
 
-    def __init__(self, lock: _L) -> None:
-        if not isinstance(lock, Lock):
-            raise TypeError(f"expected a lockscope Lock, not {type(lock).__name__}")
+    wrapped: Lock | AsyncLock
+
+    def __init__(self, lock: Lock | AsyncLock) -> None:
         super().__init__(
             lock.name,
             ttl=lock.ttl,
             blocking_timeout=lock.blocking_timeout,
             retry_interval=lock.retry_interval,
         )
-        self.wrapped: _L = lock
+        self.wrapped = lock
         # The wrapper *is* the wrapped lock for identity purposes (ordering, events).
         self.system = lock.system  # type: ignore[misc]
         self.mode = lock.mode
@@ -49,13 +49,27 @@ class DelegatingLock(Lock, Generic[_L]):
             raise AttributeError(name)
         return getattr(self.wrapped, name)
 
-    def _try_acquire(self) -> bool:
-        return self._acquired(self.wrapped.acquire(blocking=False))
-
     def _acquired(self, ok: bool) -> bool:
         if ok:
             self.fencing_token = self.wrapped.fencing_token
         return ok
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} of {self.wrapped!r}>"
+
+
+class DelegatingLock(_Delegation, Lock, Generic[_L]):
+    """A :class:`Lock` that forwards every call to ``wrapped``; subclasses add behaviour."""
+
+    wrapped: _L
+
+    def __init__(self, lock: _L) -> None:
+        if not isinstance(lock, Lock):
+            raise TypeError(f"expected a lockscope Lock, not {type(lock).__name__}")
+        super().__init__(lock)
+
+    def _try_acquire(self) -> bool:
+        return self._acquired(self.wrapped.acquire(blocking=False))
 
     def release(self) -> None:
         self.wrapped.release()
@@ -69,45 +83,19 @@ class DelegatingLock(Lock, Generic[_L]):
     def owned(self) -> bool:
         return self.wrapped.owned()
 
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} of {self.wrapped!r}>"
 
-
-class AsyncDelegatingLock(AsyncLock, Generic[_A]):
+class AsyncDelegatingLock(_Delegation, AsyncLock, Generic[_A]):
     """The asyncio flavour of :class:`DelegatingLock`."""
+
+    wrapped: _A
 
     def __init__(self, lock: _A) -> None:
         if not isinstance(lock, AsyncLock):
             raise TypeError(f"expected a lockscope AsyncLock, not {type(lock).__name__}")
-        super().__init__(
-            lock.name,
-            ttl=lock.ttl,
-            blocking_timeout=lock.blocking_timeout,
-            retry_interval=lock.retry_interval,
-        )
-        self.wrapped: _A = lock
-        self.system = lock.system  # type: ignore[misc]
-        self.mode = lock.mode
-        self.fifo: bool = bool(getattr(lock, "fifo", False))
-
-    @property
-    def namespace(self) -> str:
-        return self.wrapped.namespace
-
-    def __getattr__(self, name: str) -> Any:
-        # Only reached for names the wrapper lacks: backend extras (key, owner, holder(),
-        # ticket) stay reachable, as on a wrapt proxy.
-        if name == "wrapped" or name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(self.wrapped, name)
+        super().__init__(lock)
 
     async def _try_acquire(self) -> bool:
         return self._acquired(await self.wrapped.acquire(blocking=False))
-
-    def _acquired(self, ok: bool) -> bool:
-        if ok:
-            self.fencing_token = self.wrapped.fencing_token
-        return ok
 
     async def release(self) -> None:
         await self.wrapped.release()
@@ -120,6 +108,3 @@ class AsyncDelegatingLock(AsyncLock, Generic[_A]):
 
     async def owned(self) -> bool:
         return await self.wrapped.owned()
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} of {self.wrapped!r}>"

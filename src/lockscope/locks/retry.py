@@ -245,6 +245,21 @@ class _Retrying:
         budget = self.deadline if timeout is None else validate_timeout(timeout)
         return None if budget is None else time.monotonic() + budget
 
+    def pause_after_miss(
+        self, attempt: int, end: float | None, blocking: bool, error: BackendUnavailable | None
+    ) -> float | None:
+        """Seconds to sleep after try ``attempt`` (from 0) missed, or ``None`` to give up.
+
+        Giving up after a try that hit a backend ``error`` re-raises it.
+        """
+        remaining = None if end is None else end - time.monotonic()
+        if not blocking or (remaining is not None and remaining <= 0):
+            if error is not None:
+                raise error
+            return None
+        delay = backoff_delay(attempt, self.base_delay, self.max_delay)
+        return delay if remaining is None else min(delay, remaining)
+
 
 class RobustLock(DelegatingLock[Lock]):
     """Wrap ``lock`` so that ``acquire`` retries with backoff through an optional breaker.
@@ -300,13 +315,10 @@ class RobustLock(DelegatingLock[Lock]):
                 ok, error = False, exc
             if ok:
                 return self._acquired(True)
-            remaining = None if end is None else end - time.monotonic()
-            if not blocking or (remaining is not None and remaining <= 0):
-                if error is not None:
-                    raise error
+            pause = self._retry.pause_after_miss(attempt, end, blocking, error)
+            if pause is None:
                 return False
-            delay = backoff_delay(attempt, self._retry.base_delay, self._retry.max_delay)
-            time.sleep(delay if remaining is None else min(delay, remaining))
+            time.sleep(pause)
             attempt += 1
 
     def extend(self, seconds: float) -> None:
@@ -365,13 +377,10 @@ class AsyncRobustLock(AsyncDelegatingLock[AsyncLock]):
                 ok, error = False, exc
             if ok:
                 return self._acquired(True)
-            remaining = None if end is None else end - time.monotonic()
-            if not blocking or (remaining is not None and remaining <= 0):
-                if error is not None:
-                    raise error
+            pause = self._retry.pause_after_miss(attempt, end, blocking, error)
+            if pause is None:
                 return False
-            delay = backoff_delay(attempt, self._retry.base_delay, self._retry.max_delay)
-            await asyncio.sleep(delay if remaining is None else min(delay, remaining))
+            await asyncio.sleep(pause)
             attempt += 1
 
     async def extend(self, seconds: float) -> None:

@@ -164,7 +164,89 @@ class _LossReporter:
         return True
 
 
-class AutoRenewingLock(DelegatingLock[Lock]):
+class _Renewing:
+    """Settings, state and renewal decisions shared by both flavours (no I/O, no waiting)."""
+
+    name: str
+    # How a late renewal is explained: what starves the watchdog in this flavour.
+    _starved_by = "the watchdog is starved"
+
+    def _init_renewal(
+        self,
+        lock: Lock | AsyncLock,
+        interval: float | None,
+        max_renewals: int | None,
+        on_lost: OnLost | None,
+    ) -> None:
+        self.lease = _lease_of(lock)
+        self.interval = _interval(self.lease, interval)
+        self.max_renewals = _max_renewals(max_renewals)
+        self._loss = _LossReporter(self.name, on_lost)
+        self._hold: _Hold | None = None
+        self.renewals = 0
+        """Renewals that succeeded during the current (or last) hold."""
+        self.late_renewals = 0
+        """Renewals that ran later than ``ttl / 2`` after the previous good one."""
+
+    @property
+    def on_lost(self) -> OnLost | None:
+        return self._loss.on_lost
+
+    @property
+    def lost(self) -> bool:
+        """True once the current (or last) hold is known to be lost."""
+        return self._loss.error is not None
+
+    @property
+    def renewing(self) -> bool:
+        """Whether the watchdog is still renewing the current hold."""
+        hold = self._hold
+        return hold is not None and not hold.stopped
+
+    def _renewals_done(self, hold: _Hold) -> bool:
+        if self.max_renewals is not None and hold.count >= self.max_renewals:
+            hold.stopped = True
+            log.info("lock %r: %d renewals done, renewal stopped", self.name, hold.count)
+            return True
+        return False
+
+    def _check_late(self, hold: _Hold, now: float) -> None:
+        gap = now - hold.last_good
+        if gap > self.lease / 2:
+            self.late_renewals += 1
+            log.warning(
+                "lock %r: renewal ran %.3fs after the last good one (more than ttl/2 = %.3gs); "
+                "%s and the lease is at risk",
+                self.name,
+                gap,
+                self.lease / 2,
+                self._starved_by,
+            )
+
+    def _retry_at(self, hold: _Hold, error: Exception) -> float | None:
+        """When to retry a renewal that failed with ``error``; ``None``: the lease ran out."""
+        lease_end = hold.last_good + self.lease
+        now = time.monotonic()
+        if now >= lease_end:
+            return None
+        log.warning("lock %r: renewal failed (%s), retrying", self.name, error)
+        retry = min(self.interval, max(_MIN_RETRY, (lease_end - now) / 2))
+        return min(now + retry, lease_end)
+
+    def _renewed(self, hold: _Hold, started: float) -> float:
+        """Record a renewal sent at ``started``; return when the next one is due."""
+        hold.count += 1
+        hold.last_good = started
+        self.renewals = hold.count
+        return started + self.interval
+
+    def _extended(self, started: float, seconds: float) -> None:
+        if self._hold is not None:
+            # The server replaced the lease: it now ends at started + seconds.
+            self._hold.last_good = started + seconds - self.lease
+
+
+class AutoRenewingLock(_Renewing, DelegatingLock[Lock]):
     """Wrap ``lock`` so that its lease is renewed while it is held.
 
     ``interval``: seconds between renewals (default ``lock.ttl / 3``); each renewal calls
@@ -186,34 +268,11 @@ class AutoRenewingLock(DelegatingLock[Lock]):
         on_lost: OnLost | None = None,
     ) -> None:
         super().__init__(lock)
-        self.lease = _lease_of(lock)
-        self.interval = _interval(self.lease, interval)
-        self.max_renewals = _max_renewals(max_renewals)
-        self._loss = _LossReporter(self.name, on_lost)
+        self._init_renewal(lock, interval, max_renewals, on_lost)
         # Serialises renewals with the owner's extend/release: a renewal racing a release
         # would otherwise report a false loss, and backend lock objects need not be
         # thread-safe.
         self._mutex = threading.Lock()
-        self._hold: _Hold | None = None
-        self.renewals = 0
-        """Renewals that succeeded during the current (or last) hold."""
-        self.late_renewals = 0
-        """Renewals that ran later than ``ttl / 2`` after the previous good one."""
-
-    @property
-    def on_lost(self) -> OnLost | None:
-        return self._loss.on_lost
-
-    @property
-    def lost(self) -> bool:
-        """True once the current (or last) hold is known to be lost."""
-        return self._loss.error is not None
-
-    @property
-    def renewing(self) -> bool:
-        """Whether the watchdog is still renewing the current hold."""
-        hold = self._hold
-        return hold is not None and not hold.stopped
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         ok = self.wrapped.acquire(blocking=blocking, timeout=timeout)
@@ -251,9 +310,7 @@ class AutoRenewingLock(DelegatingLock[Lock]):
                     raise
                 lost = self._loss.lost_error(exc, "extend found it no longer held")
             else:
-                if self._hold is not None:
-                    # The server replaced the lease: it now ends at started + seconds.
-                    self._hold.last_good = started + seconds - self.lease
+                self._extended(started, seconds)
         if lost is not None:
             self._report(lost)
             raise lost
@@ -278,9 +335,7 @@ class AutoRenewingLock(DelegatingLock[Lock]):
                     self.lease,
                 )
                 return
-            if self.max_renewals is not None and hold.count >= self.max_renewals:
-                hold.stopped = True
-                log.info("lock %r: %d renewals done, renewal stopped", self.name, hold.count)
+            if self._renewals_done(hold):
                 return
             started = time.monotonic()
             self._check_late(hold, started)
@@ -289,36 +344,17 @@ class AutoRenewingLock(DelegatingLock[Lock]):
             except LockNotOwned as exc:
                 lost = self._loss.lost_error(exc, "renewal found it no longer held")
             except (BackendUnavailable, LockError, OSError) as exc:
-                lease_end = hold.last_good + self.lease
-                now = time.monotonic()
-                if now >= lease_end:
-                    lost = self._loss.lost_error(exc, "renewal failed until the lease ran out")
-                else:
-                    log.warning("lock %r: renewal failed (%s), retrying", self.name, exc)
-                    retry = min(self.interval, max(_MIN_RETRY, (lease_end - now) / 2))
-                    self._schedule(hold, min(now + retry, lease_end))
+                retry_at = self._retry_at(hold, exc)
+                if retry_at is not None:
+                    self._schedule(hold, retry_at)
                     return
+                lost = self._loss.lost_error(exc, "renewal failed until the lease ran out")
             else:
-                hold.count += 1
-                hold.last_good = started
-                self.renewals = hold.count
-                self._schedule(hold, started + self.interval)
+                self._schedule(hold, self._renewed(hold, started))
                 return
             hold.stopped = True
         assert lost is not None
         self._report(lost)
-
-    def _check_late(self, hold: _Hold, now: float) -> None:
-        gap = now - hold.last_good
-        if gap > self.lease / 2:
-            self.late_renewals += 1
-            log.warning(
-                "lock %r: renewal ran %.3fs after the last good one (more than ttl/2 = %.3gs); "
-                "the watchdog is starved and the lease is at risk",
-                self.name,
-                gap,
-                self.lease / 2,
-            )
 
     def _report(self, error: LockLost) -> None:
         if self._loss.mark(error) and self._loss.on_lost is not None:
@@ -328,13 +364,15 @@ class AutoRenewingLock(DelegatingLock[Lock]):
                 log.exception("on_lost callback of lock %r failed", self.name)
 
 
-class AsyncAutoRenewingLock(AsyncDelegatingLock[AsyncLock]):
+class AsyncAutoRenewingLock(_Renewing, AsyncDelegatingLock[AsyncLock]):
     """The asyncio flavour of :class:`AutoRenewingLock`.
 
     The watchdog is a task on the event loop of the acquiring task; it stops when that
     task is done.  ``on_lost`` may be a plain function or a coroutine function.  A renewal
     that runs late here means the event loop was blocked (by sync code in some task).
     """
+
+    _starved_by = "the event loop was blocked"
 
     def __init__(
         self,
@@ -345,30 +383,9 @@ class AsyncAutoRenewingLock(AsyncDelegatingLock[AsyncLock]):
         on_lost: OnLost | None = None,
     ) -> None:
         super().__init__(lock)
-        self.lease = _lease_of(lock)
-        self.interval = _interval(self.lease, interval)
-        self.max_renewals = _max_renewals(max_renewals)
-        self._loss = _LossReporter(self.name, on_lost)
+        self._init_renewal(lock, interval, max_renewals, on_lost)
         self._mutex = asyncio.Lock()
-        self._hold: _Hold | None = None
         self._task: asyncio.Task[None] | None = None
-        self.renewals = 0
-        self.late_renewals = 0
-
-    @property
-    def on_lost(self) -> OnLost | None:
-        return self._loss.on_lost
-
-    @property
-    def lost(self) -> bool:
-        """True once the current (or last) hold is known to be lost."""
-        return self._loss.error is not None
-
-    @property
-    def renewing(self) -> bool:
-        """Whether the watchdog is still renewing the current hold."""
-        hold = self._hold
-        return hold is not None and not hold.stopped
 
     async def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         ok = await self.wrapped.acquire(blocking=blocking, timeout=timeout)
@@ -416,9 +433,7 @@ class AsyncAutoRenewingLock(AsyncDelegatingLock[AsyncLock]):
                     raise
                 lost = self._loss.lost_error(exc, "extend found it no longer held")
             else:
-                if self._hold is not None:
-                    # The server replaced the lease: it now ends at started + seconds.
-                    self._hold.last_good = started + seconds - self.lease
+                self._extended(started, seconds)
         if lost is not None:
             await self._report(lost)
             raise lost
@@ -444,40 +459,22 @@ class AsyncAutoRenewingLock(AsyncDelegatingLock[AsyncLock]):
                         self.lease,
                     )
                     return
-                if self.max_renewals is not None and hold.count >= self.max_renewals:
-                    hold.stopped = True
-                    log.info("lock %r: %d renewals done, renewal stopped", self.name, hold.count)
+                if self._renewals_done(hold):
                     return
                 started = time.monotonic()
-                gap = started - hold.last_good
-                if gap > self.lease / 2:
-                    self.late_renewals += 1
-                    log.warning(
-                        "lock %r: renewal ran %.3fs after the last good one (more than "
-                        "ttl/2 = %.3gs); the event loop was blocked and the lease is at risk",
-                        self.name,
-                        gap,
-                        self.lease / 2,
-                    )
+                self._check_late(hold, started)
                 try:
                     await self.wrapped.extend(self.lease)
                 except LockNotOwned as exc:
                     lost = self._loss.lost_error(exc, "renewal found it no longer held")
                 except (BackendUnavailable, LockError, OSError) as exc:
-                    lease_end = hold.last_good + self.lease
-                    now = time.monotonic()
-                    if now >= lease_end:
-                        lost = self._loss.lost_error(exc, "renewal failed until the lease ran out")
-                    else:
-                        log.warning("lock %r: renewal failed (%s), retrying", self.name, exc)
-                        retry = min(self.interval, max(_MIN_RETRY, (lease_end - now) / 2))
-                        due = min(now + retry, lease_end)
+                    retry_at = self._retry_at(hold, exc)
+                    if retry_at is not None:
+                        due = retry_at
                         continue
+                    lost = self._loss.lost_error(exc, "renewal failed until the lease ran out")
                 else:
-                    hold.count += 1
-                    hold.last_good = started
-                    self.renewals = hold.count
-                    due = started + self.interval
+                    due = self._renewed(hold, started)
                     continue
                 hold.stopped = True
             assert lost is not None

@@ -8,6 +8,7 @@ holder paused with SIGSTOP, a client whose clock is hours off (Debian's ``faketi
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import shutil
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 
+import polling
 from lockscope.errors import BackendUnavailable, LockLost, LockNotAcquired, LockNotOwned
 from lockscope.locks import DatabaseLock
 from lockscope.locks.aio import DatabaseLock as AsyncDatabaseLock
@@ -51,12 +53,7 @@ def name() -> str:
     return f"test:{uuid.uuid4().hex[:12]}"
 
 
-def wait_until(condition: Any, timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        time.sleep(0.02)
+wait_until = functools.partial(polling.wait_until, timeout=15.0)
 
 
 def run_script(script: str, *args: str, prefix: tuple[str, ...] = ()) -> subprocess.Popen[str]:
@@ -655,7 +652,7 @@ async def test_async_expiry(db_url: str, name: str) -> None:
     lock = AsyncDatabaseLock(name, db_url, ttl=0.2)
     assert await lock.acquire()
     probe = DatabaseLock(name, db_url)
-    await asyncio.to_thread(wait_until, lambda: not probe.locked(), 10, "lease expiry")
+    await asyncio.to_thread(wait_until, lambda: not probe.locked(), timeout=10, what="lease expiry")
     with pytest.raises(LockLost):
         await lock.extend(5)
 

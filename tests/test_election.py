@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import signal
@@ -10,7 +11,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import IO, Any
 
 import pytest
@@ -19,36 +20,12 @@ from kazoo.client import KazooClient
 from lockscope.errors import LockError
 from lockscope.locks import LeaderElection as ExportedElection
 from lockscope.locks.election import RESIGNED, SESSION_LOST, LeaderElection
+from polling import wait_until
 
 WAIT = 15.0
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = WAIT, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        time.sleep(0.01)
-
-
-@pytest.fixture
-def new_client(zookeeper_server: Any) -> Iterator[Callable[..., Any]]:
-    zookeeper_server.ensure_running()
-    clients: list[Any] = []
-
-    def make(timeout: float = 10.0) -> Any:
-        client = KazooClient(hosts=zookeeper_server.hosts, timeout=timeout)
-        client.start(timeout=20)
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        try:
-            client.stop()
-            client.close()
-        except Exception:
-            pass
+wait_for = functools.partial(wait_until, timeout=WAIT)
 
 
 @pytest.fixture

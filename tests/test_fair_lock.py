@@ -10,7 +10,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 import redis
@@ -18,6 +18,7 @@ import redis
 from lockscope.locks.fair import AsyncFairLock, FairLock
 from lockscope.locks.redis import RedisLock
 from lockscope.locks.renewal import AutoRenewingLock
+from polling import wait_until
 
 # A waiter process: queue for the lock, record our turn, release.  argv: url name index.
 WAITER = textwrap.dedent(
@@ -32,14 +33,6 @@ WAITER = textwrap.dedent(
     lock.release()
     """
 )
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        time.sleep(0.01)
 
 
 @pytest.fixture

@@ -21,19 +21,12 @@ from lockscope.locks.aio import RedisLock as LazyAsyncRedisLock
 from lockscope.locks.redis import AsyncRedisLock, RedisLock
 from lockscope.testing import faults
 from lockscope.testing.server import free_port
+from polling import wait_until
 from redis_lock_worker import Holder, run_counting
 
 
 def unique(prefix: str = "lock") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 async def async_wait_until(condition: Callable[[], Any], timeout: float = 10.0) -> None:

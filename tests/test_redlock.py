@@ -8,7 +8,7 @@ import asyncio
 import itertools
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,19 +20,12 @@ from lockscope.locks import Redlock as LazyRedlock
 from lockscope.locks.aio import Redlock as LazyAsyncRedlock
 from lockscope.locks.redlock import AsyncRedlock, Redlock, clock_drift
 from lockscope.testing import faults
+from polling import wait_until
 from redis_lock_worker import Holder, run_counting
 
 
 def unique(prefix: str = "lock") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,16 +17,9 @@ from lockscope.locks.database import DatabaseLock
 from lockscope.locks.redis import AsyncRedisLock, RedisLock
 from lockscope.locks.renewal import AsyncAutoRenewingLock, AutoRenewingLock
 from lockscope.testing import RedisServer
+from polling import wait_until
 
 TTL = 0.9  # short enough for quick tests, long enough for a loaded 2-core CI box
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        time.sleep(0.01)
 
 
 def contender_never_gets_it(lock: Lock, contender: Lock, seconds: float) -> bool:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import pytest
@@ -26,37 +27,12 @@ from lockscope.locks.zookeeper import (
     ZooKeeperWriteLock,
     sequence_of,
 )
+from polling import wait_until
 
 WAIT = 15.0  # generous deadline for anything that should happen "soon"
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = WAIT, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        time.sleep(0.01)
-
-
-@pytest.fixture
-def new_client(zookeeper_server: Any) -> Iterator[Callable[..., Any]]:
-    """Factory of started kazoo clients (one session each), stopped after the test."""
-    zookeeper_server.ensure_running()
-    clients: list[Any] = []
-
-    def make(timeout: float = 10.0) -> Any:
-        client = KazooClient(hosts=zookeeper_server.hosts, timeout=timeout)
-        client.start(timeout=20)
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        try:
-            client.stop()
-            client.close()
-        except Exception:
-            pass
+wait_for = functools.partial(wait_until, timeout=WAIT)
 
 
 @pytest.fixture

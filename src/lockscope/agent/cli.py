@@ -259,6 +259,12 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
     file_urls = section.get("alertmanager_urls")
     if isinstance(file_urls, str):
         file_urls = [file_urls]
+
+    def setting(name: str, env_var: str | None, default: Any) -> Any:
+        """The flag, variable or file key ``name`` (dest, env var and key), by precedence."""
+        from_env = env.get(env_var) if env_var is not None else None
+        return pick(name, getattr(args, name, None), from_env, section.get(name), default)
+
     urls = pick(
         "alertmanager_urls",
         args.alertmanager_urls,
@@ -271,51 +277,25 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
     for url in urls:
         if not url.startswith(("http://", "https://")):
             raise SettingsError(f"Alertmanager URL must start with http:// or https://: {url!r}")
-    external_url = pick(
-        "external_url",
-        getattr(args, "external_url", None),
-        env.get(ENV_EXTERNAL_URL),
-        section.get("external_url"),
-        None,
-    )
+    external_url = setting("external_url", ENV_EXTERNAL_URL, None)
     if external_url is not None and (
         not isinstance(external_url, str) or not external_url.startswith(("http://", "https://"))
     ):
         raise SettingsError(f"external_url must start with http:// or https://: {external_url!r}")
-    otlp = pick("otlp", args.otlp, env.get(ENV_OTLP), section.get("otlp"), DEFAULT_OTLP)
-    http = pick("http", args.http, env.get(ENV_HTTP), section.get("http"), DEFAULT_HTTP)
-    level = pick(
-        "log_level",
-        args.log_level,
-        env.get(ENV_LOG_LEVEL),
-        section.get("log_level"),
-        DEFAULT_LOG_LEVEL,
-    )
+    otlp = setting("otlp", ENV_OTLP, DEFAULT_OTLP)
+    http = setting("http", ENV_HTTP, DEFAULT_HTTP)
+    level = setting("log_level", ENV_LOG_LEVEL, DEFAULT_LOG_LEVEL)
     if str(level).upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise SettingsError(f"unknown log level {level!r}")
-    max_bytes = pick(
-        "max_request_bytes",
-        args.max_request_bytes,
-        env.get(ENV_MAX_REQUEST_BYTES),
-        section.get("max_request_bytes"),
-        DEFAULT_MAX_REQUEST_BYTES,
-    )
+    max_bytes = setting("max_request_bytes", ENV_MAX_REQUEST_BYTES, DEFAULT_MAX_REQUEST_BYTES)
     try:
         max_request_bytes = int(max_bytes)
     except (TypeError, ValueError):
         raise SettingsError(f"max_request_bytes must be an integer, got {max_bytes!r}") from None
     if max_request_bytes < 1024:
         raise SettingsError(f"max_request_bytes must be at least 1024, got {max_bytes!r}")
-    token = pick(
-        "token", getattr(args, "token", None), env.get(ENV_TOKEN), section.get("token"), None
-    )
-    token_file = pick(
-        "token_file",
-        getattr(args, "token_file", None),
-        env.get(ENV_TOKEN_FILE),
-        section.get("token_file"),
-        None,
-    )
+    token = setting("token", ENV_TOKEN, None)
+    token_file = setting("token_file", ENV_TOKEN_FILE, None)
     if token is None and token_file is not None:
         from lockscope.agent.web_security import read_token_file
 
@@ -325,25 +305,11 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
             raise SettingsError(f"cannot read the token file {token_file}: {exc}") from None
     if token is not None and (not isinstance(token, str) or token != token.strip()):
         raise SettingsError("the token must be a string without surrounding spaces")
-    tls_cert = pick(
-        "tls_cert",
-        getattr(args, "tls_cert", None),
-        env.get(ENV_TLS_CERT),
-        section.get("tls_cert"),
-        None,
-    )
-    tls_key = pick(
-        "tls_key",
-        getattr(args, "tls_key", None),
-        env.get(ENV_TLS_KEY),
-        section.get("tls_key"),
-        None,
-    )
+    tls_cert = setting("tls_cert", ENV_TLS_CERT, None)
+    tls_key = setting("tls_key", ENV_TLS_KEY, None)
     if (tls_cert is None) != (tls_key is None):
         raise SettingsError("TLS needs both a certificate (--tls-cert) and a key (--tls-key)")
-    metrics_auth = pick(
-        "metrics_auth", getattr(args, "metrics_auth", None), None, section.get("metrics_auth"), True
-    )
+    metrics_auth = setting("metrics_auth", None, True)
     if not isinstance(metrics_auth, bool):
         raise SettingsError(f"metrics_auth must be true or false, got {metrics_auth!r}")
     otlp_address = parse_address(str(otlp), "OTLP address")

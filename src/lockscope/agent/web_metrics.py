@@ -220,31 +220,35 @@ class LockscopeCollector(Collector):
         for template, n in self.state.counters.locks_lost.items():
             lock = self.lock_label(template)
             lost[lock] = max(lost.get(lock, 0.0), float(n))
-        family_c = CounterMetricFamily(
-            "lockscope_locks_lost",
-            "Holds whose holder found the lock lost (lease expired, taken over, session lost).",
-            labels=["lock"],
+        yield _series(
+            CounterMetricFamily(
+                "lockscope_locks_lost",
+                "Holds whose holder found the lock lost (lease expired, taken over, session lost).",
+                labels=["lock"],
+            ),
+            lost,
         )
-        for lock, value in sorted(lost.items()):
-            family_c.add_metric([lock], value)
-        yield family_c
+
+    def _per_lock(self, by_template: Mapping[str, int]) -> dict[str, int]:
+        """Counts per lock-name template summed per lock label (the cap folds templates)."""
+        per_lock: dict[str, int] = {}
+        for template, n in by_template.items():
+            lock = self.lock_label(template)
+            per_lock[lock] = per_lock.get(lock, 0) + n
+        return per_lock
 
     # -- from the agent state ----------------------------------------------------------------
     def _state_metrics(self) -> Iterator[Metric]:
         state = self.state
-        waiters: dict[str, int] = {}
-        for template, n in state.waiters_by_lock().items():
-            lock = self.lock_label(template)
-            waiters[lock] = waiters.get(lock, 0) + n
-        family_g = GaugeMetricFamily(
-            "lockscope_lock_waiters",
-            "Actors waiting for a lock right now (waits longer than report_after), "
-            "by lock-name template.",
-            labels=["lock"],
+        yield _series(
+            GaugeMetricFamily(
+                "lockscope_lock_waiters",
+                "Actors waiting for a lock right now (waits longer than report_after), "
+                "by lock-name template.",
+                labels=["lock"],
+            ),
+            self._per_lock(state.waiters_by_lock()),
         )
-        for lock, n in sorted(waiters.items()):
-            family_g.add_metric([lock], n)
-        yield family_g
 
         counters = state.deadlocks.counters
         yield CounterMetricFamily(
@@ -264,39 +268,33 @@ class LockscopeCollector(Collector):
             "(false-positive candidates, not reported as deadlocks).",
             value=counters.candidates_rejected_total,
         )
-        family_c = CounterMetricFamily(
-            "lockscope_deadlocks_resolved",
-            "Deadlocks that ended, by why (wait_ended, process_dead, released...).",
-            labels=["reason"],
+        yield _series(
+            CounterMetricFamily(
+                "lockscope_deadlocks_resolved",
+                "Deadlocks that ended, by why (wait_ended, process_dead, released...).",
+                labels=["reason"],
+            ),
+            counters.resolved_total,
         )
-        for reason, n in sorted(counters.resolved_total.items()):
-            family_c.add_metric([reason], n)
-        yield family_c
-
-        family_g = GaugeMetricFamily(
-            "lockscope_stale_holders",
-            "Active stale-holder findings by reason: max_hold (held too long), orphaned "
-            "(holder stopped heartbeating), lease_expired (holder outlived its lease).",
-            labels=["reason"],
+        yield _series(
+            GaugeMetricFamily(
+                "lockscope_stale_holders",
+                "Active stale-holder findings by reason: max_hold (held too long), orphaned "
+                "(holder stopped heartbeating), lease_expired (holder outlived its lease).",
+                labels=["reason"],
+            ),
+            state.stale_holders_by_reason(),
+            always=_STALE_REASONS,
         )
-        by_reason = state.stale_holders_by_reason()
-        for reason in sorted(set(_STALE_REASONS) | set(by_reason)):
-            family_g.add_metric([reason], by_reason.get(reason, 0))
-        yield family_g
-
-        violations: dict[str, int] = {}
-        for template, n in state.counters.violations.items():
-            lock = self.lock_label(template)
-            violations[lock] = violations.get(lock, 0) + n
-        family_c = CounterMetricFamily(
-            "lockscope_mutual_exclusion_violations",
-            "Mutual-exclusion violations: two holders of one exclusive lock at once, or a "
-            "fencing token that went backwards, by lock-name template.",
-            labels=["lock"],
+        yield _series(
+            CounterMetricFamily(
+                "lockscope_mutual_exclusion_violations",
+                "Mutual-exclusion violations: two holders of one exclusive lock at once, or a "
+                "fencing token that went backwards, by lock-name template.",
+                labels=["lock"],
+            ),
+            self._per_lock(state.counters.violations),
         )
-        for lock, n in sorted(violations.items()):
-            family_c.add_metric([lock], n)
-        yield family_c
 
         yield GaugeMetricFamily(
             "lockscope_lock_order_inversions",
@@ -341,40 +339,42 @@ class LockscopeCollector(Collector):
     # -- the agent itself --------------------------------------------------------------------
     def _agent_metrics(self) -> Iterator[Metric]:
         stats = self.stats
-        family_c = CounterMetricFamily(
-            "lockscope_agent_events_received",
-            "OTLP records received, by signal (logs, traces, metrics): log records, spans "
-            "and metric data points, including ignored and rejected ones.",
-            labels=["signal"],
+        yield _series(
+            CounterMetricFamily(
+                "lockscope_agent_events_received",
+                "OTLP records received, by signal (logs, traces, metrics): log records, spans "
+                "and metric data points, including ignored and rejected ones.",
+                labels=["signal"],
+            ),
+            stats.received,
+            always=_SIGNALS,
         )
-        for signal in sorted(set(_SIGNALS) | set(stats.received)):
-            family_c.add_metric([signal], stats.received.get(signal, 0))
-        yield family_c
-        family_c = CounterMetricFamily(
-            "lockscope_agent_events_rejected",
-            "OTLP requests or records the agent rejected, by reason (decode_error, too_large, "
-            "invalid, limit...).",
-            labels=["reason"],
+        yield _series(
+            CounterMetricFamily(
+                "lockscope_agent_events_rejected",
+                "OTLP requests or records the agent rejected, by reason (decode_error, "
+                "too_large, invalid, limit...).",
+                labels=["reason"],
+            ),
+            stats.rejected,
         )
-        for reason, n in sorted(stats.rejected.items()):
-            family_c.add_metric([reason], n)
-        yield family_c
-        family_c = CounterMetricFamily(
-            "lockscope_agent_records_ignored",
-            "OTLP records that were not for lockscope (other logs, spans, metrics), by signal.",
-            labels=["signal"],
+        yield _series(
+            CounterMetricFamily(
+                "lockscope_agent_records_ignored",
+                "OTLP records that were not for lockscope (other logs, spans, metrics), by signal.",
+                labels=["signal"],
+            ),
+            stats.ignored,
+            always=_SIGNALS,
         )
-        for signal in sorted(set(_SIGNALS) | set(stats.ignored)):
-            family_c.add_metric([signal], stats.ignored.get(signal, 0))
-        yield family_c
-        family_c = CounterMetricFamily(
-            "lockscope_agent_limits_hit",
-            "Times a documented agent limit refused something new, by limit name.",
-            labels=["limit"],
+        yield _series(
+            CounterMetricFamily(
+                "lockscope_agent_limits_hit",
+                "Times a documented agent limit refused something new, by limit name.",
+                labels=["limit"],
+            ),
+            self.state.counters.limits_hit,
         )
-        for limit, n in sorted(self.state.counters.limits_hit.items()):
-            family_c.add_metric([limit], n)
-        yield family_c
         yield CounterMetricFamily(
             "lockscope_agent_metric_points_dropped",
             "Shim metric points dropped because the metric series limit was reached.",
@@ -456,6 +456,18 @@ def _redact(url: str) -> str:
 def _go_float(value: float) -> str:
     # Prometheus's own formatting of le bounds (prometheus_client.utils.floatToGoString).
     return repr(float(value)) if not value.is_integer() else f"{value:.1f}"
+
+
+def _series(
+    family: CounterMetricFamily | GaugeMetricFamily,
+    values: Mapping[str, float],
+    always: Iterable[str] = (),
+) -> Metric:
+    """``family`` (one label) with a series per key of ``values``, sorted; keys in
+    ``always`` are there even when ``values`` lacks them (at 0)."""
+    for key in sorted(set(always) | set(values)):
+        family.add_metric([key], values.get(key, 0))
+    return family
 
 
 def _histogram(

@@ -72,9 +72,17 @@ class Target:
 
 
 class Dialect(abc.ABC):
-    """The statements of one SQL dialect over one lease table."""
+    """The statements of one SQL dialect over one lease table.
+
+    ``release``, ``extend`` and ``holder`` run ``release_sql``, ``extend_sql`` and
+    ``holder_sql`` with named parameters and read the affected row count; a dialect whose
+    driver needs otherwise overrides them.
+    """
 
     name: ClassVar[str]
+    release_sql: str
+    extend_sql: str
+    holder_sql: str
 
     def __init__(self, table: str, statement_timeout: float) -> None:
         self.table = validate_table(table)
@@ -88,17 +96,22 @@ class Dialect(abc.ABC):
     def acquire(self, cur: Any, name: str, owner: str, ttl: float) -> int | None:
         """Take ``name`` if free or expired; return the new fencing token, else ``None``."""
 
-    @abc.abstractmethod
     def release(self, cur: Any, name: str, owner: str, fence: int) -> bool:
         """Free ``name`` if ``owner``/``fence`` still hold an unexpired lease on it."""
+        cur.execute(self.release_sql, {"name": name, "owner": owner, "fence": fence})
+        return bool(cur.rowcount == 1)
 
-    @abc.abstractmethod
     def extend(self, cur: Any, name: str, owner: str, fence: int, ttl: float) -> bool:
         """Make the lease last ``ttl`` seconds from now, if ``owner``/``fence`` still hold it."""
+        params = {"name": name, "owner": owner, "fence": fence, "ttl": ttl}
+        cur.execute(self.extend_sql, params)
+        return bool(cur.rowcount == 1)
 
-    @abc.abstractmethod
     def holder(self, cur: Any, name: str) -> HolderRow | None:
         """Return the current, unexpired holder of ``name``, or ``None`` if it is free."""
+        cur.execute(self.holder_sql, {"name": name})
+        row = cur.fetchone()
+        return None if row is None else (str(row[0]), int(row[1]), float(row[2]))
 
     def check_name(self, name: str) -> None:
         """Raise ``ValueError`` if this dialect cannot store ``name`` as a key."""
@@ -196,20 +209,6 @@ class SQLiteDialect(Dialect):
         rows = cur.fetchall()
         return int(rows[0][0]) if rows else None
 
-    def release(self, cur: Any, name: str, owner: str, fence: int) -> bool:
-        cur.execute(self.release_sql, {"name": name, "owner": owner, "fence": fence})
-        return bool(cur.rowcount == 1)
-
-    def extend(self, cur: Any, name: str, owner: str, fence: int, ttl: float) -> bool:
-        params = {"name": name, "owner": owner, "fence": fence, "ttl": ttl}
-        cur.execute(self.extend_sql, params)
-        return bool(cur.rowcount == 1)
-
-    def holder(self, cur: Any, name: str) -> HolderRow | None:
-        cur.execute(self.holder_sql, {"name": name})
-        row = cur.fetchone()
-        return None if row is None else (str(row[0]), int(row[1]), float(row[2]))
-
     @staticmethod
     def driver_errors() -> tuple[type[BaseException], ...]:
         return (sqlite3.Error,)
@@ -279,20 +278,6 @@ class PostgresDialect(Dialect):
         cur.execute(self.acquire_sql, {"name": name, "owner": owner, "ttl": ttl})
         row = cur.fetchone()
         return None if row is None else int(row[0])
-
-    def release(self, cur: Any, name: str, owner: str, fence: int) -> bool:
-        cur.execute(self.release_sql, {"name": name, "owner": owner, "fence": fence})
-        return bool(cur.rowcount == 1)
-
-    def extend(self, cur: Any, name: str, owner: str, fence: int, ttl: float) -> bool:
-        params = {"name": name, "owner": owner, "fence": fence, "ttl": ttl}
-        cur.execute(self.extend_sql, params)
-        return bool(cur.rowcount == 1)
-
-    def holder(self, cur: Any, name: str) -> HolderRow | None:
-        cur.execute(self.holder_sql, {"name": name})
-        row = cur.fetchone()
-        return None if row is None else (str(row[0]), int(row[1]), float(row[2]))
 
     def is_stale(self, conn: Any) -> bool:
         return bool(conn.closed or conn.broken) or _has_input(conn.pgconn.socket)

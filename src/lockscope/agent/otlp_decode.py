@@ -128,7 +128,7 @@ def parse_request(signal: Signal, body: bytes, wire: WireFormat) -> Any:
     if wire == "protobuf" and signal == "logs":
         # The hot path: see lockscope.agent.otlp_fastlogs.
         try:
-            return otlp_fastlogs.parse_logs(body)
+            return otlp_fastlogs.parse_logs(body, _resource_process)
         except (_ProtoDecodeError, RuntimeError, ValueError) as exc:
             raise DecodeError(f"invalid protobuf: {exc}") from None
     message = _REQUEST_TYPES[signal]()
@@ -327,34 +327,17 @@ def _resource_process(key_values: Iterable[Any]) -> ProcessInfo:
 
 
 def _decode_raw_logs(request: otlp_fastlogs.RawLogs, now_ns: int | None) -> DecodedBatch:
-    batch = DecodedBatch()
-    events = batch.events
-    names = ev.EVENT_NAMES
-    received = ignored = 0
-    for resource, records in request.resources:
-        process: ProcessInfo | None = None
-        for name, time_ns, observed_ns, attrs in records:
-            received += 1
-            if not name:
-                attr_name = attrs.get(ev.ATTR_EVENT_NAME)
-                if not isinstance(attr_name, str):
-                    ignored += 1
-                    continue
-                name = attr_name
-            if name not in names:
-                if name.startswith("lockscope."):
-                    batch.rejected["unknown_event"] += 1
-                else:
-                    ignored += 1
-                continue
-            if process is None:
-                process = otlp_fastlogs.process_info(resource, _resource_process)
-            time_ns = time_ns or observed_ns
-            if not time_ns:
-                time_ns = now_ns if now_ns is not None else time.time_ns()
-            events.append(Event(name, time_ns, process, attrs))
-    batch.received = received
-    batch.ignored = ignored
+    batch = DecodedBatch(events=list(request.events))
+    if request.untimed:
+        now = now_ns if now_ns is not None else time.time_ns()
+        events = batch.events
+        for i in request.untimed:
+            e = events[i]
+            events[i] = Event(e.name, now, e.process, e.attrs)
+    batch.received = request.received
+    batch.ignored = request.ignored
+    if request.unknown:
+        batch.rejected["unknown_event"] = request.unknown
     return batch
 
 

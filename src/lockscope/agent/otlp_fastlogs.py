@@ -26,7 +26,7 @@ from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 
 from lockscope import events as ev
-from lockscope.agent.model import ProcessInfo
+from lockscope.agent.model import Event, ProcessInfo
 
 __all__ = ["RawLogs", "parse_logs"]
 
@@ -122,42 +122,65 @@ _process_cache: dict[bytes, ProcessInfo] = {}
 
 
 class RawLogs:
-    """A parsed OTLP logs request: per ``ResourceLogs``, its raw resource and its records
-    as ``(event name, time_unix_nano, observed_time_unix_nano, attributes)``."""
+    """A parsed OTLP logs request: the lockscope events it holds (``untimed``: indexes of
+    events whose record had no time, to be stamped with the receive time) and counts."""
 
-    __slots__ = ("resources",)
+    __slots__ = ("events", "ignored", "received", "unknown", "untimed")
 
-    def __init__(self, resources: list[tuple[bytes, list[tuple[str, int, int, dict[str, Any]]]]]):
-        self.resources = resources
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.untimed: list[int] = []
+        self.received = 0
+        self.ignored = 0
+        """Records that are not lockscope events."""
+        self.unknown = 0
+        """Records named ``lockscope.*`` that are not a known event."""
 
 
-def parse_logs(body: bytes) -> RawLogs:
-    """Parse and decode a protobuf ``ExportLogsServiceRequest``.
+def parse_logs(body: bytes, build_process: Callable[[Any], ProcessInfo]) -> RawLogs:
+    """Parse a protobuf ``ExportLogsServiceRequest`` straight into events.
 
-    Raises ``google.protobuf.message.DecodeError`` (or ``ValueError``) for a body the
-    standard message classes would reject.
+    ``build_process(attributes)`` makes the ProcessInfo of a resource from its standard
+    ``KeyValue`` list (once per distinct resource).  Raises
+    ``google.protobuf.message.DecodeError`` (or ``ValueError``) for a body the standard
+    message classes would reject: every attribute and resource is checked, including
+    those of records that are not for lockscope.
     """
     request = _Request.FromString(body)
-    resources = []
+    out = RawLogs()
+    events = out.events
+    names = ev.EVENT_NAMES
+    received = ignored = unknown = 0
     for resource_logs in request.resource_logs:
-        records = []
+        process = _process_info(resource_logs.resource, build_process)
         for scope_logs in resource_logs.scope_logs:
             for record in scope_logs.log_records:
-                records.append(
-                    (
-                        record.event_name,
-                        record.time_unix_nano,
-                        record.observed_time_unix_nano,
-                        _attributes(record.attributes, 0),
-                    )
-                )
-        resources.append((resource_logs.resource, records))
-    return RawLogs(resources)
+                received += 1
+                attrs = _attributes(record.attributes, 0)
+                name = record.event_name
+                if not name:
+                    attr_name = attrs.get(ev.ATTR_EVENT_NAME)
+                    if not isinstance(attr_name, str):
+                        ignored += 1
+                        continue
+                    name = attr_name
+                if name not in names:
+                    if name.startswith("lockscope."):
+                        unknown += 1
+                    else:
+                        ignored += 1
+                    continue
+                time_ns = record.time_unix_nano or record.observed_time_unix_nano
+                if not time_ns:
+                    out.untimed.append(len(events))
+                events.append(Event(name, time_ns, process, attrs))
+    out.received = received
+    out.ignored = ignored
+    out.unknown = unknown
+    return out
 
 
-def process_info(resource: bytes, build: Callable[[Any], ProcessInfo]) -> ProcessInfo:
-    """The ProcessInfo of a raw ``Resource``; ``build(attributes)`` makes it from the
-    resource's standard ``KeyValue`` list on a cache miss."""
+def _process_info(resource: bytes, build: Callable[[Any], ProcessInfo]) -> ProcessInfo:
     info = _process_cache.get(resource)
     if info is None:
         info = build(_Resource.FromString(resource).attributes)

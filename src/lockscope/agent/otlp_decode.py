@@ -254,7 +254,7 @@ def _as_int(value: Any) -> int | None:
     if isinstance(value, str | float):
         try:
             return int(value)
-        except ValueError:
+        except (ValueError, OverflowError):  # "x", NaN, infinity
             return None
     return None
 

@@ -9,6 +9,7 @@ classes reject.
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any
 
@@ -117,7 +118,11 @@ def _summary(batch: DecodedBatch) -> Any:
     )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=int(os.environ.get("LOCKSCOPE_FUZZ_EXAMPLES", "150")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(requests())
 def test_fast_path_decodes_like_the_standard_classes(request: ExportLogsServiceRequest) -> None:
     body = request.SerializeToString()
@@ -170,3 +175,18 @@ def test_equal_attributes_decode_to_unshared_lists_and_dicts() -> None:
     assert first.attrs[ev.ATTR_HOLDS] == second.attrs[ev.ATTR_HOLDS] == [{"a": 1}]
     first.attrs[ev.ATTR_HOLDS][0]["a"] = 2  # a consumer mutating one event...
     assert second.attrs[ev.ATTR_HOLDS] == [{"a": 1}]  # ...does not change the other
+
+
+@pytest.mark.parametrize("pid", [math.inf, -math.inf, math.nan, 1e300])
+def test_a_resource_pid_that_is_no_integer_falls_back_to_zero(pid: float) -> None:
+    request = ExportLogsServiceRequest()
+    resource_logs = request.resource_logs.add()
+    resource_logs.resource.attributes.append(
+        KeyValue(key=ev.RES_PROCESS_PID, value=AnyValue(double_value=pid))
+    )
+    resource_logs.scope_logs.add().log_records.add(time_unix_nano=1, event_name=ev.EVENT_HEARTBEAT)
+    body = request.SerializeToString()
+    (fast,) = decode_logs(parse_request("logs", body, "protobuf")).events
+    (standard,) = decode_logs(ExportLogsServiceRequest.FromString(body)).events
+    assert fast.process == standard.process
+    assert fast.process.pid == (int(pid) if math.isfinite(pid) else 0)

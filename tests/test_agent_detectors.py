@@ -401,6 +401,26 @@ def test_lock_lost_event_is_lease_expired_and_counted() -> None:
     assert w.active("stale_holders") == []
 
 
+def test_lock_lost_after_lease_expired_finding_is_one_finding() -> None:
+    # The agent sees the hold outlive its lease, then the holder says it lost the lock:
+    # one lost lock is one stale-holder finding (one alert), kept until finding_ttl.
+    w = World(AgentConfig(lease_grace=0.5))
+    expires = w.now + 1 * S
+    since = w.now
+    w.hold("1.1", "A", **{ev.ATTR_LOCK_EXPIRES_AT: expires})
+    w.advance(2)
+    w.heartbeat(1, holds=[w.entry("1.1", "A", since, **{ev.ATTR_LOCK_EXPIRES_AT: expires})])
+    [seen] = w.active("stale_holders")
+    w.send(ev.EVENT_LOCK_LOST, "1.1", "A", since=since)
+    assert w.state.hold_count == 0
+    [after] = w.active("stale_holders")
+    assert after["id"] == seen["id"]
+    assert after["detail"] == "the holder lost the lock"
+    assert len(w.state.api_stale_holders()["stale_holders"]) == 1
+    w.advance(301)
+    assert w.active("stale_holders") == []
+
+
 # -- violations -----------------------------------------------------------------------------------
 def test_overlapping_holds_after_pause_past_lease() -> None:
     # 1 holds A with a 1 s lease, is SIGSTOPped; 2 takes A after the lease; 1 resumes and

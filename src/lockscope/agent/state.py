@@ -678,6 +678,15 @@ class AgentState(StateQueries):
             self.store.resolve(fid, self._now, reason)
         h.findings = keep or None
 
+    def _take_lease_expired_finding(self, h: Hold) -> Finding | None:
+        """Detach ``h``'s active ``lease_expired`` finding (so dropping ``h`` keeps it)."""
+        for fid in h.findings or ():
+            f = self.store.active(fid)
+            if f is not None and f.data.get("reason") == LEASE_EXPIRED:
+                h.findings = [x for x in h.findings or () if x != fid] or None
+                return f
+        return None
+
     def _new_hold(self, h: Hold) -> None:
         """Checks for a hold instance seen for the first time."""
         lock = h.lock
@@ -868,20 +877,27 @@ class AgentState(StateQueries):
             self._check_overlap(h)
             since = h.since_ns
         ttl = int(self.config.finding_ttl * _NS)
-        f = stale_finding(
-            LEASE_EXPIRED,
-            lock,
-            actor,
-            since_ns=event.time_ns if since is None else since,
-            now_ns=self._now,
-            hold=h,
-            detail="the holder lost the lock",
-            expires_in_ns=ttl,
-            id_extra="lost",
-        )
-        if self.store.add(f):
-            _inc(self.counters.stale_holders_detected, LEASE_EXPIRED)
-            self._expiring.append((self._now + ttl, f.id))
+        ongoing = self._take_lease_expired_finding(h) if h is not None else None
+        if ongoing is not None:
+            # The agent already saw this hold outlive its lease: the holder's own word that
+            # it lost the lock continues that finding (one alert per lost lock, not two).
+            ongoing.data["detail"] = "the holder lost the lock"
+            self._expiring.append((self._now + ttl, ongoing.id))
+        else:
+            f = stale_finding(
+                LEASE_EXPIRED,
+                lock,
+                actor,
+                since_ns=event.time_ns if since is None else since,
+                now_ns=self._now,
+                hold=h,
+                detail="the holder lost the lock",
+                expires_in_ns=ttl,
+                id_extra="lost",
+            )
+            if self.store.add(f):
+                _inc(self.counters.stale_holders_detected, LEASE_EXPIRED)
+                self._expiring.append((self._now + ttl, f.id))
         if h is not None and actor.holds.get(lock.key) is h and h.since_ns == since:
             self._drop_hold(h, tombstone=True, reason="lost")
         self._gc(actor, lock)

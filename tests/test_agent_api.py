@@ -294,6 +294,11 @@ async def test_violation_and_stale_holder_routes(session: aiohttp.ClientSession)
         assert {item["service"] for item in stale} >= {"billing"}
         for item in stale:
             assert {"lock", "actor", "service", "pid", "reason", "since"} <= set(item)
+        # The list also stands under the path's spelling of the kind ({"<kind>": [...]}).
+        both = await get(session, agent, "/api/v1/stale-holders?status=active")
+        assert both["stale-holders"] == both["stale_holders"]
+        inversions = await get(session, agent, "/api/v1/order-inversions")
+        assert inversions["order-inversions"] == inversions["order_inversions"]
 
 
 async def test_index_links_the_api(agent: AgentRunner, session: aiohttp.ClientSession):

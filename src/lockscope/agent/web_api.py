@@ -2,14 +2,18 @@
 
 ===============================  ===============================================
 ``GET /api/v1/deadlocks``        ``{"deadlocks": [...]}``
-``GET /api/v1/stale-holders``    ``{"stale_holders": [...]}``
+``GET /api/v1/stale-holders``    ``{"stale_holders": [...], "stale-holders": [...]}``
 ``GET /api/v1/violations``       ``{"violations": [...]}``
-``GET /api/v1/order-inversions`` ``{"order_inversions": [...]}``
+``GET /api/v1/order-inversions`` ``{"order_inversions": [...], "order-inversions": [...]}``
 ``GET /api/v1/locks``            ``{"locks": [...]}``
 ``GET /api/v1/locks/{name}``     one lock: holders, waiters, timeline (404 if unknown)
 ``GET /api/v1/graph``            ``{"nodes": [...], "edges": [...]}``: the wait-for graph
 ``GET /api/v1/processes``        ``{"processes": [...]}``
 ===============================  ===============================================
+
+SPEC names each finding list ``{"<kind>": [...]}``; the list stands under the identifier
+spelling (``stale_holders``) and, where the path spells it differently, under the path's
+spelling too (``stale-holders``), so clients written either way read it.
 
 The four finding lists take ``?status=active|resolved|all`` (default ``all``); the lock
 list takes ``?limit=N`` (default 1000, most waiters first); the graph shows only locks
@@ -59,7 +63,7 @@ def json_error(status: int, message: str) -> web.Response:
 
 
 def _finding_handler(
-    key: str, query: Callable[[AgentState, bool], dict[str, Any]]
+    key: str, alias: str, query: Callable[[AgentState, bool], dict[str, Any]]
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handler(request: web.Request) -> web.Response:
         status = request.query.get("status", "all")
@@ -68,6 +72,8 @@ def _finding_handler(
         body = query(request.app[STATE_KEY], status == "active")
         if status == "resolved":
             body = {**body, key: [item for item in body[key] if item.get("status") == status]}
+        if alias != key:
+            body = {**body, alias: body[key]}
         return _json(body)
 
     return handler
@@ -128,7 +134,7 @@ def setup_api_routes(app: web.Application, *, index: bool = True) -> None:
     """Add the JSON API routes (and, unless ``index`` is False, a plain ``/`` page that
     links them); the app must carry :data:`lockscope.agent.app_keys.STATE_KEY`."""
     for path, (key, query) in _FINDINGS.items():
-        app.router.add_get(API_PREFIX + path, _finding_handler(key, query))
+        app.router.add_get(API_PREFIX + path, _finding_handler(key, path.lstrip("/"), query))
     app.router.add_get(API_PREFIX + "/locks", _locks)
     app.router.add_get(API_PREFIX + "/locks/{name:.+}", _lock)
     app.router.add_get(API_PREFIX + "/graph", _graph)

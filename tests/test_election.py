@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 import os
 import queue
 import signal
@@ -19,7 +21,13 @@ from kazoo.client import KazooClient
 
 from lockscope.errors import LockError
 from lockscope.locks import LeaderElection as ExportedElection
-from lockscope.locks.election import RESIGNED, SESSION_LOST, LeaderElection
+from lockscope.locks import aio
+from lockscope.locks.election import (
+    RESIGNED,
+    SESSION_LOST,
+    AsyncLeaderElection,
+    LeaderElection,
+)
 from polling import wait_until
 
 WAIT = 15.0
@@ -190,6 +198,113 @@ def test_lost_session_ends_the_term_and_the_candidate_rejoins(
         ("first", f"lost:{RESIGNED}"),
     ]
     assert first.terms == 2
+
+
+# -- asyncio -------------------------------------------------------------------------------
+async def until(predicate: Callable[[], object], what: str = "") -> None:
+    """Poll without blocking the loop, which delivers the callbacks."""
+    deadline = time.monotonic() + WAIT
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        await asyncio.sleep(0.01)
+
+
+async def test_async_candidates_lead_in_turn_with_callbacks_on_the_loop(
+    new_client: Callable[..., Any], path: str
+) -> None:
+    assert aio.LeaderElection is AsyncLeaderElection
+    loop_thread = threading.get_ident()
+    log: list[tuple[str, str, bool]] = []
+
+    async def first_elected() -> None:  # coroutine callbacks are awaited
+        await asyncio.sleep(0)
+        log.append(("first", "elected", threading.get_ident() == loop_thread))
+
+    first = AsyncLeaderElection(
+        new_client(),
+        path,
+        "first",
+        on_elected=first_elected,
+        on_lost=lambda r: log.append(("first", r, threading.get_ident() == loop_thread)),
+    )
+    second = AsyncLeaderElection(
+        new_client(),
+        path,
+        "second",
+        on_elected=lambda: log.append(("second", "elected", threading.get_ident() == loop_thread)),
+    )
+    await first.start()
+    await until(lambda: first.is_leader, "first elected")
+    await second.start()
+    await until(lambda: second.sequence is not None, "second queued")
+    assert await second.contenders() == ["first", "second"]
+    assert await second.leader() == "first"
+    await until(lambda: log, "on_elected delivered")
+    assert not second.is_leader
+    assert log == [("first", "elected", True)]  # once, on the loop's thread
+
+    await first.resign()  # returns once the node is gone, on_lost delivered before
+    assert log[1] == ("first", RESIGNED, True)
+    assert not first.is_leader
+    assert not first.running
+    await until(lambda: second.is_leader, "second elected")
+    await until(lambda: len(log) == 3, "second's on_elected delivered")
+    assert log[2] == ("second", "elected", True)
+    assert await second.contenders() == ["second"]
+    await second.close()
+    assert first.terms == 1
+    assert second.terms == 1
+
+
+async def test_async_close_leaves_no_node_behind(
+    new_client: Callable[..., Any], path: str, zookeeper_server: Any
+) -> None:
+    observer = LeaderElection(new_client(), path, "observer")
+    elected: list[str] = []
+    async with AsyncLeaderElection(zookeeper_server.hosts, path, "leader") as leader:
+        await until(lambda: leader.is_leader, "leader elected")
+        waiting = AsyncLeaderElection(
+            zookeeper_server.hosts, path, "waiting", on_elected=lambda: elected.append("w")
+        )
+        await waiting.start()
+        await until(lambda: waiting.sequence is not None, "waiting queued")
+        owned = waiting.client
+        await waiting.close()  # leaves the queue and stops the client it created
+        assert not waiting.running
+        assert not owned.connected
+        assert await asyncio.to_thread(observer.contenders) == ["leader"]
+    assert not leader.running
+    assert await asyncio.to_thread(observer.contenders) == []
+    assert elected == []
+
+
+async def test_async_callback_may_resign_and_failures_are_logged(
+    new_client: Callable[..., Any], path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    lost: list[str] = []
+    refused: list[str] = []
+    election: AsyncLeaderElection
+
+    async def elected() -> None:
+        try:
+            await election.close()  # would wait for the thread that waits for us
+        except LockError as exc:
+            refused.append(str(exc))
+        await election.resign()  # returns at once here; the thread hands over
+        raise RuntimeError("boom")
+
+    election = AsyncLeaderElection(
+        new_client(), path, "solo", on_elected=elected, on_lost=lost.append
+    )
+    with caplog.at_level(logging.ERROR, logger="lockscope.locks.election"):
+        await election.start()
+        await until(lambda: not election.running, "resigned from the callback")
+    assert lost == [RESIGNED]
+    assert "boom" in caplog.text
+    assert len(refused) == 1
+    assert "cannot run inside" in refused[0]
+    assert await election.contenders() == []
 
 
 # -- candidates in separate processes -----------------------------------------------------

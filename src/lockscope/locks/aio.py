@@ -20,6 +20,7 @@ _LAZY = {
     "ZooKeeperReadLock": ("zookeeper", "AsyncZooKeeperReadLock"),
     "ZooKeeperWriteLock": ("zookeeper", "AsyncZooKeeperWriteLock"),
     "ZooKeeperSemaphore": ("zookeeper", "AsyncZooKeeperSemaphore"),
+    "LeaderElection": ("election", "AsyncLeaderElection"),
     "AutoRenewingLock": ("renewal", "AsyncAutoRenewingLock"),
     "FairLock": ("fair", "AsyncFairLock"),
     "RobustLock": ("retry", "AsyncRobustLock"),

@@ -7,13 +7,21 @@ ephemeral sequential node under the election path; the lowest sequence leads, an
 other candidate watches only the node just before its own, so when the leader goes only
 its successor wakes up (no herd effect). Candidates of kazoo's ``Election`` on the same
 path take part in the same election.
+
+:class:`AsyncLeaderElection` is the asyncio flavour: the same candidate, driven by its
+thread, with the callbacks delivered on the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextvars
+import inspect
 import logging
 import threading
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 from kazoo.client import KazooClient
@@ -21,7 +29,7 @@ from kazoo.client import KazooClient
 from lockscope.errors import BackendUnavailable, LockError
 from lockscope.locks.zookeeper import DEFAULT_BASE_PATH, ZooKeeperLock, _CancelHandle
 
-__all__ = ["LeaderElection"]
+__all__ = ["AsyncLeaderElection", "LeaderElection"]
 
 log = logging.getLogger(__name__)
 
@@ -239,3 +247,191 @@ class LeaderElection:
     def __repr__(self) -> str:
         role = "leader" if self._leader else "candidate"
         return f"<LeaderElection {self.path!r} {self.identifier!r} {role}>"
+
+
+_delivering: contextvars.ContextVar[AsyncLeaderElection | None] = contextvars.ContextVar(
+    "lockscope_election_delivering", default=None
+)
+"""The election whose callback runs in this context (tasks it starts inherit it)."""
+
+
+class AsyncLeaderElection:
+    """The asyncio flavour of :class:`LeaderElection` (same arguments).
+
+    The election runs on its own thread exactly as :class:`LeaderElection` does; the
+    callbacks are delivered on the event loop that called :meth:`start`, and may be plain
+    functions or coroutine functions (awaited). The election waits for each callback to
+    finish before it goes on, so the sync guarantees hold: one call per transition, in
+    order, and on resignation ``on_lost`` has returned before the node is deleted. A
+    callback may ``await election.resign()`` (it returns at once there and the election
+    thread finishes the hand-over), but must not block the loop. ``async with`` starts
+    the candidacy and closes it on exit.
+    """
+
+    def __init__(
+        self,
+        client_or_hosts: KazooClient | str,
+        path: str,
+        identifier: str | None = None,
+        on_elected: Callable[[], object] | None = None,
+        on_lost: Callable[[str], object] | None = None,
+        *,
+        base_path: str = DEFAULT_BASE_PATH,
+        rejoin: bool = True,
+        retry_interval: float = 1.0,
+        session_timeout: float = 10.0,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.on_elected = on_elected
+        self.on_lost = on_lost
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.sync = LeaderElection(
+            client_or_hosts,
+            path,
+            identifier,
+            on_elected=self._elected,
+            on_lost=self._lost,
+            base_path=base_path,
+            rejoin=rejoin,
+            retry_interval=retry_interval,
+            session_timeout=session_timeout,
+            connect_timeout=connect_timeout,
+        )
+        """The :class:`LeaderElection` underneath (its callbacks forward to the loop)."""
+        self.path = self.sync.path
+        self.identifier = self.sync.identifier
+
+    # -- state (plain attributes of the sync candidate: no I/O) --------------------------------
+    @property
+    def is_leader(self) -> bool:
+        """See :attr:`LeaderElection.is_leader`."""
+        return self.sync.is_leader
+
+    @property
+    def uncertain(self) -> bool:
+        """See :attr:`LeaderElection.uncertain`."""
+        return self.sync.uncertain
+
+    @property
+    def running(self) -> bool:
+        """See :attr:`LeaderElection.running`."""
+        return self.sync.running
+
+    @property
+    def terms(self) -> int:
+        """How many times this candidate has been elected."""
+        return self.sync.terms
+
+    @property
+    def sequence(self) -> int | None:
+        """See :attr:`LeaderElection.sequence`."""
+        return self.sync.sequence
+
+    @property
+    def node(self) -> str | None:
+        """See :attr:`LeaderElection.node`."""
+        return self.sync.node
+
+    @property
+    def client(self) -> Any:
+        """The :class:`kazoo.client.KazooClient` in use."""
+        return self.sync.client
+
+    async def contenders(self) -> list[str]:
+        """See :meth:`LeaderElection.contenders`."""
+        return await asyncio.to_thread(self.sync.contenders)
+
+    async def leader(self) -> str | None:
+        """See :meth:`LeaderElection.leader`."""
+        return await asyncio.to_thread(self.sync.leader)
+
+    # -- running -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Enter the election on a background thread and return at once."""
+        self._loop = asyncio.get_running_loop()
+        self.sync.start()
+
+    async def resign(self, timeout: float | None = 10.0) -> None:
+        """See :meth:`LeaderElection.resign`; from a callback it returns at once."""
+        if _delivering.get() is self:
+            # The election thread is waiting for this callback: waiting for it would
+            # deadlock, so only ask it to stop (as the sync flavour does on its thread).
+            self.sync.resign(timeout=0)
+            return
+        await asyncio.to_thread(self.sync.resign, timeout)
+
+    async def close(self) -> None:
+        """Resign and stop the kazoo client if this election created it."""
+        if _delivering.get() is self:
+            raise LockError("close() cannot run inside the election's callback: resign()")
+        await asyncio.to_thread(self.sync.close)
+
+    async def __aenter__(self) -> AsyncLeaderElection:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- callbacks: called on the election thread, run on the loop ----------------------------
+    def _elected(self) -> None:
+        self._deliver(self.on_elected)
+
+    def _lost(self, reason: str) -> None:
+        self._deliver(self.on_lost, reason)
+
+    def _deliver(self, callback: Callable[..., object] | None, *args: object) -> None:
+        loop = self._loop
+        if callback is None or loop is None:
+            return
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        try:
+            loop.call_soon_threadsafe(self._run_callback, callback, args, done)
+        except RuntimeError:
+            log.warning("election %s: event loop closed; %r not called", self.path, callback)
+            return
+        done.result()
+
+    def _run_callback(
+        self,
+        callback: Callable[..., object],
+        args: tuple[object, ...],
+        done: concurrent.futures.Future[None],
+    ) -> None:
+        token = _delivering.set(self)
+        try:
+            result = callback(*args)
+            if inspect.isawaitable(result):
+                # Created while _delivering is set, so the task sees it too.
+                task = asyncio.ensure_future(result)
+                task.add_done_callback(lambda t: self._finish(callback, t, done))
+                return
+        except Exception:
+            log.exception("election %s: callback %r failed", self.path, callback)
+        finally:
+            _delivering.reset(token)
+        done.set_result(None)
+
+    def _finish(
+        self,
+        callback: Callable[..., object],
+        task: asyncio.Future[Any],
+        done: concurrent.futures.Future[None],
+    ) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "election %s: callback %r failed",
+                self.path,
+                callback,
+                exc_info=task.exception(),
+            )
+        done.set_result(None)
+
+    def __repr__(self) -> str:
+        role = "leader" if self.is_leader else "candidate"
+        return f"<AsyncLeaderElection {self.path!r} {self.identifier!r} {role}>"

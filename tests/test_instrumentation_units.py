@@ -199,3 +199,37 @@ def test_reporter_side_reads_survive_concurrent_lock_calls() -> None:
         for t in threads:
             t.join(10)
     assert recorder.acquires > 0
+
+
+def test_recorder_holder_of_finds_the_hold_of_a_key_among_many() -> None:
+    recorder = Recorder()
+    infos = [LockInfo("redis", "ns", f"k:{i}", "k:{id}") for i in range(500)]
+    targets = [object() for _ in infos]
+    holds = [recorder.acquired(info, i, None, targets[i]) for i, info in enumerate(infos)]
+    wanted = infos[321]
+    assert recorder.holder_of(wanted.key) is holds[321]
+    assert recorder.holder_of("redis:ns/k:none") is None
+    # A second holder of the same key (a shared lock): the oldest hold answers until released.
+    other = recorder.acquired(wanted, 9999, None, object())
+    assert recorder.holder_of(wanted.key) is holds[321]
+    recorder.end_hold(holds[321])
+    assert recorder.holder_of(wanted.key) is other
+    recorder.end_hold(other)
+    assert recorder.holder_of(wanted.key) is None
+    assert recorder.find_hold(object(), 0, wanted.key) is None
+    # Lost: gone from the index too, and a late release of the lost hold changes nothing.
+    lost = infos[7]
+    recorder.end_hold(holds[7], "lost")
+    assert recorder.holder_of(lost.key) is None
+    recorder.end_hold(holds[7])
+    assert recorder.holder_of(lost.key) is None
+    # Re-entrant: two holds of one object; the key stays held until both end.
+    again = recorder.acquired(infos[8], 8, None, targets[8])
+    recorder.end_hold(holds[8])
+    assert recorder.holder_of(infos[8].key) is again
+    assert recorder.holder_of(infos[9].key) is holds[9]
+    # Fork reset: the parent's holds are not the child's.
+    recorder.reset()
+    assert all(recorder.holder_of(info.key) is None for info in infos)
+    recorder.end_hold(holds[9])  # the parent's hold, released in the child: ignored
+    assert recorder.holder_of(infos[9].key) is None

@@ -218,6 +218,9 @@ class Recorder:
         self._lock = _thread.allocate_lock()
         self._waits: set[Wait] = set()
         self._holds: dict[int, list[Hold]] = {}
+        self._by_key: dict[str, list[Hold]] = {}
+        """lock key -> its holds, oldest first: the holder look-up of a recorded wait span
+        must not cost more with every other lock the process holds."""
         self._by_actor: dict[int, list[Hold]] = {}
         self._pairs: set[tuple[str, str, str, str, str, str]] = set()
         self._events: deque[PendingEvent] = deque()
@@ -274,7 +277,16 @@ class Recorder:
                 attrs[events.ATTR_WAIT_DURATION] = (now - wait.start) / 1e9
                 self._emit(events.EVENT_WAIT_END, now, attrs)
             self.acquires += 1
-            self._count(info, outcome, (now - wait.start) / 1e9)
+            # _count inlined: one call less on the hot path pays for the _by_key upkeep.
+            waited = (now - wait.start) / 1e9
+            bound = info.bound
+            if bound is None or bound[0] is not self.stats:
+                bound = info.bound = self.stats.bind(info.template, info.system)
+            outcomes = bound[1]
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            hist = bound[2]
+            hist[bisect_left(BOUNDS, waited)] += 1
+            hist[-1] += waited
             if outcome != "acquired" or not hold:
                 return None
             new = self._add_hold(info, wait.actor, wait.task, wait.target, now, token, owner, ttl)
@@ -313,13 +325,22 @@ class Recorder:
         owner: str | bytes | None,
         ttl: float | None,
     ) -> Hold:
-        expires = None if ttl is None else now + self._offset + int(ttl * 1e9)
-        hold = Hold(info, actor, task, target, now, now + self._offset, token, owner, expires)
-        same = self._holds.get(hold.obj)
+        since = now + self._offset
+        expires = None if ttl is None else since + int(ttl * 1e9)
+        hold = Hold(info, actor, task, target, now, since, token, owner, expires)
+        obj = hold.obj
+        same = self._holds.get(obj)
         if same is None:
-            self._holds[hold.obj] = [hold]
+            self._holds[obj] = [hold]
+            # A second hold of the same object has the same key: only the first looks it up.
+            keyed = self._by_key.get(info.key)
+            if keyed is None:
+                self._by_key[info.key] = [hold]
+            else:
+                keyed.append(hold)
         else:
             same.append(hold)
+            self._by_key[info.key].append(hold)
         if task is None and self._light.get(actor):
             for lock in self._light[actor]:
                 key = (lock._template, info.template)
@@ -368,19 +389,15 @@ class Recorder:
                     return hold
             return same[0] if any_actor else None
         if key is not None:
-            for holds in list(self._holds.values()):
-                for hold in holds:
-                    if hold.info.key == key:
-                        return hold
+            return self.holder_of(key)
         return None
 
     def holder_of(self, key: str) -> Hold | None:
-        """Some in-process hold of the lock ``key`` (for the wait span's link)."""
-        for holds in list(self._holds.values()):
-            for hold in holds:
-                if hold.info.key == key:
-                    return hold
-        return None
+        """The oldest in-process hold of the lock ``key`` (for the wait span's link)."""
+        keyed = self._by_key.get(key)
+        # Read without the registry lock: iterating tolerates a concurrent end_hold
+        # emptying the list, where ``keyed[0]`` after a length check would not.
+        return next(iter(keyed), None) if keyed else None
 
     def end_hold(self, hold: Hold, outcome: str = "released") -> None:
         """The hold ended: ``released``, ``lost`` (``LockNotOwned``, session lost) or
@@ -389,17 +406,29 @@ class Recorder:
         now = _perf()
         info = hold.info
         with self._lock:
-            same = self._holds.get(hold.obj)
+            holds = self._holds
+            same = holds.get(hold.obj)
             if same is None or hold not in same:
                 return  # already ended (e.g. lost, then released)
-            same.remove(hold)
-            if not same:
-                del self._holds[hold.obj]
+            # Mostly the only hold of its list: drop the list without a second scan (this
+            # pays for the _by_key upkeep below on the hot path).
+            if len(same) == 1:
+                del holds[hold.obj]
+            else:
+                same.remove(hold)
+            # In _holds means in _by_key (both change under self._lock, reset swaps both).
+            by_key = self._by_key
+            keyed = by_key[info.key]
+            if len(keyed) == 1:
+                del by_key[info.key]
+            else:
+                keyed.remove(hold)
             mine = self._by_actor.get(hold.actor)
             if mine is not None and hold in mine:
-                mine.remove(hold)
-                if not mine:
+                if len(mine) == 1:
                     del self._by_actor[hold.actor]
+                else:
+                    mine.remove(hold)
             duration = (now - hold.start) / 1e9
             bound = info.bound
             if bound is None or bound[0] is not self.stats:
@@ -410,7 +439,6 @@ class Recorder:
             if lost:
                 key = (info.template, info.system)
                 self.stats.lost[key] = self.stats.lost.get(key, 0) + 1
-            if lost:
                 attrs = self._hold_attrs(hold)
                 attrs[events.ATTR_OUTCOME] = "lost"
                 attrs[events.ATTR_HOLD_DURATION] = duration

@@ -385,8 +385,12 @@ def released(adapter: Adapter, instance: Any, hold: Hold, exc: BaseException | N
         failed()
 
 
-def release_wrapper(adapter: Adapter) -> Wrapper:
-    """A wrapt wrapper for ``release``: ends the hold (``lost`` on a lost-lock error)."""
+_After = Callable[[Any, Hold, Any, Any, BaseException | None], None]
+
+
+def _held_call_wrapper(adapter: Adapter, after: _After) -> Wrapper:
+    """A wrapt wrapper for a call on a held lock (release, extend): the hold's span is
+    current around the call, then ``after(instance, hold, args, kwargs, exc)`` records it."""
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
         if not fast_enabled():
@@ -404,14 +408,21 @@ def release_wrapper(adapter: Adapter) -> Wrapper:
         except BaseException as exc:
             if token is not None:
                 _detach(token)
-            released(adapter, instance, hold, exc)
+            after(instance, hold, args, kwargs, exc)
             raise
         if token is not None:
             _detach(token)
-        released(adapter, instance, hold, None)
+        after(instance, hold, args, kwargs, None)
         return result
 
     return wrapper
+
+
+def release_wrapper(adapter: Adapter) -> Wrapper:
+    """A wrapt wrapper for ``release``: ends the hold (``lost`` on a lost-lock error)."""
+    return _held_call_wrapper(
+        adapter, lambda instance, hold, _a, _k, exc: released(adapter, instance, hold, exc)
+    )
 
 
 def async_release_wrapper(adapter: Adapter) -> Wrapper:
@@ -471,31 +482,12 @@ def extend_wrapper(
     extension: Callable[[Any, Any, Any], tuple[float | None, bool]] | None = None,
 ) -> Wrapper:
     """A wrapt wrapper for ``extend``-like calls (``extension`` reads the new lease)."""
-
-    def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        if not fast_enabled():
-            return wrapped(*args, **kwargs)
-        try:
-            hold = _find(adapter, instance, None)
-        except Exception:
-            failed()
-            hold = None
-        if hold is None:
-            return wrapped(*args, **kwargs)
-        token = _attach(_set_span(hold.span)) if hold.span is not None else None
-        try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            if token is not None:
-                _detach(token)
-            _extended(adapter, instance, hold, args, kwargs, exc, extension)
-            raise
-        if token is not None:
-            _detach(token)
-        _extended(adapter, instance, hold, args, kwargs, None, extension)
-        return result
-
-    return wrapper
+    return _held_call_wrapper(
+        adapter,
+        lambda instance, hold, args, kwargs, exc: _extended(
+            adapter, instance, hold, args, kwargs, exc, extension
+        ),
+    )
 
 
 def async_extend_wrapper(

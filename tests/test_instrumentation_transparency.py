@@ -131,6 +131,12 @@ def test_redis_lock_is_transparent(sink: OtlpSink, redis_url: str) -> None:
     compare(sink, _redis_scenario(redis_url))
 
 
+async def _set_calls(r: redis.asyncio.Redis) -> int:
+    """How many SET commands the server has run (redis-py acquires with SET NX PX)."""
+    stats = await r.info("commandstats")
+    return int(stats.get("cmdstat_set", {}).get("calls", 0))
+
+
 def _async_redis_scenario(url: str) -> Callable[[], Transcript]:
     async def body() -> Transcript:
         r = redis.asyncio.Redis.from_url(url)
@@ -142,8 +148,11 @@ def _async_redis_scenario(url: str) -> Callable[[], Transcript]:
         await t.aw("busy", other.acquire(False))
         await t.aw("timeout", other.acquire(blocking_timeout=0.05))
         # A waiter cancelled mid-wait raises CancelledError and leaves the holder's key.
+        tries = await _set_calls(r)
         waiter = asyncio.ensure_future(other.acquire())
-        await asyncio.sleep(0.05)
+        async with asyncio.timeout(10):  # until the waiter has tried at least once
+            while await _set_calls(r) == tries:  # noqa: ASYNC110 (polling the server)
+                await asyncio.sleep(0.005)
         waiter.cancel()
         await t.aw("cancelled", waiter)
         await t.aw("still held", lock.owned())

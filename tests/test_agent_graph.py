@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent_helpers import World
+from agent_helpers import T0, S, World
 from lockscope import events as ev
 from lockscope.agent.graph import ExploreLimit, find_cycle, reduce, waits_for
 
@@ -67,6 +67,76 @@ def test_fifo_rw_reader_waits_for_queued_writer_ahead_but_not_queued_reader() ->
     w.wait("4.1", "Q", mode="read", **fifo, **{ev.ATTR_QUEUE_POSITION: 3})
     assert edges_of(w, "3.1") == {(w.actor_key("2.1"), "queue")}
     assert edges_of(w, "4.1") == {(w.actor_key("2.1"), "queue")}
+
+
+def test_fifo_mixed_tickets_are_no_cycle() -> None:
+    """Issue 14 item 2, the attack: a holder that does not wait, and waiters A (ticket 1),
+    B (no ticket: lockscope's ZooKeeperLock adapter sends none), C (ticket 2) on one FIFO
+    lock, started so that pairwise comparison gave A -> B -> C -> A."""
+    w = World()
+    fifo = {ev.ATTR_LOCK_FIFO: True}
+    w.hold("1.1", "Q", **fifo)
+    w.advance(0.01)
+    w.wait("4.1", "Q", **fifo, **{ev.ATTR_QUEUE_POSITION: 2})  # C: ticket 2, started first
+    w.advance(0.01)
+    w.wait("3.1", "Q", **fifo)  # B: no ticket
+    w.advance(0.01)
+    w.wait("2.1", "Q", **fifo, **{ev.ATTR_QUEUE_POSITION: 1})  # A: ticket 1, started last
+    w.advance(0.2)
+    assert w.deadlocks() == []
+    a, c = w.actor_key("2.1"), w.actor_key("4.1")
+    queue = {
+        (w.actor_key(x), t)
+        for x in ("2.1", "3.1", "4.1")
+        for t, kind in edges_of(w, x)
+        if kind == "queue"
+    }
+    g = nx.DiGraph(list(queue))
+    assert nx.is_directed_acyclic_graph(g)
+    # the ticket order holds (A ahead of C), and every pair of waiters is ordered
+    assert (c, a) in queue
+    assert len(queue) == 3
+    # the API lists the waiters in the same queue order: front first
+    doc = w.state.api_lock("redis:ns/Q")
+    assert doc is not None
+    assert [x["ticket"] for x in doc["waiters"]] == [None, 1, 2]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(st.one_of(st.none(), st.integers(0, 6)), st.integers(0, 6)),
+        min_size=2,
+        max_size=7,
+    ),
+    st.booleans(),
+)
+def test_property_fifo_queue_never_a_cycle(
+    waiters: list[tuple[int | None, int]], holder: bool
+) -> None:
+    """Random mixes of tickets (some missing, some equal) and wait starts (some equal) on
+    one FIFO lock: the waiters' queue edges never form a cycle, so no deadlock is found
+    (no participant of a queue waits for anything outside it), and tickets stay in order."""
+    w = World()
+    fifo = {ev.ATTR_LOCK_FIFO: True}
+    if holder:
+        w.hold("90.1", "Q", **fifo)
+    names = [f"{i + 1}.1" for i in range(len(waiters))]
+    for name, (ticket, start) in zip(names, waiters, strict=True):
+        extra: dict[str, Any] = dict(fifo)
+        if ticket is not None:
+            extra[ev.ATTR_QUEUE_POSITION] = ticket
+        w.wait(name, "Q", since=T0 + start * S // 10, **extra)
+    w.advance(0.2)
+    assert w.deadlocks() == []
+    edges = [(w.actor_key(n), t) for n in names for t, kind in edges_of(w, n) if kind == "queue"]
+    assert nx.is_directed_acyclic_graph(nx.DiGraph(edges))
+    # a total order: every pair of waiters is ordered one way
+    assert len(set(edges)) == len(names) * (len(names) - 1) // 2
+    by_key = {w.actor_key(n): t for n, (t, _s) in zip(names, waiters, strict=True)}
+    for behind, ahead in edges:
+        tb, ta = by_key[behind], by_key[ahead]
+        assert tb is None or ta is None or ta <= tb
 
 
 def test_non_fifo_lock_has_no_soft_edges() -> None:
@@ -143,15 +213,16 @@ class Model:
     def graph(self) -> nx.DiGraph:
         g = nx.DiGraph()
         g.add_nodes_from(self.waits)
-        for actor, (lock, mode, ticket, _since) in self.waits.items():
+        for actor, (lock, mode, ticket, since) in self.waits.items():
             for holder, hmode in self.holds[lock].items():
                 if mode == "semaphore" or not (mode == "read" and hmode == "read"):
                     g.add_edge(actor, holder)
             if self.fifo.get(lock) and mode != "semaphore":
-                for other, (olock, omode, oticket, _osince) in self.waits.items():
+                for other, (olock, omode, oticket, osince) in self.waits.items():
                     if other == actor or olock != lock or (mode == "read" and omode == "read"):
                         continue
-                    if oticket < ticket:
+                    # every waiter has a ticket here: ticket order, equal tickets by start
+                    if (oticket, osince, other) < (ticket, since, actor):
                         g.add_edge(actor, other)
         return g
 

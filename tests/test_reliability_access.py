@@ -5,6 +5,7 @@ certificate trusted by the shim, the exposure warning, safe response headers."""
 from __future__ import annotations
 
 import contextlib
+import socket
 import ssl
 import subprocess
 import threading
@@ -291,3 +292,59 @@ def test_lockscope_status_sends_the_token(guarded: InProcessAgent) -> None:
         env={**env, "LOCKSCOPE_AGENT_TOKEN": TOKEN},
     )
     assert allowed.returncode == 0, allowed.stderr
+
+
+def raw_status(url: str, head: bytes, body: bytes = b"") -> int:
+    """Send one request written byte for byte (header values no HTTP client would
+    encode) and return the response's status code."""
+    host, _, port = url.removeprefix("http://").partition(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        reply = b""
+        while b"\r\n" not in reply:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    return int(reply.split(b" ", 2)[1])
+
+
+NON_UTF8 = [
+    b"Bearer \xff\xfe\xfd",
+    b"\xc3\x28 token",
+    b"Bearer " + TOKEN.encode() + b"\x80",
+    b"\xff",
+]
+
+
+@pytest.mark.parametrize("value", NON_UTF8)
+def test_non_utf8_authorization_is_401_and_counted_on_both_listeners(
+    guarded: InProcessAgent, value: bytes
+) -> None:
+    """Issue 14 item 8, the attack: bytes that are not UTF-8 in ``Authorization`` gave a
+    500 with a traceback on both listeners.  Now: 401, counted as unauthorized."""
+    before = guarded.runner.stats.rejected["unauthorized"]
+    body = encode_logs([PROBE])
+    head = (
+        b"POST /v1/logs HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+        b"Authorization: " + value + b"\r\n"
+    )
+    assert raw_status(guarded.otlp_url, head, body) == 401
+    assert guarded.runner.stats.rejected["unauthorized"] == before + 1
+    for path in ("/api/v1/deadlocks", "/metrics", "/"):
+        head = f"GET {path} HTTP/1.1\r\nHost: x\r\n".encode() + b"Authorization: " + value + b"\r\n"
+        assert raw_status(guarded.http_url, head) == 401
+    assert request(guarded.http_url + "/healthz")[0] == 200
+
+
+@pytest.mark.parametrize("header", [b"Content-Type", b"Content-Encoding", b"X-Anything", b"Host"])
+def test_non_utf8_in_any_header_is_never_a_5xx(guarded: InProcessAgent, header: bytes) -> None:
+    """Never a 5xx for any header: other headers with such bytes, with the right token."""
+    auth = f"Authorization: Bearer {TOKEN}\r\n".encode()
+    bad = header + b": \xff\xfe\xc3\x28\r\n"
+    base = b"POST /v1/logs HTTP/1.1\r\n" + (b"" if header == b"Host" else b"Host: x\r\n")
+    ctype = b"" if header == b"Content-Type" else b"Content-Type: application/x-protobuf\r\n"
+    status = raw_status(guarded.otlp_url, base + ctype + auth + bad, encode_logs([PROBE]))
+    assert status < 500
+    get = b"GET /api/v1/deadlocks HTTP/1.1\r\n" + (b"" if header == b"Host" else b"Host: x\r\n")
+    assert raw_status(guarded.http_url, get + auth + bad) < 500

@@ -11,7 +11,8 @@ Edge rules (``waiter -> actor`` means the waiter cannot proceed before that acto
 * a waiter's own hold of the lock is a self edge (a cycle of one) unless the lock is
   reentrant; a reader asking to write (upgrade) is the classic case;
 * FIFO locks (ZooKeeper, FairLock, kazoo's read-write lock): a waiter also waits for the
-  waiters queued ahead of it (ordered by ticket, else by wait start) - all of them for an
+  waiters queued ahead of it (:func:`queue_order`: by ticket, merged with the waiters
+  without one by wait start) - all of them for an
   exclusive/write request, the non-read ones for a read request (PostgreSQL's soft edges);
 * semaphore requests wait for the holders, but only as a group: they can proceed when fewer
   than ``max_leases`` holders are stuck.  :func:`reduce` decides (graph reduction).
@@ -44,6 +45,7 @@ __all__ = [
     "blocks",
     "find_cycle",
     "predecessors",
+    "queue_order",
     "reduce",
     "to_networkx",
     "waits_for",
@@ -287,10 +289,55 @@ def blocks(requested: str, held: str) -> bool:
     return not (requested == READ and held == READ)
 
 
-def _ahead(q: Wait, w: Wait) -> bool:
-    if q.ticket is not None and w.ticket is not None:
-        return q.ticket < w.ticket
-    return (q.since_ns, q.actor.key) < (w.since_ns, w.actor.key)
+def _by_start(w: Wait) -> tuple[int, str]:
+    return (w.since_ns, w.actor.key)
+
+
+def _by_ticket(w: Wait) -> tuple[int, int, str]:
+    assert w.ticket is not None
+    return (w.ticket, w.since_ns, w.actor.key)
+
+
+def queue_order(waits: list[Wait]) -> list[Wait]:
+    """The waiters of a FIFO lock in queue order, front first: a total order.
+
+    Tickets (the lock server's own queue order, as kazoo reports it) order the waiters that
+    have one, wait starts the others.  Comparing "by ticket when both have one, else by
+    start" pairwise is not transitive (A ticket 1, B none, C ticket 2 can give A > B > C >
+    A: a false cycle), so the two chains are merged instead, like the merge step of a merge
+    sort: each keeps its own order and they interleave by wait start.  A queue is never a
+    cycle.
+    """
+    ticketed = sorted((w for w in waits if w.ticket is not None), key=_by_ticket)
+    if len(ticketed) == len(waits):
+        return ticketed
+    plain = sorted((w for w in waits if w.ticket is None), key=_by_start)
+    if not ticketed:
+        return plain
+    out: list[Wait] = []
+    i = j = 0
+    while i < len(ticketed) and j < len(plain):
+        if _by_start(plain[j]) < _by_start(ticketed[i]):
+            out.append(plain[j])
+            j += 1
+        else:
+            out.append(ticketed[i])
+            i += 1
+    out.extend(ticketed[i:])
+    out.extend(plain[j:])
+    return out
+
+
+def _queued_ahead(w: Wait) -> list[Wait]:
+    """The waiters queued ahead of ``w`` on its (FIFO) lock."""
+    order = queue_order(w.lock.waits)
+    return order[: order.index(w)]
+
+
+def _queued_behind(w: Wait) -> list[Wait]:
+    """The waiters queued behind ``w`` on its (FIFO) lock."""
+    order = queue_order(w.lock.waits)
+    return order[order.index(w) + 1 :]
 
 
 def waits_for(actor: Actor) -> list[tuple[Actor, Lock, str]]:
@@ -310,9 +357,9 @@ def waits_for(actor: Actor) -> list[tuple[Actor, Lock, str]]:
         if w.mode == SEMAPHORE or blocks(w.mode, h.mode):
             out.append((holder, lock, HOLD_EDGE))
     if lock.fifo and w.mode != SEMAPHORE and len(lock.waits) > 1:
-        for q in lock.waits:
+        for q in _queued_ahead(w):
             other = q.actor
-            if other is not actor and blocks(w.mode, q.mode) and _ahead(q, w):
+            if other is not actor and blocks(w.mode, q.mode):
                 out.append((other, lock, QUEUE_EDGE))
     return out
 
@@ -329,14 +376,13 @@ def predecessors(actor: Actor) -> Iterator[Actor]:
                 yield waiter
     own = actor.wait
     if own is not None and own.lock.fifo and len(own.lock.waits) > 1:
-        for q in own.lock.waits:
+        for q in _queued_behind(own):
             other = q.actor
             if (
                 other is not actor
                 and q.mode != SEMAPHORE
                 and other.process.alive
                 and blocks(q.mode, own.mode)
-                and _ahead(own, q)
             ):
                 yield other
 

@@ -20,7 +20,15 @@ from lockscope.agent.findings import (
     FindingStore,
     rfc3339,
 )
-from lockscope.agent.graph import Actor, Lock, Process, actor_label, to_networkx, waits_for
+from lockscope.agent.graph import (
+    Actor,
+    Lock,
+    Process,
+    actor_label,
+    queue_order,
+    to_networkx,
+    waits_for,
+)
 from lockscope.agent.model import ProcessInfo
 
 __all__ = ["StateQueries"]
@@ -180,10 +188,7 @@ class StateQueries:
             }
             for h in sorted(lock.holds, key=lambda h: h.since_ns)
         ]
-        waits = sorted(
-            lock.waits,
-            key=lambda w: (w.ticket is None, w.ticket or 0, w.since_ns, w.actor.key),
-        )
+        waits = queue_order(lock.waits)
         out["waiters"] = [
             {
                 **self._actor_json(w.actor),

@@ -82,8 +82,12 @@ class AccessPolicy:
         if self.token is None:
             return True
         scheme, _, presented = (authorization or "").partition(" ")
+        # aiohttp hands header bytes that are not UTF-8 over as surrogate escapes, which a
+        # plain encode() refuses (a 500 per request): encode them back to the bytes sent.
+        # They never equal the token, so such a header is simply unauthorized.
+        raw = presented.strip().encode("utf-8", "surrogateescape")
         # Compare even when the scheme is wrong, so timing says nothing about the header.
-        matches = hmac.compare_digest(presented.strip().encode(), self.token.encode())
+        matches = hmac.compare_digest(raw, self.token.encode())
         return scheme.lower() == "bearer" and matches
 
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _shim_targets import CONFIGS, SHIM_CONFIGS, TARGETS, Target, child  # noqa: E402
+from _shim_targets import CONFIGS, SHIM_CONFIGS, TARGETS, Target, child
 
 _HERE = Path(__file__).resolve()
 
@@ -86,7 +86,8 @@ def _columns(target: Target, srcs: list[tuple[str, str | None]]) -> list[tuple[s
 
 
 def _spread(values: list[float], fmt: str) -> str:
-    return f"{format(statistics.median(values), fmt)} ({format(min(values), fmt)}..{format(max(values), fmt)})"
+    low, high = format(min(values), fmt), format(max(values), fmt)
+    return f"{format(statistics.median(values), fmt)} ({low}..{high})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -107,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ] or [("", None)]
     scale = 0.25 if args.quick else 1.0
     needed = {s for t in targets for s in t.servers}
-    results: dict[tuple[str, str], list[dict[str, float]]] = {}
+    results: Results = {}
     with _servers(needed) as servers:
         for round_no in range(args.rounds):
             for target in targets:
@@ -124,8 +125,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _print(targets: list[Target], srcs: list[tuple[str, str | None]],
-           results: dict[tuple[str, str], list[dict[str, float]]], rounds: int) -> None:  # fmt: skip
+Results = dict[tuple[str, str], list[dict[str, float]]]
+
+
+def _print(
+    targets: list[Target], srcs: list[tuple[str, str | None]], results: Results, rounds: int
+) -> None:
     print(f"{rounds} rounds; per cycle (acquire+release); ratio and added CPU: median "
           "(min..max) over the rounds, each against bare of the same round")  # fmt: skip
     print()

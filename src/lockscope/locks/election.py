@@ -27,7 +27,8 @@ from typing import Any
 from kazoo.client import KazooClient
 
 from lockscope.errors import BackendUnavailable, LockError
-from lockscope.locks.zookeeper import DEFAULT_BASE_PATH, ZooKeeperLock, _CancelHandle
+from lockscope.locks._threaded import CancelHandle
+from lockscope.locks.zookeeper import DEFAULT_BASE_PATH, ZooKeeperLock
 
 __all__ = ["AsyncLeaderElection", "LeaderElection"]
 
@@ -94,7 +95,7 @@ class LeaderElection:
         self._stopping = False
         self._leader = False
         self._running = False
-        self._handle: _CancelHandle | None = None
+        self._handle: CancelHandle | None = None
         self._thread_id: int | None = None
 
     # -- state ------------------------------------------------------------------------------
@@ -201,7 +202,7 @@ class LeaderElection:
             if self._stopping:
                 return False
             # Created under the mutex that resign() takes, so no cancel is ever missed.
-            handle = self._handle = _CancelHandle()
+            handle = self._handle = CancelHandle()
         self._wake.clear()
         try:
             elected = self._lock._acquire(True, None, handle)

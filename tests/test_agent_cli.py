@@ -141,6 +141,10 @@ def test_bad_addresses_are_rejected(value: str):
         ([], {"LOCKSCOPE_AGENT_MAX_REQUEST_BYTES": "lots"}, None, "max_request_bytes"),
         (["--otlp", "127.0.0.1:5000", "--http", "127.0.0.1:5000"], {}, None, "differ"),
         ([], {"LOCKSCOPE_LOG_LEVEL": "chatty"}, None, "log level"),
+        (["--role", "shard"], {}, None, "--forward-to"),
+        (["--forward-to", "http://127.0.0.1:1"], {}, None, "--role shard"),
+        ([], {"LOCKSCOPE_AGENT_ROLE": "boss"}, None, "role must be one of"),
+        (["--role", "shard", "--forward-to", "ftp://x"], {}, None, "http://"),
     ],
 )
 def test_bad_settings_exit_2_with_a_message(
@@ -163,6 +167,18 @@ def test_bad_settings_exit_2_with_a_message(
         argv = [*argv, "--config", str(config)]
     assert agent_cli.run(parse(*argv)) == 2
     assert message in capsys.readouterr().err
+
+
+def test_roles_from_flags_env_and_file(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text('role = "shard"\nforward_to = ["http://d1:4318", "http://d2:4318"]\n')
+    shard = agent_cli.resolve(parse("--config", str(config)), environ={})
+    assert (shard.role, shard.forward_to) == ("shard", ("http://d1:4318", "http://d2:4318"))
+    env = {"LOCKSCOPE_AGENT_ROLE": "shard", "LOCKSCOPE_AGENT_FORWARD_TO": "http://a, http://b"}
+    assert agent_cli.resolve(parse(), environ=env).forward_to == ("http://a", "http://b")
+    detector = agent_cli.resolve(parse("--role", "detector"), environ={})
+    assert agent_cli.load_config(detector).stale_holder_findings is False
+    assert agent_cli.load_config(agent_cli.resolve(parse(), environ={})).stale_holder_findings
 
 
 def test_missing_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]):

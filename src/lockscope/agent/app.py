@@ -28,7 +28,7 @@ import logging
 import signal
 import ssl
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 from aiohttp import web
@@ -38,6 +38,7 @@ from lockscope.agent.app_keys import (
     ALERTMANAGER_URLS_KEY,
     CONFIG_KEY,
     DEFAULT_MAX_REQUEST_BYTES,
+    EVENT_TAPS_KEY,
     METRICS_STORE_KEY,
     READY_KEY,
     RECEIVER_LIMITS_KEY,
@@ -50,6 +51,7 @@ from lockscope.agent.export_alertmanager import bind_http_url, setup_alertmanage
 from lockscope.agent.metrics_store import MetricsStore
 from lockscope.agent.otlp_receiver import setup_otlp_routes
 from lockscope.agent.otlp_stats import ReceiverStats
+from lockscope.agent.shard_forward import ShardForwarding
 from lockscope.agent.state import AgentState
 from lockscope.agent.web_api import setup_api_routes
 from lockscope.agent.web_metrics import setup_metrics_route
@@ -180,7 +182,10 @@ class AgentRunner:
     and after decompression; ``alertmanager_urls`` are handed to the alert exporter
     through :data:`~lockscope.agent.app_keys.ALERTMANAGER_URLS_KEY`.  ``access`` (bearer
     token) and ``ssl_context`` (HTTPS) apply to both listeners, see
-    :mod:`lockscope.agent.web_security`.
+    :mod:`lockscope.agent.web_security`.  ``forward_to`` makes it a shard agent: every
+    event a detector needs is forwarded to each of those detector agents' OTLP URLs
+    (:mod:`lockscope.agent.shard_forward`; ``forward_headers`` e.g. carry their token), and
+    ``GET /api/v1/forwarding`` reports the links.
     """
 
     def __init__(
@@ -197,6 +202,8 @@ class AgentRunner:
         http_setup: Iterable[HttpSetup] = (),
         access: AccessPolicy | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        forward_to: Iterable[str] = (),
+        forward_headers: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config if config is not None else AgentConfig()
         self.access = access if access is not None else AccessPolicy()
@@ -220,6 +227,10 @@ class AgentRunner:
         self._in_flight = 0
         self._drained = asyncio.Event()
         self._drained.set()
+        urls = tuple(forward_to)
+        self.forwarding = ShardForwarding(urls, headers=forward_headers) if urls else None
+        if self.forwarding is not None:
+            self.state.on_process_forgotten.append(self.forwarding.forget)
 
     # -- addresses ----------------------------------------------------------------------
     @property
@@ -271,6 +282,10 @@ class AgentRunner:
         warn_if_exposed((self._otlp_address, self._http_address), self.access)
         for app in (otlp_app, http_app):
             _share(app, *shared)
+        if self.forwarding is not None:
+            otlp_app[EVENT_TAPS_KEY] = (self.forwarding.tap,)
+            http_app.router.add_get("/api/v1/forwarding", self._forwarding_status)
+            await self.forwarding.start()
         try:
             self._otlp_bound = await self._serve(
                 otlp_app, self._otlp_address, auto_decompress=False
@@ -279,10 +294,16 @@ class AgentRunner:
             bind_http_url(http_app, self.http_url)
         except BaseException:
             await self._cleanup_runners()
+            if self.forwarding is not None:
+                await self.forwarding.stop()
             raise
         self._tick_task = asyncio.create_task(self._tick_loop(), name="lockscope-agent-tick")
         self.ready.set()
         log.info("lockscope agent: OTLP on %s, HTTP on %s", self.otlp_url, self.http_url)
+
+    async def _forwarding_status(self, request: web.Request) -> web.Response:
+        assert self.forwarding is not None
+        return web.json_response(self.forwarding.status())
 
     async def _serve(
         self, app: web.Application, address: Address, auto_decompress: bool = True
@@ -344,6 +365,8 @@ class AgentRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._tick_task
             self._tick_task = None
+        if self.forwarding is not None:
+            await self.forwarding.stop()
         log.info("lockscope agent stopped")
 
     async def _cleanup_runners(self) -> None:
@@ -394,6 +417,8 @@ def run_agent(
     http_setup: Iterable[HttpSetup] = (),
     access: AccessPolicy | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    forward_to: Iterable[str] = (),
+    forward_headers: Mapping[str, str] | None = None,
 ) -> int:
     """Serve until SIGTERM or SIGINT, then shut down gracefully; returns the exit code
     (0 after a clean shutdown, 1 when a listener could not bind)."""
@@ -409,6 +434,8 @@ def run_agent(
             http_setup=http_setup,
             access=access,
             ssl_context=ssl_context,
+            forward_to=forward_to,
+            forward_headers=forward_headers,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -7,18 +7,21 @@ on separate addresses; both carry the same objects under these keys.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from lockscope.agent.config import AgentConfig
 from lockscope.agent.metrics_store import MetricsStore
+from lockscope.agent.model import Event
 from lockscope.agent.otlp_stats import ReceiverStats
 from lockscope.agent.state import AgentState
 
 __all__ = [
     "ALERTMANAGER_URLS_KEY",
     "CONFIG_KEY",
+    "EVENT_TAPS_KEY",
     "METRICS_STORE_KEY",
     "READY_KEY",
     "RECEIVER_LIMITS_KEY",
@@ -47,3 +50,5 @@ ALERTMANAGER_URLS_KEY = web.AppKey("lockscope.alertmanager_urls", tuple[str, ...
 """Alertmanager base URLs from ``--alertmanager-url`` (empty: no alerts are sent)."""
 READY_KEY = web.AppKey("lockscope.ready", asyncio.Event)
 """Set once both listeners are up and the state is ready; ``/readyz`` answers 200 then."""
+EVENT_TAPS_KEY = web.AppKey("lockscope.event_taps", tuple[Callable[[Event], None], ...])
+"""Called with every event the state applied, in order (a shard's forwarding); optional."""

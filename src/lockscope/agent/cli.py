@@ -26,6 +26,10 @@ the environment, which wins over the file, which wins over the default:
   --no-metrics-auth         -                                 metrics_auth = false  true
   --external-url URL        LOCKSCOPE_AGENT_EXTERNAL_URL      external_url          the HTTP address
     (base of the web view links that alerts carry)
+  --role ROLE               LOCKSCOPE_AGENT_ROLE              role                  standalone
+    (standalone, shard or detector: see docs/reliability.md, "More than one agent")
+  --forward-to URL          LOCKSCOPE_AGENT_FORWARD_TO        forward_to            none
+    (a shard's detector OTLP URLs; repeatable / comma-separated / ["URL", ...])
 
 With a token, ingest (/v1/*), the API, the web view and /metrics need
 "Authorization: Bearer TOKEN" (/healthz and /readyz stay open); with a certificate and key
@@ -52,6 +56,7 @@ HTTP routes: /api/v1/... (JSON API), /healthz, /readyz.  OTLP routes: /v1/logs,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -85,6 +90,9 @@ ENV_TOKEN_FILE: Final = "LOCKSCOPE_AGENT_TOKEN_FILE"
 ENV_TLS_CERT: Final = "LOCKSCOPE_AGENT_TLS_CERT"
 ENV_TLS_KEY: Final = "LOCKSCOPE_AGENT_TLS_KEY"
 ENV_EXTERNAL_URL: Final = "LOCKSCOPE_AGENT_EXTERNAL_URL"
+ENV_ROLE: Final = "LOCKSCOPE_AGENT_ROLE"
+ENV_FORWARD_TO: Final = "LOCKSCOPE_AGENT_FORWARD_TO"
+ROLES: Final = ("standalone", "shard", "detector")
 
 DEFAULT_OTLP: Final = "127.0.0.1:4318"
 DEFAULT_HTTP: Final = "127.0.0.1:9477"
@@ -103,6 +111,8 @@ FILE_KEYS: Final = frozenset(
         "tls_key",
         "metrics_auth",
         "external_url",
+        "role",
+        "forward_to",
     }
 )
 """Top-level config file keys the command itself reads; the rest go to AgentConfig."""
@@ -175,6 +185,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"URL people reach the web view at, for alert links (env {ENV_EXTERNAL_URL})",
     )
     parser.add_argument(
+        "--role",
+        choices=ROLES,
+        help=(
+            "standalone (one agent, or HA pairs), shard (owns its processes, forwards to "
+            f"detectors) or detector (the fleet-wide graph) (env {ENV_ROLE}; default standalone)"
+        ),
+    )
+    parser.add_argument(
+        "--forward-to",
+        metavar="URL",
+        action="append",
+        dest="forward_to",
+        help=f"a shard's detector OTLP base URL; repeatable (env {ENV_FORWARD_TO})",
+    )
+    parser.add_argument(
         "--no-metrics-auth",
         dest="metrics_auth",
         action="store_false",
@@ -220,6 +245,10 @@ class AgentSettings:
     metrics_auth: bool = True
     external_url: str | None = None
     """Base URL of the web view in alert links (default: the bound HTTP address)."""
+    role: str = "standalone"
+    """``standalone``, ``shard`` (forwards to ``forward_to``) or ``detector``."""
+    forward_to: tuple[str, ...] = ()
+    """A shard's detector OTLP base URLs."""
 
 
 def _read_file(path: Path | None) -> dict[str, Any]:
@@ -312,6 +341,28 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
     metrics_auth = setting("metrics_auth", None, True)
     if not isinstance(metrics_auth, bool):
         raise SettingsError(f"metrics_auth must be true or false, got {metrics_auth!r}")
+    role = setting("role", ENV_ROLE, "standalone")
+    if role not in ROLES:
+        raise SettingsError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    file_forward = section.get("forward_to")
+    if isinstance(file_forward, str):
+        file_forward = [file_forward]
+    forward_to = pick(
+        "forward_to",
+        args.forward_to if hasattr(args, "forward_to") else None,
+        _split_urls(env.get(ENV_FORWARD_TO, "")),
+        file_forward,
+        [],
+    )
+    if not isinstance(forward_to, list) or not all(isinstance(u, str) for u in forward_to):
+        raise SettingsError("forward_to must be a list of URLs")
+    for url in forward_to:
+        if not url.startswith(("http://", "https://")):
+            raise SettingsError(f"forward_to URL must start with http:// or https://: {url!r}")
+    if role == "shard" and not forward_to:
+        raise SettingsError("a shard needs --forward-to (the detector agents' OTLP URLs)")
+    if role != "shard" and forward_to:
+        raise SettingsError(f"--forward-to is for --role shard (the role is {role})")
     otlp_address = parse_address(str(otlp), "OTLP address")
     http_address = parse_address(str(http), "HTTP address")
     if otlp_address == http_address and otlp_address[1] != 0:
@@ -330,6 +381,8 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
         tls_key=Path(tls_key) if tls_key is not None else None,
         metrics_auth=metrics_auth,
         external_url=external_url,
+        role=role,
+        forward_to=tuple(forward_to),
     )
 
 
@@ -339,9 +392,14 @@ def load_config(settings: AgentSettings) -> AgentConfig:
     from lockscope.agent.config import AgentConfig
 
     try:
-        return AgentConfig.from_mapping(settings.config_data)
+        config = AgentConfig.from_mapping(settings.config_data)
     except ValueError as exc:
         raise SettingsError(f"config file {settings.config_path}: {exc}") from None
+    if settings.role == "detector" and "stale_holder_findings" not in settings.config_data:
+        # The shards own liveness: a detector that stops hearing from a shard must not call
+        # that shard's holders orphaned.
+        config = dataclasses.replace(config, stale_holder_findings=False)
+    return config
 
 
 def run(args: argparse.Namespace) -> int:
@@ -387,6 +445,8 @@ def run(args: argparse.Namespace) -> int:
         max_request_bytes=settings.max_request_bytes,
         alertmanager_urls=settings.alertmanager_urls,
         http_setup=[alert_options(external_url=settings.external_url)],
+        forward_to=settings.forward_to,
+        forward_headers={"Authorization": f"Bearer {settings.token}"} if settings.token else None,
     )
 
 

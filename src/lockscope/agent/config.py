@@ -121,6 +121,11 @@ class AgentConfig:
     """One-shot findings (violations, lost locks) stay active this long, then resolve."""
     tombstone_ttl: float = 30.0
     """How long an ended hold or wait is remembered (see ``Limits.max_tombstones``)."""
+    stale_holder_findings: bool = True
+    """Report stale holders (``max_hold``, ``orphaned``, ``lease_expired``).  False on a
+    detector agent (``lockscope agent --role detector``): its shards own their processes'
+    liveness and stale holders, and a detector that stops hearing from a shard must not call
+    that shard's holders orphaned."""
     order_self_pairs: bool = False
     """Report a lock-order pair whose two templates are equal (``order:{id}`` then
     ``order:{id}``) as an inversion.  Off: apps that lock ids in sorted order are fine."""

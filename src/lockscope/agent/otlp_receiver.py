@@ -28,6 +28,7 @@ from typing import Final
 from aiohttp import web
 
 from lockscope.agent.app_keys import (
+    EVENT_TAPS_KEY,
     METRICS_STORE_KEY,
     RECEIVER_LIMITS_KEY,
     RECEIVER_STATS_KEY,
@@ -187,6 +188,7 @@ async def _ingest(app: web.Application, signal: Signal, message: object) -> tupl
     rejected = batch.rejected.total()
     first = next(iter(batch.rejected), "")
     apply = app[STATE_KEY].apply
+    taps = app.get(EVENT_TAPS_KEY, ())
     # A span became two events (start, end): a span is rejected if either is.
     group = 1 if signal == "logs" else 2
     events = batch.events
@@ -209,6 +211,8 @@ async def _ingest(app: web.Application, signal: Signal, message: object) -> tupl
                     log.exception("agent state failed on %s", event)
             else:
                 stats.events += 1
+                for tap in taps:
+                    tap(event)
         if failed:
             rejected += 1
             first = first or failed

@@ -754,6 +754,8 @@ class AgentState(StateQueries):
                 )
 
     def _stale(self, reason: str, h: Hold, since: int, detail: str) -> None:
+        if not self.config.stale_holder_findings:
+            return  # a detector agent: the shard that owns the process reports these
         f = stale_finding(
             reason, h.lock, h.actor, since_ns=since, now_ns=self._now, hold=h, detail=detail
         )

@@ -42,8 +42,12 @@ class AgentProcess:
     """``lockscope agent ARGS`` in a subprocess on free loopback ports (restartable on the
     same ports)."""
 
-    def __init__(self, *args: str, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, *args: str, env: Mapping[str, str] | None = None, nofile: int | None = None
+    ) -> None:
         self.args = list(args)
+        self.nofile = nofile
+        """RLIMIT_NOFILE of the agent process (None: inherited)."""
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("LOCKSCOPE_")}
         self.env.update(env or {})
         self.stderr: list[str] = []
@@ -58,6 +62,7 @@ class AgentProcess:
             stdout=subprocess.DEVNULL,
             text=True,
             env=self.env,
+            preexec_fn=self._limit_files if self.nofile is not None else None,
         )
         lines: queue.Queue[str] = queue.Queue()
         proc = self.proc
@@ -82,6 +87,12 @@ class AgentProcess:
                 self.otlp_url, self.http_url = match.group(1), match.group(2)
                 return self
         raise AssertionError(f"agent did not start: {''.join(self.stderr)}")
+
+    def _limit_files(self) -> None:
+        import resource
+
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def restart(self) -> None:
         """Kill (SIGKILL: no goodbye) and start again on the same ports."""

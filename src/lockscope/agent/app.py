@@ -51,6 +51,7 @@ from lockscope.agent.export_alertmanager import bind_http_url, setup_alertmanage
 from lockscope.agent.metrics_store import MetricsStore
 from lockscope.agent.otlp_receiver import setup_otlp_routes
 from lockscope.agent.otlp_stats import ReceiverStats
+from lockscope.agent.server_guard import ConnectionGuard, GuardedSite
 from lockscope.agent.shard_forward import ShardForwarding
 from lockscope.agent.state import AgentState
 from lockscope.agent.web_api import setup_api_routes
@@ -212,7 +213,10 @@ class AgentRunner:
         self.stats = ReceiverStats()
         self.metrics_store = MetricsStore()
         self.state.on_process_forgotten.append(self.metrics_store.forget_process)
-        self.limits = ReceiverLimits(max_request_bytes)
+        self.limits = ReceiverLimits(max_request_bytes, self.config.body_timeout)
+        self.guard = ConnectionGuard(
+            self.config.limits.max_connections, self.config.header_timeout, self.stats
+        )
         self.alertmanager_urls = tuple(alertmanager_urls)
         self.tick_interval = tick_interval
         self.ready = asyncio.Event()
@@ -272,11 +276,16 @@ class AgentRunner:
             self.ready,
             self.alertmanager_urls,
         )
+        guarded = self.guard.middleware
         otlp_app = build_otlp_app(
-            [self._count_in_flight, auth_middleware(self.access, self._count_unauthorized)]
+            [
+                guarded,
+                self._count_in_flight,
+                auth_middleware(self.access, self._count_unauthorized),
+            ]
         )
         http_app = build_http_app(
-            self._http_setup, [self._count_in_flight, auth_middleware(self.access)]
+            self._http_setup, [guarded, self._count_in_flight, auth_middleware(self.access)]
         )
         http_app.on_response_prepare.append(add_safe_headers)
         warn_if_exposed((self._otlp_address, self._http_address), self.access)
@@ -297,6 +306,7 @@ class AgentRunner:
             if self.forwarding is not None:
                 await self.forwarding.stop()
             raise
+        self.guard.start()
         self._tick_task = asyncio.create_task(self._tick_loop(), name="lockscope-agent-tick")
         self.ready.set()
         log.info("lockscope agent: OTLP on %s, HTTP on %s", self.otlp_url, self.http_url)
@@ -313,10 +323,14 @@ class AgentRunner:
             shutdown_timeout=self._shutdown_timeout,
             access_log=None,
             auto_decompress=auto_decompress,
+            # aiohttp's own idle timer (an hour by default) as a backstop to the guard's.
+            keepalive_timeout=2 * self.config.header_timeout,
         )
         await runner.setup()
         self._runners.append(runner)
-        site = web.TCPSite(runner, address[0], address[1], ssl_context=self.ssl_context)
+        site = GuardedSite(
+            runner, address[0], address[1], guard=self.guard, ssl_context=self.ssl_context
+        )
         await site.start()
         bound = runner.addresses[-1]
         return (address[0], int(bound[1]))
@@ -360,6 +374,7 @@ class AgentRunner:
         except TimeoutError:
             log.warning("%d request(s) still in flight at shutdown", self._in_flight)
         await self._cleanup_runners()
+        await self.guard.stop()
         if self._tick_task is not None:
             self._tick_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

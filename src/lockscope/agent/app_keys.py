@@ -39,6 +39,8 @@ class ReceiverLimits:
 
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     """Largest accepted body, checked on the wire and again after decompression (413)."""
+    body_timeout: float = 30.0
+    """Seconds a body may take to arrive once its headers have (408)."""
 
 
 STATE_KEY = web.AppKey("lockscope.state", AgentState)

@@ -67,6 +67,10 @@ class Limits:
     """Remembered ended holds/waits, so a late start event cannot resurrect them."""
     max_heartbeat_entries: int = 100_000
     """Holds plus waits accepted from one heartbeat; the rest of that heartbeat is ignored."""
+    max_connections: int = 1_000
+    """Client connections on both listeners together; lowered to the file-descriptor limit
+    minus a reserve of 128.  Over it, the oldest connection with no request in progress is
+    closed (see docs/reliability.md, Slow clients)."""
     max_explore: int = 100_000
     """Graph nodes one cycle search may visit before it gives up (counted)."""
     timeline_size: int = 10_000
@@ -132,6 +136,12 @@ class AgentConfig:
     template_rules: tuple[tuple[str, str], ...] = ()
     """Extra lock-name templating rules ``(regex, replacement)`` for events that arrive
     without a ``lockscope.lock.template`` (see :mod:`lockscope.naming`)."""
+    header_timeout: float = 10.0
+    """A client connection with no request in progress (sending its headers slowly, or
+    idle between requests) is closed after this many seconds (also the TLS handshake's
+    limit)."""
+    body_timeout: float = 30.0
+    """An OTLP request body must arrive within this many seconds of its headers (408)."""
     limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
@@ -145,6 +155,8 @@ class AgentConfig:
             _check_seconds(f"max_hold_overrides.{name}", value)
         if self.heartbeat_interval <= 0:
             raise ConfigError("heartbeat_interval must be > 0")
+        if self.header_timeout <= 0 or self.body_timeout <= 0:
+            raise ConfigError("header_timeout and body_timeout must be > 0")
         if self.heartbeat_miss_factor < 1:
             raise ConfigError("heartbeat_miss_factor must be >= 1")
         for f in dataclasses.fields(self.limits):

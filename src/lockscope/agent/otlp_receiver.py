@@ -10,7 +10,8 @@ Bad input never earns a 5xx and never stops the agent:
 - 415 for another content type or content encoding;
 - 413 when the body exceeds ``max_request_bytes`` on the wire *or after decompression*;
   decompression is streamed with a cap, so a gzip bomb never allocates its full size;
-- 400 when the body does not decode (garbage, truncated protobuf or gzip, invalid JSON).
+- 400 when the body does not decode (garbage, truncated protobuf or gzip, invalid JSON);
+- 408 when the body does not arrive within ``body_timeout`` (the connection is closed).
 
 The aiohttp server must run with ``auto_decompress=False`` (as
 :mod:`lockscope.agent.app` does), so this module sees the bytes on the wire and applies its
@@ -143,10 +144,19 @@ async def _handle(request: web.Request, signal: Signal) -> web.Response:
     if encoding not in _IDENTITY and encoding not in _COMPRESSED:
         stats.reject("unsupported_encoding")
         return _error(wire, 415, _INVALID_ARGUMENT, f"unsupported content encoding {encoding!r}")
-    limit = request.app[RECEIVER_LIMITS_KEY].max_request_bytes
+    limits = request.app[RECEIVER_LIMITS_KEY]
+    limit = limits.max_request_bytes
     try:
-        body = await read_body(request, encoding, limit)
+        # A body trickling in a byte at a time would hold its connection (and a descriptor)
+        # for as long as the client likes: it gets body_timeout in all.
+        async with asyncio.timeout(limits.body_timeout):
+            body = await read_body(request, encoding, limit)
         message = parse_request(signal, body, wire)
+    except TimeoutError:
+        stats.reject("body_timeout")
+        response = _error(wire, 408, _INVALID_ARGUMENT, "request body not received in time")
+        response.force_close()
+        return response
     except BodyTooLarge:
         stats.reject("too_large")
         return _error(wire, 413, _RESOURCE_EXHAUSTED, f"body larger than {limit} bytes")

@@ -29,6 +29,11 @@ class ReceiverStats:
     """Records per signal that are not for lockscope (other logs, other spans/metrics)."""
     events: int = 0
     """Events accepted by the agent state."""
+    connections_closed: Counter[str] = field(default_factory=Counter)
+    """Client connections the agent closed on its own, by reason (``header_timeout``,
+    ``limit``; see :mod:`lockscope.agent.server_guard`)."""
+    connections_open: int = 0
+    """Client connections open now, both listeners."""
 
     def reject(self, reason: str, count: int = 1) -> None:
         """Count ``count`` rejections for ``reason``."""

@@ -360,6 +360,21 @@ class LockscopeCollector(Collector):
         )
         yield _series(
             CounterMetricFamily(
+                "lockscope_agent_connections_closed",
+                "Client connections the agent closed itself, by reason (header_timeout: "
+                "no complete request in time; limit: over the connection limit).",
+                labels=["reason"],
+            ),
+            stats.connections_closed,
+            always=("header_timeout", "limit"),
+        )
+        yield GaugeMetricFamily(
+            "lockscope_agent_connections",
+            "Client connections open now on both listeners.",
+            value=stats.connections_open,
+        )
+        yield _series(
+            CounterMetricFamily(
                 "lockscope_agent_records_ignored",
                 "OTLP records that were not for lockscope (other logs, spans, metrics), by signal.",
                 labels=["signal"],

@@ -126,6 +126,10 @@ ATTR_HEARTBEAT_INTERVAL: Final = "lockscope.heartbeat.interval"
 """Seconds between heartbeats; the agent presumes the process dead after a few missed."""
 ATTR_DROPPED: Final = "lockscope.dropped"
 """On heartbeats: events this process has dropped so far (queue full, agent down)."""
+ATTR_SEQUENCE: Final = "lockscope.seq"
+"""On every event: its place in the order this process incarnation sent its events (1, 2,
+3...; gaps where events were dropped).  The agent orders a process's heartbeats and events
+by it rather than by their timestamps, which a stepped clock can move backwards."""
 
 # OpenTelemetry code attributes (semantic conventions 1.30+).
 ATTR_CODE_FILE: Final = "code.file.path"

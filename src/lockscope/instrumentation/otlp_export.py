@@ -77,20 +77,30 @@ def key_values(attrs: Mapping[str, Any]) -> list[KeyValue]:
 def encode_events(
     batch: Iterable[tuple[str, int, Mapping[str, Any]]],
     resource: Mapping[str, Any],
+    first_seq: int | None = None,
 ) -> bytes:
-    """One ``ExportLogsServiceRequest`` with one log record per event."""
+    """One ``ExportLogsServiceRequest`` with one log record per event.
+
+    With ``first_seq``, the records carry ``lockscope.seq`` = ``first_seq``,
+    ``first_seq + 1``... (the sender's order, which the agent trusts over timestamps).
+    """
     observed = time.time_ns()
     records = []
-    for name, time_ns, attrs in batch:
+    for i, (name, time_ns, attrs) in enumerate(batch):
+        attributes = [
+            KeyValue(key=events.ATTR_EVENT_NAME, value=AnyValue(string_value=name)),
+            *key_values(attrs),
+        ]
+        if first_seq is not None:
+            attributes.append(
+                KeyValue(key=events.ATTR_SEQUENCE, value=AnyValue(int_value=first_seq + i))
+            )
         record = LogRecord(
             time_unix_nano=time_ns,
             observed_time_unix_nano=observed,
             severity_number=9,  # type: ignore[arg-type]  # SEVERITY_NUMBER_INFO
             severity_text="INFO",
-            attributes=[
-                KeyValue(key=events.ATTR_EVENT_NAME, value=AnyValue(string_value=name)),
-                *key_values(attrs),
-            ],
+            attributes=attributes,
         )
         if _HAS_EVENT_NAME:
             record.event_name = name

@@ -11,7 +11,8 @@ exports the lock metrics.
 to ``LOCKSCOPE_ENDPOINT/v1/logs``.  A failed batch is retried with exponential backoff
 (honouring ``Retry-After`` on 429/503, capped at 30 s) up to 4 attempts, then dropped and
 counted; meanwhile the queue (``LOCKSCOPE_QUEUE_SIZE``, 10,000 events) drops new events
-and counts them.  At exit the sender gets one second to flush what is queued.
+and counts them.  At exit the sender gets one second to flush what is queued.  Every event
+carries ``lockscope.seq``, its number in this process's send order.
 """
 
 from __future__ import annotations
@@ -125,11 +126,14 @@ class Reporter:
         """Events the endpoint accepted."""
         self.failed_posts = 0
         self._announced = False
+        self._seq = 0
+        """``lockscope.seq`` of the last event encoded (this incarnation's send order)."""
 
     def start(self) -> None:
         """Start both threads (again, in a forked child)."""
         self._stop = False
         self._announced = False
+        self._seq = 0  # a forked child is a new incarnation (new service.instance.id)
         self._threads = [
             threading.Thread(target=self._report_loop, name="lockscope-reporter", daemon=True),
             threading.Thread(target=self._send_loop, name="lockscope-sender", daemon=True),
@@ -241,8 +245,12 @@ class Reporter:
                 return
 
     def _send(self, batch: list[tuple[str, int, dict[str, Any]]]) -> None:
+        # Numbered in queue order, which is the order the events happened in this process:
+        # the agent orders them by this, not by timestamps a stepped clock can reorder.
+        first_seq = self._seq + 1
+        self._seq += len(batch)
         try:
-            body = encode_events(batch, self.resource())
+            body = encode_events(batch, self.resource(), first_seq)
         except Exception:
             self.recorder.errors += 1
             self.recorder.dropped += len(batch)

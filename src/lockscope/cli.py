@@ -17,7 +17,9 @@ __all__ = ["main"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "agent": ("lockscope.agent.cli", "run the agent: OTLP receiver, detectors, API, metrics"),
     "instrument": ("lockscope.instrumentation.cli", "run a command with the shim active"),
-    "status": ("lockscope.agent.status", "print the agent's active findings as a table"),
+    "status": ("lockscope.client.status", "print the agent's active findings as a table"),
+    "top": ("lockscope.client.top", "live view of the hottest locks and active findings"),
+    "check": ("lockscope.client.check", "send a test event and confirm the agent got it"),
     "demo": ("lockscope.demo", "run a self-contained deadlock demo on SQLite"),
 }
 

@@ -8,63 +8,39 @@ Either way the demo only talks to it as any client would: the workers send OTLP 
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from typing import Any
+
+from lockscope.client import AgentClient, AgentError
 
 __all__ = ["AgentError", "AgentLink", "ExternalAgent", "LocalAgent"]
 
 
-class AgentError(Exception):
-    """The agent could not be started or reached."""
-
-
 class AgentLink:
-    """Where the agent is and how to read its JSON API."""
+    """Where the agent is and how to read its JSON API (through
+    :class:`~lockscope.client.AgentClient`; errors are :class:`~lockscope.client.AgentError`)."""
 
     otlp_url: str
     http_url: str
     token: str | None = None
     """The agent's bearer token (``lockscope agent --token``), if it has one."""
 
+    def client(self) -> AgentClient:
+        """A client of this agent's JSON API."""
+        return AgentClient(self.http_url, token=self.token)
+
     def get(self, path: str, timeout: float = 5.0) -> Any:
         """GET ``path`` (``/api/v1/...``) as JSON; :class:`AgentError` if unreachable."""
-        url = self.http_url + path
-        request = urllib.request.Request(url)
-        if self.token is not None:
-            request.add_header("Authorization", f"Bearer {self.token}")
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return json.load(response)
-        except urllib.error.HTTPError as exc:
-            raise AgentError(f"{url}: HTTP {exc.code} {exc.reason}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise AgentError(f"cannot reach the lockscope agent at {url}: {reason}") from None
-        except ValueError as exc:
-            raise AgentError(f"{url}: not JSON: {exc}") from None
+        return self.client().get(path, timeout)
 
     def lock_detail(self, name: str) -> dict[str, Any] | None:
         """``/api/v1/locks/{name}``, or None while the agent does not know the lock."""
-        try:
-            detail = self.get("/api/v1/locks/" + urllib.parse.quote(name, safe=""))
-        except AgentError as exc:
-            if "HTTP 404" in str(exc):
-                return None
-            raise
-        return detail if isinstance(detail, dict) else None
+        return self.client().lock_detail(name)
 
     def findings(self, path: str, key: str, status: str = "all") -> list[dict[str, Any]]:
         """One finding list, e.g. ``findings("/api/v1/deadlocks", "deadlocks")``."""
-        body = self.get(f"{path}?status={status}")
-        items = body.get(key) if isinstance(body, dict) else None
-        if not isinstance(items, list):
-            raise AgentError(f"{self.http_url}{path}: unexpected answer (no {key!r} list)")
-        return [item for item in items if isinstance(item, dict)]
+        return self.client().findings(path, key, status)
 
     def close(self) -> None:
         """Stop the agent if this process started it."""
@@ -88,7 +64,10 @@ class ExternalAgent(AgentLink):
             except AgentError as exc:
                 if time.monotonic() >= deadline:
                     raise AgentError(
-                        f"the agent is not ready after {timeout:.0f} s: {exc}"
+                        f"the agent is not ready after {timeout:.0f} s: {exc}",
+                        url=exc.url,
+                        kind=exc.kind,
+                        status=exc.status,
                     ) from None
             time.sleep(0.5)
 
@@ -103,7 +82,7 @@ class LocalAgent(AgentLink):
         try:
             from lockscope.agent.app import AgentRunner
         except ImportError as exc:
-            raise AgentError(
+            raise _start_error(
                 f"the agent needs the 'agent' extra ({exc.name} is missing): "
                 "pip install 'lockscope[agent]'"
             ) from None
@@ -138,12 +117,12 @@ class LocalAgent(AgentLink):
         self._thread = threading.Thread(target=thread_main, name="lockscope-agent", daemon=True)
         self._thread.start()
         if not started.wait(timeout):
-            raise AgentError("the in-process agent did not start")
+            raise _start_error("the in-process agent did not start")
         if failure:
             self._thread.join()
             self._thread = None
             exc = failure[0]
-            raise AgentError(f"cannot start the agent: {exc}") from exc
+            raise _start_error(f"cannot start the agent: {exc}") from exc
         self.otlp_url = self._runner.otlp_url
         self.http_url = self._runner.http_url
         return self
@@ -156,6 +135,10 @@ class LocalAgent(AgentLink):
         if self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         thread.join(15.0)
+
+
+def _start_error(message: str) -> AgentError:
+    return AgentError(message, url="", kind="unreachable")
 
 
 def _base(url: str) -> str:

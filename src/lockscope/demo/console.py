@@ -1,6 +1,6 @@
 """What the demo prints: timestamped progress lines and the agent's findings as tables.
 
-The tables use :func:`lockscope.agent.status.table`, the same layout as
+The tables use :func:`lockscope.client.status.table`, the same layout as
 ``lockscope status``, so what a user sees here is what they will see on their own fleet.
 """
 
@@ -12,7 +12,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from lockscope.agent.status import table
+from lockscope.client.status import table
 
 __all__ = ["Console", "age", "deadlock_table", "stale_table"]
 

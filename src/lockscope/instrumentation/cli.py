@@ -24,7 +24,11 @@ BOOTSTRAP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_boots
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``lockscope instrument`` options."""
-    parser.add_argument("--endpoint", help="agent OTLP/HTTP base URL (LOCKSCOPE_ENDPOINT)")
+    parser.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="agent OTLP/HTTP base URL, e.g. http://127.0.0.1:4318 (LOCKSCOPE_ENDPOINT)",
+    )
     parser.add_argument("--service-name", help="service name (OTEL_SERVICE_NAME)")
     parser.add_argument(
         "--report-after", type=float, metavar="SECONDS", help="LOCKSCOPE_REPORT_AFTER (0.2)"
@@ -69,9 +73,22 @@ def run(args: argparse.Namespace) -> int:
         print("lockscope instrument: no command given (lockscope instrument -- CMD ARGS...)",
               file=sys.stderr)  # fmt: skip
         return 2
+    from lockscope.instrumentation.config import EndpointError, check_endpoint, endpoint_error
+
+    try:
+        if args.endpoint is not None:
+            for item in args.endpoint.split(","):
+                check_endpoint(item, "--endpoint")
+    except EndpointError as exc:
+        print(f"lockscope instrument: {exc}", file=sys.stderr)
+        return 2
+    env = build_environment(args, os.environ)
+    problem = endpoint_error(env)
+    if problem is not None:
+        print(f"lockscope instrument: {problem}", file=sys.stderr)
+        return 2
     executable = shutil.which(command[0])
     if executable is None:
         print(f"lockscope instrument: command not found: {command[0]}", file=sys.stderr)
         return 127
-    env = build_environment(args, os.environ)
     os.execve(executable, command, env)

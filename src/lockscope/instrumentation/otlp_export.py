@@ -5,6 +5,12 @@ logs SDK is still private API, so the shim encodes with ``opentelemetry-proto`` 
 The transport is ``http.client`` with short timeouts and a kept-alive connection; it runs
 only on the shim's own threads.  It classifies answers the OTLP way: 2xx done; 429, 502,
 503, 504 and connection errors retryable (honouring ``Retry-After``); others dropped.
+
+A misconfiguration must not be silent: when the endpoint cannot be reached, or answers
+401, 403, 404 or 405 (a wrong port, path or credentials), the transport logs one warning
+naming the URL on the ``lockscope`` logger hierarchy (``lockscope.instrumentation``;
+Python prints warnings to stderr when the app set up no logging), and logs again only
+when that changes (another problem, or reachable again).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeL
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from lockscope import __version__, events
+from lockscope._net import describe_os_error
 from lockscope.instrumentation.stats import BOUNDS, StatsSnapshot
 
 __all__ = [
@@ -129,9 +136,51 @@ class PostResult:
     retryable: bool
     retry_after: float | None = None
     status: int | None = None
+    error: str | None = None
+    """What went wrong, in words (``connection refused...``, ``HTTP 404``), or None."""
+    problem: str | None = None
+    """A misconfiguration or outage worth a warning (``refused``, ``timeout``,
+    ``unresolved``, ``unreachable``, ``http-401``...), or None."""
 
 
 _RETRYABLE = frozenset({429, 502, 503, 504})
+_WARN_STATUS = frozenset({401, 403, 404, 405})
+"""Answers that mean "not the agent" or "not allowed" rather than a passing overload."""
+
+
+def _status_hint(status: int) -> str:
+    if status in (401, 403):
+        return (
+            f"HTTP {status}: the endpoint wants credentials "
+            "(set LOCKSCOPE_HEADERS=Authorization=Bearer%20TOKEN)"
+        )
+    return (
+        f"HTTP {status}: no OTLP receiver at this URL (a wrong port or path? the agent's "
+        "OTLP port is 4318 by default; 9477 is its API)"
+    )
+
+
+class _Health:
+    """Logs the endpoint's problem once, and again only when it changes."""
+
+    def __init__(self) -> None:
+        self.problem: str | None = None
+
+    def note(self, url: str, result: PostResult) -> None:
+        if result.ok:
+            if self.problem is not None:
+                self.problem = None
+                _log.warning("lockscope: sending lock events to %s works again", url)
+            return
+        if result.problem is None or result.problem == self.problem:
+            return
+        self.problem = result.problem
+        _log.warning(
+            "lockscope: cannot send lock events to %s: %s; lock events are dropped "
+            "(the app runs unchanged)",
+            url,
+            result.error,
+        )
 
 
 class Transport(Protocol):
@@ -185,6 +234,7 @@ class HttpTransport:
         self._pid = os.getpid()
         self.ca_file = ca_file
         self._ssl: ssl.SSLContext | None = None
+        self._health = _Health()
 
     def url(self, path: str) -> str:
         """The full URL of ``path`` (e.g. ``/v1/logs``)."""
@@ -213,7 +263,14 @@ class HttpTransport:
                 conn.close()
 
     def post(self, path: str, body: bytes) -> PostResult:
-        """POST ``body`` to ``path``; never raises."""
+        """POST ``body`` to ``path``; never raises.  Warns about a new problem (see the
+        module docstring)."""
+        result = self._post(path, body)
+        with contextlib.suppress(Exception):  # a broken log handler must not stop the sender
+            self._health.note(self.url(path), result)
+        return result
+
+    def _post(self, path: str, body: bytes) -> PostResult:
         try:
             conn = self._connection()
             conn.request("POST", self.base_path + path, body=body, headers=self.headers)
@@ -223,9 +280,14 @@ class HttpTransport:
             retry_after = _retry_after(response.getheader("Retry-After"))
             if response.will_close:
                 self.close()
-        except (TimeoutError, OSError, http.client.HTTPException):
+        except (TimeoutError, OSError) as exc:
             self.close()
-            return PostResult(ok=False, retryable=True)
+            kind, reason = describe_os_error(exc)
+            return PostResult(ok=False, retryable=True, error=reason, problem=kind)
+        except http.client.HTTPException as exc:
+            self.close()
+            reason = f"not an HTTP answer ({type(exc).__name__})"
+            return PostResult(ok=False, retryable=True, error=reason, problem="not-http")
         except Exception:
             self.close()
             _log.debug("lockscope: unexpected error posting to %s", path, exc_info=True)
@@ -233,7 +295,12 @@ class HttpTransport:
         if 200 <= status < 300:
             return PostResult(ok=True, retryable=False, status=status)
         return PostResult(
-            ok=False, retryable=status in _RETRYABLE, retry_after=retry_after, status=status
+            ok=False,
+            retryable=status in _RETRYABLE,
+            retry_after=retry_after,
+            status=status,
+            error=_status_hint(status) if status in _WARN_STATUS else f"HTTP {status}",
+            problem=f"http-{status}" if status in _WARN_STATUS else None,
         )
 
 

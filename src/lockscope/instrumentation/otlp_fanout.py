@@ -13,9 +13,17 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 
-from lockscope.instrumentation.otlp_export import HttpTransport, PostResult
+from lockscope.instrumentation.config import ShimConfig
+from lockscope.instrumentation.otlp_export import HttpTransport, PostResult, Transport
 
-__all__ = ["FanoutTransport", "make_transport", "split_endpoints"]
+__all__ = [
+    "FanoutTransport",
+    "SignalTransport",
+    "UnsentTransport",
+    "make_transport",
+    "split_endpoints",
+    "transport_for",
+]
 
 _FIRST_COOLDOWN = 1.0
 _MAX_COOLDOWN = 30.0
@@ -97,3 +105,50 @@ def make_transport(
     if len(endpoints) == 1:
         return HttpTransport(endpoints[0], headers, timeout, ca_file)
     return FanoutTransport(endpoints, headers, timeout, ca_file)
+
+
+class SignalTransport:
+    """Sends the signals that have a full URL of their own (``OTEL_EXPORTER_OTLP_LOGS_ENDPOINT``
+    and friends) there, and the others through ``default``."""
+
+    def __init__(self, default: Transport, signals: Mapping[str, HttpTransport]) -> None:
+        self.default = default
+        self.signals = dict(signals)
+
+    def post(self, path: str, body: bytes) -> PostResult:
+        """POST ``body`` for the signal ``path``; never raises."""
+        own = self.signals.get(path)
+        return own.post("", body) if own is not None else self.default.post(path, body)
+
+    def close(self) -> None:
+        """Drop the kept-alive connections."""
+        self.default.close()
+        for transport in self.signals.values():
+            transport.close()
+
+
+class UnsentTransport:
+    """Stands in when the endpoint setting is not a URL: sends nothing (the error was
+    logged when the configuration was read), so every batch is dropped and counted."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+    def post(self, path: str, body: bytes) -> PostResult:
+        """Drop ``body``."""
+        return PostResult(ok=False, retryable=False, error=self.error)
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def transport_for(config: ShimConfig) -> Transport:
+    """The transport the shim's configuration asks for."""
+    if config.endpoint_error is not None:
+        return UnsentTransport(config.endpoint_error)
+    args = (config.headers, config.http_timeout, config.ca_file)
+    default = make_transport(config.endpoint, *args)
+    if not config.signal_urls:
+        return default
+    signals = {path: HttpTransport(url, *args) for path, url in config.signal_urls.items()}
+    return SignalTransport(default, signals)

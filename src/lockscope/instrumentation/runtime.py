@@ -19,7 +19,7 @@ from opentelemetry import trace
 from lockscope import __version__, events
 from lockscope.instrumentation.config import ShimConfig
 from lockscope.instrumentation.metrics import LockMetrics
-from lockscope.instrumentation.otlp_fanout import make_transport
+from lockscope.instrumentation.otlp_fanout import transport_for
 from lockscope.instrumentation.recorder import Recorder, Wait
 from lockscope.instrumentation.reporter import Reporter
 from lockscope.instrumentation.spans import SpanFactory
@@ -66,9 +66,7 @@ class Shim:
         config = self.config
         self.pid = os.getpid()
         self.instance_id = uuid.uuid4().hex
-        self.transport = make_transport(
-            config.endpoint, config.headers, config.http_timeout, config.ca_file
-        )
+        self.transport = transport_for(config)
         self.reporter = Reporter(
             self.recorder,
             self.transport,

@@ -40,6 +40,7 @@ from lockscope.agent.app import AgentRunner
 from lockscope.agent.config import AgentConfig
 from lockscope.agent.model import Event, ProcessInfo
 from lockscope.agent.state import AgentState
+from lockscope.client import AgentClient
 
 __all__ = ["InProcessAgent", "any_value", "encode_logs", "logs_request"]
 
@@ -225,10 +226,15 @@ class InProcessAgent:
         return asyncio.run_coroutine_threadsafe(wrapper(), loop).result(timeout)
 
     # -- talking to it over HTTP --------------------------------------------------------
+    def client(self) -> AgentClient:
+        """A :class:`~lockscope.client.AgentClient` of this agent's JSON API."""
+        return AgentClient(self.http_url, timeout=10.0)
+
     def get(self, path: str, timeout: float = 10.0) -> Any:
-        """GET ``path`` (e.g. ``/api/v1/deadlocks``) from the HTTP side, parsed as JSON."""
-        with urllib.request.urlopen(self.http_url + path, timeout=timeout) as response:
-            return json.load(response)
+        """GET ``path`` (e.g. ``/api/v1/deadlocks``) from the HTTP side, parsed as JSON;
+        raises :class:`~lockscope.client.AgentError` (``.status`` holds an HTTP error's
+        status)."""
+        return self.client().get(path, timeout)
 
     def post_events(
         self,

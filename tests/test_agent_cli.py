@@ -508,7 +508,8 @@ def test_status_against_something_that_is_not_the_agent_exits_2(
     assert status.run(args) == 2
     err = capsys.readouterr().err
     assert "HTTP 404" in err
-    assert "is an OTLP receiver" in err and "--http" in err  # the hint: wrong port
+    assert "is an OTLP receiver" in err
+    assert "--http" in err
 
 
 def test_table_alignment():

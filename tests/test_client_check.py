@@ -54,7 +54,10 @@ def test_check_passes_and_the_agent_lists_the_test_process(agent: InProcessAgent
 
 def test_check_reads_the_shims_settings(agent: InProcessAgent):
     # No flags: LOCKSCOPE_ENDPOINT given with the signal path (OTLP's full-path habit).
-    env = {"LOCKSCOPE_ENDPOINT": agent.otlp_url + "/v1/logs", "LOCKSCOPE_AGENT_HTTP": agent.http_url}
+    env = {
+        "LOCKSCOPE_ENDPOINT": agent.otlp_url + "/v1/logs",
+        "LOCKSCOPE_AGENT_HTTP": agent.http_url,
+    }
     result = run_check(env=env)
     assert result.returncode == 0, result.stderr
     env = {
@@ -78,7 +81,8 @@ def test_check_api_port_is_not_an_otlp_receiver(agent: InProcessAgent):
     assert result.returncode == 1
     assert f"{agent.http_url}/v1/logs" in result.stderr
     assert "not an OTLP receiver" in result.stderr
-    assert "HTTP API" in result.stderr and "4318" in result.stderr
+    assert "HTTP API" in result.stderr
+    assert "4318" in result.stderr
 
 
 def test_check_wrong_path(agent: InProcessAgent):
@@ -110,9 +114,11 @@ def test_check_timed_out(agent: InProcessAgent):
 
 def test_check_accepted_elsewhere_is_not_confirmed(agent: InProcessAgent):
     # The event went to another agent: the one at --http never sees it.
-    with InProcessAgent() as other:
-        with pytest.raises(CheckFailed, match="did not see it within 1 s") as info:
-            check(other.otlp_url, agent.http_url, timeout=1.0, env={})
+    with (
+        InProcessAgent() as other,
+        pytest.raises(CheckFailed, match="did not see it within 1 s") as info,
+    ):
+        check(other.otlp_url, agent.http_url, timeout=1.0, env={})
     assert agent.http_url in str(info.value)
 
 

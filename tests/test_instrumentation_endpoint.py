@@ -71,7 +71,9 @@ def run_child(endpoint: str) -> tuple[float | None, list[str], str]:
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready"
     ready_at = time.monotonic()
-    stdout, _ = proc.communicate(timeout=60)
+    proc.wait(60)
+    stdout = proc.stdout.read()
+    proc.stdout.close()
     reader.join(10)
     lines: list[str] = []
     first: float | None = None
@@ -94,7 +96,9 @@ def test_closed_port_warns_once_on_stderr_without_logging_setup():
     assert len(warnings) == 1, lines
     assert f"{url}/v1/" in warnings[0]
     assert "connection refused" in warnings[0]
-    assert first is not None and first < 5.0, first  # the product's promise: within 5 s
+    # The promise is "within 5 s" (measured in the report, not asserted: no timed
+    # assertions in tests); here: it came, once, while the sender kept failing.
+    assert first is not None
     assert int(stdout.split()[-1]) >= 6  # it kept failing after the one warning
 
 
@@ -103,8 +107,9 @@ def test_api_port_warns_not_an_otlp_receiver(agent: InProcessAgent):
     warnings = _warnings(lines)
     assert len(warnings) == 1, lines
     assert f"{agent.http_url}/v1/" in warnings[0]
-    assert "HTTP 404" in warnings[0] and "4318" in warnings[0]
-    assert first is not None and first < 5.0, first
+    assert "HTTP 404" in warnings[0]
+    assert "4318" in warnings[0]
+    assert first is not None
 
 
 def test_wrong_path_warns(agent: InProcessAgent):
@@ -112,12 +117,13 @@ def test_wrong_path_warns(agent: InProcessAgent):
     first, lines, _ = run_child(url)
     warnings = _warnings(lines)
     assert len(warnings) == 1, lines
-    assert f"{url}/v1/" in warnings[0] and "HTTP 404" in warnings[0]
-    assert first is not None and first < 5.0, first
+    assert f"{url}/v1/" in warnings[0]
+    assert "HTTP 404" in warnings[0]
+    assert first is not None
 
 
 def test_a_url_that_does_not_parse_is_an_error_at_start():
-    first, lines, _ = run_child("htp://127.0.0.1:4318")
+    _first, lines, _ = run_child("htp://127.0.0.1:4318")
     errors = [line for line in lines if "LOCKSCOPE_ENDPOINT='htp://127.0.0.1:4318'" in line]
     assert len(errors) == 1, lines
     assert "not sent anywhere" in errors[0]
@@ -126,8 +132,18 @@ def test_a_url_that_does_not_parse_is_an_error_at_start():
 @pytest.mark.parametrize("endpoint", ["foo", "htp://127.0.0.1:4318"])
 def test_lockscope_instrument_rejects_a_bad_endpoint(endpoint: str):
     result = subprocess.run(
-        [sys.executable, "-m", "lockscope.cli", "instrument", "--endpoint", endpoint, "--",
-         sys.executable, "-c", "print('ran')"],  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "lockscope.cli",
+            "instrument",
+            "--endpoint",
+            endpoint,
+            "--",
+            sys.executable,
+            "-c",
+            "print('ran')",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -141,7 +157,7 @@ def test_lockscope_instrument_rejects_a_bad_endpoint(endpoint: str):
 class _Answers(http.server.BaseHTTPRequestHandler):
     statuses: list[int] = []
 
-    def do_POST(self) -> None:  # noqa: N802 - the stdlib's handler name
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         status = self.statuses[0] if self.statuses else 200
         self.send_response(status)

@@ -144,10 +144,16 @@ async def _healthz(request: web.Request) -> web.Response:
 
 async def _readyz(request: web.Request) -> web.Response:
     ready = request.app[READY_KEY].is_set()
-    body = {
+    body: dict[str, object] = {
         "status": "ready" if ready else "not ready",
         "state": request.app[STATE_KEY].api_status(),
     }
+    from lockscope.agent.db_watch import DATABASES_KEY
+
+    watchers = request.app.get(DATABASES_KEY)
+    if watchers is not None:
+        # A database the agent cannot watch is shown, not fatal: the agent still serves.
+        body["databases"] = watchers.readiness()
     return web.json_response(body, status=200 if ready else 503)
 
 

@@ -66,6 +66,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from lockscope.agent.db_dsn import DatabaseTarget, DsnError, targets_from_settings
+
 if TYPE_CHECKING:
     from lockscope.agent.config import AgentConfig
 
@@ -93,6 +95,7 @@ ENV_EXTERNAL_URL: Final = "LOCKSCOPE_AGENT_EXTERNAL_URL"
 ENV_ROLE: Final = "LOCKSCOPE_AGENT_ROLE"
 ENV_FORWARD_TO: Final = "LOCKSCOPE_AGENT_FORWARD_TO"
 ROLES: Final = ("standalone", "shard", "detector")
+ENV_WATCH_DATABASES: Final = "LOCKSCOPE_WATCH_DATABASES"
 
 DEFAULT_OTLP: Final = "127.0.0.1:4318"
 DEFAULT_HTTP: Final = "127.0.0.1:9477"
@@ -113,6 +116,7 @@ FILE_KEYS: Final = frozenset(
         "external_url",
         "role",
         "forward_to",
+        "databases",
     }
 )
 """Top-level config file keys the command itself reads; the rest go to AgentConfig."""
@@ -200,6 +204,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"a shard's detector OTLP base URL; repeatable (env {ENV_FORWARD_TO})",
     )
     parser.add_argument(
+        "--watch-database",
+        metavar="DSN",
+        action="append",
+        dest="watch_databases",
+        help=(
+            "watch this database's own locks (postgresql://, mysql://, mariadb:// URL); "
+            f"repeatable (env {ENV_WATCH_DATABASES}, comma-separated; file [[databases]])"
+        ),
+    )
+    parser.add_argument(
         "--no-metrics-auth",
         dest="metrics_auth",
         action="store_false",
@@ -249,6 +263,8 @@ class AgentSettings:
     """``standalone``, ``shard`` (forwards to ``forward_to``) or ``detector``."""
     forward_to: tuple[str, ...] = ()
     """A shard's detector OTLP base URLs."""
+    databases: tuple[DatabaseTarget, ...] = ()
+    """Databases whose own locks the agent watches (passwords kept out of reprs)."""
 
 
 def _read_file(path: Path | None) -> dict[str, Any]:
@@ -363,6 +379,14 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
         raise SettingsError("a shard needs --forward-to (the detector agents' OTLP URLs)")
     if role != "shard" and forward_to:
         raise SettingsError(f"--forward-to is for --role shard (the role is {role})")
+    try:
+        databases = targets_from_settings(
+            getattr(args, "watch_databases", None) or (),
+            env.get(ENV_WATCH_DATABASES),
+            section.get("databases"),
+        )
+    except DsnError as exc:
+        raise SettingsError(str(exc)) from None
     otlp_address = parse_address(str(otlp), "OTLP address")
     http_address = parse_address(str(http), "HTTP address")
     if otlp_address == http_address and otlp_address[1] != 0:
@@ -383,6 +407,7 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
         external_url=external_url,
         role=role,
         forward_to=tuple(forward_to),
+        databases=databases,
     )
 
 
@@ -444,10 +469,21 @@ def run(args: argparse.Namespace) -> int:
         http=settings.http,
         max_request_bytes=settings.max_request_bytes,
         alertmanager_urls=settings.alertmanager_urls,
-        http_setup=[alert_options(external_url=settings.external_url)],
+        http_setup=[
+            alert_options(external_url=settings.external_url),
+            *_database_setup(settings),
+        ],
         forward_to=settings.forward_to,
         forward_headers={"Authorization": f"Bearer {settings.token}"} if settings.token else None,
     )
+
+
+def _database_setup(settings: AgentSettings) -> list[Any]:
+    if not settings.databases:
+        return []
+    from lockscope.agent.db_watch import setup_database_watchers
+
+    return [setup_database_watchers(settings.databases)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - convenience

@@ -229,6 +229,7 @@ class Hold:
         "mode",
         "owner",
         "since_ns",
+        "source",
         "token",
     )
 
@@ -241,6 +242,9 @@ class Hold:
         self.since_ns = since_ns
         self.asserted_ns = asserted_ns
         """Sender time of the newest event or heartbeat saying this hold is held."""
+        self.source: str | None = None
+        """The reporting process (instance) when it is not the actor's own: a database
+        watcher reporting the row locks of a session bound to an instrumented actor."""
         self.expires_at_ns: int | None = None
         self.token: int | None = None
         self.owner: str | None = None
@@ -262,6 +266,7 @@ class Wait:
         "mode",
         "probed_ns",
         "since_ns",
+        "source",
         "ticket",
     )
 
@@ -273,6 +278,8 @@ class Wait:
         self.mode = mode
         self.since_ns = since_ns
         self.asserted_ns = asserted_ns
+        self.source: str | None = None
+        """As :attr:`Hold.source`."""
         self.probed_ns = since_ns
         """When the waiter looked up ``holder_owner``/``holder_token`` (its report)."""
         self.ticket: int | None = None

@@ -31,6 +31,7 @@ from typing import Any
 
 from lockscope import events as ev
 from lockscope.agent.config import AgentConfig
+from lockscope.agent.db_binding import bound_actor, bound_since
 from lockscope.agent.detect_deadlock import DeadlockDetector
 from lockscope.agent.detect_order import OrderGraph, OrderPair, inversion_finding
 from lockscope.agent.detect_stale import LEASE_EXPIRED, MAX_HOLD, ORPHANED, stale_finding
@@ -207,6 +208,8 @@ class AgentState(StateQueries):
             tuple[int, str, str, ProcessInfo, str, str | None, str | None, str | None]
         ] = deque(maxlen=self._limits.timeline_size)
         """(time, lock key, what, actor's process, actor id, actor name, mode, detail)."""
+        self._sourced: dict[str, set[Actor]] = {}
+        """Instance -> other processes' actors whose holds/waits it reported (bindings)."""
         self._tokens: dict[str, list[TokenEntry]] = {}
         """Lock key -> recent fencing tokens; survives the lock going idle (LRU-bounded)."""
         self.store = FindingStore(self._limits.max_findings)
@@ -463,6 +466,15 @@ class AgentState(StateQueries):
             actor = Actor(proc, sys.intern(actor_id), actor_name)
             proc.actors[actor.actor_id] = actor
         return lock, actor
+
+    def _entry_target(self, proc: Process, attrs: Mapping[str, Any]) -> tuple[Lock, Actor]:
+        """As :meth:`_target`, but a database session that an instrumented actor uses (it
+        holds the session's binding lock) is that actor: its database waits and holds
+        join the actor's application locks in one node of the graph."""
+        bound = bound_actor(self._locks, attrs)
+        if bound is None or bound.process is proc or not bound.process.alive:
+            return self._target(proc, attrs)
+        return self._lock(attrs), bound
 
     def _gc(self, actor: Actor, lock: Lock) -> None:
         if actor.wait is None and not actor.holds:
@@ -969,6 +981,7 @@ class AgentState(StateQueries):
             self._limit_hit("max_heartbeat_entries")
         seen_holds: set[Hold] = set()
         seen_waits: set[Wait] = set()
+        foreign: set[Actor] = set()
         touched: list[tuple[Actor, Lock]] = []
         for entry in itertools.islice(holds, budget):
             try:
@@ -978,11 +991,16 @@ class AgentState(StateQueries):
                 since = _int(entry, ev.ATTR_SINCE)
                 if since is None:
                     raise RejectedEvent(f"heartbeat hold without {ev.ATTR_SINCE}")
-                lock, actor = self._target(proc, entry)
+                lock, actor = self._entry_target(proc, entry)
                 touched.append((actor, lock))
+                if actor.process is not proc:
+                    since = bound_since(self._locks, entry, actor, since)
                 h, new = self._put_hold(actor, lock, mode, since, t, entry)
                 if h is not None:
                     seen_holds.add(h)
+                    if actor.process is not proc:
+                        h.source = proc.info.instance
+                        foreign.add(actor)
                     if new:
                         self._timeline_add(since, lock, "hold", actor, mode, "heartbeat")
                     self._asserted(h, t)
@@ -996,22 +1014,32 @@ class AgentState(StateQueries):
                 since = _int(entry, ev.ATTR_SINCE)
                 if since is None:
                     raise RejectedEvent(f"heartbeat wait without {ev.ATTR_SINCE}")
-                lock, actor = self._target(proc, entry)
+                lock, actor = self._entry_target(proc, entry)
                 touched.append((actor, lock))
                 w = self._put_wait(actor, lock, mode, since, t, entry)
                 if w is not None:
                     seen_waits.add(w)
+                    if actor.process is not proc:
+                        w.source = proc.info.instance
+                        foreign.add(actor)
             except RejectedEvent:
                 self.counters.heartbeat_entries_rejected += 1
-        # Whatever the snapshot does not list and nobody asserted after it is gone.
-        for actor in list(proc.actors.values()):
+        # Whatever the snapshot does not list and nobody asserted after it is gone: of the
+        # process's own actors, what it reported itself; of other processes' actors (a
+        # database session bound to an instrumented actor), what this process reported.
+        instance = proc.info.instance
+        previous = self._sourced.pop(instance, set())
+        if foreign:
+            self._sourced[instance] = foreign
+        for actor in [*proc.actors.values(), *(previous - foreign), *foreign]:
+            own = None if actor.process is proc else instance
             w = actor.wait
-            if w is not None and w not in seen_waits and w.asserted_ns < t:
+            if w is not None and w.source == own and w not in seen_waits and w.asserted_ns < t:
                 _inc(self.counters.healed, "wait")
                 self._drop_wait(w, tombstone=True)
                 self._healed[("w", actor.key, w.lock.key, w.since_ns)] = t
             for h in list(actor.holds.values()):
-                if h not in seen_holds and h.asserted_ns < t:
+                if h.source == own and h not in seen_holds and h.asserted_ns < t:
                     _inc(self.counters.healed, "hold")
                     self._drop_hold(h, tombstone=True, reason="released")
                     self._healed[("h", actor.key, h.lock.key, h.since_ns)] = t

@@ -151,12 +151,16 @@ class LockscopeCollector(Collector):
         limit = max_lock_labels or state.config.limits.max_label_values
         self.lock_label = LabelCap(limit)
         self._dropped = _DroppedTotals()
+        self.extra: list[Callable[[], Iterable[Metric]]] = []
+        """More families from other parts of the agent (the database watchers' up gauge)."""
 
     def collect(self) -> Iterator[Metric]:
         """Yield the families (see docs/exports.md for the list)."""
         yield from self._shim_metrics()
         yield from self._state_metrics()
         yield from self._agent_metrics()
+        for families in self.extra:
+            yield from families()
 
     # -- from the shims' OTLP metrics --------------------------------------------------------
     def _shim_metrics(self) -> Iterator[Metric]:

@@ -234,7 +234,9 @@ class MysqlDialect:
                 self._mysql8 = "mariadb" not in version.lower()
                 if self._mysql8:
                     # max_execution_time applies to SELECTs, which is all a poll runs.
-                    cur.execute(f"SET SESSION max_execution_time = {int(target.statement_timeout * 1000)}")
+                    cur.execute(
+                        f"SET SESSION max_execution_time = {int(target.statement_timeout * 1000)}"
+                    )
                     self._queries = MYSQL8_QUERIES
                 else:
                     cur.execute(f"SET SESSION max_statement_time = {target.statement_timeout:.3f}")
@@ -246,7 +248,11 @@ class MysqlDialect:
                     self._holders_known = bool(found and found[0])
                     self._queries = MARIADB_QUERIES
                     if self._holders_known:
-                        self._queries = (*MARIADB_QUERIES[:3], MARIADB_USER_HOLDERS, MARIADB_QUERIES[3])
+                        self._queries = (
+                            *MARIADB_QUERIES[:3],
+                            MARIADB_USER_HOLDERS,
+                            MARIADB_QUERIES[3],
+                        )
                 # Without PROCESS the tables answer with this session's rows only: say so.
                 cur.execute("SHOW GRANTS")
                 grants = " ".join(str(r[0]) for r in cur.fetchall()).upper()

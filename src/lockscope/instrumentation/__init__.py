@@ -98,6 +98,11 @@ class LockscopeInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         redis_py.instrument(patcher)
         kazoo_recipes.instrument(patcher)
         lockscope_locks.instrument(patcher)
+        from lockscope.instrumentation import db_asyncpg, db_psycopg, db_psycopg2, db_pymysql
+
+        # Database drivers: which actor uses which database session (docs/databases.md).
+        for target in (db_psycopg, db_psycopg2, db_asyncpg, db_pymysql):
+            target.instrument(patcher)
         if kwargs.get("threading", config.instrument_threading):
             from lockscope.instrumentation import threading_locks
 

@@ -449,6 +449,43 @@ class Recorder:
                 attrs[events.ATTR_HOLD_DURATION] = duration
                 self._emit(events.EVENT_HOLD_END, now, attrs)
 
+    # -- database session bindings (instrumentation/db_sessions) --------------------------
+    def bind(self, info: LockInfo, actor: int, task: Any, target: object) -> Hold:
+        """A binding hold (an actor using a database session): kept and reported like a
+        hold, so the agent joins the session's database locks with the actor, but without
+        metrics and without lock-order pairs (a session is not a lock the app orders)."""
+        now = _perf()
+        hold = Hold(info, actor, task, target, now, now + self._offset, None, None, None)
+        with self._lock:
+            self._holds.setdefault(hold.obj, []).append(hold)
+            self._by_key.setdefault(info.key, []).append(hold)
+            self._by_actor.setdefault(actor, []).append(hold)
+        return hold
+
+    def unbind(self, hold: Hold) -> None:
+        """End a :meth:`bind` hold (a ``hold.end`` is sent if it was reported)."""
+        with self._lock:
+            same = self._holds.get(hold.obj)
+            if same is None or hold not in same:
+                return
+            same.remove(hold)
+            if not same:
+                del self._holds[hold.obj]
+            keyed = self._by_key.get(hold.info.key)
+            if keyed is not None and hold in keyed:
+                keyed.remove(hold)
+                if not keyed:
+                    del self._by_key[hold.info.key]
+            mine = self._by_actor.get(hold.actor)
+            if mine is not None and hold in mine:
+                mine.remove(hold)
+                if not mine:
+                    del self._by_actor[hold.actor]
+            if hold.reported:
+                attrs = self._hold_attrs(hold)
+                attrs[events.ATTR_OUTCOME] = "released"
+                self._emit(events.EVENT_HOLD_END, _perf(), attrs)
+
     def extended(self, hold: Hold, seconds: float | None, *, replace: bool = True) -> None:
         """The hold's lease was extended (``replace``: it now ends ``seconds`` from now)."""
         now = _perf()

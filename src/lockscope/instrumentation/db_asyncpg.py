@@ -1,0 +1,57 @@
+"""Target: asyncpg (``asyncpg.connection.Connection``).
+
+Wrapped: ``execute``, ``executemany``, ``fetch``, ``fetchrow``, ``fetchval`` (a
+transaction's ``BEGIN``/``COMMIT`` go through ``execute``) and ``close``.  Identity: system
+``postgresql``, namespace ``host:port/database`` of the connection, backend id
+``get_server_pid()`` (from the start-up messages: no round trip).  The open transaction is
+``is_in_transaction()`` (protocol state, no round trip).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lockscope.instrumentation import db_sessions
+from lockscope.instrumentation.patching import Patcher
+
+__all__ = ["identify", "instrument"]
+
+
+def identify(conn: Any) -> tuple[str, str, int] | None:
+    """(``postgresql``, ``host:port/db``, backend pid) of an asyncpg connection."""
+    pid = conn.get_server_pid()
+    if not pid:
+        return None
+    addr = getattr(conn, "_addr", None)
+    params = getattr(conn, "_params", None)
+    dbname = getattr(params, "database", "") or ""
+    where = f"{addr}:5432"
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        where = f"{addr[0]}:{addr[1]}"
+    return "postgresql", f"{where}/{dbname}", int(pid)
+
+
+async def _call(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    b = db_sessions.statement_begin(instance, identify, db_sessions.current_task())
+    try:
+        return await wrapped(*args, **kwargs)
+    finally:
+        db_sessions.statement_end(b, instance.is_in_transaction)
+
+
+async def _close(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    try:
+        return await wrapped(*args, **kwargs)
+    finally:
+        db_sessions.connection_done(instance)
+
+
+def instrument(patcher: Patcher) -> None:
+    """Wrap asyncpg when it is imported."""
+
+    def apply(connection: Any) -> None:
+        for name in ("execute", "executemany", "fetch", "fetchrow", "fetchval"):
+            patcher.wrap(connection.Connection, name, _call)
+        patcher.wrap(connection.Connection, "close", _close)
+
+    patcher.when_imported("asyncpg.connection", apply)

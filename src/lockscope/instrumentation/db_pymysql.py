@@ -1,0 +1,65 @@
+"""Target: PyMySQL (``pymysql.cursors.Cursor`` and ``pymysql.connections.Connection``).
+
+Wrapped: ``Cursor.execute`` (``executemany`` and the dict/SS cursors go through it) and
+``Connection.commit``/``rollback``/``close``.  Identity: system ``mysql``, namespace
+``host:port/db`` of the connection, backend id ``thread_id()`` (the server's connection id
+from the handshake: no round trip).  The open transaction is the server status flag the
+last reply carried.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lockscope.instrumentation import db_sessions
+from lockscope.instrumentation.patching import Patcher
+
+__all__ = ["identify", "in_transaction", "instrument"]
+
+_SERVER_STATUS_IN_TRANS = 1
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value or "")
+
+
+def identify(conn: Any) -> tuple[str, str, int] | None:
+    """(``mysql``, ``host:port/db``, connection id) of a PyMySQL connection."""
+    thread_id = conn.thread_id()
+    if not thread_id:
+        return None
+    return "mysql", f"{conn.host}:{conn.port}/{_text(conn.db)}", int(thread_id)
+
+
+def in_transaction(conn: Any) -> bool:
+    """Whether the server said, in its last reply, that a transaction is open."""
+    return bool((getattr(conn, "server_status", 0) or 0) & _SERVER_STATUS_IN_TRANS)
+
+
+def _execute(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    conn = instance.connection
+    b = db_sessions.statement_begin(conn, identify) if conn is not None else None
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        db_sessions.statement_end(b, lambda: in_transaction(conn))
+
+
+def _done(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        db_sessions.connection_done(instance)
+
+
+def instrument(patcher: Patcher) -> None:
+    """Wrap PyMySQL when it is imported."""
+
+    def apply(cursors: Any) -> None:
+        import pymysql.connections
+
+        patcher.wrap(cursors.Cursor, "execute", _execute)
+        for name in ("commit", "rollback", "close"):
+            patcher.wrap(pymysql.connections.Connection, name, _done)
+
+    patcher.when_imported("pymysql.cursors", apply)

@@ -153,3 +153,22 @@ class MariaDBServer(Server):
         if result.returncode != 0:
             raise RuntimeError(f"mariadb: {result.stderr.strip()}")
         return result.stdout
+
+    def create_monitor_user(self, user: str = "lockscope_watch", password: str = "watch") -> str:
+        """Create (or reset) a user with only ``PROCESS`` (and ``SELECT`` on
+        ``performance_schema``), the least privilege the agent's database watcher needs,
+        and load the ``metadata_lock_info`` plugin (GET_LOCK holders); returns its URL."""
+        quoted = password.replace("\\", "\\\\").replace("'", "\\'")
+        self.sql(
+            f"CREATE USER IF NOT EXISTS '{user}'@'{self.host}';"
+            f" ALTER USER '{user}'@'{self.host}' IDENTIFIED BY '{quoted}';"
+            f" GRANT PROCESS ON *.* TO '{user}'@'{self.host}';"
+            f" GRANT SELECT ON performance_schema.* TO '{user}'@'{self.host}';"
+        )
+        plugins = self.sql(
+            "SELECT COUNT(*) FROM information_schema.PLUGINS"
+            " WHERE PLUGIN_NAME = 'METADATA_LOCK_INFO'"
+        )
+        if plugins.split()[-1] == "0":
+            self.sql("INSTALL SONAME 'metadata_lock_info';")
+        return f"mysql://{user}:{password}@{self.host}:{self.port}/{self.dbname}"

@@ -168,3 +168,36 @@ class PostgresServer(Server):
         )
         if result.returncode != 0:
             raise ServerStartError(f"createdb {dbname} failed: {result.stderr.strip()}")
+
+    def create_monitor_role(self, role: str = "lockscope_watch", password: str = "watch") -> str:
+        """Create (or reset) a login role with only ``pg_monitor``, the least privilege the
+        agent's database watcher needs, and require its password (scram) over TCP while
+        every other role keeps trust authentication; returns its URL DSN."""
+        hba = self.data_dir / "pg_hba.conf"
+        line = f"host all {role} {self.host}/32 scram-sha-256\n"
+        text = hba.read_text()
+        if line not in text:
+            hba.write_text(line + text)
+        quoted = password.replace("'", "''")
+        self.psql(
+            f"DO $$ BEGIN CREATE ROLE {role} LOGIN; EXCEPTION WHEN duplicate_object THEN "
+            f"NULL; END $$; ALTER ROLE {role} LOGIN PASSWORD '{quoted}'; "
+            f"GRANT pg_monitor TO {role}; SELECT pg_reload_conf();"
+        )
+        return f"postgresql://{role}:{password}@{self.host}:{self.port}/{self.dbname}"
+
+    def psql(self, sql: str) -> str:
+        """Run SQL as the superuser with ``psql``; return its output."""
+        result = subprocess.run(
+            [
+                self._bin("psql"), "-h", self.host, "-p", str(self.port), "-U", self.user,
+                "-d", self.dbname, "-v", "ON_ERROR_STOP=1", "-qAt", "-c", sql,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise RuntimeError(f"psql: {result.stderr.strip()}")
+        return result.stdout

@@ -47,8 +47,9 @@ class Sync:
             self.conn.autocommit = True
             self.pid = self.conn.info.backend_pid
         else:
-            import pymysql
             from urllib.parse import urlsplit
+
+            import pymysql
 
             u = urlsplit(DSN)
             self.conn = pymysql.connect(

@@ -8,7 +8,6 @@ Every assertion goes through the agent's JSON API.
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import subprocess
 import sys

@@ -15,7 +15,7 @@ import pytest
 from lockscope.agent.config import AgentConfig
 from lockscope.agent.model import Event, ProcessInfo
 from lockscope.testing.agent import InProcessAgent, encode_logs
-from reliability_helpers import AgentProcess, metric_value, request, until
+from reliability_helpers import AgentProcess, get_json, metric_value, request, rss_bytes, until
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 
@@ -132,3 +132,79 @@ def test_an_idle_connection_is_closed_after_the_header_timeout() -> None:
         assert agent.runner.stats.connections_closed["header_timeout"] >= 1
         # ...while a client that sends its request at once is served.
         assert request(agent.http_url + "/healthz")[0] == 200
+
+
+# -- oversized strings (item 3) ----------------------------------------------------------------
+def hold_event(instance: str, name: str, owner: str = "me", service: str = "svc") -> Event:
+    return Event(
+        "lockscope.hold.start",
+        time.time_ns(),
+        ProcessInfo(service, "host", 8, instance),
+        {
+            "lockscope.lock.system": "redis",
+            "lockscope.lock.namespace": "ns",
+            "lockscope.lock.name": name,
+            "lockscope.lock.owner": owner,
+            "lockscope.actor.id": "thread:1",
+            "lockscope.since": time.time_ns(),
+            "code.file.path": "/app/" + "x" * 5000,
+        },
+    )
+
+
+def test_huge_names_cost_their_cap_not_their_size() -> None:
+    """Issue 14 item 3, the attack: 40 holds with 12 MB lock names, one request each (took
+    an agent from 54 to 582 MiB; /api/v1/locks answered 120 MB).  Every string is cut to
+    limits.max_string_length (1,024), the cuts are counted, 40 names stay 40 locks."""
+    agent = AgentProcess().start()
+    try:
+        assert agent.proc is not None
+        until(lambda: request(agent.http_url + "/healthz")[0] == 200)
+        before = rss_bytes(agent.proc.pid)
+        big = "n" * 12_000_000
+        for i in range(40):
+            body = encode_logs(
+                [hold_event(f"inst-big-{i % 4}", f"{i}:{big}", owner="o" * 2_000_000)]
+            )
+            status, _, _ = request(
+                agent.otlp_url + "/v1/logs", data=body, headers=PROTOBUF, timeout=60
+            )
+            assert status == 200
+        locks = get_json(agent.http_url + "/api/v1/locks")["locks"]
+        assert len(locks) == 40
+        assert all(len(lock["name"]) == 1024 for lock in locks)
+        status, _, doc = request(agent.http_url + "/api/v1/locks")
+        assert len(doc) < 200_000
+        text = request(agent.http_url + "/metrics")[2].decode()
+        for field in ("lock_name", "owner", "code"):
+            labels = {"field": field}
+            assert metric_value(text, "lockscope_agent_strings_truncated_total", labels) == 40
+        growth = rss_bytes(agent.proc.pid) - before
+        # The bodies themselves pass through (16 MiB each, one at a time): what is kept
+        # must not grow with them.  Before the fix: +528 MiB.
+        print(f"agent RSS {before / 2**20:.1f} MiB -> +{growth / 2**20:.1f} MiB")
+        assert growth < 64 * 2**20, f"RSS grew {growth / 2**20:.0f} MiB"
+    finally:
+        agent.stop()
+
+
+def test_cut_names_stay_distinct_and_consistent() -> None:
+    """Two long names sharing a 2,000-character prefix are two locks; the same long name
+    from two processes is one lock (so a deadlock through it is still found)."""
+    prefix = "p" * 2000
+    with InProcessAgent() as agent:
+        agent.post_events(
+            [
+                hold_event("inst-a", prefix + "A", service="s" * 3000),
+                hold_event("inst-b", prefix + "B"),
+                hold_event("inst-c", prefix + "A"),
+            ]
+        )
+        locks = agent.get("/api/v1/locks")["locks"]
+        assert len(locks) == 2
+        holders = sorted(lock["holder_count"] for lock in locks)
+        assert holders == [1, 2]
+        processes = agent.get("/api/v1/processes")["processes"]
+        assert max(len(p["service"]) for p in processes) == 1024
+        assert agent.runner.stats.truncated["service"] == 1
+        assert agent.runner.stats.truncated["lock_name"] == 3

@@ -67,6 +67,10 @@ class Limits:
     """Remembered ended holds/waits, so a late start event cannot resurrect them."""
     max_heartbeat_entries: int = 100_000
     """Holds plus waits accepted from one heartbeat; the rest of that heartbeat is ignored."""
+    max_string_length: int = 1_024
+    """Characters kept of any string an event brings (lock names, owners, code locations,
+    actor, service and instance names); a longer one is cut to this length, ending in a
+    digest of the whole so distinct names stay distinct, and counted (at least 64)."""
     max_connections: int = 1_000
     """Client connections on both listeners together; lowered to the file-descriptor limit
     minus a reserve of 128.  Over it, the oldest connection with no request in progress is
@@ -155,6 +159,8 @@ class AgentConfig:
             _check_seconds(f"max_hold_overrides.{name}", value)
         if self.heartbeat_interval <= 0:
             raise ConfigError("heartbeat_interval must be > 0")
+        if self.limits.max_string_length < 64:
+            raise ConfigError("limits.max_string_length must be at least 64")
         if self.header_timeout <= 0 or self.body_timeout <= 0:
             raise ConfigError("header_timeout and body_timeout must be > 0")
         if self.heartbeat_miss_factor < 1:

@@ -104,6 +104,13 @@ _MAX_DEPTH: Final = 100
 """Nesting of arrays and key-value lists accepted (protobuf's own parsing limit)."""
 
 _CACHE_SIZE: Final = 1 << 16
+_CACHEABLE: Final = 512
+"""Largest encoded key-value or resource the caches keep: 65,536 entries of a few hundred
+bytes are a few tens of MiB, while caching what a hostile client sends (12 MB lock names)
+would keep gigabytes."""
+_PROCESS_CACHE_SIZE: Final = 1 << 14
+_CACHEABLE_RESOURCE: Final = 2048
+"""Resources (per process) are larger; at most 16,384 of up to 2 KiB are kept."""
 _UNIQUE_KEYS: Final = frozenset(
     {
         ev.ATTR_SINCE,
@@ -184,7 +191,9 @@ def _process_info(resource: bytes, build: Callable[[Any], ProcessInfo]) -> Proce
     info = _process_cache.get(resource)
     if info is None:
         info = build(_Resource.FromString(resource).attributes)
-        if len(_process_cache) >= _CACHE_SIZE:
+        if len(resource) > _CACHEABLE_RESOURCE:
+            return info
+        if len(_process_cache) >= _PROCESS_CACHE_SIZE:
             _process_cache.clear()
         _process_cache[resource] = info
     return info
@@ -216,7 +225,7 @@ def _key_value(raw: bytes, depth: int) -> tuple[str, Any] | None:
         # decoded through the cache, which pays off for heartbeat entries.
         return kv.key, _any_value(_KeyValueView.FromString(raw).value, depth + 1)
     pair = (kv.key, getattr(value, kind))
-    if pair[0] not in _UNIQUE_KEYS:
+    if pair[0] not in _UNIQUE_KEYS and len(raw) <= _CACHEABLE:
         if len(_kv_cache) >= _CACHE_SIZE:
             _kv_cache.clear()
         _kv_cache[raw] = pair

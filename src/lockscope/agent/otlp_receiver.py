@@ -46,6 +46,7 @@ from lockscope.agent.otlp_decode import (
     encode_status,
     parse_request,
 )
+from lockscope.agent.string_caps import cap_event, cap_point
 
 __all__ = ["read_body", "setup_otlp_routes"]
 
@@ -164,7 +165,7 @@ async def _handle(request: web.Request, signal: Signal) -> web.Response:
         stats.reject("decode_error")
         return _error(wire, 400, _INVALID_ARGUMENT, str(exc))
     try:
-        rejected, error_message = await _ingest(request.app, signal, message)
+        rejected, error_message = await _ingest(request.app, signal, message, len(body))
     except Exception:
         # A decoder bug on odd input: 400 (not retryable) rather than a 5xx that makes the
         # exporter resend the same batch forever.
@@ -177,12 +178,22 @@ async def _handle(request: web.Request, signal: Signal) -> web.Response:
     )
 
 
-async def _ingest(app: web.Application, signal: Signal, message: object) -> tuple[int, str]:
+async def _ingest(
+    app: web.Application, signal: Signal, message: object, body_len: int
+) -> tuple[int, str]:
     """Hand the decoded records to the state (or the metrics store); returns the number of
-    rejected records and the first reason, for ``partial_success``."""
+    rejected records and the first reason, for ``partial_success``.
+
+    Strings longer than ``limits.max_string_length`` are cut first (:mod:`string_caps`);
+    a body shorter than the limit cannot hold one, so most requests skip the check.
+    """
     stats = app[RECEIVER_STATS_KEY]
+    max_string = app[STATE_KEY].config.limits.max_string_length
+    long_strings = body_len > max_string
     if signal == "metrics":
         metrics = decode_metrics(message)
+        if long_strings:
+            metrics.points = [cap_point(p, max_string, stats.truncated) for p in metrics.points]
         stats.received["metrics"] += metrics.received
         stats.ignored["metrics"] += metrics.ignored
         stats.reject_all(metrics.rejected)
@@ -192,6 +203,8 @@ async def _ingest(app: web.Application, signal: Signal, message: object) -> tupl
         first = next(iter(metrics.rejected), "metric_series_limit" if dropped else "")
         return rejected, first
     batch = decode_logs(message, time.time_ns()) if signal == "logs" else decode_traces(message)
+    if long_strings:
+        batch.events = [cap_event(e, max_string, stats.truncated) for e in batch.events]
     stats.received[signal] += batch.received
     stats.ignored[signal] += batch.ignored
     stats.reject_all(batch.rejected)

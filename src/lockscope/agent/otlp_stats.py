@@ -29,6 +29,9 @@ class ReceiverStats:
     """Records per signal that are not for lockscope (other logs, other spans/metrics)."""
     events: int = 0
     """Events accepted by the agent state."""
+    truncated: Counter[str] = field(default_factory=Counter)
+    """Strings cut to ``limits.max_string_length``, by field (``lock_name``, ``owner``,
+    ``code``, ``actor``, ``service``, ``host``, ``instance``, ``other``...)."""
     connections_closed: Counter[str] = field(default_factory=Counter)
     """Client connections the agent closed on its own, by reason (``header_timeout``,
     ``limit``; see :mod:`lockscope.agent.server_guard`)."""

@@ -364,6 +364,15 @@ class LockscopeCollector(Collector):
         )
         yield _series(
             CounterMetricFamily(
+                "lockscope_agent_strings_truncated",
+                "Strings in events cut to limits.max_string_length, by field (lock_name, "
+                "owner, code, actor, service, host, instance, other...).",
+                labels=["field"],
+            ),
+            stats.truncated,
+        )
+        yield _series(
+            CounterMetricFamily(
                 "lockscope_agent_connections_closed",
                 "Client connections the agent closed itself, by reason (header_timeout: "
                 "no complete request in time; limit: over the connection limit).",

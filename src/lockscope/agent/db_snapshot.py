@@ -93,11 +93,23 @@ class Snapshot:
             s.holds[lock.name] = lock
 
     def entries(
-        self, system: str, namespace: str
+        self, system: str, namespace: str, min_wait_ns: int = 0
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """(holds, waits) as heartbeat entries of the database's synthetic process."""
+        """(holds, waits) as heartbeat entries of the database's synthetic process.
+
+        Waits younger than ``min_wait_ns`` (by the server's clock) are left out, with the
+        holds only they wait for: like the shims' ``report_after``, a short wait cannot be
+        part of a lasting deadlock, and by then an instrumented app has reported which of
+        its actors uses the session (so the session is that actor from the start).
+        """
         holds: list[dict[str, Any]] = []
         waits: list[dict[str, Any]] = []
+        cutoff = self.server_time_ns - min_wait_ns
+        waited = {
+            s.wait.name
+            for s in self.sessions.values()
+            if s.wait is not None and (min_wait_ns <= 0 or s.wait.since_ns <= cutoff)
+        }
         for s in self.sessions.values():
             base = {
                 ev.ATTR_ACTOR_ID: s.actor_id,
@@ -112,6 +124,8 @@ class Snapshot:
             if s.client:
                 base[ATTR_DB_CLIENT] = s.client
             for lock in s.holds.values():
+                if lock.name not in waited:
+                    continue
                 since = lock.since_ns
                 if s.wait is not None:
                     # A session blocked in a wait acquired nothing since it began.
@@ -124,7 +138,11 @@ class Snapshot:
                         ev.ATTR_SINCE: since,
                     }
                 )
-            if s.wait is not None:
+            if (
+                s.wait is not None
+                and s.wait.name in waited
+                and (min_wait_ns <= 0 or s.wait.since_ns <= cutoff)
+            ):
                 waits.append(
                     {
                         **base,

@@ -137,7 +137,9 @@ class DatabaseWatcher:
         self._heartbeat(Snapshot(), DOWN_HEARTBEAT)
 
     def _heartbeat(self, snap: Snapshot, interval: float) -> None:
-        holds, waits = snap.entries(self.target.system, self.target.namespace)
+        holds, waits = snap.entries(
+            self.target.system, self.target.namespace, int(self.target.min_wait * 1e9)
+        )
         self.status.sessions = len(snap.sessions)
         event = Event(
             ev.EVENT_HEARTBEAT,

@@ -39,9 +39,9 @@ DEFAULT_POLL_INTERVAL: Final = 0.1
 """Seconds between polls: with the shims' 0.2 s ``report_after`` a cycle that crosses an
 application lock and a database lock is complete in the agent about 0.3 s after it closes."""
 DEFAULT_MIN_WAIT: Final = 0.4
-"""A database wait is reported once it has lasted this long: the shims' ``report_after``
-(0.2 s) plus their reporting delay (twice report_after), so a session an instrumented actor uses is reported as
-that actor from the first time it appears."""
+"""A database wait is reported once it has lasted this long (twice the shims' 0.2 s
+``report_after``: their reporting delay included), so a session an instrumented actor uses
+is reported as that actor from the first time it appears."""
 DEFAULT_STATEMENT_TIMEOUT: Final = 2.0
 """A poll that takes longer is cancelled by the server (and retried with backoff)."""
 

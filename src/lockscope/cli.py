@@ -47,6 +47,8 @@ def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_arguments(command_parser)
+        if hasattr(module, "epilog"):  # e.g. a settings table generated from the options
+            command_parser.epilog = module.epilog(command_parser)
         command_parser.set_defaults(_run=module.run)
     return parser
 

@@ -9,48 +9,24 @@ Example:
     LOCKSCOPE_ENDPOINT=http://127.0.0.1:4318 lockscope instrument -- python app.py
 
 Every flag can also be set in the environment and in the config file; a flag wins over
-the environment, which wins over the file, which wins over the default:
-
-  flag                      environment                       config file key       default
-  --otlp HOST:PORT          LOCKSCOPE_AGENT_OTLP              otlp = "HOST:PORT"    127.0.0.1:4318
-  --http HOST:PORT          LOCKSCOPE_AGENT_HTTP              http = "HOST:PORT"    127.0.0.1:9477
-  --config FILE             LOCKSCOPE_AGENT_CONFIG            -                     none
-  --alertmanager-url URL    LOCKSCOPE_ALERTMANAGER_URL        alertmanager_urls     none
-    (repeatable)              (comma-separated)                 = ["URL", ...]
-  --max-request-bytes N     LOCKSCOPE_AGENT_MAX_REQUEST_BYTES max_request_bytes     16777216
-  --log-level LEVEL         LOCKSCOPE_LOG_LEVEL               log_level             info
-  --token TOKEN             LOCKSCOPE_AGENT_TOKEN             token                 none
-  --token-file FILE         LOCKSCOPE_AGENT_TOKEN_FILE        token_file            none
-  --tls-cert FILE           LOCKSCOPE_AGENT_TLS_CERT          tls_cert              none
-  --tls-key FILE            LOCKSCOPE_AGENT_TLS_KEY           tls_key               none
-  --no-metrics-auth         -                                 metrics_auth = false  true
-  --external-url URL        LOCKSCOPE_AGENT_EXTERNAL_URL      external_url          the HTTP address
-    (base of the web view links that alerts carry)
-  --role ROLE               LOCKSCOPE_AGENT_ROLE              role                  standalone
-    (standalone, shard or detector: see docs/reliability.md, "More than one agent")
-  --forward-to URL          LOCKSCOPE_AGENT_FORWARD_TO        forward_to            none
-    (a shard's detector OTLP URLs; repeatable / comma-separated / ["URL", ...])
+the environment, which wins over the file, which wins over the default (the table below,
+generated from these options, is the one docs/agent.md carries).
 
 With a token, ingest (/v1/*), the API, the web view and /metrics need
 "Authorization: Bearer TOKEN" (/healthz and /readyz stay open); with a certificate and key
 both listeners serve HTTPS.  See docs/reliability.md ("Access control").
 
-The config file (TOML) also holds the detection thresholds, lock-name templates and
-limits; those keys are described in docs/agent.md.  For example:
-
-    http = "0.0.0.0:9477"
-    alertmanager_urls = ["http://alertmanager:9093"]
-    max_hold = 300
-
-    [limits]
-    max_processes = 10000
+The config file (TOML) holds these keys and the detection thresholds, lock-name
+templates and limits (docs/agent.md, "Configuration"); an unknown key is an error.
 
 The agent logs to stderr and shuts down gracefully on SIGTERM or SIGINT: it stops
 accepting connections, finishes in-flight requests and exits 0.  Exit status 2 means a bad
 flag, variable or config file; 1 means a listener could not bind.
 
-HTTP routes: /api/v1/... (JSON API), /healthz, /readyz.  OTLP routes: /v1/logs,
-/v1/traces, /v1/metrics (protobuf or JSON, optionally gzip).
+HTTP routes (--http): / (the live web view), /findings/KIND/ID (one finding's page),
+/metrics (Prometheus), /api/v1/... (JSON API), /healthz, /readyz.  OTLP routes (--otlp,
+where instrumented apps send): /v1/logs, /v1/traces, /v1/metrics (protobuf or JSON,
+optionally gzip).
 """
 
 from __future__ import annotations
@@ -66,176 +42,54 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from lockscope.agent.cli_address import SettingsError, parse_address
+from lockscope.agent.cli_options import (
+    DEFAULT_HTTP,
+    DEFAULT_LOG_LEVEL,
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_OTLP,
+    ENV_ALERTMANAGER,
+    ENV_CONFIG,
+    ENV_EXTERNAL_URL,
+    ENV_FORWARD_TO,
+    ENV_HTTP,
+    ENV_LOG_LEVEL,
+    ENV_MAX_REQUEST_BYTES,
+    ENV_OTLP,
+    ENV_ROLE,
+    ENV_TLS_CERT,
+    ENV_TLS_KEY,
+    ENV_TOKEN,
+    ENV_TOKEN_FILE,
+    ENV_WATCH_DATABASES,
+    FILE_KEYS,
+    ROLES,
+    add_arguments,
+    epilog,
+)
 from lockscope.agent.db_dsn import DatabaseTarget, DsnError, targets_from_settings
 
 if TYPE_CHECKING:
     from lockscope.agent.config import AgentConfig
 
 __all__ = [
+    "DEFAULT_HTTP",
+    "DEFAULT_OTLP",
+    "ENV_ALERTMANAGER",
+    "ENV_HTTP",
+    "ENV_OTLP",
+    "FILE_KEYS",
     "AgentSettings",
     "SettingsError",
     "add_arguments",
+    "epilog",
     "load_config",
     "parse_address",
     "resolve",
     "run",
 ]
 
-ENV_OTLP: Final = "LOCKSCOPE_AGENT_OTLP"
-ENV_HTTP: Final = "LOCKSCOPE_AGENT_HTTP"
-ENV_CONFIG: Final = "LOCKSCOPE_AGENT_CONFIG"
-ENV_ALERTMANAGER: Final = "LOCKSCOPE_ALERTMANAGER_URL"
-ENV_LOG_LEVEL: Final = "LOCKSCOPE_LOG_LEVEL"
-ENV_MAX_REQUEST_BYTES: Final = "LOCKSCOPE_AGENT_MAX_REQUEST_BYTES"
-ENV_TOKEN: Final = "LOCKSCOPE_AGENT_TOKEN"
-ENV_TOKEN_FILE: Final = "LOCKSCOPE_AGENT_TOKEN_FILE"
-ENV_TLS_CERT: Final = "LOCKSCOPE_AGENT_TLS_CERT"
-ENV_TLS_KEY: Final = "LOCKSCOPE_AGENT_TLS_KEY"
-ENV_EXTERNAL_URL: Final = "LOCKSCOPE_AGENT_EXTERNAL_URL"
-ENV_ROLE: Final = "LOCKSCOPE_AGENT_ROLE"
-ENV_FORWARD_TO: Final = "LOCKSCOPE_AGENT_FORWARD_TO"
-ROLES: Final = ("standalone", "shard", "detector")
-ENV_WATCH_DATABASES: Final = "LOCKSCOPE_WATCH_DATABASES"
-
-DEFAULT_OTLP: Final = "127.0.0.1:4318"
-DEFAULT_HTTP: Final = "127.0.0.1:9477"
-DEFAULT_LOG_LEVEL: Final = "info"
-DEFAULT_MAX_REQUEST_BYTES: Final = 16 * 1024 * 1024
-FILE_KEYS: Final = frozenset(
-    {
-        "otlp",
-        "http",
-        "alertmanager_urls",
-        "log_level",
-        "max_request_bytes",
-        "token",
-        "token_file",
-        "tls_cert",
-        "tls_key",
-        "metrics_auth",
-        "external_url",
-        "role",
-        "forward_to",
-        "databases",
-    }
-)
-"""Top-level config file keys the command itself reads; the rest go to AgentConfig."""
 EXIT_USAGE: Final = 2
-
-
-class SettingsError(ValueError):
-    """A flag, environment variable or config file value is invalid."""
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``lockscope agent`` flags (defaults are resolved later, see :func:`resolve`)."""
-    parser.add_argument(
-        "--otlp",
-        metavar="HOST:PORT",
-        help=f"OTLP/HTTP receiver address (env {ENV_OTLP}; default {DEFAULT_OTLP})",
-    )
-    parser.add_argument(
-        "--http",
-        metavar="HOST:PORT",
-        help=f"API, metrics and web view address (env {ENV_HTTP}; default {DEFAULT_HTTP})",
-    )
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        help=f"TOML config: thresholds, templates, limits (env {ENV_CONFIG})",
-    )
-    parser.add_argument(
-        "--alertmanager-url",
-        metavar="URL",
-        action="append",
-        dest="alertmanager_urls",
-        help=f"Alertmanager to alert; repeatable (env {ENV_ALERTMANAGER}, comma-separated)",
-    )
-    parser.add_argument(
-        "--max-request-bytes",
-        metavar="N",
-        type=int,
-        help=(
-            "largest OTLP body, on the wire and after decompression "
-            f"(env {ENV_MAX_REQUEST_BYTES}; default {DEFAULT_MAX_REQUEST_BYTES})"
-        ),
-    )
-    parser.add_argument(
-        "--log-level",
-        metavar="LEVEL",
-        help=f"debug, info, warning or error (env {ENV_LOG_LEVEL}; default {DEFAULT_LOG_LEVEL})",
-    )
-    parser.add_argument(
-        "--token",
-        metavar="TOKEN",
-        help=f"bearer token required on ingest, API, web view and /metrics (env {ENV_TOKEN})",
-    )
-    parser.add_argument(
-        "--token-file",
-        metavar="FILE",
-        help=f"read the bearer token from FILE (env {ENV_TOKEN_FILE})",
-    )
-    parser.add_argument(
-        "--tls-cert",
-        metavar="FILE",
-        help=f"serve HTTPS with this PEM certificate (env {ENV_TLS_CERT})",
-    )
-    parser.add_argument(
-        "--tls-key", metavar="FILE", help=f"the certificate's PEM private key (env {ENV_TLS_KEY})"
-    )
-    parser.add_argument(
-        "--external-url",
-        metavar="URL",
-        help=f"URL people reach the web view at, for alert links (env {ENV_EXTERNAL_URL})",
-    )
-    parser.add_argument(
-        "--role",
-        choices=ROLES,
-        help=(
-            "standalone (one agent, or HA pairs), shard (owns its processes, forwards to "
-            f"detectors) or detector (the fleet-wide graph) (env {ENV_ROLE}; default standalone)"
-        ),
-    )
-    parser.add_argument(
-        "--forward-to",
-        metavar="URL",
-        action="append",
-        dest="forward_to",
-        help=f"a shard's detector OTLP base URL; repeatable (env {ENV_FORWARD_TO})",
-    )
-    parser.add_argument(
-        "--watch-database",
-        metavar="DSN",
-        action="append",
-        dest="watch_databases",
-        help=(
-            "watch this database's own locks (postgresql://, mysql://, mariadb:// URL); "
-            f"repeatable (env {ENV_WATCH_DATABASES}, comma-separated; file [[databases]])"
-        ),
-    )
-    parser.add_argument(
-        "--no-metrics-auth",
-        dest="metrics_auth",
-        action="store_false",
-        default=None,
-        help="serve /metrics without the token (the API and ingest still need it)",
-    )
-
-
-def parse_address(value: str, what: str = "address") -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:4318`` for IPv6; ``:PORT`` means all interfaces) as a pair."""
-    text = value.strip()
-    if "://" in text:
-        text = text.split("://", 1)[1].rstrip("/")
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit():
-        raise SettingsError(f"{what} must be HOST:PORT, got {value!r}")
-    port = int(port_text)
-    if not 0 <= port <= 65535:
-        raise SettingsError(f"{what}: port out of range in {value!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return (host or "0.0.0.0", port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +133,22 @@ def _read_file(path: Path | None) -> dict[str, Any]:
         raise SettingsError(f"config file {path}: not valid TOML: {exc}") from None
 
 
+def _check_known_keys(path: Path | None, document: Mapping[str, Any]) -> None:
+    """Every top-level key of the config file is one the command or AgentConfig reads."""
+    import difflib
+
+    from lockscope.agent.config import AgentConfig
+
+    known = sorted(FILE_KEYS | {f.name for f in dataclasses.fields(AgentConfig)})
+    for key in document:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            guess = f"; did you mean {close[0]!r}?" if close else ""
+            raise SettingsError(
+                f"config file {path}: unknown key {key!r}{guess} (known keys: {', '.join(known)})"
+            )
+
+
 def _split_urls(value: str) -> list[str]:
     return [url.strip() for url in value.split(",") if url.strip()]
 
@@ -288,6 +158,9 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
     env = os.environ if environ is None else environ
     sources: dict[str, str] = {}
 
+    env_names = {"config": ENV_CONFIG, "alertmanager_urls": ENV_ALERTMANAGER}
+    env_names["forward_to"] = ENV_FORWARD_TO
+
     def pick(name: str, flag: Any, from_env: Any, from_file: Any, default: Any) -> Any:
         for source, value in (("flag", flag), ("env", from_env), ("file", from_file)):
             if value not in (None, "", []):
@@ -296,11 +169,23 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
         sources[name] = "default"
         return default
 
+    def at(name: str, value: Any) -> str:
+        """Where setting ``name`` got ``value``, for the error message about it."""
+        source = sources.get(name)
+        if source == "flag":
+            return f"--{name.replace('_', '-')} {value!r}"
+        if source == "env":
+            return f"{env_names.get(name, name)}={value!r}"
+        if source == "file":
+            return f"config file {config_path}: {name} = {value!r}"
+        return f"{name} {value!r}"
+
     config_text = pick("config", args.config, env.get(ENV_CONFIG), None, None)
     config_path = Path(config_text) if config_text else None
     document = _read_file(config_path)
     section = {key: document[key] for key in FILE_KEYS if key in document}
     config_data = {key: value for key, value in document.items() if key not in FILE_KEYS}
+    _check_known_keys(config_path, document)
     file_urls = section.get("alertmanager_urls")
     if isinstance(file_urls, str):
         file_urls = [file_urls]
@@ -308,6 +193,8 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
     def setting(name: str, env_var: str | None, default: Any) -> Any:
         """The flag, variable or file key ``name`` (dest, env var and key), by precedence."""
         from_env = env.get(env_var) if env_var is not None else None
+        if env_var is not None:
+            env_names[name] = env_var
         return pick(name, getattr(args, name, None), from_env, section.get(name), default)
 
     urls = pick(
@@ -318,27 +205,35 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
         [],
     )
     if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
-        raise SettingsError("alertmanager_urls must be a list of URLs")
+        raise SettingsError(f"{at('alertmanager_urls', urls)}: must be a list of URLs")
     for url in urls:
         if not url.startswith(("http://", "https://")):
-            raise SettingsError(f"Alertmanager URL must start with http:// or https://: {url!r}")
+            raise SettingsError(
+                f"{at('alertmanager_urls', url)}: an Alertmanager URL must start with "
+                "http:// or https://"
+            )
     external_url = setting("external_url", ENV_EXTERNAL_URL, None)
     if external_url is not None and (
         not isinstance(external_url, str) or not external_url.startswith(("http://", "https://"))
     ):
-        raise SettingsError(f"external_url must start with http:// or https://: {external_url!r}")
+        where = at("external_url", external_url)
+        raise SettingsError(f"{where}: external_url must start with http:// or https://")
     otlp = setting("otlp", ENV_OTLP, DEFAULT_OTLP)
     http = setting("http", ENV_HTTP, DEFAULT_HTTP)
     level = setting("log_level", ENV_LOG_LEVEL, DEFAULT_LOG_LEVEL)
     if str(level).upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        raise SettingsError(f"unknown log level {level!r}")
+        raise SettingsError(
+            f"{at('log_level', level)}: unknown log level (expected debug, info, warning or error)"
+        )
     max_bytes = setting("max_request_bytes", ENV_MAX_REQUEST_BYTES, DEFAULT_MAX_REQUEST_BYTES)
     try:
         max_request_bytes = int(max_bytes)
     except (TypeError, ValueError):
-        raise SettingsError(f"max_request_bytes must be an integer, got {max_bytes!r}") from None
+        where = at("max_request_bytes", max_bytes)
+        raise SettingsError(f"{where}: max_request_bytes must be an integer") from None
     if max_request_bytes < 1024:
-        raise SettingsError(f"max_request_bytes must be at least 1024, got {max_bytes!r}")
+        where = at("max_request_bytes", max_bytes)
+        raise SettingsError(f"{where}: max_request_bytes must be at least 1024")
     token = setting("token", ENV_TOKEN, None)
     token_file = setting("token_file", ENV_TOKEN_FILE, None)
     if token is None and token_file is not None:
@@ -347,19 +242,20 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
         try:
             token = read_token_file(str(token_file))
         except (OSError, ValueError) as exc:
-            raise SettingsError(f"cannot read the token file {token_file}: {exc}") from None
+            raise SettingsError(f"{at('token_file', token_file)}: cannot read it: {exc}") from None
     if token is not None and (not isinstance(token, str) or token != token.strip()):
-        raise SettingsError("the token must be a string without surrounding spaces")
+        where = at("token", "...")  # never echo the secret
+        raise SettingsError(f"{where}: the token must be a string without surrounding spaces")
     tls_cert = setting("tls_cert", ENV_TLS_CERT, None)
     tls_key = setting("tls_key", ENV_TLS_KEY, None)
     if (tls_cert is None) != (tls_key is None):
         raise SettingsError("TLS needs both a certificate (--tls-cert) and a key (--tls-key)")
     metrics_auth = setting("metrics_auth", None, True)
     if not isinstance(metrics_auth, bool):
-        raise SettingsError(f"metrics_auth must be true or false, got {metrics_auth!r}")
+        raise SettingsError(f"{at('metrics_auth', metrics_auth)}: metrics_auth must be true/false")
     role = setting("role", ENV_ROLE, "standalone")
     if role not in ROLES:
-        raise SettingsError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        raise SettingsError(f"{at('role', role)}: the role must be one of {', '.join(ROLES)}")
     file_forward = section.get("forward_to")
     if isinstance(file_forward, str):
         file_forward = [file_forward]
@@ -387,8 +283,12 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
         )
     except DsnError as exc:
         raise SettingsError(str(exc)) from None
-    otlp_address = parse_address(str(otlp), "OTLP address")
-    http_address = parse_address(str(http), "HTTP address")
+    try:
+        otlp_address = parse_address(str(otlp), "the OTLP address")
+        http_address = parse_address(str(http), "the HTTP address")
+    except SettingsError as exc:
+        name, value = ("otlp", otlp) if "OTLP" in str(exc) else ("http", http)
+        raise SettingsError(f"{at(name, value)}: {exc}") from None
     if otlp_address == http_address and otlp_address[1] != 0:
         raise SettingsError(f"the OTLP and HTTP addresses must differ (both {otlp})")
     return AgentSettings(
@@ -454,6 +354,17 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    from lockscope.agent.cli_address import listener_problem
+
+    problem = listener_problem(
+        [
+            ("OTLP receiver", f"--otlp / {ENV_OTLP} / config key otlp", settings.otlp),
+            ("HTTP API", f"--http / {ENV_HTTP} / config key http", settings.http),
+        ]
+    )
+    if problem is not None:
+        print(f"lockscope agent: {problem}", file=sys.stderr)
+        return 1
     ssl_context = None
     if settings.tls_cert is not None and settings.tls_key is not None:
         try:

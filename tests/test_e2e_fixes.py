@@ -63,11 +63,59 @@ def test_the_first_report_comes_with_a_heartbeat(
             ),
             timeout=10,
         )
-        assert beat.attrs[ev.ATTR_HEARTBEAT_INTERVAL] == 60.0
-        assert len(sink.named(ev.EVENT_HEARTBEAT)) == 1  # once, not on every report
+        # While it holds a reported lock it promises the busy interval, not its idle 60 s,
+        # so the agent calls the hold orphaned ~1.2 s after the process stops.
+        assert beat.attrs[ev.ATTR_HEARTBEAT_INTERVAL] == 0.4
     finally:
         lock.release()
         client.close()
+
+
+def _beats_listing(sink: OtlpSink, kind: str, name: str) -> list[Any]:
+    return [e for e in sink.named(ev.EVENT_HEARTBEAT) if name in _names(e.attrs[kind])]
+
+
+def test_a_long_wait_brings_a_snapshot_every_report_after_until_it_ends(
+    shim: runtime.Shim, sink: OtlpSink, redis_url: str
+) -> None:
+    """A waiting process re-asserts its wait and holds every report_after (here 0.05 s;
+    its idle heartbeat is 60 s), so a deadlock's participants all speak up soon after the
+    cycle closes; once nothing is reported the snapshots fall back to the idle interval."""
+    client = redis.Redis.from_url(redis_url)
+    holder = client.lock("fixes:cadence", timeout=30)
+    assert holder.acquire()
+    result: list[bool] = []
+
+    def wait() -> None:
+        lock = client.lock("fixes:cadence", timeout=30)
+        result.append(bool(lock.acquire(blocking_timeout=30)))
+        lock.release()
+
+    waiter = threading.Thread(target=wait)
+    try:
+        waiter.start()
+        # Five snapshots listing the wait while it lasts: with the old fixed 60 s
+        # heartbeat there would be one.
+        sink.wait_until(lambda s: len(_beats_listing(s, ev.ATTR_WAITS, "fixes:cadence")) >= 5)
+        beats = _beats_listing(sink, ev.ATTR_WAITS, "fixes:cadence")
+        assert {b.attrs[ev.ATTR_HEARTBEAT_INTERVAL] for b in beats} == {0.4}
+    finally:
+        holder.release()
+        waiter.join(30)
+    assert result == [True]
+    # The waiter got the lock and released it (the shim saw both): the next snapshot is
+    # empty and announces the idle interval again.
+    idle = sink.wait_for(
+        lambda e: (
+            e.name == ev.EVENT_HEARTBEAT
+            and not e.attrs[ev.ATTR_WAITS]
+            and not e.attrs[ev.ATTR_HOLDS]
+            and e.attrs[ev.ATTR_HEARTBEAT_INTERVAL] == 60.0
+        ),
+        timeout=10,
+    )
+    assert idle is not None
+    client.close()
 
 
 @pytest.mark.parametrize("recipe", ["Lock", "WriteLock"])

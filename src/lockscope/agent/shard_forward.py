@@ -37,14 +37,10 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import aiohttp
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
-from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from lockscope import events as ev
-from lockscope.agent.model import Event, ProcessInfo
-from lockscope.instrumentation.otlp_export import key_values
+from lockscope.agent.model import Event
+from lockscope.agent.otlp_encode import encode_events
 
 __all__ = [
     "DEFAULT_QUEUE_SIZE",
@@ -144,46 +140,11 @@ class ForwardFilter:
         self._known.discard(instance)
 
 
-def _resource(info: ProcessInfo) -> Resource:
-    return Resource(
-        attributes=key_values(
-            {
-                ev.RES_SERVICE_NAME: info.service,
-                ev.RES_HOST_NAME: info.host,
-                ev.RES_PROCESS_PID: info.pid,
-                ev.RES_SERVICE_INSTANCE: info.instance,
-            }
-        )
-    )
-
-
 def encode_forwarded(events: Iterable[Event]) -> bytes:
     """Events as one ``ExportLogsServiceRequest``, each under its own process's resource
     (so the detector sees the original process).  The order is kept exactly, across
-    processes too (two processes' holds of one lock are judged by it): a new
-    ``ResourceLogs`` starts whenever the process changes."""
-    request = ExportLogsServiceRequest()
-    resources: dict[ProcessInfo, Resource] = {}
-    scope: ScopeLogs | None = None
-    current: ProcessInfo | None = None
-    for event in events:
-        if scope is None or event.process != current:
-            current = event.process
-            resource = resources.get(current)
-            if resource is None:
-                resource = resources[current] = _resource(current)
-            resource_logs: ResourceLogs = request.resource_logs.add()
-            resource_logs.resource.CopyFrom(resource)
-            scope = resource_logs.scope_logs.add()
-            scope.scope.name = SCOPE
-        record: LogRecord = scope.log_records.add()
-        record.time_unix_nano = max(0, event.time_ns)
-        record.event_name = event.name
-        record.attributes.append(
-            KeyValue(key=ev.ATTR_EVENT_NAME, value=AnyValue(string_value=event.name))
-        )
-        record.attributes.extend(key_values(event.attrs))
-    return bytes(request.SerializeToString())
+    processes too (two processes' holds of one lock are judged by it)."""
+    return encode_events(events, SCOPE)
 
 
 @dataclass(slots=True)

@@ -3,9 +3,20 @@
 ``lockscope-reporter`` wakes every ``report_after / 4`` seconds (so a wait is queued at most
 ``1.25 x report_after`` after it began), finds the waits and holds that have lasted
 ``report_after``, asks the lock library who holds an awaited lock where that is cheap (on
-``lockscope-probe``, bounded to 50 ms per tick), queues the events, sends a heartbeat
-snapshot every ``LOCKSCOPE_HEARTBEAT`` (and one with the first events it queues) and
-exports the lock metrics.
+``lockscope-probe``, bounded to 50 ms per tick), queues the events, sends heartbeat
+snapshots and exports the lock metrics.
+
+Heartbeat cadence follows contention.  A process with nothing reported sends a snapshot
+every ``LOCKSCOPE_HEARTBEAT`` (1 s).  One that has reported a wait sends one every
+``report_after`` while it waits: in a deadlock the agent needs each participant's word
+from after the cycle closed (see the agent's evidence rule), and this brings it within
+``report_after`` instead of up to a heartbeat.  One that has reported a hold (and no wait)
+sends one every ``_BUSY_HEARTBEAT`` (0.4 s) and announces that interval, so the agent
+presumes it dead, and calls its holds orphaned, about 1.2 s after it stopped.  The first
+events after an empty snapshot come with a snapshot at once.  Each snapshot announces the
+longest gap until the next one (``lockscope.heartbeat.interval``); the gap after a
+snapshot is never longer than the previous one announced, so slowing down never outruns
+the agent's liveness timeout.
 
 ``lockscope-sender`` drains the event queue in batches of up to 512 records and POSTs them
 to ``LOCKSCOPE_ENDPOINT/v1/logs``.  A failed batch is retried with exponential backoff
@@ -39,6 +50,8 @@ _BATCH = 512
 _ATTEMPTS = 4
 _MAX_BACKOFF = 30.0
 _PROBE_BUDGET = 0.05
+_BUSY_HEARTBEAT = 0.4
+"""Seconds between snapshots (at most) while the process has a reported hold or wait."""
 
 
 class _Signal:
@@ -128,12 +141,19 @@ class Reporter:
         self._announced = False
         self._seq = 0
         """``lockscope.seq`` of the last event encoded (this incarnation's send order)."""
+        self._idle = True
+        """The last snapshot listed nothing."""
+        self._promised = heartbeat
+        """The interval the last snapshot announced."""
+        self._next_beat = 0
 
     def start(self) -> None:
         """Start both threads (again, in a forked child)."""
         self._stop = False
         self._announced = False
         self._seq = 0  # a forked child is a new incarnation (new service.instance.id)
+        self._idle = True
+        self._promised = self.heartbeat
         self._threads = [
             threading.Thread(target=self._report_loop, name="lockscope-reporter", daemon=True),
             threading.Thread(target=self._send_loop, name="lockscope-sender", daemon=True),
@@ -163,18 +183,14 @@ class Reporter:
 
     # -- reporter thread ----------------------------------------------------------------
     def _report_loop(self) -> None:
-        next_heartbeat = time.perf_counter_ns() + int(self.heartbeat * 1e9)
+        self._next_beat = time.perf_counter_ns() + int(self.heartbeat * 1e9)
         next_clock = time.monotonic() + 10.0
         while not self._stop:
             self._wake_reporter.wait(self.interval)
             if self.stopping():
                 break
             try:
-                beat = time.perf_counter_ns() >= next_heartbeat
-                if beat:
-                    next_heartbeat += int(self.heartbeat * 1e9)
-                    if next_heartbeat < time.perf_counter_ns():  # we were stalled
-                        next_heartbeat = time.perf_counter_ns() + int(self.heartbeat * 1e9)
+                beat = time.perf_counter_ns() >= self._next_beat
                 if time.monotonic() >= next_clock:
                     next_clock = time.monotonic() + 10.0
                     self.recorder.sync_clock()
@@ -199,19 +215,32 @@ class Reporter:
             self._prober.run(jobs, _PROBE_BUDGET)
             _add_code_locations(due)
         recorder.report(now, due)
-        if not self._announced and recorder.pending():
-            # The first report comes with a heartbeat: a process that dies before its first
-            # regular one would otherwise be "never heard from" (a much longer timeout).
+        if self._idle and recorder.pending():
+            # The first report after an empty snapshot comes with a snapshot: a process
+            # that dies before its next regular one is then presumed dead on the busy
+            # timeout (and, the first time, is known at all).
             heartbeat = True
         if heartbeat:
             self._announced = True
             waits, holds = recorder.snapshot()
+            busy = min(self.heartbeat, _BUSY_HEARTBEAT)
+            if waits:
+                gap, announce = max(self.interval, min(busy, self.report_after)), busy
+            elif holds:
+                gap = announce = busy
+            else:
+                gap = announce = self.heartbeat
+            gap = min(gap, self._promised)
+            self._promised = announce
+            self._idle = not waits and not holds
+            sent = time.perf_counter_ns()
+            self._next_beat = sent + int(gap * 1e9)
             recorder.emit(
                 events.EVENT_HEARTBEAT,
-                time.perf_counter_ns(),
+                sent,
                 {
                     events.ATTR_SCHEMA_VERSION: events.SCHEMA_VERSION,
-                    events.ATTR_HEARTBEAT_INTERVAL: self.heartbeat,
+                    events.ATTR_HEARTBEAT_INTERVAL: announce,
                     events.ATTR_DROPPED: recorder.dropped,
                     events.ATTR_WAITS: waits,
                     events.ATTR_HOLDS: holds,

@@ -635,6 +635,16 @@ async def test_async_cancelled_acquire_leaves_no_lease(db_url: str, name: str) -
     probe.release()
 
 
+async def test_async_twin_exposes_its_sync_lock_as_sync(db_url: str, name: str) -> None:
+    lock = AsyncDatabaseLock(name, db_url, ttl=30)
+    assert isinstance(lock.sync, DatabaseLock)
+    assert lock._sync is lock.sync  # the name it had before the twins were aligned
+    assert await lock.acquire()
+    assert lock.sync.owner == lock.owner is not None
+    await lock.release()
+    await lock.aclose()  # every asyncio lock has aclose(); here there is nothing to close
+
+
 async def test_async_cancelled_waiter(db_url: str, name: str) -> None:
     holder = AsyncDatabaseLock(name, db_url, ttl=30)
     assert await holder.acquire()

@@ -252,7 +252,7 @@ async def test_async_candidates_lead_in_turn_with_callbacks_on_the_loop(
     await until(lambda: len(log) == 3, "second's on_elected delivered")
     assert log[2] == ("second", "elected", True)
     assert await second.contenders() == ["second"]
-    await second.close()
+    await second.aclose()
     assert first.terms == 1
     assert second.terms == 1
 
@@ -270,7 +270,7 @@ async def test_async_close_leaves_no_node_behind(
         await waiting.start()
         await until(lambda: waiting.sequence is not None, "waiting queued")
         owned = waiting.client
-        await waiting.close()  # leaves the queue and stops the client it created
+        await waiting.aclose()  # leaves the queue and stops the client it created
         assert not waiting.running
         assert not owned.connected
         assert await asyncio.to_thread(observer.contenders) == ["leader"]
@@ -288,7 +288,7 @@ async def test_async_callback_may_resign_and_failures_are_logged(
 
     async def elected() -> None:
         try:
-            await election.close()  # would wait for the thread that waits for us
+            await election.aclose()  # would wait for the thread that waits for us
         except LockError as exc:
             refused.append(str(exc))
         await election.resign()  # returns at once here; the thread hands over
@@ -443,3 +443,18 @@ def test_without_rejoin_a_lost_leader_leaves_and_an_owned_client_closes(
     assert election.contenders() == []  # did not queue again
     election.close()
     assert not client.connected
+
+
+async def test_async_close_is_a_deprecated_alias_of_aclose(
+    new_client: Callable[..., Any], path: str, zookeeper_server: Any
+) -> None:
+    observer = LeaderElection(new_client(), path, "observer")
+    election = AsyncLeaderElection(zookeeper_server.hosts, path, "old-style")
+    await election.start()
+    await until(lambda: election.is_leader, "elected")
+    owned = election.client
+    with pytest.deprecated_call(match="aclose"):
+        await election.close()
+    assert not election.running
+    assert not owned.connected
+    assert await asyncio.to_thread(observer.contenders) == []

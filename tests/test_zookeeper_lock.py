@@ -516,6 +516,25 @@ async def test_async_lock_round_trip(zk: Any, path: str) -> None:
         await lock.release()
 
 
+async def test_async_aclose_stops_an_owned_client_and_close_is_its_deprecated_alias(
+    zookeeper_server: Any, path: str
+) -> None:
+    for spelling in ("aclose", "close"):
+        lock = AsyncZooKeeperLock(zookeeper_server.hosts, path)
+        assert lock.sync.client is lock.client
+        assert await lock.acquire(timeout=10)
+        owned = lock.client
+        if spelling == "aclose":
+            await lock.aclose()
+        else:
+            with pytest.deprecated_call(match="aclose"):
+                await lock.close()
+        assert not owned.connected  # its session ended with it, and the node with that
+        probe = ZooKeeperLock(zookeeper_server.hosts, path)
+        assert not await asyncio.to_thread(probe.locked)
+        probe.close()
+
+
 async def test_cancelled_async_acquire_leaves_no_node(
     new_client: Callable[..., Any], path: str
 ) -> None:

@@ -13,14 +13,16 @@ import contextlib
 import contextvars
 import functools
 import threading
+import warnings
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, Generic, TypeVar
 
 from lockscope.errors import LockError
 
-__all__ = ["CancelHandle", "acquire_cancel_safe", "in_thread", "start_in_context"]
+__all__ = ["CancelHandle", "SyncTwin", "acquire_cancel_safe", "in_thread", "start_in_context"]
 
 _T = TypeVar("_T")
+_S = TypeVar("_S")
 
 
 def start_in_context(run: Callable[[], None], name: str) -> None:
@@ -131,3 +133,40 @@ async def acquire_cancel_safe(
             functools.partial(_give_back_if_granted, give_back=give_back, name=name)
         )
         raise
+
+
+class SyncTwin(Generic[_S]):
+    """Base of the asyncio flavours whose sync twin does the blocking work on threads
+    (the ZooKeeper locks, the database lock, leader election).
+
+    The one shape of these twins: the sync object is the public attribute ``sync``; each
+    blocking call runs on a worker thread (:meth:`_in_thread`); an acquire is awaited
+    through :func:`acquire_cancel_safe`; ``aclose()`` closes (``close()`` is its
+    deprecated old name).
+    """
+
+    sync: _S
+    """The sync twin doing the work (its plain accessors are cheap and thread-safe)."""
+
+    @property
+    def _sync(self) -> _S:
+        # The name AsyncDatabaseLock used for ``sync`` before the twins were aligned.
+        return self.sync
+
+    async def _in_thread(self, fn: Callable[..., _T], *args: Any) -> _T:
+        return await asyncio.to_thread(fn, *args)
+
+    async def aclose(self) -> None:
+        """Close the sync twin (for backends that own a client: stop it)."""
+        close = getattr(self.sync, "close", None)
+        if close is not None:
+            await self._in_thread(close)
+
+    async def close(self) -> None:
+        """Deprecated alias of :meth:`aclose` (the asyncio spelling, as in redis-py)."""
+        warnings.warn(
+            f"{type(self).__name__}.close() is deprecated: use aclose()",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        await self.aclose()

@@ -20,16 +20,15 @@ not SQLAlchemy, the statements of each dialect, and the failure behaviour.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
 import os
 import secrets
 import socket
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from lockscope.errors import LockError, LockLost, LockNotOwned
+from lockscope.errors import LockLost, LockNotOwned
 from lockscope.locks._database_store import LeaseStore, store_for
+from lockscope.locks._threaded import SyncTwin, acquire_cancel_safe
 from lockscope.locks.base import AsyncLock, Lock, validate_ttl
 
 __all__ = ["AsyncDatabaseLock", "DatabaseLock", "LeaseHolder"]
@@ -212,15 +211,15 @@ class DatabaseLock(Lock):
         )
 
 
-class AsyncDatabaseLock(AsyncLock):
+class AsyncDatabaseLock(SyncTwin[DatabaseLock], AsyncLock):
     """The asyncio flavour of :class:`DatabaseLock`: same arguments, coroutine methods.
 
     Each statement runs in a worker thread (``asyncio.to_thread``) over the sync
-    implementation: every operation is one short statement, waiting for a busy lock is an
-    ``asyncio.sleep`` between attempts (no thread is held while waiting), and one
-    implementation then serves all three drivers, of which only psycopg has an asyncio
-    API. If the awaiting task is cancelled while an acquire statement is running, a lease
-    it turns out to have taken is released in the background.
+    implementation (:attr:`sync`): every operation is one short statement, waiting for a
+    busy lock is an ``asyncio.sleep`` between attempts (no thread is held while waiting),
+    and one implementation then serves all three drivers, of which only psycopg has an
+    asyncio API. If the awaiting task is cancelled while an acquire statement is running,
+    a lease it turns out to have taken is released in the background.
     """
 
     system = "database"
@@ -241,7 +240,7 @@ class AsyncDatabaseLock(AsyncLock):
         blocking_timeout: float | None = None,
         retry_interval: float = 0.05,
     ) -> None:
-        self._sync = DatabaseLock(
+        self.sync = DatabaseLock(
             name,
             url,
             connect=connect,
@@ -256,62 +255,45 @@ class AsyncDatabaseLock(AsyncLock):
         )
         super().__init__(
             name,
-            ttl=self._sync.ttl,
-            blocking_timeout=self._sync.blocking_timeout,
-            retry_interval=self._sync.retry_interval,
+            ttl=self.sync.ttl,
+            blocking_timeout=self.sync.blocking_timeout,
+            retry_interval=self.sync.retry_interval,
         )
 
     @property
     def namespace(self) -> str:
         """See :attr:`DatabaseLock.namespace`."""
-        return self._sync.namespace
+        return self.sync.namespace
 
     @property
     def owner(self) -> str | None:
         """See :attr:`DatabaseLock.owner`."""
-        return self._sync.owner
+        return self.sync.owner
 
     async def _try_acquire(self) -> bool:
-        attempt = asyncio.ensure_future(asyncio.to_thread(self._sync._try_acquire))
-        try:
-            taken = await asyncio.shield(attempt)
-        except asyncio.CancelledError:
-            attempt.add_done_callback(self._give_back_if_taken)
-            raise
-        self.fencing_token = self._sync.fencing_token
+        taken = await acquire_cancel_safe(
+            asyncio.ensure_future(self._in_thread(self.sync._try_acquire)), self.sync.release
+        )
+        self.fencing_token = self.sync.fencing_token
         return taken
-
-    def _give_back_if_taken(self, attempt: asyncio.Future[bool]) -> None:
-        if attempt.cancelled() or attempt.exception() is not None or not attempt.result():
-            return
-
-        def release_quietly() -> None:
-            # Expired or unreachable: the lease then ends by itself at its ttl.
-            with contextlib.suppress(LockError):
-                self._sync.release()
-
-        # In this task's context, as asyncio.to_thread would: instrumentation then sees
-        # the release as part of the outer lock's cancelled acquire.
-        context = contextvars.copy_context()
-        asyncio.get_running_loop().run_in_executor(None, context.run, release_quietly)
 
     async def release(self) -> None:
         """See :meth:`DatabaseLock.release`."""
-        await asyncio.to_thread(self._sync.release)
+        await self._in_thread(self.sync.release)
 
     async def extend(self, seconds: float) -> None:
         """See :meth:`DatabaseLock.extend`."""
         validate_ttl(seconds, "seconds")
-        await asyncio.to_thread(self._sync.extend, seconds)
+        await self._in_thread(self.sync.extend, seconds)
 
     async def holder(self) -> LeaseHolder | None:
         """See :meth:`DatabaseLock.holder`."""
-        return await asyncio.to_thread(self._sync.holder)
+        return await self._in_thread(self.sync.holder)
 
     async def locked(self) -> bool:
         """See :meth:`DatabaseLock.locked`."""
-        return await asyncio.to_thread(self._sync.locked)
+        return await self._in_thread(self.sync.locked)
 
     async def owned(self) -> bool:
         """See :meth:`DatabaseLock.owned`."""
-        return await asyncio.to_thread(self._sync.owned)
+        return await self._in_thread(self.sync.owned)

@@ -27,7 +27,7 @@ from typing import Any
 from kazoo.client import KazooClient
 
 from lockscope.errors import BackendUnavailable, LockError
-from lockscope.locks._threaded import CancelHandle
+from lockscope.locks._threaded import CancelHandle, SyncTwin
 from lockscope.locks.zookeeper import DEFAULT_BASE_PATH, ZooKeeperLock
 
 __all__ = ["AsyncLeaderElection", "LeaderElection"]
@@ -256,7 +256,7 @@ _delivering: contextvars.ContextVar[AsyncLeaderElection | None] = contextvars.Co
 """The election whose callback runs in this context (tasks it starts inherit it)."""
 
 
-class AsyncLeaderElection:
+class AsyncLeaderElection(SyncTwin[LeaderElection]):
     """The asyncio flavour of :class:`LeaderElection` (same arguments).
 
     The election runs on its own thread exactly as :class:`LeaderElection` does; the
@@ -340,11 +340,11 @@ class AsyncLeaderElection:
 
     async def contenders(self) -> list[str]:
         """See :meth:`LeaderElection.contenders`."""
-        return await asyncio.to_thread(self.sync.contenders)
+        return await self._in_thread(self.sync.contenders)
 
     async def leader(self) -> str | None:
         """See :meth:`LeaderElection.leader`."""
-        return await asyncio.to_thread(self.sync.leader)
+        return await self._in_thread(self.sync.leader)
 
     # -- running -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -359,13 +359,15 @@ class AsyncLeaderElection:
             # deadlock, so only ask it to stop (as the sync flavour does on its thread).
             self.sync.resign(timeout=0)
             return
-        await asyncio.to_thread(self.sync.resign, timeout)
+        await self._in_thread(self.sync.resign, timeout)
 
-    async def close(self) -> None:
-        """Resign and stop the kazoo client if this election created it."""
+    async def aclose(self) -> None:
+        """Resign and stop the kazoo client if this election created it.
+
+        ``await election.close()`` is a deprecated alias."""
         if _delivering.get() is self:
-            raise LockError("close() cannot run inside the election's callback: resign()")
-        await asyncio.to_thread(self.sync.close)
+            raise LockError("aclose() cannot run inside the election's callback: resign()")
+        await self._in_thread(self.sync.close)
 
     async def __aenter__(self) -> AsyncLeaderElection:
         await self.start()
@@ -377,7 +379,7 @@ class AsyncLeaderElection:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.close()
+        await self.aclose()
 
     # -- callbacks: called on the election thread, run on the loop ----------------------------
     def _elected(self) -> None:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import warnings
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from kazoo.client import KazooClient
 
-from lockscope.locks._threaded import CancelHandle, acquire_cancel_safe, in_thread
+from lockscope.locks._threaded import CancelHandle, SyncTwin, acquire_cancel_safe, in_thread
 from lockscope.locks.base import AsyncLock, LockMode, validate_timeout
 from lockscope.locks.zookeeper._deadline import CANCEL_GRACE
 from lockscope.locks.zookeeper._listener import Callback
@@ -22,7 +22,7 @@ _S = TypeVar("_S", bound=ZooKeeperPrimitive)
 _THREAD = "lockscope-zookeeper-acquire"
 
 
-class _AsyncZooKeeperPrimitive(AsyncLock, Generic[_S]):
+class _AsyncZooKeeperPrimitive(SyncTwin[_S], AsyncLock):
     """Runs the sync twin's blocking kazoo calls off the event loop."""
 
     system: ClassVar[str] = "zookeeper"
@@ -52,8 +52,7 @@ class _AsyncZooKeeperPrimitive(AsyncLock, Generic[_S]):
             on_uncertain=self._relay_uncertain,
             **kw,
         )
-        self.sync: _S = sync
-        """The sync twin doing the work (its accessors are cheap and thread-safe)."""
+        self.sync = sync
         super().__init__(sync.path, ttl=None, blocking_timeout=blocking_timeout)
         self.path: str = sync.path
         self.mode = sync.mode
@@ -142,23 +141,23 @@ class _AsyncZooKeeperPrimitive(AsyncLock, Generic[_S]):
 
     async def release(self) -> None:
         """See :meth:`ZooKeeperLock.release`."""
-        await asyncio.to_thread(self.sync.release)
+        await self._in_thread(self.sync.release)
 
     async def extend(self, seconds: float) -> None:
         """See :meth:`ZooKeeperLock.extend`."""
-        await asyncio.to_thread(self.sync.extend, seconds)
+        await self._in_thread(self.sync.extend, seconds)
 
     async def locked(self) -> bool:
         """See :meth:`ZooKeeperLock.locked`."""
-        return await asyncio.to_thread(self.sync.locked)
+        return await self._in_thread(self.sync.locked)
 
     async def owned(self) -> bool:
         """See :meth:`ZooKeeperLock.owned`."""
-        return await asyncio.to_thread(self.sync.owned)
+        return await self._in_thread(self.sync.owned)
 
     async def contenders(self) -> list[str]:
         """See :meth:`ZooKeeperLock.contenders`."""
-        return await asyncio.to_thread(self.sync.contenders)
+        return await self._in_thread(self.sync.contenders)
 
     async def holder_sequence(self) -> int | None:
         """Deprecated: ``(await holder()).fencing_token``."""
@@ -172,16 +171,16 @@ class _AsyncZooKeeperPrimitive(AsyncLock, Generic[_S]):
 
     async def holder(self) -> ZooKeeperHolder | None:
         """See :meth:`ZooKeeperLock.holder`."""
-        return await asyncio.to_thread(self.sync.holder)
+        return await self._in_thread(self.sync.holder)
 
     @property
     def owner(self) -> str | None:
         """See :attr:`ZooKeeperLock.owner`."""
         return self.sync.owner
 
-    async def close(self) -> None:
-        """See :meth:`ZooKeeperLock.close`."""
-        await asyncio.to_thread(self.sync.close)
+    async def aclose(self) -> None:
+        """See :meth:`ZooKeeperLock.close` (``await lock.close()`` is a deprecated alias)."""
+        await self._in_thread(self.sync.close)
 
 
 class AsyncZooKeeperLock(_AsyncZooKeeperPrimitive[ZooKeeperLock]):

@@ -15,7 +15,9 @@ from lockscope.errors import LockLost, LockNotOwned
 from lockscope.locks.base import Lock
 from lockscope.locks.database import DatabaseLock
 from lockscope.locks.redis import AsyncRedisLock, RedisLock
+from lockscope.locks.redlock import AsyncRedlock, Redlock
 from lockscope.locks.renewal import AsyncAutoRenewingLock, AutoRenewingLock
+from lockscope.locks.retry import RobustLock
 from lockscope.testing import RedisServer
 from polling import wait_until
 
@@ -178,6 +180,40 @@ def test_bad_configuration_is_refused(redis_url: str) -> None:
         AutoRenewingLock(inner, max_renewals=-1)
     with pytest.raises(TypeError):
         AutoRenewingLock(object())  # type: ignore[arg-type]
+
+
+def test_watchdog_around_a_redlock_capping_its_extensions_is_refused(
+    redis_servers: list[RedisServer],
+) -> None:
+    """Redlock's default max_extensions=3 would refuse the 4th renewal: the hold would be
+    declared lost mid-job. The combination is refused when it is made, saying the fix."""
+    urls = [s.url for s in redis_servers]
+    capped = Redlock("capped", urls, ttl=TTL)  # max_extensions=3 by default
+    with pytest.raises(ValueError, match=r"max_extensions=3.*max_extensions=None"):
+        AutoRenewingLock(capped)
+    with pytest.raises(ValueError, match="max_renewals=4"):
+        AutoRenewingLock(capped, max_renewals=4)
+    with pytest.raises(ValueError, match="max_extensions=3"):
+        AutoRenewingLock(RobustLock(capped))  # the cap is seen through a wrapper too
+    AutoRenewingLock(capped, max_renewals=3)  # within the cap: fine
+    with pytest.raises(ValueError, match="max_extensions=3"):
+        AsyncAutoRenewingLock(AsyncRedlock("capped", urls, ttl=TTL))
+
+
+def test_watchdog_keeps_an_uncapped_redlock_past_three_renewals(
+    redis_servers: list[RedisServer],
+) -> None:
+    urls = [s.url for s in redis_servers]
+    lock = AutoRenewingLock(Redlock("renewed", urls, ttl=TTL, max_extensions=None))
+    contender = Redlock("renewed", urls, ttl=TTL)
+    with lock:
+        wait_until(lambda: lock.renewals >= 5 or lock.lost, timeout=60, what="5 renewals")
+        assert not lock.lost
+        assert lock.owned()
+        assert not contender.acquire(blocking=False)
+    assert not lock.lost
+    assert contender.acquire(blocking=False)
+    contender.release()
 
 
 # -- asyncio ------------------------------------------------------------------------------

@@ -24,6 +24,9 @@ __all__ = ["CancelHandle", "SyncTwin", "acquire_cancel_safe", "in_thread", "star
 _T = TypeVar("_T")
 _S = TypeVar("_S")
 
+GIVE_BACK_GRACE = 1.0
+"""Seconds a cancelled task waits for its in-flight attempt before giving back later."""
+
 
 def start_in_context(run: Callable[[], None], name: str) -> None:
     """Run ``run`` on a new daemon thread, in a copy of the caller's context.
@@ -101,7 +104,7 @@ async def acquire_cancel_safe(
     give_back: Callable[[], None],
     *,
     interrupt: Callable[[], None] | None = None,
-    grace: float = 0.0,
+    grace: float = GIVE_BACK_GRACE,
     name: str = "lockscope-give-back",
 ) -> bool:
     """Await a blocking acquire ``attempt`` running on a thread; cancellation-safe.

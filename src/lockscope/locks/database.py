@@ -219,7 +219,8 @@ class AsyncDatabaseLock(SyncTwin[DatabaseLock], AsyncLock):
     busy lock is an ``asyncio.sleep`` between attempts (no thread is held while waiting),
     and one implementation then serves all three drivers, of which only psycopg has an
     asyncio API. If the awaiting task is cancelled while an acquire statement is running,
-    a lease it turns out to have taken is released in the background.
+    it waits up to a second for the statement and releases a lease it took before the
+    cancellation propagates; past that second the release runs when the statement ends.
     """
 
     system = "database"

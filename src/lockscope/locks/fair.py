@@ -45,6 +45,7 @@ from redis.cluster import RedisCluster
 
 from lockscope.errors import BackendUnavailable
 from lockscope.locks._redis_common import DEFAULT_PREFIX, backend_errors, new_owner, to_ms
+from lockscope.locks._redis_eviction import check_eviction, check_eviction_async
 from lockscope.locks.redis import (
     DEFAULT_SOCKET_TIMEOUT,
     DEFAULT_TTL,
@@ -214,6 +215,9 @@ class FairLock(_FairCommon, RedisLock):
             self._end_wait()
 
     def _try_acquire(self) -> bool:
+        if not self._eviction_checked:
+            self._eviction_checked = True
+            check_eviction(self.client, self.namespace)
         owner, args = self._script_args(self._ttl_ms)
         keys = [self._key, self._fence_key, *self._queue_keys(), self._ticket_key]
         with backend_errors(self.namespace):
@@ -285,6 +289,9 @@ class AsyncFairLock(_FairCommon, AsyncRedisLock):
             self._end_wait()
 
     async def _try_acquire(self) -> bool:
+        if not self._eviction_checked:
+            self._eviction_checked = True
+            await check_eviction_async(self.client, self.namespace)
         owner, args = self._script_args(self._ttl_ms)
         keys = [self._key, self._fence_key, *self._queue_keys(), self._ticket_key]
         with backend_errors(self.namespace):

@@ -19,8 +19,11 @@ atomic on the server):
 
 Both keys carry the hash tag ``{name}``, so they share a Redis Cluster slot.  The fence
 counter has no expiry (it must outlive every lease to keep tokens increasing): one small
-key per lock name.  Under a ``maxmemory`` policy use ``noeviction`` or a ``volatile-*``
-policy, which never evicts keys without expiry.
+key per lock name.  Under ``maxmemory`` the server must use ``maxmemory-policy
+noeviction``: every other policy may evict the lock key (it has a TTL) during its lease,
+so that a second client takes a lock that is still held (``volatile-*`` policies choose
+exactly among keys with a TTL).  The first acquire checks the server's policy once and
+logs a warning on the ``lockscope.locks`` logger if it can evict lock keys.
 
 :class:`AsyncRedisLock` is the same lock on ``redis.asyncio.Redis``.
 """
@@ -54,6 +57,7 @@ from lockscope.locks._redis_common import (
     to_ms,
     validate_prefix,
 )
+from lockscope.locks._redis_eviction import check_eviction, check_eviction_async
 from lockscope.locks.base import AsyncLock, Lock, LockMode, _LockCommon, validate_ttl
 
 __all__ = ["AsyncRedisLock", "LockHolder", "RedisLock"]
@@ -91,6 +95,7 @@ class _RedisLockCommon(_LockCommon):
         """Owner token of this object's latest acquisition (what the server stores)."""
         self._held = False
         self._namespace = ""
+        self._eviction_checked = False  # see _redis_eviction: once per object, cheaply
 
     @property
     def namespace(self) -> str:
@@ -181,6 +186,9 @@ class RedisLock(_RedisLockCommon, Lock):
         self._holder_script = client.register_script(HOLDER)
 
     def _try_acquire(self) -> bool:
+        if not self._eviction_checked:
+            self._eviction_checked = True
+            check_eviction(self.client, self.namespace)
         owner = new_owner()
         with backend_errors(self.namespace):
             reply = self._acquire_script(
@@ -291,6 +299,9 @@ class AsyncRedisLock(_RedisLockCommon, AsyncLock):
         self._holder_script = client.register_script(HOLDER)
 
     async def _try_acquire(self) -> bool:
+        if not self._eviction_checked:
+            self._eviction_checked = True
+            await check_eviction_async(self.client, self.namespace)
         owner = new_owner()
         try:
             with backend_errors(self.namespace):

@@ -68,6 +68,7 @@ from lockscope.locks._redis_common import (
     to_ms,
     validate_prefix,
 )
+from lockscope.locks._redis_eviction import check_eviction, check_eviction_async
 from lockscope.locks.base import AsyncLock, Lock, LockMode, _LockCommon, validate_ttl
 
 __all__ = ["AsyncRedlock", "LockHolder", "Redlock", "clock_drift"]
@@ -153,6 +154,7 @@ class _RedlockCommon(_LockCommon):
         self._valid_until = 0.0
         self._extensions = 0
         self._servers: list[str] = []
+        self._eviction_checked = False  # see _redis_eviction: each server once, cheaply
 
     def _set_servers(self, clients: Sequence[object]) -> None:
         self._servers = [client_namespace(c) for c in clients]
@@ -378,6 +380,10 @@ class Redlock(_RedlockCommon, Lock):
         return self._each(lambda i: self._release_scripts[i](keys=[self._key], args=[owner]))
 
     def _try_acquire(self) -> bool:
+        if not self._eviction_checked:
+            self._eviction_checked = True
+            for client, namespace in zip(self.clients, self._servers, strict=True):
+                check_eviction(client, namespace)
         owner = new_owner()
         keys = [self._key, self._fence_key]
         start = time.monotonic()
@@ -527,6 +533,14 @@ class AsyncRedlock(_RedlockCommon, AsyncLock):
         return await self._each(lambda i: self._release_scripts[i](keys=[self._key], args=[owner]))
 
     async def _try_acquire(self) -> bool:
+        if not self._eviction_checked:
+            self._eviction_checked = True
+            await asyncio.gather(
+                *(
+                    check_eviction_async(c, ns)
+                    for c, ns in zip(self.clients, self._servers, strict=True)
+                )
+            )
         owner = new_owner()
         try:
             return await self._attempt(owner)

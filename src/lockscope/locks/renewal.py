@@ -80,6 +80,22 @@ def _max_renewals(value: int | None) -> int | None:
     return value
 
 
+def _check_extension_cap(lock: Lock | AsyncLock, max_renewals: int | None) -> None:
+    # A lock that caps its own extensions (Redlock's max_extensions, 3 by default) would
+    # refuse the watchdog's renewal past the cap, and the hold would be declared lost in
+    # the middle of the work. Refuse the combination now, not minutes into a job.
+    cap = getattr(lock, "max_extensions", None)
+    if cap is None or (max_renewals is not None and max_renewals <= cap):
+        return
+    wanted = "unlimited renewals" if max_renewals is None else f"max_renewals={max_renewals}"
+    raise ValueError(
+        f"{lock!r} allows only {cap} extensions per hold (max_extensions={cap}), but the "
+        f"watchdog is to renew it with {wanted}: the lock would be lost after {cap} "
+        f"renewals. Create the lock with max_extensions=None (the watchdog's max_renewals "
+        f"then bounds a hold) or pass max_renewals <= {cap}"
+    )
+
+
 class _Hold:
     """One acquisition being renewed; replaced on every acquire so stale timers do nothing."""
 
@@ -181,6 +197,7 @@ class _Renewing:
         self.lease = _lease_of(lock)
         self.interval = _interval(self.lease, interval)
         self.max_renewals = _max_renewals(max_renewals)
+        _check_extension_cap(lock, self.max_renewals)
         self._loss = _LossReporter(self.name, on_lost)
         self._hold: _Hold | None = None
         self.renewals = 0

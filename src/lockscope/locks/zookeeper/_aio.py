@@ -12,7 +12,6 @@ from kazoo.client import KazooClient
 
 from lockscope.locks._threaded import CancelHandle, SyncTwin, acquire_cancel_safe, in_thread
 from lockscope.locks.base import AsyncLock, LockMode, validate_timeout
-from lockscope.locks.zookeeper._deadline import CANCEL_GRACE
 from lockscope.locks.zookeeper._listener import Callback
 from lockscope.locks.zookeeper._locks import ZooKeeperLock, ZooKeeperReadLock, ZooKeeperWriteLock
 from lockscope.locks.zookeeper._primitive import ZooKeeperHolder, ZooKeeperPrimitive
@@ -131,7 +130,6 @@ class _AsyncZooKeeperPrimitive(SyncTwin[_S], AsyncLock):
             in_thread(lambda: self.sync._acquire(blocking, timeout, handle), _THREAD),
             self.sync.release,
             interrupt=handle.cancel,
-            grace=CANCEL_GRACE,
         )
         self.fencing_token = self.sync.fencing_token
         return got

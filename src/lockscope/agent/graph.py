@@ -147,6 +147,7 @@ class Lock:
         "key",
         "max_leases",
         "namespace",
+        "process_bound",
         "reentrant",
         "system",
         "template",
@@ -161,6 +162,8 @@ class Lock:
         self.template = template
         self.fifo = False
         self.reentrant = False
+        self.process_bound = False
+        """The OS releases it when the holder's process dies: no orphaned finding."""
         self.max_leases: int | None = None
         self.holds: list[Hold] = _EMPTY
         self.waits: list[Wait] = _EMPTY

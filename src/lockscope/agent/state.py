@@ -349,7 +349,7 @@ class AgentState(StateQueries):
             if actor.wait is not None:
                 self._drop_wait(actor.wait, tombstone=False)
             for hold in list(actor.holds.values()):
-                if hold.lock.system in in_process:
+                if hold.lock.system in in_process or hold.lock.process_bound:
                     self._drop_hold(hold, tombstone=False, reason="process_dead")
                     continue
                 self._stale(ORPHANED, hold, hold.since_ns, "holder process stopped heartbeating")
@@ -416,6 +416,9 @@ class AgentState(StateQueries):
         max_leases = get(ev.ATTR_LOCK_MAX_LEASES)
         if max_leases is not None:
             max_leases = _int(attrs, ev.ATTR_LOCK_MAX_LEASES)
+        bound = get(ev.ATTR_LOCK_PROCESS_BOUND)
+        if bound is not None:
+            bound = _bool(attrs, ev.ATTR_LOCK_PROCESS_BOUND)
         if lock is None:
             lock = self._new_lock(attrs)
         if fifo is not None:
@@ -424,6 +427,8 @@ class AgentState(StateQueries):
             lock.reentrant = reentrant
         if max_leases is not None and max_leases > 0:
             lock.max_leases = max_leases
+        if bound is not None:
+            lock.process_bound = bound
         return lock
 
     def _new_lock(self, attrs: Mapping[str, Any]) -> Lock:

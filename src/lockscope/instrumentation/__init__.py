@@ -11,9 +11,13 @@ or from code, as early as possible::
     LockscopeInstrumentor().instrument()           # threading=True, asyncio=True to opt in
 
 What is instrumented: redis-py ``Lock`` (sync and asyncio), kazoo ``Lock``/``ReadLock``/
-``WriteLock``/``Semaphore``/``Election``, lockscope's own locks and, only if asked,
-``threading.Lock``/``RLock`` and ``asyncio.Lock`` created by application code.  Each library
-is wrapped when it is imported, if it is installed; the others are skipped.
+``WriteLock``/``Semaphore``/``Election``, python-redis-lock ``Lock``, pottery ``Redlock``/
+``AIORedlock``, file locks (filelock, portalocker, fasteners), connection pools
+(SQLAlchemy ``QueuePool``, psycopg_pool), lockscope's own locks, blocking lock calls an
+asyncio task runs through ``run_in_executor``/``to_thread`` (as that task's) and, only if
+asked, ``threading.Lock``/``RLock`` and ``asyncio.Lock`` created by application code.  Each
+library is wrapped when it is imported, if it is installed; the others are skipped.  Any
+other lock: :mod:`lockscope.instrumentation.manual`.
 
 For each lock call the shim updates an in-process registry and in-process metrics (a few
 microseconds); spans ``lock.acquire``/``lock.hold`` follow your TracerProvider's sampler.
@@ -46,19 +50,49 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Collection
+from types import ModuleType
 from typing import Any
 
 from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
     BaseInstrumentor,
 )
 
-from lockscope.instrumentation import runtime
+from lockscope.instrumentation import (
+    executor,
+    fasteners_locks,
+    filelock_locks,
+    kazoo_recipes,
+    lockscope_locks,
+    portalocker_locks,
+    pottery_redlock,
+    psycopg_pools,
+    python_redis_lock,
+    redis_py,
+    runtime,
+    sqlalchemy_pool,
+)
 from lockscope.instrumentation.config import ShimConfig
 from lockscope.instrumentation.patching import Patcher
 
-__all__ = ["LockscopeInstrumentor"]
+__all__ = ["TARGETS", "LockscopeInstrumentor"]
 
 _log = logging.getLogger("lockscope.instrumentation")
+
+TARGETS: tuple[ModuleType, ...] = (
+    redis_py,
+    kazoo_recipes,
+    lockscope_locks,
+    python_redis_lock,
+    pottery_redlock,
+    filelock_locks,
+    portalocker_locks,
+    fasteners_locks,
+    sqlalchemy_pool,
+    psycopg_pools,
+    executor,
+)
+"""The always-on targets, one module per library, each with ``instrument(patcher)`` (and
+``SUPPORTED`` versions); a library that is not installed costs nothing."""
 
 
 def _disabled_by_otel(env: Any) -> bool:
@@ -93,11 +127,8 @@ class LockscopeInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         runtime.current = shim
         patcher = self._patcher
         patcher.start()
-        from lockscope.instrumentation import kazoo_recipes, lockscope_locks, redis_py
-
-        redis_py.instrument(patcher)
-        kazoo_recipes.instrument(patcher)
-        lockscope_locks.instrument(patcher)
+        for target in TARGETS:
+            target.instrument(patcher)
         from lockscope.instrumentation import db_asyncpg, db_psycopg, db_psycopg2, db_pymysql
 
         # Database drivers: which actor uses which database session (docs/databases.md).

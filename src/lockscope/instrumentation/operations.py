@@ -40,14 +40,18 @@ __all__ = [
     "extend_wrapper",
     "failed",
     "fast_enabled",
+    "find_hold",
     "forget",
     "guarded",
     "is_instrumentation_enabled",
     "lock_info",
+    "on_behalf",
     "reguard",
     "release_wrapper",
     "released",
     "skip",
+    "start",
+    "sync_task",
     "unguarded",
 ]
 
@@ -59,6 +63,18 @@ inner lock, for instance)."""
 
 Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 _get_ident = threading.get_ident
+
+on_behalf: dict[int, Any] = {}
+"""thread ident -> the asyncio task a worker thread runs a blocking call for (filled by
+:mod:`.executor` around ``run_in_executor``/``to_thread`` calls): a lock call made there
+is the task's, not the worker thread's."""
+
+
+def sync_task() -> Any:
+    """The asyncio task the current (worker) thread acts for, else ``None``."""
+    return on_behalf.get(_get_ident()) if on_behalf else None
+
+
 _attach = otel_context.attach
 _detach = otel_context.detach
 _set_span = trace.set_span_in_context
@@ -117,6 +133,11 @@ class Adapter:
         ``wait.holder_token``/``holder_owner``/``ticket`` where the library can tell
         cheaply (``None``: nothing to learn).  Its errors are ignored."""
         return None
+
+    by_key = True
+    """Whether a release on an object that holds nothing may end another object's hold of
+    the same lock (for lock objects that delegate to another); targets whose objects each
+    hold for themselves set it false."""
 
     watches_holds = False
     """Whether :meth:`on_hold` does anything (saves a call per acquire when not)."""
@@ -219,7 +240,9 @@ class _Acquire:
             except Exception:
                 failed()
 
-    def done(self, outcome: str, exc: BaseException | None = None) -> None:
+    def done(self, outcome: str, exc: BaseException | None = None) -> Hold | None:
+        """Record the acquire's outcome; the new hold on ``acquired``."""
+        hold = None
         try:
             token = owner = ttl = None
             if outcome == "acquired":
@@ -246,6 +269,7 @@ class _Acquire:
                 self.adapter.on_hold(self.instance, hold)
         except Exception:
             failed()
+        return hold
 
 
 _now = time.perf_counter_ns
@@ -262,9 +286,35 @@ def begin(adapter: Adapter, instance: Any, args: Any, kwargs: Any, task: Any) ->
             return None
     elif info is _SKIP:
         return None
+    if task is None and on_behalf:
+        task = on_behalf.get(_get_ident())
     op = _Acquire(shim, adapter, instance, info, task)
     op.args, op.kwargs = args, kwargs
     return op
+
+
+def start(adapter: Adapter, instance: Any, info: LockInfo, task: Any) -> _Acquire | None:
+    """Begin recording an acquire of ``info`` by ``instance`` (a target that keeps its own
+    LockInfo, e.g. one per mode); ``None`` when the shim is off."""
+    shim = runtime.current
+    if shim is None:
+        return None
+    if task is None and on_behalf:
+        task = on_behalf.get(_get_ident())
+    return _Acquire(shim, adapter, instance, info, task)
+
+
+def find_hold(adapter: Adapter, instance: Any, info: LockInfo, task: Any) -> Hold | None:
+    """The hold of ``info`` that a release on ``instance`` ends (the current actor's first,
+    else anyone's if :meth:`Adapter.shared`); ``None`` when there is none."""
+    shim = runtime.current
+    if shim is None:
+        return None
+    if task is None and on_behalf:
+        task = on_behalf.get(_get_ident())
+    actor = _get_ident() if task is None else id(task)
+    key = info.key if adapter.by_key else None
+    return shim.recorder.find_hold(instance, actor, key, any_actor=adapter.shared(instance))
 
 
 def acquire_wrapper(adapter: Adapter) -> Wrapper:
@@ -354,8 +404,11 @@ def _find(adapter: Adapter, instance: Any, task: Any) -> Hold | None:
             return None
     elif info is _SKIP:
         return None
+    if task is None and on_behalf:
+        task = on_behalf.get(_get_ident())
     actor = _get_ident() if task is None else id(task)
-    return shim.recorder.find_hold(instance, actor, info.key, any_actor=adapter.shared(instance))
+    key = info.key if adapter.by_key else None
+    return shim.recorder.find_hold(instance, actor, key, any_actor=adapter.shared(instance))
 
 
 def released(adapter: Adapter, instance: Any, hold: Hold, exc: BaseException | None) -> None:

@@ -1,0 +1,179 @@
+"""What the file-lock targets share: identity, and wrappers that follow the lock's state.
+
+Identity: system ``file``, namespace the host name, name the lock file's absolute path.
+A flock/lockf lock is released by the kernel when its process dies, so its LockInfo says
+``process_bound`` (the agent then raises no orphaned-holder finding for a dead holder);
+a lock that is a file's existence (``SoftFileLock``) outlives its process and is not.
+
+Reentrancy follows each library: instead of counting calls, the wrappers ask the lock
+object whether the calling thread (or task) already holds it.  An acquire it already
+holds passes straight through (the outer hold stands); a release ends the hold only when
+the lock was held before the call and is not after it, so nested levels, ``force``
+releases, releases from a thread that holds nothing, and failed releases all leave the
+registry as the library leaves the lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from lockscope.instrumentation import operations
+from lockscope.instrumentation.manual import make_info
+from lockscope.instrumentation.operations import Adapter
+from lockscope.instrumentation.recorder import LockInfo
+
+__all__ = [
+    "FileAdapter",
+    "acquire_wrapper",
+    "async_acquire_wrapper",
+    "async_release_wrapper",
+    "host",
+    "make_info",
+    "release_wrapper",
+]
+
+_host: str | None = None
+
+
+def host() -> str:
+    """This machine's name (file locks are local to it)."""
+    global _host
+    if _host is None:
+        _host = socket.gethostname()
+    return _host
+
+
+def absolute(path: Any) -> str:
+    """The absolute path of a lock file given as str, bytes or path-like."""
+    value: str | bytes = os.fspath(path)
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "surrogateescape")
+    return os.path.abspath(value)
+
+
+class FileAdapter(Adapter):
+    """One file-lock library; subclasses say where the file is and whether it is held."""
+
+    by_key = False
+    mode = "exclusive"
+    reentrant = False
+
+    def __init__(self, timeout_errors: tuple[type[BaseException], ...] = ()) -> None:
+        self.timeout_errors = timeout_errors
+
+    def path(self, instance: Any) -> Any:
+        raise NotImplementedError
+
+    def held(self, instance: Any) -> bool:
+        """Whether the calling thread (task) holds ``instance`` now."""
+        raise NotImplementedError
+
+    def process_bound(self, instance: Any) -> bool:
+        return True
+
+    def max_leases(self, instance: Any) -> int | None:
+        return None
+
+    def info(self, instance: Any) -> LockInfo | None:
+        return make_info(
+            "file",
+            host(),
+            absolute(self.path(instance)),
+            mode=self.mode,
+            reentrant=self.reentrant,
+            max_leases=self.max_leases(instance),
+            process_bound=self.process_bound(instance),
+            adapter=self,
+        )
+
+    def exc_outcome(self, exc: BaseException) -> str:
+        if self.timeout_errors and isinstance(exc, self.timeout_errors):
+            return "timeout"
+        return super().exc_outcome(exc)
+
+
+def _held(adapter: FileAdapter, instance: Any) -> bool | None:
+    try:
+        return adapter.held(instance)
+    except Exception:
+        return None  # the library's own check failed: let its call decide, record nothing
+
+
+def acquire_wrapper(adapter: FileAdapter) -> operations.Wrapper:
+    """A sync acquire: recorded unless the caller holds the lock already."""
+    inner = operations.acquire_wrapper(adapter)
+
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        if not operations.fast_enabled() or _held(adapter, instance) is not False:
+            return wrapped(*args, **kwargs)
+        return inner(wrapped, instance, args, kwargs)
+
+    return wrapper
+
+
+def async_acquire_wrapper(adapter: FileAdapter) -> operations.Wrapper:
+    """The asyncio flavour of :func:`acquire_wrapper`."""
+    inner = operations.async_acquire_wrapper(adapter)
+
+    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        if not operations.fast_enabled() or _held(adapter, instance) is not False:
+            return await wrapped(*args, **kwargs)
+        return await inner(wrapped, instance, args, kwargs)
+
+    return wrapper
+
+
+def _hold_before(adapter: FileAdapter, instance: Any, task: Any) -> Any:
+    if not operations.fast_enabled() or not _held(adapter, instance):
+        return None
+    try:
+        info = operations.lock_info(adapter, instance)
+        return None if info is None else operations.find_hold(adapter, instance, info, task)
+    except Exception:
+        operations.failed()
+        return None
+
+
+def _after(adapter: FileAdapter, instance: Any, hold: Any, exc: BaseException | None) -> None:
+    if _held(adapter, instance) is False:
+        operations.released(adapter, instance, hold, exc)
+
+
+def release_wrapper(adapter: FileAdapter) -> operations.Wrapper:
+    """A sync release: ends the hold once the lock is no longer held."""
+
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        hold = _hold_before(adapter, instance, None)
+        if hold is None:
+            return wrapped(*args, **kwargs)
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            _after(adapter, instance, hold, exc)
+            raise
+        _after(adapter, instance, hold, None)
+        return result
+
+    return wrapper
+
+
+def async_release_wrapper(adapter: FileAdapter) -> operations.Wrapper:
+    """The asyncio flavour of :func:`release_wrapper`."""
+
+    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        hold = _hold_before(adapter, instance, asyncio.current_task())
+        if hold is None:
+            return await wrapped(*args, **kwargs)
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            _after(adapter, instance, hold, exc)
+            raise
+        _after(adapter, instance, hold, None)
+        return result
+
+    return wrapper

@@ -1,0 +1,84 @@
+"""Target: ``portalocker`` (``Lock``, ``RLock``, ``BoundedSemaphore`` and
+``NamedBoundedSemaphore``; ``TemporaryFileLock``/``PidFileLock`` through ``Lock``).
+
+Wrapped: ``acquire`` and ``release`` of ``portalocker.utils.Lock``, ``RLock`` and
+``BoundedSemaphore``.  Identity: system ``file``, namespace the host name, name the lock
+file's absolute path; a semaphore is named after its slot files with ``*`` for the slot
+number (``/tmp/jobs.*.lock``), mode ``semaphore`` with ``maximum`` permits.  Reentrancy is
+portalocker's: ``Lock.acquire`` on a held lock hands back the same file handle and one
+``release`` lets go; ``RLock`` counts its levels.  ``AlreadyLocked`` is a ``timeout``
+(``busy`` with ``fail_when_locked``).  An RLock's inner ``Lock`` and a semaphore's slot
+locks are recorded once, as the outer object.  portalocker locks with ``flock``/``lockf``:
+the kernel releases them with their process, so a dead holder is no orphan.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from lockscope.instrumentation import _file_common, operations
+from lockscope.instrumentation._file_common import FileAdapter
+from lockscope.instrumentation.patching import Patcher
+
+__all__ = ["SUPPORTED", "instrument"]
+
+SUPPORTED = {"portalocker": ">=2.7,<5"}
+"""Tested with 4.4.2 (its own test suite runs with the shim on in CI)."""
+
+_NUMBER = re.compile(r"\{number[^}]*\}")
+
+
+class PortalockerAdapter(FileAdapter):
+    def path(self, instance: Any) -> Any:
+        return instance.filename
+
+    def held(self, instance: Any) -> bool:
+        return instance.fh is not None
+
+    def blocking(self, instance: Any, args: Any, kwargs: Any) -> bool:
+        fail = kwargs.get("fail_when_locked", args[2] if len(args) > 2 else None)
+        if fail is None:
+            fail = getattr(instance, "fail_when_locked", False)
+        return not fail
+
+
+class RLockAdapter(PortalockerAdapter):
+    reentrant = True
+
+    def held(self, instance: Any) -> bool:
+        return bool(instance._acquire_count)
+
+
+class SemaphoreAdapter(PortalockerAdapter):
+    mode = "semaphore"
+
+    def path(self, instance: Any) -> Any:
+        pattern = _NUMBER.sub("*", str(instance.filename_pattern))
+        return f"{instance.directory}/{pattern.format(name=instance.name)}"
+
+    def held(self, instance: Any) -> bool:
+        return instance.lock is not None
+
+    def max_leases(self, instance: Any) -> int | None:
+        return int(instance.maximum)
+
+
+def instrument(patcher: Patcher) -> None:
+    """Wrap portalocker's locks when ``portalocker.utils`` is imported."""
+
+    def apply(module: Any) -> None:
+        from portalocker import exceptions
+
+        errors = (exceptions.AlreadyLocked,)
+        for cls, adapter in (
+            (module.Lock, PortalockerAdapter(errors)),
+            (module.RLock, RLockAdapter(errors)),
+            (module.BoundedSemaphore, SemaphoreAdapter(errors)),
+        ):
+            acquire = operations.guarded(_file_common.acquire_wrapper(adapter))
+            release = operations.guarded(_file_common.release_wrapper(adapter))
+            patcher.wrap(cls, "acquire", acquire)
+            patcher.wrap(cls, "release", release)
+
+    patcher.when_imported("portalocker.utils", apply)

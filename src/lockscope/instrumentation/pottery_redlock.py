@@ -1,0 +1,106 @@
+"""Target: ``pottery``'s ``Redlock`` and ``AIORedlock`` (and ``synchronize``, which uses
+``Redlock``).
+
+Wrapped: ``acquire``, ``release``, ``extend`` (and the name-mangled aliases the context
+managers call).  Identity: system ``redis``, name the Redis key pottery uses
+(``redlock:<key>``), namespace ``host:port/db`` of the master, as redis-py's target
+spells it, so the same key is one lock whichever library takes it; with several masters
+the namespace is all of them, sorted and comma-separated (as lockscope's own Redlock).
+The owner is the acquisition's uuid (the keys' value), the lease ``auto_release_time``.
+``ReleaseUnlockedLock``/``ExtendUnlockedLock`` mean the lock was lost.  The release
+pottery runs inside a failed ``acquire`` (to clean up a minority of masters) is not a
+release of a hold.  Any thread (task) may release.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lockscope.instrumentation import operations
+from lockscope.instrumentation.operations import Adapter
+from lockscope.instrumentation.patching import Patcher
+from lockscope.instrumentation.recorder import LockInfo
+from lockscope.instrumentation.redis_py import redis_namespace
+from lockscope.naming import DEFAULT_TEMPLATER
+
+__all__ = ["SUPPORTED", "instrument"]
+
+SUPPORTED = {"pottery": ">=3.0,<4"}
+"""Tested with 3.0.1 (its own lock test suites run with the shim on in CI)."""
+
+_CACHE_LIMIT = 4096
+
+
+class PotteryAdapter(Adapter):
+    by_key = False
+
+    def __init__(self, lost: tuple[type[BaseException], ...]) -> None:
+        self.lost = lost
+        # Redlock objects have __slots__ and no __dict__: LockInfos are cached here.
+        self._infos: dict[tuple[str, frozenset[int]], LockInfo] = {}
+
+    def info(self, instance: Any) -> LockInfo | None:
+        key = str(instance.key)
+        masters = instance.masters
+        cache_key = (key, frozenset(map(id, masters)))
+        info = self._infos.get(cache_key)
+        if info is None:
+            namespace = ",".join(sorted(redis_namespace(m) for m in masters))
+            info = LockInfo(
+                "redis",
+                namespace,
+                key,
+                DEFAULT_TEMPLATER(key),
+                ttl=float(instance.auto_release_time),
+                adapter=self,
+            )
+            if len(self._infos) >= _CACHE_LIMIT:
+                self._infos.clear()
+            self._infos[cache_key] = info
+        return info
+
+    def blocking(self, instance: Any, args: Any, kwargs: Any) -> bool:
+        return bool(kwargs.get("blocking", True))
+
+    def hold_fields(self, instance: Any) -> tuple[int | None, str | bytes | None, float | None]:
+        return None, instance._uuid or None, float(instance.auto_release_time)
+
+    def is_lost(self, exc: BaseException) -> bool:
+        return isinstance(exc, self.lost)
+
+    def extension(self, instance: Any, args: Any, kwargs: Any) -> tuple[float | None, bool]:
+        return float(instance.auto_release_time), True
+
+
+def instrument(patcher: Patcher) -> None:
+    """Wrap ``Redlock`` and ``AIORedlock`` when their modules are imported."""
+
+    def lost_errors() -> tuple[type[BaseException], ...]:
+        from pottery.exceptions import ExtendUnlockedLock, ReleaseUnlockedLock
+
+        return (ReleaseUnlockedLock, ExtendUnlockedLock)
+
+    def sync(module: Any) -> None:
+        adapter = PotteryAdapter(lost_errors())
+        cls = module.Redlock
+        acquire = operations.guarded(operations.acquire_wrapper(adapter))
+        release = operations.guarded(operations.release_wrapper(adapter))
+        for name in ("acquire", "_Redlock__acquire"):
+            patcher.wrap(cls, name, acquire)
+        for name in ("release", "_Redlock__release"):
+            patcher.wrap(cls, name, release)
+        patcher.wrap(cls, "extend", operations.extend_wrapper(adapter))
+
+    def asynchronous(module: Any) -> None:
+        adapter = PotteryAdapter(lost_errors())
+        cls = module.AIORedlock
+        acquire = operations.async_guarded(operations.async_acquire_wrapper(adapter))
+        release = operations.async_guarded(operations.async_release_wrapper(adapter))
+        for name in ("acquire", "_AIORedlock__acquire"):
+            patcher.wrap(cls, name, acquire)
+        for name in ("release", "_AIORedlock__release"):
+            patcher.wrap(cls, name, release)
+        patcher.wrap(cls, "extend", operations.async_extend_wrapper(adapter))
+
+    patcher.when_imported("pottery.redlock", sync)
+    patcher.when_imported("pottery.aioredlock", asynchronous)

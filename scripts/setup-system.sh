@@ -14,6 +14,7 @@ packages=(
   prometheus prometheus-alertmanager
   chromium
   faketime
+  tmux
   procps
   ca-certificates
   git

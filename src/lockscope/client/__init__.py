@@ -150,6 +150,11 @@ class AgentClient:
             full = self.url + path
             raise AgentError(f"{full}: not JSON: {exc}", url=full, kind="bad_answer") from None
 
+    def get_text(self, path: str, timeout: float | None = None) -> str:
+        """GET ``path`` as text (e.g. ``/metrics``); :class:`AgentError` if that fails."""
+        _status, body = self._request(path, timeout, hint=False)
+        return body.decode("utf-8", "replace")
+
     def findings(self, path: str, key: str, status: str = "all") -> list[dict[str, Any]]:
         """One finding list, e.g. ``findings("/api/v1/deadlocks", "deadlocks")``."""
         body = self.get(f"{path}?status={status}")

@@ -136,3 +136,28 @@ def test_agent_help_names_every_route_and_the_settings():
     for route in (" / (", "/metrics", "/api/v1/", "/healthz", "/readyz", "/v1/logs"):
         assert route in result.stdout, route
     assert "LOCKSCOPE_AGENT_TOKEN_FILE" in result.stdout.split("settings:", 1)[1]
+
+
+def test_runbook_url_from_flag_variable_or_file(tmp_path: Path):
+    config = tmp_path / "agent.toml"
+    config.write_text('runbook_url = "https://wiki.example/file"\n')
+    from_file = resolve(["--config", str(config)])
+    assert from_file.runbook_url == "https://wiki.example/file"
+    from_env = resolve(["--config", str(config)], {"LOCKSCOPE_RUNBOOK_URL": "https://w/env"})
+    assert from_env.runbook_url == "https://w/env"
+    from_flag = resolve(
+        ["--runbook-url", "https://w/flag"], {"LOCKSCOPE_RUNBOOK_URL": "https://w/e"}
+    )
+    assert from_flag.runbook_url == "https://w/flag"
+    assert resolve([]).runbook_url is None
+    with pytest.raises(agent_cli.SettingsError, match="LOCKSCOPE_RUNBOOK_URL='wiki'"):
+        resolve([], {"LOCKSCOPE_RUNBOOK_URL": "wiki"})
+
+
+def test_runbook_link():
+    from lockscope.agent.export_alertmanager import runbook_link
+
+    assert runbook_link("https://w/runbook", "LockDeadlock") == "https://w/runbook#lockdeadlock"
+    assert (
+        runbook_link("https://w/{alertname}.html", "LockDeadlock") == "https://w/lockdeadlock.html"
+    )

@@ -57,6 +57,7 @@ from lockscope.agent.cli_options import (
     ENV_MAX_REQUEST_BYTES,
     ENV_OTLP,
     ENV_ROLE,
+    ENV_RUNBOOK_URL,
     ENV_TLS_CERT,
     ENV_TLS_KEY,
     ENV_TOKEN,
@@ -112,6 +113,8 @@ class AgentSettings:
     tls_key: Path | None = None
     metrics_auth: bool = True
     external_url: str | None = None
+    runbook_url: str | None = None
+    """The runbook alerts link to (None: lockscope's own docs/runbook.md)."""
     """Base URL of the web view in alert links (default: the bound HTTP address)."""
     role: str = "standalone"
     """``standalone``, ``shard`` (forwards to ``forward_to``) or ``detector``."""
@@ -212,6 +215,12 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
                 f"{at('alertmanager_urls', url)}: an Alertmanager URL must start with "
                 "http:// or https://"
             )
+    runbook_url = setting("runbook_url", ENV_RUNBOOK_URL, None)
+    if runbook_url is not None and (
+        not isinstance(runbook_url, str) or not runbook_url.startswith(("http://", "https://"))
+    ):
+        where = at("runbook_url", runbook_url)
+        raise SettingsError(f"{where}: runbook_url must start with http:// or https://")
     external_url = setting("external_url", ENV_EXTERNAL_URL, None)
     if external_url is not None and (
         not isinstance(external_url, str) or not external_url.startswith(("http://", "https://"))
@@ -305,6 +314,7 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
         tls_key=Path(tls_key) if tls_key is not None else None,
         metrics_auth=metrics_auth,
         external_url=external_url,
+        runbook_url=runbook_url,
         role=role,
         forward_to=tuple(forward_to),
         databases=databases,
@@ -381,7 +391,10 @@ def run(args: argparse.Namespace) -> int:
         max_request_bytes=settings.max_request_bytes,
         alertmanager_urls=settings.alertmanager_urls,
         http_setup=[
-            alert_options(external_url=settings.external_url),
+            alert_options(
+                external_url=settings.external_url,
+                **({"runbook_url": settings.runbook_url} if settings.runbook_url else {}),
+            ),
             *_database_setup(settings),
         ],
         forward_to=settings.forward_to,

@@ -20,6 +20,7 @@ ENV_TOKEN_FILE: Final = "LOCKSCOPE_AGENT_TOKEN_FILE"
 ENV_TLS_CERT: Final = "LOCKSCOPE_AGENT_TLS_CERT"
 ENV_TLS_KEY: Final = "LOCKSCOPE_AGENT_TLS_KEY"
 ENV_EXTERNAL_URL: Final = "LOCKSCOPE_AGENT_EXTERNAL_URL"
+ENV_RUNBOOK_URL: Final = "LOCKSCOPE_RUNBOOK_URL"
 ENV_ROLE: Final = "LOCKSCOPE_AGENT_ROLE"
 ENV_FORWARD_TO: Final = "LOCKSCOPE_AGENT_FORWARD_TO"
 ROLES: Final = ("standalone", "shard", "detector")
@@ -42,6 +43,7 @@ FILE_KEYS: Final = frozenset(
         "tls_key",
         "metrics_auth",
         "external_url",
+        "runbook_url",
         "role",
         "forward_to",
         "databases",
@@ -112,6 +114,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=(
             "URL people reach the web view at, for alert links "
             f"(env {ENV_EXTERNAL_URL}; default: the HTTP address)"
+        ),
+    )
+    parser.add_argument(
+        "--runbook-url",
+        metavar="URL",
+        help=(
+            "your runbook, linked from every alert: {alertname} in it is replaced, else "
+            f"#alertname is appended (env {ENV_RUNBOOK_URL}; default: lockscope's runbook)"
         ),
     )
     parser.add_argument(

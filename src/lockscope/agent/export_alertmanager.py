@@ -76,6 +76,13 @@ _SUMMARIES: Final = {
 }
 
 
+def runbook_link(runbook_url: str, alertname: str) -> str:
+    """The runbook URL of one alert (see :attr:`AlertOptions.runbook_url`)."""
+    if "{alertname}" in runbook_url:
+        return runbook_url.replace("{alertname}", alertname.lower())
+    return f"{runbook_url}#{alertname.lower()}"
+
+
 def finding_path(kind: str, finding_id: str) -> str:
     """Path of a finding's page in the agent's web view."""
     return f"/findings/{kind}/{finding_id}"
@@ -89,6 +96,9 @@ class AlertOptions:
     """Base URL people use to reach this agent's web view (``--external-url``); default:
     the URL the HTTP listener is bound to."""
     runbook_url: str = DEFAULT_RUNBOOK_URL
+    """The runbook alerts link to (``--runbook-url``): ``{alertname}`` in it is replaced by
+    the alert's name in lower case, else ``#alertname`` is appended (docs/runbook.md's
+    anchors)."""
     resend_interval: float = 30.0
     resolved_retention: float = 300.0
     timeout: float = 10.0
@@ -211,7 +221,7 @@ class AlertExporter:
         annotations = {
             "summary": summary,
             "description": _description(finding),
-            "runbook_url": f"{opts.runbook_url}#{alertname.lower()}",
+            "runbook_url": runbook_link(opts.runbook_url, alertname),
             "finding_url": link,
         }
         return _Alert(finding.id, labels, annotations, link, finding.detected_at_ns)

@@ -35,14 +35,14 @@ def instrument(patcher: Patcher) -> None:
     """Wrap psycopg_pool's sync and async pools when they are imported."""
 
     def sync(module: Any) -> None:
-        from psycopg_pool import PoolTimeout
+        from psycopg_pool.errors import PoolTimeout
 
         adapter = PsycopgPoolAdapter((PoolTimeout,))
         patcher.wrap(module.ConnectionPool, "getconn", _pool_common.checkout_wrapper(adapter))
         patcher.wrap(module.ConnectionPool, "putconn", _pool_common.return_wrapper(adapter))
 
     def asynchronous(module: Any) -> None:
-        from psycopg_pool import PoolTimeout
+        from psycopg_pool.errors import PoolTimeout
 
         adapter = PsycopgPoolAdapter((PoolTimeout,))
         cls = module.AsyncConnectionPool

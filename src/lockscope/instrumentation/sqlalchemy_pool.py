@@ -64,7 +64,7 @@ def instrument(patcher: Patcher) -> None:
     """Wrap ``QueuePool`` (and so ``AsyncAdaptedQueuePool``) when SQLAlchemy is imported."""
 
     def pools(module: Any) -> None:
-        from sqlalchemy import exc
+        from sqlalchemy import exc  # imported before the pool modules
 
         adapter = QueuePoolAdapter((exc.TimeoutError,))
         cls = module.QueuePool

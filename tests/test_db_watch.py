@@ -8,10 +8,14 @@ Every assertion goes through the agent's JSON API.
 from __future__ import annotations
 
 import functools
+import json
+import logging
 import os
+import socket
 import subprocess
 import sys
 import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -255,7 +259,12 @@ def test_external_session_is_the_holder(
                     return dict(detail)
             return None
 
-        polling.wait_until(lambda: holder() is not None, timeout=20.0)
+        def settled() -> bool:
+            found = holder()
+            return found is not None and [w["service"] for w in found["waiters"]] == ["svc-app"]
+
+        # (A session is its own actor until its app's report of using it arrives.)
+        polling.wait_until(settled, timeout=20.0)
         detail = holder()
         assert detail is not None
         holders = detail["holders"]
@@ -306,3 +315,186 @@ def row_waiters(agent: InProcessAgent) -> int:
         for lock in agent.get("/api/v1/locks")["locks"]
         if lock["system"] == "postgresql" and not lock["name"].startswith("session:")
     )
+
+
+# -- MariaDB ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def my_watch_dsn(mariadb_server: Any) -> str:
+    dsn = mariadb_server.create_monitor_user("lockscope_watch", "s3cret-watch")
+    mariadb_server.sql(
+        f"CREATE TABLE IF NOT EXISTS `{mariadb_server.dbname}`.accounts"
+        " (id int PRIMARY KEY, balance int) ENGINE=InnoDB;"
+        f" INSERT IGNORE INTO `{mariadb_server.dbname}`.accounts VALUES (1, 0), (2, 0);"
+    )
+    return str(dsn)
+
+
+@pytest.fixture
+def my_agent(my_watch_dsn: str) -> Iterator[InProcessAgent]:
+    setup = setup_database_watchers([parse_dsn(my_watch_dsn, name="maria")])
+    with InProcessAgent(http_setup=[setup]) as agent:
+        wait_until(lambda: agent.get("/readyz")["databases"]["maria"]["up"])
+        yield agent
+
+
+def test_cross_layer_deadlock_mariadb(
+    my_agent: InProcessAgent, mariadb_server: Any, redis_server: Any, workers: list[Worker]
+) -> None:
+    name = f"xlm-{uuid.uuid4().hex[:8]}"
+    url = str(mariadb_server.url)
+    a = Worker("pymysql", url, my_agent.otlp_url, "svc-a")
+    b = Worker("pymysql", url, my_agent.otlp_url, "svc-b")
+    workers += [a, b]
+    for w in (a, b):
+        w.cmd(f"redis_lock {redis_server.url} {name}")
+    b.cmd("begin")
+    b.cmd("sql UPDATE accounts SET balance = balance + 1 WHERE id = 1")
+    assert a.cmd("redis_acquire 5") == "True"
+    a.bg("sql UPDATE accounts SET balance = balance - 1 WHERE id = 1")
+    b.bg("redis_acquire 30")
+    d = found_deadlock(my_agent)
+    by_service = {p["service"]: p for p in d["participants"]}
+    assert sorted(by_service) == ["svc-a", "svc-b"], d
+    assert by_service["svc-a"]["waits_for"].startswith("row:lockscope.accounts@PRIMARY("), d
+    assert name in by_service["svc-a"]["holds"], d
+    assert by_service["svc-b"]["waits_for"] == name, d
+    assert f"session:{a.pid}" in by_service["svc-a"]["holds"], d
+    assert f"session:{b.pid}" in by_service["svc-b"]["holds"], d
+
+
+def test_get_lock_wait_and_holder_mariadb(
+    my_agent: InProcessAgent, mariadb_server: Any, workers: list[Worker]
+) -> None:
+    """GET_LOCK names are locks of the graph: the holder (from METADATA_LOCK_INFO) and the
+    waiter (a session in state "User lock") are both the apps' actors."""
+    lock = f"jobs-{uuid.uuid4().hex[:6]}"
+    url = str(mariadb_server.url)
+    a = Worker("pymysql", url, my_agent.otlp_url, "holder")
+    b = Worker("pymysql", url, my_agent.otlp_url, "waiter")
+    workers += [a, b]
+    a.cmd(f"sql SELECT GET_LOCK('{lock}', 5)")
+    # The holder's binding is its open use of the session: keep a transaction open.
+    a.cmd("begin")
+    b.bg(f"sql SELECT GET_LOCK('{lock}', 30)")
+
+    def detail() -> dict[str, Any] | None:
+        path = "/api/v1/locks/" + urllib.parse.quote(f"user_lock:{lock}", safe="")
+        try:
+            found = dict(my_agent.get(path))
+        except Exception:
+            return None
+        return found if found.get("holders") and found.get("waiters") else None
+
+    def services() -> tuple[list[str], list[str]] | None:
+        found = detail()
+        if found is None:
+            return None
+        return [h["service"] for h in found["holders"]], [w["service"] for w in found["waiters"]]
+
+    # (A session is its own actor until its app's report of using it arrives.)
+    polling.wait_until(lambda: services() == (["holder"], ["waiter"]), timeout=20.0)
+    a.cmd(f"sql SELECT RELEASE_LOCK('{lock}')")
+    assert b.read().startswith("ok")
+    polling.wait_until(lambda: detail() is None, timeout=20.0)
+
+
+# -- watcher faults -------------------------------------------------------------------------------
+
+
+def status(agent: InProcessAgent, name: str) -> dict[str, Any]:
+    return dict(agent.get("/readyz")["databases"][name])
+
+
+def up_metric(agent: InProcessAgent, name: str) -> str | None:
+    with urllib.request.urlopen(f"{agent.http_url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    for line in text.splitlines():
+        if line.startswith(f'lockscope_agent_database_up{{database="{name}"}}'):
+            return line.rsplit(" ", 1)[1]
+    return None
+
+
+def test_wrong_password_missing_privilege_and_unreachable(
+    postgres_server: Any, pg_watch_dsn: str, mariadb_server: Any, caplog: Any
+) -> None:
+    """Each fault is logged once (password redacted), shown in /readyz and as
+    lockscope_agent_database_up 0; the agent keeps serving; no password anywhere."""
+    postgres_server.psql(
+        "DO $$ BEGIN CREATE ROLE lockscope_nopriv LOGIN PASSWORD 'n0priv-pw';"
+        " EXCEPTION WHEN duplicate_object THEN NULL; END $$;"
+    )
+    mariadb_server.sql(
+        f"CREATE USER IF NOT EXISTS 'lockscope_nopriv'@'{mariadb_server.host}'"
+        " IDENTIFIED BY 'n0priv-pw';"
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free_port = s.getsockname()[1]
+    wrong = pg_watch_dsn.replace("s3cret-watch", "Wr0ng-pass-word")
+    host = f"{postgres_server.host}:{postgres_server.port}"
+    targets = [
+        parse_dsn(wrong, name="wrong"),
+        parse_dsn(f"postgresql://lockscope_nopriv:n0priv-pw@{host}/lockscope", name="nopriv"),
+        parse_dsn(
+            f"mysql://lockscope_nopriv:n0priv-pw@{mariadb_server.host}:{mariadb_server.port}"
+            "/lockscope",
+            name="mynopriv",
+        ),
+        parse_dsn(f"postgresql://x:Unre4chable-pw@127.0.0.1:{free_port}/db", name="down"),
+    ]
+    caplog.set_level(logging.DEBUG, logger="lockscope")
+    with InProcessAgent(http_setup=[setup_database_watchers(targets)]) as agent:
+        for t in targets:
+            wait_until(lambda t=t: status(agent, t.name)["failures"] >= 2)
+        assert "password authentication failed" in status(agent, "wrong")["error"]
+        assert "pg_monitor" in status(agent, "nopriv")["error"]
+        assert "PROCESS" in status(agent, "mynopriv")["error"]
+        assert status(agent, "down")["error"]
+        for t in targets:
+            assert status(agent, t.name)["up"] is False
+            assert up_metric(agent, t.name) == "0.0"
+        assert agent.get("/healthz")["status"] == "ok"
+        readyz = json.dumps(agent.get("/readyz"))
+        with urllib.request.urlopen(f"{agent.http_url}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+    logs = "\n".join(r.getMessage() for r in caplog.records)
+    for secret in ("Wr0ng-pass-word", "n0priv-pw", "Unre4chable-pw", "s3cret-watch"):
+        assert secret not in logs
+        assert secret not in readyz
+        assert secret not in metrics
+    # Logged once per distinct error, not once per retry.
+    wrong_logs = [r for r in caplog.records if "database wrong " in r.getMessage()]
+    assert len(wrong_logs) == 1, wrong_logs
+
+
+def test_database_down_restarted_and_slow(pg_watch_dsn: str) -> None:
+    """A watched server that stops is shown down (its locks gone from the graph), is
+    watched again when it is back, and a poll blocked behind a lock on pg_class is cut by
+    the watcher's timeouts without holding up the agent."""
+    from lockscope.testing.postgres_server import PostgresServer
+
+    with PostgresServer() as pg:
+        dsn = pg.create_monitor_role("lockscope_watch", "own-pw")
+        target = parse_dsn(dsn, name="own")
+        with InProcessAgent(http_setup=[setup_database_watchers([target])]) as agent:
+            wait_until(lambda: status(agent, "own")["up"])
+            pg.stop()
+            wait_until(lambda: not status(agent, "own")["up"])
+            assert up_metric(agent, "own") == "0.0"
+            pg.start()
+            wait_until(lambda: status(agent, "own")["up"], timeout=60.0)
+            assert up_metric(agent, "own") == "1.0"
+            import psycopg
+
+            blocker = psycopg.connect(pg.dsn)
+            try:
+                blocker.execute("LOCK TABLE pg_class IN ACCESS EXCLUSIVE MODE")
+                wait_until(lambda: not status(agent, "own")["up"])
+                assert "timeout" in status(agent, "own")["error"].lower()
+                assert agent.get("/healthz")["status"] == "ok"
+            finally:
+                blocker.rollback()
+                blocker.close()
+            wait_until(lambda: status(agent, "own")["up"], timeout=60.0)

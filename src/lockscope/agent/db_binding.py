@@ -22,7 +22,7 @@ from lockscope import events as ev
 from lockscope.agent.db_snapshot import ATTR_DB_SESSION, SESSION_PREFIX
 from lockscope.agent.graph import Actor, Lock
 
-__all__ = ["binding_key", "bound_actor", "bound_since"]
+__all__ = ["binding_key", "bound_actor", "bound_since", "bound_wait_since"]
 
 
 def binding_key(system: str, namespace: str, session_id: object) -> str:
@@ -67,3 +67,15 @@ def bound_since(
         if h.actor is actor:
             return min(since, h.since_ns)
     return since
+
+
+def bound_wait_since(actor: Actor, since: int) -> int:
+    """A session's wait, dated no earlier than the actor's own newest hold.
+
+    The wait's start is the database's clock (or, on MariaDB, rounded); the actor's holds
+    are its host's.  An actor blocked in a statement acquires nothing else, so its holds
+    all began before the wait: dating the wait after them keeps it (the state drops a
+    wait older than a hold of its actor as already over).  Stable while the actor waits.
+    """
+    newest = max((h.since_ns for h in actor.holds.values() if h.source is None), default=since - 1)
+    return max(since, newest + 1)

@@ -32,7 +32,9 @@ __all__ = [
 _NOW: Final = "SELECT UNIX_TIMESTAMP(NOW(6))"
 
 MARIADB_RECORD_WAITS: Final = """
-SELECT r.trx_mysql_thread_id, UNIX_TIMESTAMP(r.trx_wait_started), rl.lock_mode,
+SELECT r.trx_mysql_thread_id,
+       COALESCE(UNIX_TIMESTAMP(NOW(6)) - p.TIME_MS / 1000, UNIX_TIMESTAMP(r.trx_wait_started)),
+       rl.lock_mode,
        rl.lock_type, rl.lock_table, rl.lock_index, rl.lock_data,
        b.trx_mysql_thread_id, bl.lock_mode
 FROM information_schema.INNODB_LOCK_WAITS w
@@ -40,6 +42,7 @@ JOIN information_schema.INNODB_TRX r ON r.trx_id = w.requesting_trx_id
 JOIN information_schema.INNODB_TRX b ON b.trx_id = w.blocking_trx_id
 JOIN information_schema.INNODB_LOCKS rl ON rl.lock_id = w.requested_lock_id
 JOIN information_schema.INNODB_LOCKS bl ON bl.lock_id = w.blocking_lock_id
+LEFT JOIN information_schema.PROCESSLIST p ON p.ID = r.trx_mysql_thread_id
 """
 MARIADB_USER_WAITS: Final = """
 SELECT ID, TIME_MS, INFO FROM information_schema.PROCESSLIST WHERE STATE = 'User lock'
@@ -218,7 +221,8 @@ class MysqlDialect:
             port=target.port,
             user=target.user or "",
             password=target.password or "",
-            database=target.dbname,
+            # No default database: PROCESS is all a poll needs, and choosing a database
+            # would need a grant on it (the namespace still names target.dbname).
             connect_timeout=max(1, int(target.statement_timeout + 0.999)),
             read_timeout=max(1, int(target.statement_timeout * 2 + 0.999)),
             write_timeout=max(1, int(target.statement_timeout * 2 + 0.999)),

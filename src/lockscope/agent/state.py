@@ -31,7 +31,7 @@ from typing import Any
 
 from lockscope import events as ev
 from lockscope.agent.config import AgentConfig
-from lockscope.agent.db_binding import bound_actor, bound_since
+from lockscope.agent.db_binding import bound_actor, bound_since, bound_wait_since
 from lockscope.agent.detect_deadlock import DeadlockDetector
 from lockscope.agent.detect_order import OrderGraph, OrderPair, inversion_finding
 from lockscope.agent.detect_stale import LEASE_EXPIRED, MAX_HOLD, ORPHANED, stale_finding
@@ -1021,6 +1021,8 @@ class AgentState(StateQueries):
                     raise RejectedEvent(f"heartbeat wait without {ev.ATTR_SINCE}")
                 lock, actor = self._entry_target(proc, entry)
                 touched.append((actor, lock))
+                if actor.process is not proc:
+                    since = bound_wait_since(actor, since)
                 w = self._put_wait(actor, lock, mode, since, t, entry)
                 if w is not None:
                     seen_waits.add(w)

@@ -53,13 +53,14 @@ def _done(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
 
 
 def instrument(patcher: Patcher) -> None:
-    """Wrap PyMySQL when it is imported."""
+    """Wrap PyMySQL when it is imported (each module when it is: they import each other)."""
 
-    def apply(cursors: Any) -> None:
-        import pymysql.connections
+    def cursors(module: Any) -> None:
+        patcher.wrap(module.Cursor, "execute", _execute)
 
-        patcher.wrap(cursors.Cursor, "execute", _execute)
+    def connections(module: Any) -> None:
         for name in ("commit", "rollback", "close"):
-            patcher.wrap(pymysql.connections.Connection, name, _done)
+            patcher.wrap(module.Connection, name, _done)
 
-    patcher.when_imported("pymysql.cursors", apply)
+    patcher.when_imported("pymysql.cursors", cursors)
+    patcher.when_imported("pymysql.connections", connections)

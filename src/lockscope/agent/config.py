@@ -40,7 +40,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Hard bounds on what the agent keeps (SPEC principle 6).
+    """Hard bounds on what the agent keeps (docs/design.md, principle 6).
 
     When a limit is hit the new item is not tracked and the hit is counted
     (``AgentState.counters.limits_hit[name]``); nothing already tracked is dropped, so a
@@ -90,7 +90,7 @@ class AgentConfig:
     """
 
     report_after: float = 0.2
-    """The shims' reporting threshold (SPEC principle 1).  The agent does not filter by it;
+    """The shims' reporting threshold (docs/design.md, principle 1).  The agent does not filter by it;
     it documents what a missing short wait means and is what ``lockscope.testing`` passes to
     the shims it starts."""
     heartbeat_interval: float = 1.0

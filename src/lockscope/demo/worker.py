@@ -152,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.role == "ring" and not args.second:
         raise SystemExit("ring needs --second")
-    # Exactly what an application does to be seen by lockscope (SPEC "Programmatic").
+    # Exactly what an application does to be seen by lockscope (docs/instrumentation.md).
     from lockscope.instrumentation import LockscopeInstrumentor
 
     LockscopeInstrumentor().instrument()

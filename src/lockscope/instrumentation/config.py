@@ -148,7 +148,7 @@ def _parse_pairs(raw: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class ShimConfig:
-    """Everything the shim reads from the environment (SPEC "Shim configuration")."""
+    """Everything the shim reads from the environment (docs/instrumentation.md, "Configuration")."""
 
     endpoint: str = DEFAULT_ENDPOINT
     """OTLP/HTTP base URL of the agent (or a Collector); ``/v1/logs`` etc. are appended.

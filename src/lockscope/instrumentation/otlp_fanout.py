@@ -5,7 +5,7 @@ request to each endpoint.  A request counts as delivered when at least one endpo
 it, so one agent being down costs the others nothing: an endpoint that fails is skipped
 for a cool-down (1 s, doubling up to 30 s while it keeps failing) and the requests it
 misses meanwhile are counted in :attr:`FanoutTransport.missed`.  The agent that was away
-catches up from the next heartbeat snapshot (SPEC principle 3), as after any lost event.
+catches up from the next heartbeat snapshot (docs/design.md, principle 3), as after any lost event.
 """
 
 from __future__ import annotations

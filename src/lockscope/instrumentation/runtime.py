@@ -85,7 +85,7 @@ class Shim:
         )
 
     def resource(self) -> dict[str, Any]:
-        """The OTLP resource of this process (SPEC: service, host, pid, instance)."""
+        """The OTLP resource of this process (service, host, pid, instance)."""
         attrs: dict[str, Any] = dict(self.config.resource)
         attrs.update(
             {

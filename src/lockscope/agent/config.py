@@ -90,7 +90,7 @@ class AgentConfig:
     """
 
     report_after: float = 0.2
-    """The shims' reporting threshold (docs/design.md, principle 1).  The agent does not filter by it;
+    """The shims' reporting threshold (design principle 1).  The agent does not filter by it;
     it documents what a missing short wait means and is what ``lockscope.testing`` passes to
     the shims it starts."""
     heartbeat_interval: float = 1.0

@@ -106,7 +106,7 @@ def test_demo_command_finds_a_deadlock_and_a_stale_holder() -> None:
     assert "installing" not in result.stderr
 
 
-@pytest.mark.parametrize("command", ["agent", "instrument", "status", "demo"])
+@pytest.mark.parametrize("command", ["agent", "instrument", "status", "top", "check", "demo"])
 def test_every_command_help_says_what_it_does_with_an_example(command: str) -> None:
     from lockscope.cli import COMMANDS
 
@@ -126,4 +126,4 @@ def test_every_command_help_says_what_it_does_with_an_example(command: str) -> N
 def test_the_command_list_is_covered() -> None:
     from lockscope.cli import COMMANDS
 
-    assert set(COMMANDS) == {"agent", "instrument", "status", "demo"}
+    assert set(COMMANDS) == {"agent", "instrument", "status", "top", "check", "demo"}

@@ -12,7 +12,7 @@ Detection timing.  Three clocks are read (``time.perf_counter``), all inside the
 * ``receipt``: the OTLP request that carries the closing ``wait.start`` reaches its handler
   (headers parsed; before the body is read and decoded);
 * ``apply``: ``AgentState.apply`` starts on the closing event;
-* ``query``: right after that ``apply`` returns, ``state.api_deadlocks(active_only=True)`` -
+* ``query``: right after that ``apply`` returns, ``api_deadlocks(state, active_only=True)`` -
   the JSON API's own query - lists the new deadlock;
 * ``visible``: the event loop runs its next callback after that ``apply`` (scheduled with
   ``call_soon``): the first moment an API request can be answered.  The receiver applies
@@ -48,6 +48,7 @@ from lockscope.agent.config import AgentConfig, Limits
 from lockscope.agent.findings import DEADLOCK, Finding
 from lockscope.agent.model import Event
 from lockscope.agent.state import AgentState
+from lockscope.agent.web_api import api_deadlocks, api_status
 
 _request: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "bench_request", default=None
@@ -88,7 +89,7 @@ async def main() -> None:
         t0 = time.perf_counter()
         original_apply(event, now_ns)
         if detector.counters.detected_total != before:
-            found = {f["id"] for f in state.api_deadlocks(active_only=True)["deadlocks"]}
+            found = {f["id"] for f in api_deadlocks(state, active_only=True)["deadlocks"]}
             t_query = time.perf_counter()
             info = _request.get()
             new = records[before - detector.counters.detected_total :]
@@ -108,11 +109,11 @@ async def main() -> None:
                 {
                     "id": f.id,
                     "size": len(f.data["participants"]),
-                    "service": f.labels.get("service", ""),
+                    "service": ",".join(f.services),
                 }
             )
 
-    state.subscribe(on_finding)
+    state.subscribe_findings(on_finding)
 
     # Garbage-collector pauses, a usual suspect for latency outliers.
     pauses: list[tuple[int, float]] = []
@@ -137,7 +138,7 @@ async def main() -> None:
                 "rss": me.memory_info().rss,
                 "gc_objects": len(gc.get_objects()),
                 "tombstones": len(state._tombstones),
-                "state": state.api_status(),
+                "state": api_status(state),
                 "findings": {
                     "deadlocks_detected": detector.counters.detected_total,
                     "candidates_rejected": detector.counters.candidates_rejected_total,

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from lockscope import events as ev
 from lockscope.agent.config import AgentConfig
 from lockscope.agent.model import Event, ProcessInfo
 from lockscope.agent.state import AgentState
+from lockscope.agent.web_api import (
+    api_deadlocks,
+    api_order_inversions,
+    api_stale_holders,
+    api_violations,
+)
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S
@@ -147,9 +154,9 @@ class World:
 
     def active(self, kind_key: str) -> list[dict[str, Any]]:
         api = {
-            "deadlocks": self.state.api_deadlocks,
-            "stale_holders": self.state.api_stale_holders,
-            "violations": self.state.api_violations,
-            "order_inversions": self.state.api_order_inversions,
+            "deadlocks": partial(api_deadlocks, self.state),
+            "stale_holders": partial(api_stale_holders, self.state),
+            "violations": partial(api_violations, self.state),
+            "order_inversions": partial(api_order_inversions, self.state),
         }[kind_key]
         return [d for d in api()[kind_key] if d["status"] == "active"]

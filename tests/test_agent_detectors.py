@@ -10,8 +10,15 @@ import pytest
 from agent_helpers import S, World
 from lockscope import events as ev
 from lockscope.agent.config import AgentConfig
+from lockscope.agent.export_alertmanager import alert_labels
 from lockscope.agent.findings import Finding
 from lockscope.agent.state import AgentState
+from lockscope.agent.web_api import (
+    api_deadlocks,
+    api_order_inversions,
+    api_processes,
+    api_stale_holders,
+)
 
 FIFO = {ev.ATTR_LOCK_FIFO: True}
 
@@ -99,7 +106,7 @@ def test_read_write_upgrade_deadlock_two_readers() -> None:
     w.wait("2.1", "RW", mode="write", **FIFO)
     assert w.deadlocks() == [w.keys("1.1", "2.1")]
     # the larger deadlock superseded the smaller one
-    resolved = [d for d in w.state.api_deadlocks()["deadlocks"] if d["status"] == "resolved"]
+    resolved = [d for d in api_deadlocks(w.state)["deadlocks"] if d["status"] == "resolved"]
     assert [d["resolution"] for d in resolved] == ["superseded"]
 
 
@@ -192,7 +199,7 @@ def test_resolves_when_a_participant_gives_up() -> None:
     w.advance(1)
     w.end_wait(actors[1], "L2", outcome="timeout")
     assert w.active("deadlocks") == []
-    [r] = w.state.api_deadlocks()["deadlocks"]
+    [r] = api_deadlocks(w.state)["deadlocks"]
     assert r["id"] == d["id"]
     assert r["status"] == "resolved"
     assert r["resolution"] == "wait_ended"
@@ -216,7 +223,7 @@ def test_resolves_when_a_participant_process_dies() -> None:
             holds=[w.entry("1.1", "A", since=w.hold_since("1.1", "A") or 0)],
             waits=[w.entry("1.1", "B", since=w.wait_since("1.1") or 0)],
         )
-    [r] = w.state.api_deadlocks()["deadlocks"]
+    [r] = api_deadlocks(w.state)["deadlocks"]
     assert r["status"] == "resolved"
     assert r["resolution"] == "process_dead"
     # the dead process's hold of B is now an orphaned stale holder
@@ -349,11 +356,11 @@ def test_orphaned_holder_when_process_stops_heartbeating() -> None:
     w.advance(0.6)  # 3 x 0.5 s silent
     [s] = w.active("stale_holders")
     assert (s["reason"], s["lock"]) == ("orphaned", "A")  # in-process locks die with it
-    assert w.state.api_processes()["processes"][0]["alive"] is False
+    assert api_processes(w.state)["processes"][0]["alive"] is False
     # the process comes back (it was SIGSTOPped): the finding resolves
     w.heartbeat(1, holds=[w.entry("1.1", "A", since=w.hold_since("1.1", "A") or 0)])
     assert w.active("stale_holders") == []
-    assert w.state.api_processes()["processes"][0]["alive"] is True
+    assert api_processes(w.state)["processes"][0]["alive"] is True
 
 
 def test_orphaned_hold_dropped_when_lease_runs_out_or_another_takes_it() -> None:
@@ -395,7 +402,7 @@ def test_lock_lost_event_is_lease_expired_and_counted() -> None:
     [s] = w.active("stale_holders")
     assert s["reason"] == "lease_expired"
     assert s["lock"] == "order:42"
-    assert w.state.counters.locks_lost == {"order:{id}": 1}
+    assert w.state.stale.counters.locks_lost == {"order:{id}": 1}
     assert w.state.hold_count == 0
     w.advance(301)  # one-shot findings expire after finding_ttl
     assert w.active("stale_holders") == []
@@ -416,7 +423,7 @@ def test_lock_lost_after_lease_expired_finding_is_one_finding() -> None:
     [after] = w.active("stale_holders")
     assert after["id"] == seen["id"]
     assert after["detail"] == "the holder lost the lock"
-    assert len(w.state.api_stale_holders()["stale_holders"]) == 1
+    assert len(api_stale_holders(w.state)["stale_holders"]) == 1
     w.advance(301)
     assert w.active("stale_holders") == []
 
@@ -438,7 +445,7 @@ def test_overlapping_holds_after_pause_past_lease() -> None:
     assert v["reason"] == "overlapping_holds"
     assert v["lock"] == "A"
     assert {v["pid"], v["other"]["pid"]} == {1001, 1002}
-    assert w.state.counters.violations == {"A": 1}
+    assert w.state.violations.counters.violations == {"A": 1}
 
 
 def test_sequential_holds_with_lost_release_are_no_violation() -> None:
@@ -515,7 +522,7 @@ def test_ab_ba_seen_at_different_times_is_an_inversion() -> None:
     assert inv["pid"] == 1002
     assert {p["pid"] for p in inv["pairs"]} == {1001, 1002}
     pair(w, 3, "ledger", "account:{id}")  # the same pair again: no new finding
-    assert len(w.state.api_order_inversions()["order_inversions"]) == 1
+    assert len(api_order_inversions(w.state)["order_inversions"]) == 1
     assert w.deadlocks() == []  # potential, not actual
 
 
@@ -564,13 +571,13 @@ def test_subscribe_and_findings_feed() -> None:
     def listen(f: Finding) -> None:
         seen.append((f.kind, f.status))
 
-    unsubscribe = w.state.subscribe(listen)
+    unsubscribe = w.state.subscribe_findings(listen)
     ring(w, 2)
     w.end_wait("1.1", "L1")
     assert seen == [("deadlock", "active"), ("deadlock", "resolved")]
     [f] = list(w.state.findings())
-    assert f.labels["alertname"] == "LockDeadlock"
-    assert f.labels["id"] == f.id
+    assert alert_labels(f)["alertname"] == "LockDeadlock"
+    assert alert_labels(f)["id"] == f.id
     assert "waits for" in f.text
     unsubscribe()
     ring(w, 2)
@@ -598,7 +605,7 @@ def test_event_order_within_a_ring_does_not_matter() -> None:
             st.apply(base.event(name, actor, attrs, since + 5))
         [members] = st.deadlocks.active_members()
         assert len(members) == 2
-        ids.add(st.api_deadlocks()["deadlocks"][0]["id"])
+        ids.add(api_deadlocks(st)["deadlocks"][0]["id"])
     assert len(ids) == 1
 
 

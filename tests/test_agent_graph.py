@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from agent_helpers import T0, S, World
 from lockscope import events as ev
 from lockscope.agent.graph import ExploreLimit, find_cycle, reduce, waits_for
+from lockscope.agent.web_api import api_graph, api_lock
 
 ACTORS = ["1.1", "1.2", "2.1", "3.1", "4.1"]
 LOCKS = ["A", "B", "C"]
@@ -97,7 +98,7 @@ def test_fifo_mixed_tickets_are_no_cycle() -> None:
     assert (c, a) in queue
     assert len(queue) == 3
     # the API lists the waiters in the same queue order: front first
-    doc = w.state.api_lock("redis:ns/Q")
+    doc = api_lock(w.state, "redis:ns/Q")
     assert doc is not None
     assert [x["ticket"] for x in doc["waiters"]] == [None, 1, 2]
 
@@ -186,7 +187,7 @@ def test_api_graph_shape() -> None:
     w.hold("1.1", "A")
     w.wait("2.1", "A")
     w.hold("3.1", "idle")
-    g = w.state.api_graph()
+    g = api_graph(w.state)
     ids = {n["id"] for n in g["nodes"]}
     assert "redis:ns/A" in ids
     assert "redis:ns/idle" not in ids
@@ -197,7 +198,7 @@ def test_api_graph_shape() -> None:
         "lock": "redis:ns/A",
         "kind": "hold",
     } in g["edges"]
-    assert "redis:ns/idle" in {n["id"] for n in w.state.api_graph(include_idle=True)["nodes"]}
+    assert "redis:ns/idle" in {n["id"] for n in api_graph(w.state, include_idle=True)["nodes"]}
 
 
 # -- property-based: incremental == from-scratch --------------------------------------------
@@ -332,6 +333,7 @@ def run_scenario(
             if send:
                 w.send(ev.EVENT_WAIT_END, actor, m.waits[key][0], since=m.waits[key][3])
             del m.waits[key]
+        w.state.check_invariants()
         if lost is None:
             got = {frozenset(s) for s in w.deadlock_keys()}
             assert got == m.expected(), f"after {op} {actor} {lock}"
@@ -357,6 +359,7 @@ def run_scenario(
                     extra[ev.ATTR_LOCK_MAX_LEASES] = m.leases[lk]
                 waits.append(w.entry(a, lk, since, mode=mode, **extra))
         w.heartbeat(int(p), holds=holds, waits=waits)
+    w.state.check_invariants()
     state_holds = {(a.key, lk) for a in w.state.actors() for lk in a.holds}
     model_holds = {(k, f"redis:ns/{lk}") for lk, hs in m.holds.items() for k in hs}
     assert state_holds == model_holds

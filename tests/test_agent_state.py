@@ -20,6 +20,7 @@ from lockscope.agent.config import AgentConfig, ConfigError, Limits
 from lockscope.agent.findings import rfc3339
 from lockscope.agent.model import Event
 from lockscope.agent.state import AgentState, RejectedEvent
+from lockscope.agent.web_api import api_lock, api_locks, api_processes
 
 
 # -- validation ----------------------------------------------------------------
@@ -183,7 +184,7 @@ def test_newer_wait_replaces_older_one() -> None:
 def test_hold_extend_updates_lease_and_creates_unknown_hold() -> None:
     w = World()
     w.send(ev.EVENT_HOLD_EXTEND, "1.1", "A", **{ev.ATTR_LOCK_EXPIRES_AT: w.now + 5 * S})
-    lock = w.state.api_lock("A")
+    lock = api_lock(w.state, "A")
     assert lock is not None
     assert lock["holders"][0]["expires_at"] is not None
 
@@ -332,6 +333,7 @@ def simulate(
         while inflight and inflight[0][0] <= w.now:
             _, _, event = inflight.pop(0)
             w.state.apply(event)
+        w.state.check_invariants()
         for members in w.deadlocks():
             if members not in reported:
                 reported.append(members)
@@ -392,7 +394,7 @@ def test_dead_process_forgotten_after_retention() -> None:
     assert w.state.hold_count == 1  # orphaned, kept
     w.advance(10)
     assert w.state.hold_count == 0
-    assert w.state.api_processes() == {"processes": []}
+    assert api_processes(w.state) == {"processes": []}
     assert w.active("stale_holders") == []
 
 
@@ -403,9 +405,9 @@ def test_api_lock_holders_waiters_timeline() -> None:
     w.advance(0.1)
     w.wait("3.1", "A", **{ev.ATTR_QUEUE_POSITION: 9, ev.ATTR_LOCK_FIFO: True})
     w.wait("2.1", "A", **{ev.ATTR_QUEUE_POSITION: 8, ev.ATTR_LOCK_FIFO: True})
-    lock = w.state.api_lock("A")
+    lock = api_lock(w.state, "A")
     assert lock is not None
-    assert lock == w.state.api_lock("redis:ns/A")
+    assert lock == api_lock(w.state, "redis:ns/A")
     assert (lock["name"], lock["system"], lock["namespace"], lock["kind"]) == (
         "A",
         "redis",
@@ -418,7 +420,7 @@ def test_api_lock_holders_waiters_timeline() -> None:
     assert lock["waiters"][1]["waits_for"] == ["svc:1001/thread:1", "svc:1002/thread:1"]
     assert [e["event"] for e in lock["timeline"]] == ["hold", "wait", "wait"]
     assert lock["timeline"][0]["time"].endswith("Z")
-    assert w.state.api_lock("nope") is None
+    assert api_lock(w.state, "nope") is None
 
 
 def test_api_locks_and_processes() -> None:
@@ -427,12 +429,12 @@ def test_api_locks_and_processes() -> None:
     w.hold("1.1", "A")
     w.hold("2.1", "B")
     w.wait("3.1", "B")
-    locks = w.state.api_locks()
+    locks = api_locks(w.state)
     assert locks["total"] == 2
     assert [lk["name"] for lk in locks["locks"]] == ["B", "A"]  # most waiters first
     assert locks["locks"][0]["waiter_count"] == 1
     assert locks["locks"][0]["holder_count"] == 1
-    procs = w.state.api_processes()["processes"]
+    procs = api_processes(w.state)["processes"]
     assert [(p["pid"], p["alive"], p["holds"], p["waits"]) for p in procs] == [
         (1001, True, 1, 0),
         (1002, True, 1, 0),
@@ -598,7 +600,31 @@ def test_late_extension_does_not_roll_the_lease_back() -> None:
         since=since,
         **{ev.ATTR_LOCK_EXPIRES_AT: t_ext + 2 * S},
     )
-    lock = w.state.api_lock("A")
+    lock = api_lock(w.state, "A")
     assert lock is not None
     [holder] = lock["holders"]
     assert holder["expires_at"] == rfc3339(w.now + 10 * S)
+
+
+# -- invariants ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("corrupt", "message"),
+    [
+        (lambda s: setattr(s, "_nholds", s._nholds + 1), "_nholds"),
+        (lambda s: setattr(s, "_nwaits", s._nwaits - 1), "_nwaits"),
+        (lambda s: setattr(s, "_semaphore_waits", 5), "_semaphore_waits"),
+        (lambda s: s._waiters.__setitem__("A", 7), "_waiters"),
+        (lambda s: next(s.locks()).holds.clear(), "lacks|misses"),
+        (lambda s: s._locks.pop("redis:ns/B"), "untracked"),
+    ],
+)
+def test_check_invariants_finds_each_corrupted_index(corrupt: Any, message: str) -> None:
+    w = World()
+    w.hold("1.1", "A")
+    w.hold("1.2", "B", mode="semaphore", **{ev.ATTR_LOCK_MAX_LEASES: 2})
+    w.advance(0.01)
+    w.wait("2.1", "A")
+    w.state.check_invariants()
+    corrupt(w.state)
+    with pytest.raises(AssertionError, match=message):
+        w.state.check_invariants()

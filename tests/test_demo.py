@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from lockscope.agent.web_api import api_deadlocks
 from lockscope.agent.web_security import AccessPolicy
 from lockscope.testing.agent import InProcessAgent
 
@@ -86,7 +87,7 @@ def test_demo_once_on_redis_with_an_external_agent(
     assert f"the deadlock stays in place for 1 s: see it at {agent.http_url}/" in result.stdout
     assert_full_story(result.stdout)
     # The findings live in the external agent, where the demo read them.
-    deadlocks = agent.call(lambda: agent.state.api_deadlocks())["deadlocks"]
+    deadlocks = agent.call(lambda: api_deadlocks(agent.state))["deadlocks"]
     assert [d["status"] for d in deadlocks] == ["resolved"]
     assert {p["service"] for p in deadlocks[0]["participants"]} == {
         "transfer-1",

@@ -227,10 +227,10 @@ def _finding(n: int, active: bool) -> Finding:
     finding = Finding(
         kind="violation",
         id=f"viol-{n}",
-        labels={"alertname": "LockMutualExclusionViolation", "id": f"viol-{n}", "lock": "x"},
         text=f"violation {n}",
         data={},
         detected_at_ns=time.time_ns(),
+        templates=("x",),
     )
     if not active:
         finding.resolved_at_ns = time.time_ns()

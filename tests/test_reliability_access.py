@@ -10,11 +10,13 @@ import ssl
 import subprocess
 import threading
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from lockscope.agent.model import Event, ProcessInfo
+from lockscope.agent.web_api import api_processes
 from lockscope.agent.web_security import AccessPolicy, is_loopback, warn_if_exposed
 from lockscope.instrumentation import LockscopeInstrumentor, runtime
 from lockscope.instrumentation.config import ShimConfig
@@ -76,7 +78,7 @@ def test_ingest_without_the_right_token_is_401_and_counted(
     assert status == 401
     assert headers["WWW-Authenticate"].startswith("Bearer")
     assert guarded.runner.stats.rejected["unauthorized"] == before + 1
-    assert guarded.call(lambda: guarded.state.api_processes())["processes"] == []
+    assert guarded.call(lambda: api_processes(guarded.state))["processes"] == []
 
 
 def test_ingest_with_the_token_is_accepted(guarded: InProcessAgent) -> None:
@@ -84,7 +86,7 @@ def test_ingest_with_the_token_is_accepted(guarded: InProcessAgent) -> None:
         guarded.otlp_url + "/v1/logs", token=TOKEN, data=encode_logs([PROBE]), headers=PROTOBUF
     )
     assert status == 200
-    until(lambda: guarded.call(lambda: guarded.state.api_processes())["processes"])
+    until(lambda: guarded.call(lambda: api_processes(guarded.state))["processes"])
 
 
 @pytest.mark.parametrize("path", PROTECTED)
@@ -125,7 +127,7 @@ def test_the_shim_sends_the_token_from_lockscope_headers(guarded: InProcessAgent
         "LOCKSCOPE_HEADERS": f"Authorization=Bearer {TOKEN}",
     }
     with shim_from_env(env) as shim:
-        until(lambda: my_process(guarded.call(guarded.state.api_processes), shim))
+        until(lambda: my_process(guarded.call(partial(api_processes, guarded.state)), shim))
 
 
 def test_the_shim_sends_the_token_from_otel_headers(guarded: InProcessAgent) -> None:
@@ -134,7 +136,7 @@ def test_the_shim_sends_the_token_from_otel_headers(guarded: InProcessAgent) -> 
         "OTEL_EXPORTER_OTLP_HEADERS": f"authorization=Bearer%20{TOKEN}",
     }
     with shim_from_env(env) as shim:
-        until(lambda: my_process(guarded.call(guarded.state.api_processes), shim))
+        until(lambda: my_process(guarded.call(partial(api_processes, guarded.state)), shim))
 
 
 def test_a_shim_with_a_wrong_token_is_refused_and_the_app_is_unaffected(
@@ -147,7 +149,7 @@ def test_a_shim_with_a_wrong_token_is_refused_and_the_app_is_unaffected(
         lock = threading.Lock()
         with lock:
             pass
-        assert not my_process(guarded.call(guarded.state.api_processes), shim)
+        assert not my_process(guarded.call(partial(api_processes, guarded.state)), shim)
         assert shim.reporter.failed_posts >= 1
 
 

@@ -17,11 +17,13 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import pytest
 from kazoo.client import KazooClient
 
+from lockscope.agent.web_api import api_processes
 from lockscope.instrumentation import LockscopeInstrumentor, runtime
 from lockscope.instrumentation.config import ShimConfig
 from lockscope.testing import faults
@@ -102,7 +104,7 @@ def test_the_shim_recovers_by_itself_when_the_agent_returns(fault: str) -> None:
             until(
                 lambda: any(
                     p["instance"] == shim.instance_id
-                    for p in upstream.call(upstream.state.api_processes)["processes"]
+                    for p in upstream.call(partial(api_processes, upstream.state))["processes"]
                 )
             )
             # What could not be delivered was counted, and the agent learns the count.

@@ -54,7 +54,7 @@ from lockscope.agent.otlp_stats import ReceiverStats
 from lockscope.agent.server_guard import ConnectionGuard, GuardedSite
 from lockscope.agent.shard_forward import ShardForwarding
 from lockscope.agent.state import AgentState
-from lockscope.agent.web_api import setup_api_routes
+from lockscope.agent.web_api import api_status, setup_api_routes
 from lockscope.agent.web_metrics import setup_metrics_route
 from lockscope.agent.web_security import (
     AccessPolicy,
@@ -146,7 +146,7 @@ async def _readyz(request: web.Request) -> web.Response:
     ready = request.app[READY_KEY].is_set()
     body: dict[str, object] = {
         "status": "ready" if ready else "not ready",
-        "state": request.app[STATE_KEY].api_status(),
+        "state": api_status(request.app[STATE_KEY]),
     }
     from lockscope.agent.db_watch import DATABASES_KEY
 

@@ -1,11 +1,12 @@
 """Deadlock detection: incremental cycle search, graph reduction, confirmation, resolution.
 
-The state tells the detector which actors changed during an event (:meth:`touched`), then
-calls :meth:`flush`.  For each changed actor that someone may wait for, a depth-first search
-from it looks for a path back to it (so an edge insertion costs the path explored, not the
-graph).  Only when that finds a cycle - or reaches an actor already known to be stuck - does
-the detector run graph reduction over the reachable part, which settles semaphores (a cycle
-is necessary, not sufficient) and yields the deadlocked groups.  Each candidate is then
+The store tells the detector which actors changed during an event (its changes become
+:meth:`touched` calls), then calls :meth:`flush`.  For each changed actor that someone may
+wait for, a depth-first search from it looks for a path back to it (so an edge insertion
+costs the path explored, not the graph).  Only when that finds a cycle - or reaches an
+actor already known to be stuck - does the detector run graph reduction over the reachable
+part, which settles semaphores (a cycle is necessary, not sufficient) and yields the
+deadlocked groups.  Each candidate is then
 confirmed against the current state (after ``confirm_after``), and every deadlock whose
 participants or dependencies change is re-checked, so it resolves as soon as any
 participant's wait ends or its process dies.
@@ -15,10 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lockscope.agent.findings import (
-    ALERT_NAMES,
     DEADLOCK,
     Finding,
     FindingStore,
@@ -35,6 +35,20 @@ from lockscope.agent.graph import (
     reduce,
     upstream,
 )
+from lockscope.agent.store_changes import (
+    ActorRemoved,
+    HoldAdded,
+    HoldDropped,
+    ProcessDied,
+    ProcessRevived,
+    SnapshotApplied,
+    WaitAdded,
+    WaitChanged,
+    WaitDropped,
+)
+
+if TYPE_CHECKING:
+    from lockscope.agent.store import LockStore
 
 __all__ = ["DeadlockCounters", "DeadlockDetector", "deadlock_id"]
 
@@ -101,9 +115,38 @@ class DeadlockDetector:
         id -> (members, first seen)."""
         self._changed: dict[Actor, None] = {}
         self._dirty: set[str] = set()
+        self._snapshot = False
         self.counters = DeadlockCounters()
 
-    # -- input from the state -------------------------------------------------------------
+    # -- input from the store -------------------------------------------------------------
+    def attach(self, store: LockStore) -> None:
+        """Subscribe to every change of an actor's wait or holds and of process liveness;
+        count exploration limits with the store's limits."""
+        self._on_limit = store.limit_hit
+        self._semaphores_waited = lambda: store.semaphore_wait_count > 0
+        store.subscribe(HoldAdded, self._hold_changed)
+        store.subscribe(HoldDropped, self._hold_changed)
+        store.subscribe(WaitAdded, self._wait_changed)
+        store.subscribe(WaitChanged, self._wait_changed)
+        store.subscribe(WaitDropped, self._wait_changed)
+        store.subscribe(ProcessDied, self._process_changed)
+        store.subscribe(ProcessRevived, self._process_changed)
+        store.subscribe(ActorRemoved, lambda c: self.forget(c.actor))
+        store.subscribe(SnapshotApplied, self._snapshot_applied)
+
+    def _hold_changed(self, c: HoldAdded | HoldDropped) -> None:
+        self.touched(c.hold.actor)
+
+    def _wait_changed(self, c: WaitAdded | WaitChanged | WaitDropped) -> None:
+        self.touched(c.wait.actor)
+
+    def _process_changed(self, c: ProcessDied | ProcessRevived) -> None:
+        for actor in c.process.actors.values():
+            self.touched(actor)
+
+    def _snapshot_applied(self, _c: SnapshotApplied) -> None:
+        self._snapshot = True  # fresh evidence may confirm a pending candidate (flush)
+
     def touched(self, actor: Actor) -> None:
         """The actor's wait or holds changed (call for every change, before :meth:`flush`)."""
         self._changed[actor] = None
@@ -112,7 +155,8 @@ class DeadlockDetector:
             self._dirty.update(ids)
 
     def flush(self, now_ns: int) -> None:
-        """Re-check affected deadlocks, then search from every changed actor."""
+        """Re-check affected deadlocks, then search from every changed actor (and, after a
+        heartbeat snapshot, re-check pending candidates)."""
         changed, self._changed = self._changed, {}
         if self._dirty:
             dirty, self._dirty = self._dirty, set()
@@ -120,6 +164,9 @@ class DeadlockDetector:
                 self._revalidate(did, now_ns)
         for actor in changed:
             self._search(actor, now_ns)
+        if self._snapshot:
+            self._snapshot = False
+            self.tick(now_ns)
 
     def tick(self, now_ns: int) -> None:
         """Re-check pending candidates (call periodically and after each heartbeat)."""
@@ -389,14 +436,14 @@ def _finding(did: str, members: frozenset[Actor], red: Reduction, now_ns: int) -
         "participants": participants,
         "victim": victim.label,
     }
-    labels = {
-        "alertname": ALERT_NAMES[DEADLOCK],
-        "kind": DEADLOCK,
-        "id": did,
-        "lock": ",".join(templates),
-        "system": ",".join(data["systems"]),
-        "service": ",".join(sorted({m.process.info.service for m in members})),
-        "severity": "critical",
-    }
     text = f"deadlock of {len(members)}: " + "; ".join(lines)
-    return Finding(DEADLOCK, did, labels, text, data, detected_at_ns=now_ns)
+    return Finding(
+        DEADLOCK,
+        did,
+        text,
+        data,
+        detected_at_ns=now_ns,
+        templates=tuple(templates),
+        systems=tuple(data["systems"]),
+        services=tuple(sorted({m.process.info.service for m in members})),
+    )

@@ -11,16 +11,26 @@ other, so read/read orderings are not inversions.  The search runs on a graph wh
 are ``(lock, mode the lock is requested in)``: pair (A held in ``ma``, then B requested in
 ``mb``) links ``(A, c)`` to ``(B, mb)`` for every request mode ``c`` that conflicts with
 ``ma``.  A cycle there is exactly a cycle whose every lock is contended.
+
+:class:`OrderDetector` handles the ``lockscope.order.pair`` events itself (the store
+routes them to it): the order graph is its own state, apart from the live graph.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lockscope.agent.findings import ALERT_NAMES, ORDER_INVERSION, Finding, rfc3339, stable_id
+from lockscope import events as ev
+from lockscope.agent.findings import ORDER_INVERSION, Finding, FindingStore, rfc3339, stable_id
+from lockscope.agent.graph import Process
+from lockscope.agent.model import EXCLUSIVE, Event, RejectedEvent, attr_str
 
-__all__ = ["OrderGraph", "OrderPair", "inversion_finding"]
+if TYPE_CHECKING:
+    from lockscope.agent.store import LockStore
+
+__all__ = ["OrderDetector", "OrderGraph", "OrderPair", "inversion_finding"]
 
 _R = "r"
 _W = "w"
@@ -129,6 +139,62 @@ class OrderGraph:
         return g
 
 
+class OrderDetector:
+    """Merges reported lock-order pairs and reports each new inversion (a store detector)."""
+
+    def __init__(self, findings: FindingStore, max_pairs: int, self_pairs: bool = False) -> None:
+        self._findings = findings
+        self.graph = OrderGraph(max_pairs, self_pairs)
+        self.inversions_detected = 0
+        self._store: LockStore | None = None
+
+    def attach(self, store: LockStore) -> None:
+        """Handle ``lockscope.order.pair`` events."""
+        self._store = store
+        store.handle(ev.EVENT_ORDER_PAIR, self.on_order_pair)
+
+    def flush(self, now_ns: int) -> None:
+        """Nothing is batched."""
+
+    def tick(self, now_ns: int) -> None:
+        """Nothing is timed."""
+
+    def on_order_pair(self, event: Event, proc: Process) -> None:
+        """``lockscope.order.pair``: the process took ``second`` while holding ``first``."""
+        assert self._store is not None
+        attrs = event.attrs
+        first = attr_str(attrs, ev.ATTR_ORDER_FIRST)
+        second = attr_str(attrs, ev.ATTR_ORDER_SECOND)
+        if not first or not second:
+            raise RejectedEvent(f"missing {ev.ATTR_ORDER_FIRST} or {ev.ATTR_ORDER_SECOND}")
+        first_mode = attr_str(attrs, ev.ATTR_ORDER_FIRST_MODE, EXCLUSIVE) or EXCLUSIVE
+        second_mode = attr_str(attrs, ev.ATTR_ORDER_SECOND_MODE, EXCLUSIVE) or EXCLUSIVE
+        for m in (first_mode, second_mode):
+            if m not in ev.MODES:
+                raise RejectedEvent(
+                    f"order pair mode must be one of {', '.join(ev.MODES)}, not {m!r}"
+                )
+        sys1 = attr_str(attrs, ev.ATTR_ORDER_SYSTEM_FIRST, "") or ""
+        sys2 = attr_str(attrs, ev.ATTR_ORDER_SYSTEM_SECOND, "") or ""
+        pair = OrderPair(
+            first=(sys.intern(sys1), sys.intern(first)),
+            second=(sys.intern(sys2), sys.intern(second)),
+            first_mode=first_mode,
+            second_mode=second_mode,
+            service=proc.info.service,
+            pid=proc.info.pid,
+            instance=proc.info.instance,
+            actor=attr_str(attrs, ev.ATTR_ACTOR_ID),
+            seen_at_ns=event.time_ns,
+        )
+        before = self.graph.limit_hits
+        for cycle in self.graph.add(pair):
+            if self._findings.add(inversion_finding(cycle, self._store.now_ns)):
+                self.inversions_detected += 1
+        if self.graph.limit_hits != before:
+            self._store.limit_hit("max_order_pairs")
+
+
 def inversion_finding(cycle: list[OrderPair], now_ns: int) -> Finding:
     """A finding for one order cycle; its id depends only on the locks in the cycle."""
     nodes = [p.first for p in cycle]
@@ -147,19 +213,20 @@ def inversion_finding(cycle: list[OrderPair], now_ns: int) -> Finding:
         "since": rfc3339(min(p.seen_at_ns for p in cycle)),
         "pairs": [p.to_json() for p in cycle],
     }
-    labels = {
-        "alertname": ALERT_NAMES[ORDER_INVERSION],
-        "kind": ORDER_INVERSION,
-        "id": fid,
-        "lock": ",".join(sorted(set(names))),
-        "service": ",".join(sorted({p.service for p in cycle})),
-        "reason": "order_inversion",
-        "severity": "warning",
-    }
     order = " -> ".join([*names, names[0]])
     text = (
         f"lock-order inversion {order} ("
         + "; ".join(f"{p.service}:{p.pid} took {p.first[1]} then {p.second[1]}" for p in cycle)
         + ")"
     )
-    return Finding(ORDER_INVERSION, fid, labels, text, data, detected_at_ns=now_ns)
+    return Finding(
+        ORDER_INVERSION,
+        fid,
+        text,
+        data,
+        detected_at_ns=now_ns,
+        templates=tuple(sorted(set(names))),
+        systems=tuple(data["systems"]),
+        services=tuple(sorted({p.service for p in cycle})),
+        reason="order_inversion",
+    )

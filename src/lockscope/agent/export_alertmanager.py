@@ -46,7 +46,14 @@ import aiohttp
 from aiohttp import web
 
 from lockscope.agent.app_keys import ALERTMANAGER_URLS_KEY, STATE_KEY
-from lockscope.agent.findings import DEADLOCK, ORDER_INVERSION, STALE_HOLDER, VIOLATION, Finding
+from lockscope.agent.findings import (
+    ALERT_NAMES,
+    DEADLOCK,
+    ORDER_INVERSION,
+    STALE_HOLDER,
+    VIOLATION,
+    Finding,
+)
 from lockscope.agent.findings import rfc3339 as _rfc3339
 
 __all__ = [
@@ -55,6 +62,7 @@ __all__ = [
     "DEFAULT_RUNBOOK_URL",
     "AlertExporter",
     "AlertOptions",
+    "alert_labels",
     "alert_options",
     "bind_http_url",
     "finding_path",
@@ -210,8 +218,7 @@ class AlertExporter:
 
     def _build(self, finding: Finding) -> _Alert:
         opts = self.options
-        labels = {k: str(v) for k, v in finding.labels.items() if v not in (None, "")}
-        labels.setdefault("alertname", "Lock" + finding.kind.title().replace("_", ""))
+        labels = alert_labels(finding)
         link = opts.base_url + finding_path(finding.kind, finding.id)
         alertname = labels["alertname"]
         template = _SUMMARIES.get(finding.kind, "{kind} on {lock}")
@@ -360,6 +367,33 @@ class AlertExporter:
                 del self._alerts[fid]
 
 
+SEVERITY: Final = {
+    DEADLOCK: "critical",
+    VIOLATION: "critical",
+    STALE_HOLDER: "warning",
+    ORDER_INVERSION: "warning",
+}
+"""Alert severity per finding kind."""
+
+
+def alert_labels(finding: Finding) -> dict[str, str]:
+    """The finding's Alertmanager labels: ``alertname``, ``kind``, ``id``, ``lock``
+    (templates), ``system`` (not for order inversions: their pairs name the systems),
+    ``service``, ``reason`` and ``severity``; empty values are left out."""
+    labels = {
+        "alertname": ALERT_NAMES.get(finding.kind)
+        or "Lock" + finding.kind.title().replace("_", ""),
+        "kind": finding.kind,
+        "id": finding.id,
+        "lock": ",".join(finding.templates),
+        "system": "" if finding.kind == ORDER_INVERSION else ",".join(finding.systems),
+        "service": ",".join(finding.services),
+        "reason": finding.reason or "",
+        "severity": SEVERITY.get(finding.kind, "warning"),
+    }
+    return {k: v for k, v in labels.items() if v}
+
+
 def _description(finding: Finding) -> str:
     data = finding.data
     if finding.kind == DEADLOCK:
@@ -404,7 +438,7 @@ def setup_alertmanager(app: web.Application) -> None:
         state = app[STATE_KEY]
         for finding in state.findings(active_only=True):
             exporter.on_finding(finding)
-        holder.unsubscribe = state.subscribe(exporter.on_finding)
+        holder.unsubscribe = state.subscribe_findings(exporter.on_finding)
         await exporter.start()
         holder.exporter = exporter
         log.info("alerting Alertmanager(s): %s", ", ".join(urls))

@@ -1,14 +1,17 @@
 """Findings: what the detectors report (deadlocks, stale holders, violations, inversions).
 
-A :class:`Finding` has a stable id, a status (``active`` or ``resolved``), Alertmanager-ready
-labels and a one-line text, plus ``data``: the JSON object the API serves for it.  The
-:class:`FindingStore` keeps them within ``Limits.max_findings`` and tells subscribers about
-every change (the Alertmanager exporter and the web view listen).
+A :class:`Finding` has a stable id, a status (``active`` or ``resolved``), what it is about
+(lock templates, systems, services, reason: what alerts are labelled and routed by; the
+labels themselves are the Alertmanager exporter's) and a one-line text, plus ``data``: the
+JSON object the API serves for it.  The :class:`FindingStore` keeps them within
+``Limits.max_findings``, resolves one-shot findings when they expire, and tells
+subscribers about every change (the Alertmanager exporter and the web view listen).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -67,14 +70,19 @@ class Finding:
     kind: str
     """``deadlock``, ``stale_holder``, ``violation`` or ``order_inversion``."""
     id: str
-    labels: dict[str, str]
-    """Alertmanager labels: ``alertname``, ``kind``, ``id``, ``lock`` (template) and, where
-    known, ``system``, ``service``, ``reason``."""
     text: str
     """One line for people (alert summary, ``lockscope status``)."""
     data: dict[str, Any]
     """The JSON object of the API (without ``id``/``status``/times, added by :meth:`to_json`)."""
     detected_at_ns: int
+    templates: tuple[str, ...] = ()
+    """Lock-name templates involved (sorted)."""
+    systems: tuple[str, ...] = ()
+    """Lock systems involved (sorted; empty where the finding does not name them)."""
+    services: tuple[str, ...] = ()
+    """Services of the actors involved (sorted)."""
+    reason: str | None = None
+    """The kind's sub-kind (``max_hold``, ``orphaned``, ``overlapping_holds``...)."""
     resolved_at_ns: int | None = None
     resolution: str | None = None
     """Why it resolved (``wait_ended``, ``process_dead``, ``released``, ``expired``...)."""
@@ -122,6 +130,7 @@ class FindingStore:
         self.subscriber_errors = 0
         self.evicted = 0
         self.active_count: dict[str, int] = dict.fromkeys(KINDS, 0)
+        self._expiring: deque[tuple[int, str]] = deque()
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -182,6 +191,18 @@ class FindingStore:
         self.active_count[f.kind] -= 1
         self._notify(f)
         return f
+
+    def expire_later(self, finding_id: str, when_ns: int) -> None:
+        """Resolve the finding (reason ``expired``) at ``when_ns``, via :meth:`expire_due`
+        (one-shot findings: a violation, a lost lock)."""
+        self._expiring.append((when_ns, finding_id))
+
+    def expire_due(self, now_ns: int) -> None:
+        """Resolve the findings whose :meth:`expire_later` time has come."""
+        expiring = self._expiring
+        while expiring and expiring[0][0] <= now_ns:
+            _, fid = expiring.popleft()
+            self.resolve(fid, now_ns, "expired")
 
     def _evict(self) -> bool:
         # Oldest resolved first; active findings are never dropped to make room.

@@ -227,7 +227,6 @@ class Hold:
         "asserted_ns",
         "code",
         "expires_at_ns",
-        "findings",
         "lock",
         "mode",
         "owner",
@@ -252,8 +251,6 @@ class Hold:
         self.token: int | None = None
         self.owner: str | None = None
         self.code: tuple[str | None, int | None, str | None] | None = None
-        self.findings: list[str] | None = None
-        """Ids of stale-holder findings about this hold (resolved when it ends)."""
 
 
 class Wait:
@@ -616,8 +613,3 @@ def to_networkx(actors: Iterable[Actor], locks: Iterable[Lock]) -> nx.MultiDiGra
         for target, lock, kind in waits_for(actor):
             g.add_edge(actor.key, target.key, type="waits_for", lock=lock.key, kind=kind)
     return g
-
-
-def json_attrs(data: dict[str, Any]) -> dict[str, Any]:
-    """Drop None values (smaller API documents)."""
-    return {k: v for k, v in data.items() if v is not None}

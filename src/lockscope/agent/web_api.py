@@ -33,22 +33,31 @@ from typing import Any, Final
 from aiohttp import web
 
 from lockscope.agent.app_keys import STATE_KEY
+from lockscope.agent.findings import DEADLOCK, ORDER_INVERSION, STALE_HOLDER, VIOLATION, rfc3339
+from lockscope.agent.graph import Actor, Lock, actor_label, queue_order, waits_for
 from lockscope.agent.state import AgentState
 from lockscope.agent.web_nodegraph import nodegraph_frames
 
-__all__ = ["API_PREFIX", "setup_api_routes"]
+__all__ = [
+    "API_PREFIX",
+    "api_deadlocks",
+    "api_graph",
+    "api_lock",
+    "api_locks",
+    "api_order_inversions",
+    "api_processes",
+    "api_stale_holders",
+    "api_status",
+    "api_violations",
+    "setup_api_routes",
+]
 
 API_PREFIX: Final = "/api/v1"
 STATUSES: Final = ("active", "resolved", "all")
 DEFAULT_LOCKS_LIMIT: Final = 1000
 
 # path -> (key of the list in the response, query on the state)
-_FINDINGS: Final[dict[str, tuple[str, Callable[[AgentState, bool], dict[str, Any]]]]] = {
-    "/deadlocks": ("deadlocks", AgentState.api_deadlocks),
-    "/stale-holders": ("stale_holders", AgentState.api_stale_holders),
-    "/violations": ("violations", AgentState.api_violations),
-    "/order-inversions": ("order_inversions", AgentState.api_order_inversions),
-}
+
 
 _dumps = partial(json.dumps, default=str, separators=(",", ":"))
 
@@ -79,16 +88,226 @@ def _finding_handler(
     return handler
 
 
+# -- documents (times RFC 3339 UTC) ----------------------------------------------------
+def _kind_json(state: AgentState, kind: str, key: str, active_only: bool) -> dict[str, Any]:
+    items = [f.to_json() for f in state.finding_store.of_kind(kind) if f.active or not active_only]
+    return {key: items}
+
+
+def api_deadlocks(state: AgentState, active_only: bool = False) -> dict[str, Any]:
+    """``{"deadlocks": [...]}``, active first, newest first."""
+    return _kind_json(state, DEADLOCK, "deadlocks", active_only)
+
+
+def api_stale_holders(state: AgentState, active_only: bool = False) -> dict[str, Any]:
+    """``{"stale_holders": [...]}``."""
+    return _kind_json(state, STALE_HOLDER, "stale_holders", active_only)
+
+
+def api_violations(state: AgentState, active_only: bool = False) -> dict[str, Any]:
+    """``{"violations": [...]}``."""
+    return _kind_json(state, VIOLATION, "violations", active_only)
+
+
+def api_order_inversions(state: AgentState, active_only: bool = False) -> dict[str, Any]:
+    """``{"order_inversions": [...]}``."""
+    return _kind_json(state, ORDER_INVERSION, "order_inversions", active_only)
+
+
+def _actor_json(actor: Actor) -> dict[str, Any]:
+    info = actor.process.info
+    return {
+        "actor": actor.label,
+        "actor_id": actor.actor_id,
+        "actor_name": actor.name,
+        "service": info.service,
+        "host": info.host,
+        "pid": info.pid,
+        "instance": info.instance,
+        "alive": actor.process.alive,
+    }
+
+
+def _lock_summary(lock: Lock) -> dict[str, Any]:
+    oldest_hold = min((h.since_ns for h in lock.holds), default=None)
+    oldest_wait = min((w.since_ns for w in lock.waits), default=None)
+    return {
+        "name": lock.name,
+        "key": lock.key,
+        "system": lock.system,
+        "namespace": lock.namespace,
+        "template": lock.template,
+        "kind": lock.kind,
+        "fifo": lock.fifo,
+        "reentrant": lock.reentrant,
+        "max_leases": lock.max_leases,
+        "holder_count": len(lock.holds),
+        "waiter_count": len(lock.waits),
+        "held_since": rfc3339(oldest_hold),
+        "oldest_wait_since": rfc3339(oldest_wait),
+    }
+
+
+def api_locks(state: AgentState, limit: int = 1000) -> dict[str, Any]:
+    """``{"locks": [...], "total": n}``: the ``limit`` locks with most waiters first."""
+    locks = sorted(state.locks(), key=lambda lk: (-len(lk.waits), lk.key))[:limit]
+    return {"locks": [_lock_summary(lk) for lk in locks], "total": state.lock_count}
+
+
+def api_lock(state: AgentState, name: str) -> dict[str, Any] | None:
+    """One lock (by key or name): summary plus ``holders``, ``waiters`` (queue order)
+    and ``timeline`` (recent events, oldest first); None if not tracked."""
+    lock = state.find_lock(name)
+    if lock is None:
+        return None
+    out = _lock_summary(lock)
+    out["holders"] = [
+        {
+            **_actor_json(h.actor),
+            "mode": h.mode,
+            "since": rfc3339(h.since_ns),
+            "expires_at": rfc3339(h.expires_at_ns),
+            "token": h.token,
+            "owner": h.owner,
+        }
+        for h in sorted(lock.holds, key=lambda h: h.since_ns)
+    ]
+    waits = queue_order(lock.waits)
+    out["waiters"] = [
+        {
+            **_actor_json(w.actor),
+            "mode": w.mode,
+            "since": rfc3339(w.since_ns),
+            "ticket": w.ticket,
+            "waits_for": sorted({t.label for t, _l, _k in waits_for(w.actor)}),
+        }
+        for w in waits
+    ]
+    out["timeline"] = [
+        {
+            "time": rfc3339(t),
+            "event": what,
+            "actor": actor_label(info, actor_id, name),
+            "mode": mode,
+            "detail": detail,
+        }
+        for t, key, what, info, actor_id, name, mode, detail in state.timeline
+        if key == lock.key
+    ]
+    return out
+
+
+def api_graph(state: AgentState, include_idle: bool = False) -> dict[str, Any]:
+    """``{"nodes": [...], "edges": [...]}``: locks with waiters, their holders and
+    waiters, and the derived ``waits_for`` edges (``include_idle``: every lock)."""
+    locks = [lk for lk in state.locks() if include_idle or lk.waits]
+    actors: dict[Actor, None] = {}
+    for lock in locks:
+        actors.update(dict.fromkeys(h.actor for h in lock.holds))
+        actors.update(dict.fromkeys(w.actor for w in lock.waits))
+    in_deadlock = {m for members in state.deadlocks.active_members() for m in members}
+    nodes: list[dict[str, Any]] = []
+    edges: list[dict[str, Any]] = []
+    for lock in locks:
+        nodes.append(
+            {
+                "id": lock.key,
+                "type": "lock",
+                "name": lock.name,
+                "system": lock.system,
+                "template": lock.template,
+                "kind": lock.kind,
+            }
+        )
+        for h in lock.holds:
+            edges.append(
+                {"source": lock.key, "target": h.actor.key, "type": "held_by", "mode": h.mode}
+            )
+        for w in lock.waits:
+            edges.append(
+                {"source": w.actor.key, "target": lock.key, "type": "waits", "mode": w.mode}
+            )
+    for actor in actors:
+        nodes.append(
+            {
+                "id": actor.key,
+                "type": "actor",
+                **_actor_json(actor),
+                "deadlocked": actor in in_deadlock,
+            }
+        )
+        for target, lock, kind in waits_for(actor):
+            edges.append(
+                {
+                    "source": actor.key,
+                    "target": target.key,
+                    "type": "waits_for",
+                    "lock": lock.key,
+                    "kind": kind,
+                }
+            )
+    return {"nodes": nodes, "edges": edges}
+
+
+def api_processes(state: AgentState) -> dict[str, Any]:
+    """``{"processes": [...]}`` with liveness and what each reports."""
+    out = []
+    for p in state.processes():
+        info = p.info
+        out.append(
+            {
+                "instance": info.instance,
+                "service": info.service,
+                "host": info.host,
+                "pid": info.pid,
+                "alive": p.alive,
+                "last_seen": rfc3339(p.last_seen_ns),
+                "last_heartbeat": rfc3339(p.last_heartbeat_ns or None),
+                "heartbeat_interval": p.interval,
+                "dead_since": rfc3339(p.dead_since_ns),
+                "holds": sum(len(a.holds) for a in p.actors.values()),
+                "waits": sum(1 for a in p.actors.values() if a.wait is not None),
+                "dropped": p.dropped,
+                "schema_version": p.schema_version,
+            }
+        )
+    out.sort(key=lambda d: (d["service"], d["host"], d["pid"]))
+    return {"processes": out}
+
+
+def api_status(state: AgentState) -> dict[str, Any]:
+    """Sizes and counters at a glance (for ``/readyz`` details and debugging)."""
+    return {
+        "processes": sum(1 for _ in state.processes()),
+        "reporting_processes": state.reporting_processes(),
+        "locks": state.lock_count,
+        "holds": state.hold_count,
+        "waits": state.wait_count,
+        "findings": len(state.finding_store),
+        "active": state.active_counts(),
+        "deadlock_candidates_rejected": state.deadlocks.counters.candidates_rejected_total,
+        "limits_hit": dict(state.counters.limits_hit),
+    }
+
+
+_FINDINGS: Final[dict[str, tuple[str, Callable[[AgentState, bool], dict[str, Any]]]]] = {
+    "/deadlocks": ("deadlocks", api_deadlocks),
+    "/stale-holders": ("stale_holders", api_stale_holders),
+    "/violations": ("violations", api_violations),
+    "/order-inversions": ("order_inversions", api_order_inversions),
+}
+
+
 async def _locks(request: web.Request) -> web.Response:
     text = request.query.get("limit", str(DEFAULT_LOCKS_LIMIT))
     if not text.isdigit() or int(text) < 1:
         return json_error(400, "limit must be a positive integer")
-    return _json(request.app[STATE_KEY].api_locks(limit=int(text)))
+    return _json(api_locks(request.app[STATE_KEY], limit=int(text)))
 
 
 async def _lock(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    detail = request.app[STATE_KEY].api_lock(name)
+    detail = api_lock(request.app[STATE_KEY], name)
     if detail is None:
         return json_error(404, f"unknown lock {name!r}")
     return _json(detail)
@@ -99,15 +318,15 @@ async def _graph(request: web.Request) -> web.Response:
     if include_idle not in ("true", "false", "1", "0"):
         return json_error(400, "include_idle must be true or false")
     state = request.app[STATE_KEY]
-    graph = state.api_graph(include_idle=include_idle in ("true", "1"))
+    graph = api_graph(state, include_idle=include_idle in ("true", "1"))
     if request.query.get("format") == "nodegraph":
         # The nodes and edges frames of Grafana's Node Graph panel (web_nodegraph).
-        return _json(nodegraph_frames(graph, state.api_stale_holders(True)))
+        return _json(nodegraph_frames(graph, api_stale_holders(state, True)))
     return _json(graph)
 
 
 async def _processes(request: web.Request) -> web.Response:
-    return _json(request.app[STATE_KEY].api_processes())
+    return _json(api_processes(request.app[STATE_KEY]))
 
 
 _INDEX: Final = """<!doctype html>

@@ -51,8 +51,8 @@ from lockscope.agent.export_alertmanager import AlertExporter, exporter_of
 from lockscope.agent.findings import DEADLOCK, KINDS, ORDER_INVERSION
 from lockscope.agent.metrics_store import HistogramTotal, MetricsStore
 from lockscope.agent.otlp_stats import ReceiverStats
-from lockscope.agent.state import OTHER_LABEL as STATE_OTHER_LABEL
 from lockscope.agent.state import AgentState
+from lockscope.agent.store import OTHER_LABEL as STATE_OTHER_LABEL
 
 __all__ = ["METRICS_PATH", "OTHER_LOCK", "LabelCap", "LockscopeCollector", "setup_metrics_route"]
 
@@ -221,7 +221,7 @@ class LockscopeCollector(Collector):
         # lock.lost event (reported holds only).  The larger of the two never double counts
         # and is still monotonic, since both are.
         lost: dict[str, float] = dict(lost_from_shim)
-        for template, n in self.state.counters.locks_lost.items():
+        for template, n in self.state.stale.counters.locks_lost.items():
             lock = self.lock_label(template)
             lost[lock] = max(lost.get(lock, 0.0), float(n))
         yield _series(
@@ -297,7 +297,7 @@ class LockscopeCollector(Collector):
                 "fencing token that went backwards, by lock-name template.",
                 labels=["lock"],
             ),
-            self._per_lock(state.counters.violations),
+            self._per_lock(state.violations.counters.violations),
         )
 
         yield GaugeMetricFamily(
@@ -330,9 +330,7 @@ class LockscopeCollector(Collector):
         yield GaugeMetricFamily(
             "lockscope_agent_waits", "Reported waits tracked.", value=state.wait_count
         )
-        dropped_now = {
-            p["instance"]: int(p["dropped"] or 0) for p in state.api_processes()["processes"]
-        }
+        dropped_now = {p.info.instance: int(p.dropped or 0) for p in state.processes()}
         yield CounterMetricFamily(
             "lockscope_shim_events_dropped",
             "Events instrumented processes dropped before sending (queue full, agent slow "

@@ -24,7 +24,7 @@ _LOCK: Final = "purple"
 def nodegraph_frames(
     graph: Mapping[str, Any], stale: Mapping[str, Any] | None = None
 ) -> dict[str, list[dict[str, Any]]]:
-    """Convert ``AgentState.api_graph()`` (and, optionally, ``api_stale_holders(True)``)
+    """Convert ``web_api.api_graph(state)`` (and, optionally, ``api_stale_holders(state, True)``)
     into Node Graph rows."""
     stale_pairs = {
         (s.get("lock_key"), s.get("actor"))

@@ -75,7 +75,7 @@ async def _static(request: web.Request) -> web.Response:
 
 
 async def _finding_json(request: web.Request) -> web.Response:
-    finding = request.app[STATE_KEY].store.get(request.match_info["id"])
+    finding = request.app[STATE_KEY].finding_store.get(request.match_info["id"])
     if finding is None:
         return web.json_response({"error": "unknown finding"}, status=404)
     return web.json_response(finding.to_json(), dumps=_dumps)

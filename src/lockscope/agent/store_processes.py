@@ -104,7 +104,8 @@ class Processes:
                     self._store.drop_hold(hold, tombstone=False, reason="lease_expired")
 
     def gone(self, proc: Process, exited: bool = False) -> None:
-        """The process stopped (``exited``: it said so, else it went silent)."""
+        """The process stopped (``exited``: it said so, else it went silent); in-process and
+        process-bound holds end with it."""
         store, config = self._store, self._config
         now = store.now_ns
         proc.alive = False

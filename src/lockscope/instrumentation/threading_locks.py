@@ -26,7 +26,7 @@ import sysconfig
 import threading
 import time
 from types import TracebackType
-from typing import Any
+from typing import Any, SupportsIndex
 
 from lockscope.instrumentation import operations, runtime
 from lockscope.instrumentation.patching import Patcher
@@ -75,12 +75,18 @@ def _site(frame: Any) -> str:
     return f"{filename}:{frame.f_lineno}"
 
 
-class TracedLock:
-    """A ``threading.Lock`` that tells the shim when it is held and waited for.
+class _Traced:
+    """A ``threading.Lock`` or ``RLock`` that tells the shim when it is held and waited for.
 
     The uncontended path keeps the hold on the object itself (``_since``) and in a per-thread
     list in the recorder; the reporter turns it into a hold event only if it lasts
     ``report_after``.  A contended acquire goes through the recorder's wait registry.
+
+    It behaves as the lock it stands for: the same arguments are accepted and refused with
+    the same errors (any call other than ``acquire()`` has its arguments checked by a
+    fresh lock of the same type first), ``acquire_lock``/``release_lock``/``locked_lock``
+    exist, it cannot be copied or pickled, and ``isinstance(lock, _thread.LockType)`` holds
+    (through ``__class__``; ``type(lock)`` is this proxy, which Python cannot hide).
     """
 
     __slots__ = (
@@ -99,6 +105,8 @@ class TracedLock:
     )
     _system = "threading"
     _reentrant = False
+    _probe: Any = staticmethod(_thread.allocate_lock)
+    """Makes a fresh lock of the inner type, to check a call's arguments exactly as bare."""
 
     def __init__(self, inner: Any, site: str) -> None:
         self._inner = inner
@@ -114,6 +122,10 @@ class TracedLock:
         self._fast = 0
         self._hist: list[float] | None = None
         self._folded: tuple[int, list[float] | None] = (0, None)
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:  # isinstance(lock, _thread.LockType) holds
+        return type(self._inner)
 
     def lock_info(self) -> LockInfo:
         """The lock's identity in this process (rebuilt in a forked child)."""
@@ -144,11 +156,15 @@ class TracedLock:
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """As ``threading.Lock.acquire``."""
-        inner = self._inner
-        if timeout != -1 and (not blocking or timeout < 0):
-            return inner.acquire(blocking, timeout)  # type: ignore[no-any-return]
-        if not inner.acquire(False):
-            return self._slow_acquire(blocking, timeout)
+        if timeout != -1 or blocking is not True:
+            return self._acquire_with(blocking, timeout)
+        if not self._inner.acquire(False):
+            return self._wait(-1)
+        self._took()
+        return True
+
+    def _took(self) -> None:
+        """The lock was just taken without waiting: the one write per event of the lean path."""
         shim = runtime.current
         if shim is not None and _enabled():
             self._since = _perf()
@@ -158,19 +174,31 @@ class TracedLock:
                 shim.recorder.light_acquired(self, ident)
             except Exception:
                 operations.failed()
-        return True
 
-    def _slow_acquire(self, blocking: bool, timeout: float) -> bool:
+    def _acquire_with(self, blocking: Any, timeout: Any) -> bool:
+        # The bare lock's own checks, its own errors (NaN, overflow, a timeout without
+        # blocking, wrong types): a fresh lock takes the same arguments first.
+        probe = self._probe()
+        probe.acquire(blocking, timeout)
+        probe.release()
+        if self._inner.acquire(False):
+            self._took()
+            return True
+        if not blocking:
+            return False
+        return self._wait(timeout)
+
+    def _wait(self, timeout: float) -> bool:
         inner = self._inner
         shim = runtime.current
-        if not blocking or shim is None or not _enabled():
-            return inner.acquire(blocking, timeout)  # type: ignore[no-any-return]
+        if shim is None or not _enabled():
+            return inner.acquire(True, timeout)  # type: ignore[no-any-return]
         ident = _get_ident()
         try:
             wait = shim.recorder.begin_wait(self.lock_info(), ident, None, self)
         except Exception:
             operations.failed()
-            return inner.acquire(blocking, timeout)  # type: ignore[no-any-return]
+            return inner.acquire(True, timeout)  # type: ignore[no-any-return]
         try:
             got = inner.acquire(True, timeout)
         except BaseException:
@@ -193,6 +221,12 @@ class TracedLock:
 
     def release(self) -> None:
         """As ``threading.Lock.release``."""
+        self._released()
+        self._inner.release()
+
+    def _released(self) -> None:
+        """Record the end of the hold (before the release: once released, the fields are
+        the next holder's)."""
         since = self._since
         if since:
             shim = runtime.current
@@ -202,7 +236,6 @@ class TracedLock:
                 except Exception:
                     operations.failed()
             self._since = 0
-        self._inner.release()
 
     def locked(self) -> bool:
         """As ``threading.Lock.locked``."""
@@ -224,15 +257,43 @@ class TracedLock:
         self._since = 0
         self._hold = None
 
+    def __reduce_ex__(self, protocol: SupportsIndex) -> Any:
+        return self._inner.__reduce_ex__(protocol)  # raises TypeError, as bare
+
+    def __reduce__(self) -> Any:
+        return self._inner.__reduce__()
+
     def __repr__(self) -> str:
-        return f"<traced {self._inner!r} {self._site}>"
+        return repr(self._inner)
 
 
-class TracedRLock(TracedLock):
-    """A ``threading.RLock``: only the outermost acquire and release are recorded."""
+class TracedLock(_Traced):
+    """A traced ``threading.Lock`` (with the lock type's old alias names)."""
+
+    __slots__ = ()
+
+    def acquire_lock(self, blocking: bool = True, timeout: float = -1) -> bool:
+        """As ``_thread.lock.acquire_lock`` (an alias of ``acquire``)."""
+        return self.acquire(blocking, timeout)
+
+    def release_lock(self) -> None:
+        """As ``_thread.lock.release_lock``."""
+        self.release()
+
+    def locked_lock(self) -> bool:
+        """As ``_thread.lock.locked_lock``."""
+        return self.locked()
+
+
+class TracedRLock(_Traced):
+    """A ``threading.RLock``: only the outermost acquire and release are recorded.
+
+    A release by a thread that does not own it is refused by the inner lock
+    (``RuntimeError``) before the shim touches the owner's hold."""
 
     __slots__ = ("_depth",)
     _reentrant = True
+    _probe = staticmethod(_thread.RLock)
 
     def __init__(self, inner: Any, site: str) -> None:
         super().__init__(inner, site)
@@ -250,9 +311,13 @@ class TracedRLock(TracedLock):
 
     def release(self) -> None:
         """As ``threading.RLock.release``."""
-        if self._depth and self._inner._is_owned():
+        inner = self._inner
+        if not inner._is_owned():
+            inner.release()  # not ours: the bare RuntimeError, the owner's hold untouched
+            return
+        if self._depth:
             self._depth -= 1
-            self._inner.release()
+            inner.release()
             return
         super().release()
 
@@ -267,15 +332,14 @@ class TracedRLock(TracedLock):
     def _is_owned(self) -> bool:
         return bool(self._inner._is_owned())
 
+    def _recursion_count(self) -> int:
+        return int(self._inner._recursion_count())
+
     def _release_save(self) -> Any:
+        if not self._inner._is_owned():
+            return self._inner._release_save()  # raises RuntimeError, as bare
         depth = self._depth
-        since = self._since
-        if since and runtime.current is not None:
-            try:
-                runtime.current.recorder.light_released(self, self._owner, since)
-            except Exception:
-                operations.failed()
-        self._since = 0
+        self._released()
         self._depth = 0
         return (self._inner._release_save(), depth)
 
@@ -283,18 +347,10 @@ class TracedRLock(TracedLock):
         state, depth = saved
         self._inner._acquire_restore(state)
         self._depth = depth
-        shim = runtime.current
-        if shim is not None and _enabled():
-            self._since = _perf()
-            self._owner = ident = _get_ident()
-            self._fast += 1
-            try:
-                shim.recorder.light_acquired(self, ident)
-            except Exception:
-                operations.failed()
+        self._took()
 
 
-def _factory(proxy: type[TracedLock]) -> operations.Wrapper:
+def _factory(proxy: type[_Traced]) -> operations.Wrapper:
     def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         inner = wrapped(*args, **kwargs)
         try:

@@ -100,8 +100,11 @@ ATTR_LOCK_OWNER: Final = "lockscope.lock.owner"
 """Opaque owner id of this hold (e.g. the Redis value), to match a waiter to its holder."""
 ATTR_LOCK_HOLDER_OWNER: Final = "lockscope.lock.holder_owner"
 """On a wait: the owner id currently stored on the server, where known."""
-ATTR_QUEUE_POSITION: Final = "lockscope.wait.ticket"
-"""FIFO locks: the waiter's place in the queue (e.g. the ZooKeeper sequence number)."""
+ATTR_WAIT_TICKET: Final = "lockscope.wait.ticket"
+"""FIFO locks: the waiter's ticket, ordering it in the queue (e.g. the ZooKeeper sequence
+number of its node): not a position (1st, 2nd...), a number that only orders."""
+ATTR_QUEUE_POSITION: Final = ATTR_WAIT_TICKET
+"""Deprecated name of :data:`ATTR_WAIT_TICKET` (what it holds is a ticket, not a position)."""
 
 ATTR_ACTOR_ID: Final = "lockscope.actor.id"
 """Unique within the process: ``thread:<ident>`` or ``task:<id>``."""

@@ -147,26 +147,35 @@ class Adapter:
         session here)."""
 
 
-def _fast_enabled_check() -> Callable[[], bool]:
-    """:func:`is_instrumentation_enabled`, with the same two keys read straight from the
-    current context (saves ~150 ns on in-process locks); falls back to the public call."""
+def suppression_keys() -> tuple[Callable[[], Any], object, object] | None:
+    """(the current context's getter, the two suppression keys) that
+    :func:`is_instrumentation_enabled` reads, for paths that inline the check (the
+    in-process locks); ``None`` if this OpenTelemetry version keeps them elsewhere."""
     try:
         from opentelemetry.context import _RUNTIME_CONTEXT, _SUPPRESS_INSTRUMENTATION_KEY
         from opentelemetry.instrumentation.utils import _SUPPRESS_INSTRUMENTATION_KEY_PLAIN
 
         var = _RUNTIME_CONTEXT._current_context  # type: ignore[attr-defined]
         if not isinstance(var, ContextVar):
-            return is_instrumentation_enabled
-        get = var.get
-        key, plain = _SUPPRESS_INSTRUMENTATION_KEY, _SUPPRESS_INSTRUMENTATION_KEY_PLAIN
-
-        def enabled() -> bool:
-            current = get()
-            return not (current.get(key) or current.get(plain))
-
-        return enabled
+            return None
+        return var.get, _SUPPRESS_INSTRUMENTATION_KEY, _SUPPRESS_INSTRUMENTATION_KEY_PLAIN
     except Exception:
+        return None
+
+
+def _fast_enabled_check() -> Callable[[], bool]:
+    """:func:`is_instrumentation_enabled`, with the same two keys read straight from the
+    current context (saves ~150 ns per call); falls back to the public call."""
+    found = suppression_keys()
+    if found is None:
         return is_instrumentation_enabled
+    get, key, plain = found
+
+    def enabled() -> bool:
+        current = get()
+        return not (current.get(key) or current.get(plain))
+
+    return enabled
 
 
 fast_enabled = _fast_enabled_check()

@@ -40,7 +40,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from lockscope import __version__, events
 from lockscope._net import describe_os_error
-from lockscope.instrumentation.stats import BOUNDS, StatsSnapshot
+from lockscope.instrumentation.metrics_aggregate import BOUNDS, StatsSnapshot
 
 __all__ = [
     "HttpTransport",

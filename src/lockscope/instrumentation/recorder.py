@@ -16,7 +16,6 @@ parent's holds belong to the parent.
 from __future__ import annotations
 
 import _thread
-import contextlib
 import time
 from bisect import bisect_left
 from collections import deque
@@ -24,9 +23,18 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from lockscope import events
-from lockscope.instrumentation.stats import BOUNDS, LockStats
+from lockscope.instrumentation.metrics_aggregate import BOUNDS, LockStats
+from lockscope.instrumentation.recorder_inprocess import InProcessRegistry, _pair_attrs
+from lockscope.instrumentation.records import (
+    Hold,
+    InProcessLock,
+    LockInfo,
+    Wait,
+    actor_id,
+    task_name,
+)
 
-__all__ = ["Hold", "LockInfo", "PendingEvent", "Recorder", "Wait"]
+__all__ = ["Hold", "InProcessLock", "LockInfo", "PendingEvent", "Recorder", "Wait"]
 
 PendingEvent = tuple[str, int, dict[str, Any]]
 """(event name, unix time ns, attributes) waiting in the reporter's queue."""
@@ -34,177 +42,7 @@ PendingEvent = tuple[str, int, dict[str, Any]]
 _perf = time.perf_counter_ns
 
 
-class LockInfo:
-    """What the shim knows about one lock: its identity and its kind."""
-
-    __slots__ = (
-        "adapter",
-        "attrs",
-        "bound",
-        "fifo",
-        "key",
-        "max_leases",
-        "mode",
-        "name",
-        "namespace",
-        "reentrant",
-        "span_attrs",
-        "span_sites",
-        "system",
-        "template",
-        "ttl",
-    )
-
-    def __init__(
-        self,
-        system: str,
-        namespace: str,
-        name: str,
-        template: str,
-        *,
-        mode: str = "exclusive",
-        fifo: bool = False,
-        reentrant: bool = False,
-        max_leases: int | None = None,
-        ttl: float | None = None,
-        adapter: Any = None,
-    ) -> None:
-        self.adapter = adapter
-        """The target adapter that made this (for the reporter's holder look-up)."""
-        self.bound: Any = None
-        """The recorder's stats references for this lock's template (see LockStats.bind)."""
-        self.system = system
-        self.namespace = namespace
-        self.name = name
-        self.template = template
-        self.mode = mode
-        self.fifo = fifo
-        self.reentrant = reentrant
-        self.max_leases = max_leases
-        self.ttl = ttl
-        self.key = events.lock_key(system, namespace, name)
-        attrs: dict[str, Any] = {
-            events.ATTR_LOCK_SYSTEM: system,
-            events.ATTR_LOCK_NAMESPACE: namespace,
-            events.ATTR_LOCK_NAME: name,
-            events.ATTR_LOCK_TEMPLATE: template,
-            events.ATTR_LOCK_MODE: mode,
-        }
-        if fifo:
-            attrs[events.ATTR_LOCK_FIFO] = True
-        if reentrant:
-            attrs[events.ATTR_LOCK_REENTRANT] = True
-        if max_leases is not None:
-            attrs[events.ATTR_LOCK_MAX_LEASES] = max_leases
-        if ttl is not None:
-            attrs[events.ATTR_LOCK_TTL] = float(ttl)
-        self.attrs = attrs
-        """The lock's event attributes (shared: copy before adding to it)."""
-        # Spans carry fewer (each costs the SDK a validation): identity, mode, lease.
-        self.span_attrs = {
-            k: v
-            for k, v in attrs.items()
-            if k not in (events.ATTR_LOCK_TEMPLATE, events.ATTR_LOCK_FIFO)
-            and not (k == events.ATTR_LOCK_MODE and v == "exclusive")
-        }
-        self.span_sites: dict[Any, dict[str, Any]] | None = None
-        """Span attributes merged with a call site's code location (see spans._site_attrs)."""
-
-    def __repr__(self) -> str:
-        return f"<LockInfo {self.key} {self.mode}>"
-
-
-class Wait:
-    """One acquire in progress."""
-
-    __slots__ = (
-        "actor",
-        "actor_name",
-        "code",
-        "holder_owner",
-        "holder_token",
-        "info",
-        "reported",
-        "since_ns",
-        "start",
-        "target",
-        "task",
-        "ticket",
-    )
-
-    def __init__(
-        self, info: LockInfo, actor: int, task: Any, target: object, start: int, since_ns: int
-    ) -> None:
-        self.info = info
-        self.actor = actor
-        self.task = task
-        """The asyncio task waiting (``None`` for a thread)."""
-        self.actor_name: str | None = None
-        self.target = target
-        """The lock object, for the reporter's cheap holder look-up."""
-        self.start = start
-        self.since_ns = since_ns
-        self.reported = False
-        self.holder_token: int | None = None
-        self.holder_owner: str | None = None
-        self.ticket: int | None = None
-        self.code: tuple[str, int, str] | None = None
-        """(file, line, function) where the actor waits, filled in when reported."""
-
-
-class Hold:
-    """One acquired lock, until released or lost."""
-
-    __slots__ = (
-        "actor",
-        "actor_name",
-        "expires_at",
-        "info",
-        "obj",
-        "owner",
-        "reported",
-        "since_ns",
-        "span",
-        "start",
-        "target",
-        "task",
-        "token",
-    )
-
-    def __init__(
-        self,
-        info: LockInfo,
-        actor: int,
-        task: Any,
-        target: object,
-        start: int,
-        since_ns: int,
-        token: int | None,
-        owner: str | bytes | None,
-        expires_at: int | None,
-    ) -> None:
-        self.info = info
-        self.actor = actor
-        self.task = task
-        self.actor_name: str | None = None
-        self.target = target
-        self.obj = id(target)
-        self.start = start
-        self.since_ns = since_ns
-        self.token = token
-        self.owner = owner
-        self.expires_at = expires_at
-        self.reported = False
-        self.span: Any = None
-        """The ``lock.hold`` span while it is recording (for links and its end)."""
-
-
-def actor_id(actor: int, task: Any) -> str:
-    """``thread:<ident>`` or ``task:<id>`` (unique within the process)."""
-    return f"task:{actor}" if task is not None else f"thread:{actor}"
-
-
-class Recorder:
+class Recorder(InProcessRegistry):
     """The registry of current waits and holds, pending events and metric measurements."""
 
     def __init__(self, report_after: float = 0.2, queue_size: int = 10_000) -> None:
@@ -221,20 +59,15 @@ class Recorder:
         self._by_key: dict[str, list[Hold]] = {}
         """lock key -> its holds, oldest first: the holder look-up of a recorded wait span
         must not cost more with every other lock the process holds."""
-        self._by_actor: dict[int, list[Hold]] = {}
+        self.by_actor: dict[int, list[Hold]] = {}
+        """actor -> its holds (of locks other than the in-process ones), oldest first."""
         self._pairs: set[tuple[str, str, str, str, str, str]] = set()
         self._events: deque[PendingEvent] = deque()
         self.dropped = 0
         """Events dropped because the queue was full (sent on heartbeats)."""
         self.errors = 0
         """Internal errors the shim swallowed (fail open)."""
-        self.acquires = 0
-        """Acquire calls recorded since the start (any outcome)."""
-        self._light: dict[int, list[Any]] = {}
-        """thread ident -> in-process locks it holds, oldest first (see threading_locks)."""
-        self._light_reported: dict[int, Hold] = {}
-        self._light_pairs: set[tuple[str, str]] = set()
-        self._dirty: set[Any] = set()
+        self._reset_in_process()
         self.stats = LockStats()
         """Cumulative metrics of this process (exported by :mod:`.metrics`)."""
         self.sync_clock()
@@ -276,15 +109,13 @@ class Recorder:
                 attrs[events.ATTR_OUTCOME] = outcome
                 attrs[events.ATTR_WAIT_DURATION] = (now - wait.start) / 1e9
                 self._emit(events.EVENT_WAIT_END, now, attrs)
-            self.acquires += 1
-            # _count inlined: one call less on the hot path pays for the _by_key upkeep.
             waited = (now - wait.start) / 1e9
             bound = info.bound
-            if bound is None or bound[0] is not self.stats:
+            if bound is None or bound.stats is not self.stats:
                 bound = info.bound = self.stats.bind(info.template, info.system)
-            outcomes = bound[1]
+            outcomes = bound.outcomes
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
-            hist = bound[2]
+            hist = bound.waits
             hist[bisect_left(BOUNDS, waited)] += 1
             hist[-1] += waited
             if outcome != "acquired" or not hold:
@@ -295,24 +126,6 @@ class Recorder:
                 new.actor_name = wait.actor_name
                 self._report_hold(new)
             return new
-
-    def acquired(
-        self,
-        info: LockInfo,
-        actor: int,
-        task: Any,
-        target: object,
-        *,
-        token: int | None = None,
-        owner: str | bytes | None = None,
-        ttl: float | None = None,
-    ) -> Hold:
-        """An acquire that did not wait (in-process fast path)."""
-        now = _perf()
-        with self._lock:
-            self.acquires += 1
-            self._count(info, "acquired", 0.0)
-            return self._add_hold(info, actor, task, target, now, token, owner, ttl)
 
     def _add_hold(
         self,
@@ -341,8 +154,8 @@ class Recorder:
         else:
             same.append(hold)
             self._by_key[info.key].append(hold)
-        if task is None and self._light.get(actor):
-            for lock in self._light[actor]:
+        if task is None and self.light.get(actor):
+            for lock in self.light[actor]:
                 key = (lock._template, info.template)
                 if key not in self._light_pairs:
                     self._light_pairs.add(key)
@@ -350,9 +163,9 @@ class Recorder:
                         lock._template, lock._system, info.template, info.system, actor
                     )
                     self._emit(events.EVENT_ORDER_PAIR, now, attrs)
-        mine = self._by_actor.get(actor)
+        mine = self.by_actor.get(actor)
         if mine is None:
-            self._by_actor[actor] = [hold]
+            self.by_actor[actor] = [hold]
             return hold
         for first in mine:
             if first.info.key == info.key:
@@ -423,17 +236,17 @@ class Recorder:
                 del by_key[info.key]
             else:
                 keyed.remove(hold)
-            mine = self._by_actor.get(hold.actor)
+            mine = self.by_actor.get(hold.actor)
             if mine is not None and hold in mine:
                 if len(mine) == 1:
-                    del self._by_actor[hold.actor]
+                    del self.by_actor[hold.actor]
                 else:
                     mine.remove(hold)
             duration = (now - hold.start) / 1e9
             bound = info.bound
-            if bound is None or bound[0] is not self.stats:
+            if bound is None or bound.stats is not self.stats:
                 bound = info.bound = self.stats.bind(info.template, info.system)
-            hist = bound[3]
+            hist = bound.holds
             hist[bisect_left(BOUNDS, duration)] += 1
             hist[-1] += duration
             if lost:
@@ -459,7 +272,7 @@ class Recorder:
         with self._lock:
             self._holds.setdefault(hold.obj, []).append(hold)
             self._by_key.setdefault(info.key, []).append(hold)
-            self._by_actor.setdefault(actor, []).append(hold)
+            self.by_actor.setdefault(actor, []).append(hold)
         return hold
 
     def unbind(self, hold: Hold) -> None:
@@ -476,11 +289,11 @@ class Recorder:
                 keyed.remove(hold)
                 if not keyed:
                     del self._by_key[hold.info.key]
-            mine = self._by_actor.get(hold.actor)
+            mine = self.by_actor.get(hold.actor)
             if mine is not None and hold in mine:
                 mine.remove(hold)
                 if not mine:
-                    del self._by_actor[hold.actor]
+                    del self.by_actor[hold.actor]
             if hold.reported:
                 attrs = self._hold_attrs(hold)
                 attrs[events.ATTR_OUTCOME] = "released"
@@ -504,100 +317,6 @@ class Recorder:
         with self._lock:
             return [h for holds in self._holds.values() for h in holds if predicate(h)]
 
-    # -- in-process locks: the lean path (threading_locks) -------------------------------
-    # No registry lock here: each step is one GIL-atomic operation, the lock object's own
-    # fields are written while it is held, and the reporter re-checks what it reads.
-    def light_acquired(self, lock: Any, ident: int) -> None:
-        """An in-process lock was taken without waiting (``lock._since`` already set)."""
-        held = self._light.get(ident)
-        if held is None:
-            self._light[ident] = [lock]
-            return
-        if held or ident in self._by_actor:
-            self._light_order(held, lock, ident)
-        held.append(lock)
-
-    def light_released(self, lock: Any, ident: int, since: int) -> None:
-        """An in-process lock is about to be released (still held: its fields are ours)."""
-        now = _perf()
-        held = self._light.get(ident)
-        if held:
-            if held[-1] is lock:
-                held.pop()
-            else:
-                with contextlib.suppress(ValueError):
-                    held.remove(lock)
-        hist = lock._hist
-        if hist is None:
-            hist = lock._hist = [0] * (len(BOUNDS) + 2)
-        seconds = (now - since) / 1e9
-        hist[bisect_left(BOUNDS, seconds)] += 1
-        hist[-1] += seconds
-        self._dirty.add(lock)
-        if lock._hold is not None:
-            self._end_light(lock, seconds)
-
-    def _light_order(self, held: list[Any], lock: Any, ident: int) -> None:
-        site = lock._template
-        for first in held:
-            if first is lock:
-                continue
-            key = (first._template, site)
-            if key not in self._light_pairs:
-                self._light_pairs.add(key)
-                self.emit(events.EVENT_ORDER_PAIR, _perf(), _pair_attrs(
-                    first._template, first._system, site, lock._system, ident))  # fmt: skip
-        for hold in list(self._by_actor.get(ident, ())):
-            key = (hold.info.template, site)
-            if key not in self._light_pairs:
-                self._light_pairs.add(key)
-                self.emit(events.EVENT_ORDER_PAIR, _perf(), _pair_attrs(
-                    hold.info.template, hold.info.system, site, lock._system, ident))  # fmt: skip
-
-    def report_light(self, lock: Any, ident: int) -> None:
-        """Report an in-process hold now (its owner's wait was reported)."""
-        with self._lock:
-            self._report_light(lock, ident)
-
-    def _report_light(self, lock: Any, ident: int) -> None:
-        since = lock._since
-        if not since or lock._hold is not None:
-            return
-        hold = Hold(lock.lock_info(), ident, None, lock, since, since + self._offset,
-                    None, None, None)  # fmt: skip
-        hold.reported = True
-        lock._hold = hold
-        self._light_reported[id(lock)] = hold
-        self._emit(events.EVENT_HOLD_START, since, self._hold_attrs(hold))
-        if lock._since != since:  # released (or re-taken) while we looked
-            self._end_light(lock, (_perf() - since) / 1e9, locked=True)
-
-    def _end_light(self, lock: Any, seconds: float, locked: bool = False) -> None:
-        hold = lock._hold
-        lock._hold = None
-        if hold is None:
-            return
-        if not locked:
-            with self._lock:
-                self._end_light_reported(lock, hold, seconds)
-        else:
-            self._end_light_reported(lock, hold, seconds)
-
-    def _end_light_reported(self, lock: Any, hold: Hold, seconds: float) -> None:
-        if self._light_reported.pop(id(lock), None) is not hold:
-            return  # reported by this process's parent before a fork: not ours to end
-        attrs = self._hold_attrs(hold)
-        attrs[events.ATTR_OUTCOME] = "released"
-        attrs[events.ATTR_HOLD_DURATION] = seconds
-        self._emit(events.EVENT_HOLD_END, _perf(), attrs)
-
-    def fold_light(self) -> None:
-        """Move the in-process locks' own counters into :attr:`stats` (reporter thread)."""
-        dirty, self._dirty = self._dirty, set()
-        with self._lock:
-            for lock in list(dirty):
-                lock.fold_into(self.stats)
-
     # -- reporter thread ----------------------------------------------------------------
     def due_waits(self, now: int) -> list[Wait]:
         """Unreported waits that have lasted ``report_after`` by ``now`` (perf ns)."""
@@ -611,11 +330,11 @@ class Recorder:
             for wait in due:
                 if wait not in self._waits or wait.reported:
                     continue  # it ended while the reporter looked up the holder
-                for hold in self._by_actor.get(wait.actor, ()):
+                for hold in self.by_actor.get(wait.actor, ()):
                     if not hold.reported:
                         self._report_hold(hold)
                 if wait.task is None:
-                    for lock in list(self._light.get(wait.actor, ())):
+                    for lock in list(self.light.get(wait.actor, ())):
                         self._report_light(lock, wait.actor)
                 wait.reported = True
                 self._emit(events.EVENT_WAIT_START, wait.start, self._wait_attrs(wait))
@@ -623,13 +342,7 @@ class Recorder:
                 for hold in holds:
                     if not hold.reported and hold.start <= threshold:
                         self._report_hold(hold)
-            for ident, locks in list(self._light.items()):
-                if not locks:
-                    continue
-                for lock in list(locks):
-                    since = lock._since
-                    if since and since <= threshold and lock._hold is None:
-                        self._report_light(lock, ident)
+            self._report_due_light(threshold)
 
     def snapshot(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The reported waits and holds, as heartbeat entries."""
@@ -658,16 +371,6 @@ class Recorder:
             self._emit(name, perf_ns, attrs)
 
     # -- internals (caller holds self._lock) ---------------------------------------------
-    def _count(self, info: LockInfo, outcome: str, waited: float) -> None:
-        bound = info.bound
-        if bound is None or bound[0] is not self.stats:
-            bound = info.bound = self.stats.bind(info.template, info.system)
-        outcomes = bound[1]
-        outcomes[outcome] = outcomes.get(outcome, 0) + 1
-        hist = bound[2]
-        hist[bisect_left(BOUNDS, waited)] += 1
-        hist[-1] += waited
-
     def _emit(self, name: str, perf_ns: int, attrs: dict[str, Any]) -> None:
         if len(self._events) >= self.queue_size:
             self.dropped += 1
@@ -694,7 +397,7 @@ class Recorder:
         if wait.holder_owner is not None:
             attrs[events.ATTR_LOCK_HOLDER_OWNER] = wait.holder_owner
         if wait.ticket is not None:
-            attrs[events.ATTR_QUEUE_POSITION] = wait.ticket
+            attrs[events.ATTR_WAIT_TICKET] = wait.ticket
         if wait.code is not None:
             attrs[events.ATTR_CODE_FILE] = wait.code[0]
             attrs[events.ATTR_CODE_LINE] = wait.code[1]
@@ -715,25 +418,3 @@ class Recorder:
         if hold.expires_at is not None:
             attrs[events.ATTR_LOCK_EXPIRES_AT] = hold.expires_at
         return attrs
-
-
-def _pair_attrs(first: str, first_system: str, second: str, second_system: str,
-                ident: int) -> dict[str, Any]:  # fmt: skip
-    return {
-        events.ATTR_ORDER_FIRST: first,
-        events.ATTR_ORDER_FIRST_MODE: "exclusive",
-        events.ATTR_ORDER_SYSTEM_FIRST: first_system,
-        events.ATTR_ORDER_SECOND: second,
-        events.ATTR_ORDER_SECOND_MODE: "exclusive",
-        events.ATTR_ORDER_SYSTEM_SECOND: second_system,
-        events.ATTR_ACTOR_ID: actor_id(ident, None),
-    }
-
-
-def task_name(task: Any) -> str | None:
-    """An asyncio task's name, if it has one."""
-    try:
-        name = task.get_name()
-    except Exception:
-        return None
-    return name if isinstance(name, str) else None

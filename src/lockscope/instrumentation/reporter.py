@@ -296,11 +296,11 @@ class Reporter:
                 break
             pause = min(_MAX_BACKOFF, result.retry_after if result.retry_after else delay)
             delay = min(_MAX_BACKOFF, delay * 2)
-            if self._wake_reporter_stopped(pause):
+            if self._sleep_unless_stopping(pause):
                 break
         self.recorder.dropped += len(batch)
 
-    def _wake_reporter_stopped(self, pause: float) -> bool:
+    def _sleep_unless_stopping(self, pause: float) -> bool:
         """Sleep ``pause`` seconds unless stopping; True if stopping."""
         deadline = time.monotonic() + pause
         while not self._stop:

@@ -18,7 +18,7 @@ from opentelemetry import trace
 
 from lockscope import __version__, events
 from lockscope.instrumentation.config import ShimConfig
-from lockscope.instrumentation.metrics import LockMetrics
+from lockscope.instrumentation.metrics_export import LockMetrics
 from lockscope.instrumentation.otlp_fanout import transport_for
 from lockscope.instrumentation.recorder import Recorder, Wait
 from lockscope.instrumentation.reporter import Reporter
@@ -124,8 +124,7 @@ class Shim:
 
     def after_fork(self) -> None:
         """In the child: a fresh registry and reporter, a new process identity."""
-        self.recorder.reset()
-        self.recorder.stats.reset()
+        self.recorder.reset()  # a fresh registry, its stats included
         self.generation += 1
         self._new_process()
         self.reporter.start()

@@ -29,15 +29,29 @@ from types import TracebackType
 from typing import Any, SupportsIndex
 
 from lockscope.instrumentation import operations, runtime
+from lockscope.instrumentation.metrics_aggregate import LockStats
 from lockscope.instrumentation.patching import Patcher
-from lockscope.instrumentation.recorder import Hold, LockInfo
-from lockscope.instrumentation.stats import LockStats
+from lockscope.instrumentation.recorder import Hold, InProcessLock, LockInfo
 
 __all__ = ["TracedLock", "TracedRLock", "instrument", "is_app_code"]
 
 _get_ident = _thread.get_ident
 _perf = time.perf_counter_ns
 _enabled = operations.fast_enabled
+_NOWHERE: list[Any] = []
+"""``_held`` of a lock not held (never appended to)."""
+
+
+def _no_context() -> dict[object, object]:
+    return {} if operations.fast_enabled() else {_SUPPRESS: True}
+
+
+_SUPPRESS: object = object()
+_SUPPRESS_PLAIN: object = object()
+_context: Any = _no_context
+_found = operations.suppression_keys()
+if _found is not None:  # the suppression check inlined (what fast_enabled does, less a call)
+    _context, _SUPPRESS, _SUPPRESS_PLAIN = _found
 _counter = itertools.count(1)
 _site_cache: dict[str, bool] = {}
 
@@ -91,10 +105,9 @@ class _Traced:
 
     __slots__ = (
         "__weakref__",
-        "_fast",
-        "_folded",
+        "_durations",
         "_gen",
-        "_hist",
+        "_held",
         "_hold",
         "_info",
         "_inner",
@@ -102,6 +115,7 @@ class _Traced:
         "_since",
         "_site",
         "_template",
+        "_waited",
     )
     _system = "threading"
     _reentrant = False
@@ -117,11 +131,11 @@ class _Traced:
         self._since = 0
         """perf_counter_ns() when the recorded hold began; 0 when not held (or not recorded)."""
         self._owner = 0
+        self._held: list[InProcessLock] = _NOWHERE
         self._hold: Hold | None = None
         """The hold as reported to the agent, once it has lasted report_after."""
-        self._fast = 0
-        self._hist: list[float] | None = None
-        self._folded: tuple[int, list[float] | None] = (0, None)
+        self._durations: list[int] = []
+        self._waited = False
 
     @property  # type: ignore[misc]
     def __class__(self) -> type:  # isinstance(lock, _thread.LockType) holds
@@ -144,15 +158,13 @@ class _Traced:
         return info
 
     def fold_into(self, stats: LockStats) -> None:
-        """Add this lock's counts since the last fold to ``stats`` (reporter thread)."""
-        fast, hist = self._fast, self._hist
-        old_fast, old_hist = self._folded
-        self._folded = (fast, list(hist) if hist is not None else None)
-        template, system = self._template, self._system
-        if fast > old_fast:
-            stats.bulk(template, system, "acquired", fast - old_fast, waits_zero=fast - old_fast)
-        if hist is not None:
-            stats.bulk_holds(template, system, hist, old_hist)
+        """Move the hold durations recorded since the last fold into ``stats`` (reporter
+        thread; ``del`` of a slice is atomic, so appends meanwhile are kept)."""
+        durations = self._durations
+        count = len(durations)
+        batch = durations[:count]
+        del durations[:count]
+        stats.fold_in_process(self._template, self._system, batch)
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """As ``threading.Lock.acquire``."""
@@ -160,16 +172,32 @@ class _Traced:
             return self._acquire_with(blocking, timeout)
         if not self._inner.acquire(False):
             return self._wait(-1)
-        self._took()
+        # The lean path, inlined (each call saved is ~0.1 us on a 0.1 us lock): a timestamp
+        # on the lock and an append to the thread's list of held locks.
+        shim = runtime.current
+        if shim is not None:
+            context = _context()
+            if not (context.get(_SUPPRESS) or context.get(_SUPPRESS_PLAIN)):
+                try:
+                    self._since = _perf()
+                    self._owner = ident = _get_ident()
+                    recorder = shim.recorder
+                    held = recorder.light.get(ident)
+                    if held is None or held or ident in recorder.by_actor:
+                        recorder.light_acquired(self, ident)  # first, or nested: order pairs
+                    else:
+                        held.append(self)
+                        self._held = held
+                except Exception:
+                    operations.failed()
         return True
 
     def _took(self) -> None:
-        """The lock was just taken without waiting: the one write per event of the lean path."""
+        """The lock was just taken without waiting (the calls other than ``acquire()``)."""
         shim = runtime.current
         if shim is not None and _enabled():
             self._since = _perf()
             self._owner = ident = _get_ident()
-            self._fast += 1
             try:
                 shim.recorder.light_acquired(self, ident)
             except Exception:
@@ -212,6 +240,7 @@ class _Traced:
             if got:
                 self._since = _perf()
                 self._owner = ident
+                self._waited = True  # its acquisition is counted (with its wait)
                 shim.recorder.light_acquired(self, ident)
                 if wait.reported:  # others may wait for this thread: show the hold now
                     shim.recorder.report_light(self, ident)
@@ -221,21 +250,56 @@ class _Traced:
 
     def release(self) -> None:
         """As ``threading.Lock.release``."""
-        self._released()
-        self._inner.release()
-
-    def _released(self) -> None:
-        """Record the end of the hold (before the release: once released, the fields are
-        the next holder's)."""
         since = self._since
         if since:
-            shim = runtime.current
-            if shim is not None:
-                try:
-                    shim.recorder.light_released(self, self._owner, since)
-                except Exception:
-                    operations.failed()
+            # _released, inlined for the common case (the newest held lock, no reported
+            # hold, durations already waiting for the reporter).
             self._since = 0
+            held = self._held
+            durations = self._durations
+            if (
+                held
+                and held[-1] is self
+                and durations
+                and not self._waited
+                and (self._hold is None)
+            ):
+                held.pop()
+                durations.append(_perf() - since)
+            else:
+                self._since = since
+                self._released(since)
+        self._inner.release()
+
+    def _released(self, since: int) -> None:
+        """Record the end of the hold, before the release: once released, the fields are
+        the next holder's.  ``_since`` is zeroed first, so the reporter does not start
+        reporting a hold that is ending."""
+        self._since = 0
+        try:
+            ns = _perf() - since
+            held = self._held
+            if held and held[-1] is self:
+                held.pop()
+            else:
+                with contextlib.suppress(ValueError):  # not the newest, or gone (a fork)
+                    held.remove(self)
+            durations = self._durations
+            if not durations:
+                shim = runtime.current
+                if shim is not None:
+                    shim.recorder.dirty.add(self)
+            if self._waited:
+                self._waited = False
+                durations.append(-ns)
+            else:
+                durations.append(ns)
+            if self._hold is not None:
+                shim = runtime.current
+                if shim is not None:
+                    shim.recorder.end_light(self, ns / 1e9)
+        except Exception:
+            operations.failed()
 
     def locked(self) -> bool:
         """As ``threading.Lock.locked``."""
@@ -339,7 +403,8 @@ class TracedRLock(_Traced):
         if not self._inner._is_owned():
             return self._inner._release_save()  # raises RuntimeError, as bare
         depth = self._depth
-        self._released()
+        if self._since:
+            self._released(self._since)
         self._depth = 0
         return (self._inner._release_save(), depth)
 

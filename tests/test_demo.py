@@ -3,10 +3,13 @@ agent (in process, or an external one) finds both; the demo's output is what we 
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -172,3 +175,31 @@ def test_demo_help_says_what_it_does_with_an_example() -> None:
     assert "deadlock" in result.stdout
     assert "Examples:" in result.stdout
     assert "lockscope demo --once" in result.stdout
+
+
+def test_demo_removes_its_temporary_directory_on_sigterm(tmp_path: Path) -> None:
+    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    demo = subprocess.Popen(
+        [*DEMO, "--linger", "120", *FREE_PORTS],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert demo.stdout is not None
+        seen: list[str] = []
+        for line in demo.stdout:  # until the deadlock is up: workers running, files in use
+            seen.append(line)
+            if "DEADLOCK dl-" in line:
+                break
+        assert any("DEADLOCK dl-" in line for line in seen), "".join(seen)
+        (workdir,) = tmp_path.glob("lockscope-demo-*")
+        assert (workdir / "locks.db").exists()
+        demo.send_signal(signal.SIGTERM)
+        assert demo.wait(60) == 128 + signal.SIGTERM
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait(10)
+    assert not list(tmp_path.glob("lockscope-demo-*"))

@@ -3,7 +3,8 @@
 - ``GET /``: the graph (actors and locks, wait and hold edges; deadlock cycles in red,
   stale holders marked), redrawn from ``/api/v1/graph`` every second, with the active
   findings listed beside it;
-- ``GET /findings/{kind}/{id}``: one finding's page (the link Alertmanager alerts carry);
+- ``GET /findings/{kind}/{id}``: one finding's page (the link Alertmanager alerts carry),
+  complete on first paint (:mod:`lockscope.agent.web_finding_page`);
 - ``GET /api/v1/findings/{id}``: that finding as JSON (404 when unknown);
 - ``GET /static/...``: the page's script and style sheet, shipped as package data.
 
@@ -22,6 +23,7 @@ from aiohttp import web
 
 from lockscope.agent.app_keys import STATE_KEY
 from lockscope.agent.findings import KINDS
+from lockscope.agent.web_finding_page import render as render_finding_page
 
 __all__ = ["CSP", "setup_web_view"]
 
@@ -59,9 +61,15 @@ async def _index(request: web.Request) -> web.Response:
 
 
 async def _finding_page(request: web.Request) -> web.Response:
-    if request.match_info["kind"] not in KINDS:
+    kind = request.match_info["kind"]
+    if kind not in KINDS:
         raise web.HTTPNotFound(text="unknown finding kind\n")
-    return _page("finding.html")
+    finding = request.app[STATE_KEY].store.get(request.match_info["id"])
+    template = _asset("finding.html").decode("utf-8")
+    body = render_finding_page(template, kind, finding.to_json() if finding else None)
+    return web.Response(
+        text=body, content_type="text/html", charset="utf-8", headers=_SECURITY_HEADERS
+    )
 
 
 async def _static(request: web.Request) -> web.Response:

@@ -32,13 +32,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from lockscope.demo.agent_link import AgentLink
@@ -227,10 +229,27 @@ def run(args: argparse.Namespace) -> int:
     except (_UsageError, AgentError) as exc:
         print(f"lockscope demo: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    previous = _exit_on_sigterm()
     try:
         return _play(args, agent, Console())
     finally:
         agent.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm() -> Any:
+    """Make SIGTERM (``kill``, ``docker stop``, a CI timeout) leave through the ``finally``
+    blocks, as Ctrl-C does: the workers are stopped and the demo's temporary directory
+    (``lockscope-demo-*``) is removed.  Returns the previous handler (None off the main
+    thread, where no handler can be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminate(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, terminate)
 
 
 def _play(args: argparse.Namespace, agent: AgentLink, console: Console) -> int:

@@ -215,6 +215,47 @@
     return n.type === "lock" ? n.name : n.actor;
   }
 
+  // The force layout spaces nodes, but a label is much wider than its node: push apart any
+  // two nodes whose boxes (shape plus the label under it) overlap, along the axis that
+  // needs the smaller move, until none do.
+  const LABEL_CHARS = 40, CHAR_PX = 7.6, BOX_H = 58;
+  function separate(nodes, pts) {
+    const w = nodes.map((n) => Math.max(34, short(nodeLabel(n), LABEL_CHARS).length * CHAR_PX + 10));
+    for (let round = 0; round < 400; round++) {
+      let moved = false;
+      for (let i = 0; i < pts.length; i++) {
+        for (let j = i + 1; j < pts.length; j++) {
+          const ox = (w[i] + w[j]) / 2 - Math.abs(pts[i].x - pts[j].x);
+          const oy = BOX_H - Math.abs(pts[i].y - pts[j].y);
+          if (ox <= 0 || oy <= 0) continue;
+          moved = true;
+          if (ox < oy) {
+            const d = (pts[i].x <= pts[j].x ? -1 : 1) * (ox / 2 + 0.5);
+            pts[i].x += d; pts[j].x -= d;
+          } else {
+            const d = (pts[i].y <= pts[j].y ? -1 : 1) * (oy / 2 + 0.5);
+            pts[i].y += d; pts[j].y -= d;
+          }
+        }
+      }
+      if (!moved) break;
+    }
+  }
+
+  // How many pairs of drawn labels overlap on screen (data-label-overlaps on the svg), so
+  // a test or a curious user can check the drawing, not the layout's estimate of it.
+  function countOverlaps(root) {
+    const boxes = [...root.querySelectorAll(".nodes text")].map((t) => t.getBoundingClientRect());
+    let n = 0;
+    for (let i = 0; i < boxes.length; i++) {
+      for (let j = i + 1; j < boxes.length; j++) {
+        const a = boxes[i], b = boxes[j];
+        if (a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom) n++;
+      }
+    }
+    return n;
+  }
+
   function drawGraph(container, graph, staleHolders) {
     clear(container);
     let nodes = graph.nodes;
@@ -224,6 +265,7 @@
     if (!nodes.length) return false;
     const { nodeClass, edgeClass } = classify(graph, staleHolders);
     const pts = layout(nodes, edges);
+    separate(nodes, pts);
     const at = new Map(nodes.map((n, i) => [n.id, pts[i]]));
     let minX = Infinity, minY = Infinity, maxX = -Infinity, maxY = -Infinity;
     for (const p of pts) {
@@ -273,7 +315,7 @@
       } else {
         g.appendChild(svg("circle", { r: 15 }));
       }
-      g.appendChild(svg("text", { x: 0, y: 32, "text-anchor": "middle" }, short(nodeLabel(n), 40)));
+      g.appendChild(svg("text", { x: 0, y: 32, "text-anchor": "middle" }, short(nodeLabel(n), LABEL_CHARS)));
       const detail = n.type === "lock"
         ? `lock ${n.name} (${n.system}), template ${n.template}`
         : `${n.actor} on ${n.host}${n.deadlocked ? " - deadlocked" : ""}`;
@@ -282,6 +324,7 @@
     }
     root.appendChild(nodeLayer);
     container.appendChild(root);
+    root.dataset.labelOverlaps = String(countOverlaps(root));
     return true;
   }
 
@@ -317,7 +360,9 @@
       li.appendChild(el("span", { class: "kind" }, KIND_TITLES[kind] || kind));
       const a = el("a", { href: findingHref(kind, f.id) }, describe(kind, f));
       li.appendChild(a);
-      li.appendChild(el("time", { datetime: f.detected_at }, "since " + f.detected_at));
+      // When the agent *detected* the finding; lockscope status shows when each wait or hold
+      // began ("waiting since"), which is earlier.
+      li.appendChild(el("time", { datetime: f.detected_at, title: "when the agent detected this finding" }, "detected " + f.detected_at));
       list.appendChild(li);
     }
     return findings.length;
@@ -356,7 +401,15 @@
 
   function participantsOf(kind, f) {
     if (kind === "deadlock") return f.participants || [];
-    return [{ actor: f.actor, service: f.service, pid: f.pid, holds: f.lock ? [f.lock] : [], waits_for: null, waiting_since: f.since }];
+    return [{ actor: f.actor, service: f.service, pid: f.pid, holds: f.lock ? [f.lock] : [], waits_for: null, waiting_since: f.since, code: f.code }];
+  }
+
+  function codeLocation(code) {
+    if (!code || !code.file) return "";
+    let where = String(code.file);
+    if (code.line) where += ":" + code.line;
+    if (code.function) where += " (" + code.function + ")";
+    return where;
   }
 
   async function findingPage() {
@@ -391,7 +444,7 @@
       clear(tbody);
       for (const p of participantsOf(kind, f)) {
         const tr = el("tr");
-        for (const v of [p.actor, p.service, p.pid, (p.holds || []).join(", "), p.waits_for, p.waiting_since]) {
+        for (const v of [p.actor, p.service, p.pid, (p.holds || []).join(", "), p.waits_for, p.waiting_since, codeLocation(p.code)]) {
           tr.appendChild(el("td", {}, v === undefined || v === null ? "" : Array.isArray(v) ? v.join(", ") : v));
         }
         tbody.appendChild(tr);

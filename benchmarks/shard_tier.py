@@ -35,6 +35,7 @@ from _agent_loadgen import fleet_kwargs
 from _agent_workload import Fleet, encode_requests
 
 from lockscope import events as ev
+from lockscope.agent import otlp_fastlogs
 from lockscope.agent.config import AgentConfig
 from lockscope.agent.model import Event
 from lockscope.agent.otlp_decode import decode_logs, parse_request
@@ -102,8 +103,10 @@ def main() -> int:
     config = AgentConfig()
 
     whole = bodies(sim)
+    ingest(AgentState(config, clock=time.time_ns), whole)  # warm the decoder's caches
     standalone = AgentState(config, clock=time.time_ns)
     cpu_one, n_one = ingest(standalone, whole)
+    otlp_fastlogs.keep_raw(True)  # what a shard's forwarding turns on
 
     shard_cpu: list[float] = []
     forwarded: list[Event] = []
@@ -127,6 +130,7 @@ def main() -> int:
         shard_cpu.append(cpu)
         shard_events += n
         forwarded.extend(picked)
+    otlp_fastlogs.keep_raw(False)
     detector = AgentState(AgentConfig(stale_holder_findings=False), clock=time.time_ns)
     # The detector receives the three shards' requests interleaved in time order.
     forwarded.sort(key=lambda e: e.time_ns)

@@ -16,8 +16,10 @@ from typing import Any
 import pytest
 
 from lockscope import events as ev
+from lockscope.agent import otlp_fastlogs
 from lockscope.agent.config import AgentConfig
 from lockscope.agent.model import Event, ProcessInfo
+from lockscope.agent.otlp_decode import decode_logs, parse_request
 from lockscope.agent.shard_forward import ForwardFilter, encode_forwarded
 from lockscope.testing.agent import InProcessAgent
 from reliability_helpers import Worker, findings, until
@@ -228,8 +230,6 @@ def test_the_filter_forwards_one_empty_heartbeat_per_ended_state_and_each_pair_o
 def test_forwarded_requests_keep_each_process_resource() -> None:
     from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
-    from lockscope.agent.otlp_decode import decode_logs, parse_request
-
     events = [
         Event(ev.EVENT_HOLD_START, 10, _proc(1), _lock("r", **{ev.ATTR_SINCE: 5})),
         _heartbeat(_proc(2), 11, [_lock("r", **{ev.ATTR_SINCE: 5})]),
@@ -243,3 +243,43 @@ def test_forwarded_requests_keep_each_process_resource() -> None:
         (e.name, e.time_ns, e.process) for e in events
     ]
     assert decoded[1].attrs[ev.ATTR_HOLDS] == [dict(events[1].attrs[ev.ATTR_HOLDS][0])]
+    # A shard forwards what it decoded with the raw attributes kept: the same bytes again.
+    otlp_fastlogs.keep_raw(True)
+    try:
+        kept = decode_logs(parse_request("logs", body, "protobuf"), 99).events
+    finally:
+        otlp_fastlogs.keep_raw(False)
+    assert all(isinstance(e.attrs, otlp_fastlogs.RawAttrs) for e in kept)
+    again = decode_logs(parse_request("logs", encode_forwarded(kept), "protobuf"), 99).events
+    assert [(e.name, e.time_ns, e.process, dict(e.attrs)) for e in again] == [
+        (e.name, e.time_ns, e.process, dict(e.attrs)) for e in decoded
+    ]
+
+
+def test_the_direct_encoder_writes_what_the_standard_classes_read() -> None:
+    from google.protobuf import json_format
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    attrs = {
+        "s": "ünïcode",
+        "t": True,
+        "f": False,
+        "i": -(1 << 63),
+        "j": (1 << 63) - 1,
+        "big": 1 << 70,
+        "d": -0.5,
+        "b": b"\x00\xff",
+        "l": [1, "x", [2.5, {"k": None, "v": [True]}]],
+        "m": {"a": {"b": {}}, "e": []},
+        "none": None,
+    }
+    body = encode_forwarded([Event(ev.EVENT_HOLD_START, 7, _proc(1), attrs)])
+    got = json_format.MessageToDict(ExportLogsServiceRequest.FromString(body))
+    record = got["resourceLogs"][0]["scopeLogs"][0]["logRecords"][0]
+    assert record["eventName"] == ev.EVENT_HOLD_START
+    assert record["timeUnixNano"] == "7"
+    decoded = decode_logs(parse_request("logs", body, "protobuf"), 99).events[0].attrs
+    expected = {k: v for k, v in attrs.items() if v is not None}
+    expected["big"] = str(1 << 70)
+    expected["l"] = [1, "x", [2.5, {"v": [True]}]]
+    assert {k: v for k, v in decoded.items() if k != ev.ATTR_EVENT_NAME} == expected

@@ -28,7 +28,7 @@ from opentelemetry.proto.resource.v1 import resource_pb2
 from lockscope import events as ev
 from lockscope.agent.model import Event, ProcessInfo
 
-__all__ = ["RawLogs", "parse_logs"]
+__all__ = ["RawAttrs", "RawLogs", "keep_raw", "parse_logs"]
 
 _PACKAGE: Final = "lockscope.otlp_raw"
 
@@ -128,6 +128,26 @@ _kv_cache: dict[bytes, tuple[str, Any]] = {}
 _process_cache: dict[bytes, ProcessInfo] = {}
 
 
+class RawAttrs(dict[str, Any]):
+    """A record's decoded attributes plus ``raw``, its ``KeyValue`` s as they came on the wire
+    (only while :func:`keep_raw` is on): a shard forwards them without encoding again."""
+
+    __slots__ = ("raw",)
+
+    raw: list[bytes]
+
+
+_keep_raw = 0
+
+
+def keep_raw(on: bool = True) -> None:
+    """Keep each record's raw attributes (:class:`RawAttrs`) while any caller wants them:
+    a shard agent's forwarding turns this on while it runs (it costs a list per record).
+    Calls nest: each ``keep_raw(True)`` needs its ``keep_raw(False)``."""
+    global _keep_raw
+    _keep_raw = max(0, _keep_raw + (1 if on else -1))
+
+
 class RawLogs:
     """A parsed OTLP logs request: the lockscope events it holds (``untimed``: indexes of
     events whose record had no time, to be stamped with the receive time) and counts."""
@@ -158,12 +178,19 @@ def parse_logs(body: bytes, build_process: Callable[[Any], ProcessInfo]) -> RawL
     events = out.events
     names = ev.EVENT_NAMES
     received = ignored = unknown = 0
+    keep = _keep_raw > 0
     for resource_logs in request.resource_logs:
         process = _process_info(resource_logs.resource, build_process)
         for scope_logs in resource_logs.scope_logs:
             for record in scope_logs.log_records:
                 received += 1
-                attrs = _attributes(record.attributes, 0)
+                if keep:
+                    raws = list(record.attributes)
+                    kept = RawAttrs(_attributes(raws, 0))
+                    kept.raw = raws
+                    attrs: dict[str, Any] = kept
+                else:
+                    attrs = _attributes(record.attributes, 0)
                 name = record.event_name
                 if not name:
                     attr_name = attrs.get(ev.ATTR_EVENT_NAME)

@@ -39,6 +39,7 @@ from typing import Any, Final
 import aiohttp
 
 from lockscope import events as ev
+from lockscope.agent import otlp_fastlogs
 from lockscope.agent.model import Event
 from lockscope.agent.otlp_encode import encode_events
 
@@ -329,13 +330,15 @@ class ShardForwarding:
         self.filter.forget(instance)
 
     async def start(self) -> None:
-        """Start every detector link."""
+        """Start every detector link (and keep records' raw attributes for forwarding)."""
+        otlp_fastlogs.keep_raw(True)
         for forwarder in self.forwarders:
             await forwarder.start()
 
     async def stop(self) -> None:
         """Flush (briefly) and stop every link."""
         await asyncio.gather(*(f.stop() for f in self.forwarders))
+        otlp_fastlogs.keep_raw(False)
 
     def status(self) -> dict[str, Any]:
         """``GET /api/v1/forwarding``: what the shard saw, chose and delivered."""

@@ -12,8 +12,8 @@ every ``LOCKSCOPE_HEARTBEAT`` (1 s).  One that has reported a wait sends one eve
 from after the cycle closed (see the agent's evidence rule), and this brings it within
 ``report_after`` instead of up to a heartbeat.  One that has reported a hold (and no wait)
 sends one every ``_BUSY_HEARTBEAT`` (0.4 s) and announces that interval, so the agent
-presumes it dead, and calls its holds orphaned, about 1.2 s after it stopped.  The first
-events after an empty snapshot come with a snapshot at once.  Each snapshot announces the
+presumes it dead, and calls its holds orphaned, about 1.2 s after it stopped.  A newly
+reported wait, and the first events after an empty snapshot, come with a snapshot at once.  Each snapshot announces the
 longest gap until the next one (``lockscope.heartbeat.interval``); the gap after a
 snapshot is never longer than the previous one announced, so slowing down never outruns
 the agent's liveness timeout.
@@ -215,10 +215,13 @@ class Reporter:
             self._prober.run(jobs, _PROBE_BUDGET)
             _add_code_locations(due)
         recorder.report(now, due)
-        if self._idle and recorder.pending():
-            # The first report after an empty snapshot comes with a snapshot: a process
-            # that dies before its next regular one is then presumed dead on the busy
-            # timeout (and, the first time, is known at all).
+        if due or (self._idle and recorder.pending()):
+            # A newly reported wait comes with a snapshot: its holds were stamped with
+            # when they were taken, and a deadlock's evidence needs them asserted after
+            # the cycle closed (this wait may be the one that closed it).  So does the
+            # first report after an empty snapshot: a process that dies before its next
+            # regular one is then presumed dead on the busy timeout (and, the first
+            # time, is known at all).
             heartbeat = True
         if heartbeat:
             self._announced = True

@@ -13,10 +13,10 @@ from after the cycle closed (see the agent's evidence rule), and this brings it 
 ``report_after`` instead of up to a heartbeat.  One that has reported a hold (and no wait)
 sends one every ``_BUSY_HEARTBEAT`` (0.4 s) and announces that interval, so the agent
 presumes it dead, and calls its holds orphaned, about 1.2 s after it stopped.  A newly
-reported wait, and the first events after an empty snapshot, come with a snapshot at once.  Each snapshot announces the
-longest gap until the next one (``lockscope.heartbeat.interval``); the gap after a
-snapshot is never longer than the previous one announced, so slowing down never outruns
-the agent's liveness timeout.
+reported wait, and the first events after an empty snapshot, come with a snapshot at
+once.  Each snapshot announces the longest gap until the next one
+(``lockscope.heartbeat.interval``); the gap after a snapshot is never longer than the
+previous one announced, so slowing down never outruns the agent's liveness timeout.
 
 ``lockscope-sender`` drains the event queue in batches of up to 512 records and POSTs them
 to ``LOCKSCOPE_ENDPOINT/v1/logs``.  A failed batch is retried with exponential backoff

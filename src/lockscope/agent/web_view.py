@@ -64,7 +64,7 @@ async def _finding_page(request: web.Request) -> web.Response:
     kind = request.match_info["kind"]
     if kind not in KINDS:
         raise web.HTTPNotFound(text="unknown finding kind\n")
-    finding = request.app[STATE_KEY].store.get(request.match_info["id"])
+    finding = request.app[STATE_KEY].finding_store.get(request.match_info["id"])
     template = _asset("finding.html").decode("utf-8")
     body = render_finding_page(template, kind, finding.to_json() if finding else None)
     return web.Response(

@@ -31,12 +31,16 @@ def identify(conn: Any) -> tuple[str, str, int] | None:
     return "postgresql", f"{where}/{dbname}", int(pid)
 
 
+def _in_transaction(conn: Any) -> bool:
+    return bool(conn.is_in_transaction())
+
+
 async def _call(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     b = db_sessions.statement_begin(instance, identify, db_sessions.current_task())
     try:
         return await wrapped(*args, **kwargs)
     finally:
-        db_sessions.statement_end(b, instance.is_in_transaction)
+        db_sessions.statement_end(b, _in_transaction, instance)
 
 
 async def _close(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:

@@ -9,6 +9,7 @@ id ``conn.info.backend_pid`` (known since connect: no round trip).  The open tra
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from lockscope.instrumentation import db_sessions
@@ -31,27 +32,37 @@ def identify(conn: Any) -> tuple[str, str, int] | None:
 def in_transaction(conn: Any) -> bool:
     """Whether the connection's transaction is open (or failed and not yet rolled back)."""
     try:
-        return int(conn.info.transaction_status) in _IN_TRANSACTION
+        # pgconn directly: conn.info builds a new ConnectionInfo object on every access.
+        return int(conn.pgconn.transaction_status) in _IN_TRANSACTION
     except Exception:
         return False
 
 
-def _execute(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    conn = instance.connection
-    b = db_sessions.statement_begin(conn, identify)
-    try:
-        return wrapped(*args, **kwargs)
-    finally:
-        db_sessions.statement_end(b, lambda: in_transaction(conn))
+def _sync_execute(original: Any) -> Any:
+    # A plain function, not a wrapt proxy: this runs on every statement (see Patcher.replace).
+    @functools.wraps(original)
+    def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
+        conn = self.connection
+        b = db_sessions.statement_begin(conn, identify)
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            db_sessions.statement_end(b, in_transaction, conn)
+
+    return execute
 
 
-async def _async_execute(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    conn = instance.connection
-    b = db_sessions.statement_begin(conn, identify, db_sessions.current_task())
-    try:
-        return await wrapped(*args, **kwargs)
-    finally:
-        db_sessions.statement_end(b, lambda: in_transaction(conn))
+def _async_execute(original: Any) -> Any:
+    @functools.wraps(original)
+    async def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
+        conn = self.connection
+        b = db_sessions.statement_begin(conn, identify, db_sessions.current_task())
+        try:
+            return await original(self, *args, **kwargs)
+        finally:
+            db_sessions.statement_end(b, in_transaction, conn)
+
+    return execute
 
 
 def _done(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
@@ -73,8 +84,8 @@ def instrument(patcher: Patcher) -> None:
 
     def apply(psycopg: Any) -> None:
         for name in ("execute", "executemany"):
-            patcher.wrap(psycopg.Cursor, name, _execute)
-            patcher.wrap(psycopg.AsyncCursor, name, _async_execute)
+            patcher.replace(psycopg.Cursor, name, _sync_execute)
+            patcher.replace(psycopg.AsyncCursor, name, _async_execute)
         for name in ("commit", "rollback", "close"):
             patcher.wrap(psycopg.Connection, name, _done)
         for name in ("commit", "rollback", "close"):

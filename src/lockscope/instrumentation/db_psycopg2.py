@@ -47,7 +47,7 @@ def _classes(extensions: Any) -> tuple[type, Any]:
             try:
                 return super().execute(*args, **kwargs)  # type: ignore[misc]
             finally:
-                db_sessions.statement_end(b, lambda: _in_transaction(conn))
+                db_sessions.statement_end(b, _in_transaction, conn)
 
         def executemany(self, *args: Any, **kwargs: Any) -> Any:
             conn = self.connection  # type: ignore[attr-defined]
@@ -55,7 +55,7 @@ def _classes(extensions: Any) -> tuple[type, Any]:
             try:
                 return super().executemany(*args, **kwargs)  # type: ignore[misc]
             finally:
-                db_sessions.statement_end(b, lambda: _in_transaction(conn))
+                db_sessions.statement_end(b, _in_transaction, conn)
 
         def callproc(self, *args: Any, **kwargs: Any) -> Any:
             conn = self.connection  # type: ignore[attr-defined]
@@ -63,7 +63,7 @@ def _classes(extensions: Any) -> tuple[type, Any]:
             try:
                 return super().callproc(*args, **kwargs)  # type: ignore[misc]
             finally:
-                db_sessions.statement_end(b, lambda: _in_transaction(conn))
+                db_sessions.statement_end(b, _in_transaction, conn)
 
     def cursor_class(base: type) -> type:
         klass = cursors.get(base)

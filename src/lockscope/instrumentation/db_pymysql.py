@@ -9,6 +9,7 @@ last reply carried.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from lockscope.instrumentation import db_sessions
@@ -36,13 +37,18 @@ def in_transaction(conn: Any) -> bool:
     return bool((getattr(conn, "server_status", 0) or 0) & _SERVER_STATUS_IN_TRANS)
 
 
-def _execute(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    conn = instance.connection
-    b = db_sessions.statement_begin(conn, identify) if conn is not None else None
-    try:
-        return wrapped(*args, **kwargs)
-    finally:
-        db_sessions.statement_end(b, lambda: in_transaction(conn))
+def _execute(original: Any) -> Any:
+    # A plain function, not a wrapt proxy: this runs on every statement (see Patcher.replace).
+    @functools.wraps(original)
+    def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
+        conn = self.connection
+        b = db_sessions.statement_begin(conn, identify) if conn is not None else None
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            db_sessions.statement_end(b, in_transaction, conn)
+
+    return execute
 
 
 def _done(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
@@ -56,7 +62,7 @@ def instrument(patcher: Patcher) -> None:
     """Wrap PyMySQL when it is imported (each module when it is: they import each other)."""
 
     def cursors(module: Any) -> None:
-        patcher.wrap(module.Cursor, "execute", _execute)
+        patcher.replace(module.Cursor, "execute", _execute)
 
     def connections(module: Any) -> None:
         for name in ("commit", "rollback", "close"):

@@ -7,7 +7,8 @@ open, the actor (thread or task) *binds* the session: it holds the binding lock
 ``session:<backend id>`` (system ``postgresql``/``mysql``, namespace ``host:port/db``) in
 the recorder.  Like any hold it is reported only once it has lasted ``report_after`` (or
 when the actor's wait for another lock is reported), so an uncontended statement pays an
-in-memory registry update and nothing on the network.  The agent's database watcher then
+update of two attributes and a set (no registry lock, no object), and nothing on the
+network.  The agent's database watcher then
 attributes that session's database waits and holds to the actor.
 
 The backend id is what the driver already knows (psycopg ``info.backend_pid``, asyncpg
@@ -19,12 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any, Final
 
 from lockscope.instrumentation import operations, runtime
-from lockscope.instrumentation.recorder import Hold, LockInfo
+from lockscope.instrumentation.recorder import Hold, LockInfo, Recorder
 
 __all__ = [
     "SESSION_TEMPLATE",
@@ -44,19 +46,35 @@ _get_ident = threading.get_ident
 
 
 class Binding:
-    """One connection's binding lock and the actor holding it now."""
+    """One connection's session, the actor using it now and since when.
 
-    __slots__ = ("__weakref__", "backend", "hold", "info")
+    The hot path only writes these attributes and adds/discards the binding in
+    :data:`_active` (single set operations, atomic under the GIL): no registry lock, no
+    object per statement.  The reporter thread turns a binding that has lasted
+    ``report_after`` into a recorder hold (:func:`_promote`); ``gen`` changes whenever the
+    caller ends or re-binds, so a promotion that raced with it is undone.
+    """
+
+    __slots__ = ("__weakref__", "actor", "backend", "conn", "gen", "hold", "info", "start", "task")
 
     def __init__(self, system: str, namespace: str, backend: int) -> None:
         self.backend = backend
         self.info = LockInfo(system, namespace, f"session:{backend}", SESSION_TEMPLATE, mode="read")
         self.hold: Hold | None = None
+        self.actor = 0
+        self.task: Any = None
+        self.start = 0
+        self.gen = 0
+        self.conn: Any = None
 
 
 _bindings: weakref.WeakKeyDictionary[Any, Binding] = weakref.WeakKeyDictionary()
 _by_id: dict[int, Binding] = {}
-"""For connections that cannot be weakly referenced: id(conn) -> binding (dropped on end)."""
+"""For connections that cannot be weakly referenced: id(conn) -> binding."""
+_active: set[Binding] = set()
+"""Bindings in use now (a statement running or a transaction open)."""
+_promote_lock = threading.Lock()
+_perf = time.perf_counter_ns
 
 
 def current_task() -> Any:
@@ -67,22 +85,51 @@ def current_task() -> Any:
         return None
 
 
-def _binding(conn: Any, identify: Identify) -> Binding | None:
+_ATTR: Final = "_lockscope_binding"
+
+
+def _known(conn: Any) -> Binding | None:
+    b: Binding | None = getattr(conn, _ATTR, None)
+    if b is not None:
+        return b
     try:
-        b = _bindings.get(conn)
+        return _bindings.get(conn)
     except TypeError:
-        b = _by_id.get(id(conn))
+        return _by_id.get(id(conn))
+
+
+def _binding(conn: Any, identify: Identify, recorder: Recorder) -> Binding | None:
+    b = _known(conn)
     if b is not None:
         return b
     ident = identify(conn)
     if ident is None:
         return None
+    if _promote not in recorder.before_report:
+        recorder.before_report.append(_promote)
     b = Binding(*ident)
+    try:
+        # An attribute is the cheapest look-up; connection classes with __slots__ get a
+        # weak mapping instead.
+        setattr(conn, _ATTR, b)
+        return b
+    except (AttributeError, TypeError):
+        pass
     try:
         _bindings[conn] = b
     except TypeError:
         _by_id[id(conn)] = b
+        b.conn = conn  # keeps the id from being reused while the binding is known
     return b
+
+
+def _drop_hold(b: Binding) -> None:
+    if b.hold is not None:
+        with _promote_lock:
+            hold, b.hold = b.hold, None
+        shim = runtime.current
+        if hold is not None and shim is not None:
+            shim.recorder.unbind(hold)
 
 
 def statement_begin(conn: Any, identify: Identify, task: Any = None) -> Binding | None:
@@ -91,34 +138,36 @@ def statement_begin(conn: Any, identify: Identify, task: Any = None) -> Binding 
     if shim is None or not operations.fast_enabled():
         return None
     try:
-        b = _binding(conn, identify)
+        b = _binding(conn, identify, shim.recorder)
         if b is None:
             return None
         actor = _get_ident() if task is None else id(task)
-        h = b.hold
-        if h is None or h.actor != actor:
-            recorder = shim.recorder
-            if h is not None:
-                recorder.unbind(h)
-            b.hold = recorder.bind(b.info, actor, task, conn)
+        if b in _active and b.actor == actor:
+            return b  # its open transaction (or an outer call) already binds it
+        b.gen += 1
+        _drop_hold(b)
+        b.actor, b.task, b.start = actor, task, _perf()
+        _active.add(b)
         return b
     except Exception:
         operations.failed()
         return None
 
 
-def statement_end(b: Binding | None, in_transaction: Callable[[], bool]) -> None:
+def _end(b: Binding) -> None:
+    b.gen += 1
+    _active.discard(b)
+    _drop_hold(b)
+
+
+def statement_end(b: Binding | None, in_transaction: Callable[[Any], bool], conn: Any) -> None:
     """The statement (or ``commit``/``rollback``) returned: keep the binding while the
-    connection's transaction stays open, else end it."""
-    if b is None or b.hold is None:
+    connection's transaction stays open (``in_transaction(conn)``), else end it."""
+    if b is None:
         return
     try:
-        if in_transaction():
-            return
-        shim = runtime.current
-        hold, b.hold = b.hold, None
-        if shim is not None:
-            shim.recorder.unbind(hold)
+        if not in_transaction(conn):
+            _end(b)
     except Exception:
         operations.failed()
 
@@ -126,14 +175,28 @@ def statement_end(b: Binding | None, in_transaction: Callable[[], bool]) -> None
 def connection_done(conn: Any) -> None:
     """``commit``/``rollback``/``close`` returned: the transaction is over."""
     try:
-        try:
-            b = _bindings.get(conn)
-        except TypeError:
-            b = _by_id.pop(id(conn), None)
-        if b is not None and b.hold is not None:
-            hold, b.hold = b.hold, None
-            shim = runtime.current
-            if shim is not None:
-                shim.recorder.unbind(hold)
+        b = _known(conn)
+        if b is not None:
+            _end(b)
     except Exception:
         operations.failed()
+
+
+def _promote(now: int) -> None:
+    """Reporter thread: bindings in use for ``report_after`` become recorder holds."""
+    shim = runtime.current
+    if shim is None or not _active:
+        return
+    recorder = shim.recorder
+    threshold = now - recorder.report_after_ns
+    for b in list(_active):
+        if b.hold is not None or b.start > threshold:
+            continue
+        gen, actor, task, start = b.gen, b.actor, b.task, b.start
+        hold: Hold | None = recorder.bind(b.info, actor, task, b, start)
+        with _promote_lock:
+            if b.gen == gen and b.hold is None:
+                b.hold = hold
+                hold = None
+        if hold is not None:
+            recorder.unbind(hold)  # the caller ended or re-bound it meanwhile

@@ -49,6 +49,10 @@ class Recorder(InProcessRegistry):
         self.report_after_ns = int(report_after * 1e9)
         self.queue_size = queue_size
         self.thread_names: Callable[[int], str | None] = lambda ident: None
+        self.before_report: list[Callable[[int], None]] = []
+        """Called by :meth:`report` with its ``now`` first (on the reporter thread): targets
+        that keep their own lean registry (database sessions) turn what has lasted
+        ``report_after`` into holds here, so the hot path never takes the registry lock."""
         self.reset()
 
     def reset(self) -> None:
@@ -263,11 +267,14 @@ class Recorder(InProcessRegistry):
                 self._emit(events.EVENT_HOLD_END, now, attrs)
 
     # -- database session bindings (instrumentation/db_sessions) --------------------------
-    def bind(self, info: LockInfo, actor: int, task: Any, target: object) -> Hold:
-        """A binding hold (an actor using a database session): kept and reported like a
-        hold, so the agent joins the session's database locks with the actor, but without
-        metrics and without lock-order pairs (a session is not a lock the app orders)."""
-        now = _perf()
+    def bind(
+        self, info: LockInfo, actor: int, task: Any, target: object, start: int | None = None
+    ) -> Hold:
+        """A binding hold (an actor using a database session since ``start``, perf ns):
+        kept and reported like a hold, so the agent joins the session's database locks
+        with the actor, but without metrics and without lock-order pairs (a session is not
+        a lock the app orders)."""
+        now = _perf() if start is None else start
         hold = Hold(info, actor, task, target, now, now + self._offset, None, None, None)
         with self._lock:
             self._holds.setdefault(hold.obj, []).append(hold)
@@ -326,6 +333,11 @@ class Recorder(InProcessRegistry):
     def report(self, now: int, due: Iterable[Wait]) -> None:
         """Report the ``due`` waits still in progress (holds first), then old holds."""
         threshold = now - self.report_after_ns
+        for hook in self.before_report:
+            try:
+                hook(now)
+            except Exception:
+                self.errors += 1
         with self._lock:
             for wait in due:
                 if wait not in self._waits or wait.reported:

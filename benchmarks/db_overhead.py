@@ -9,8 +9,8 @@ between blocks, the order swapped every pair).  Each instrumented block is compa
 the bare block next to it (drift on a shared machine cancels out); the table shows the
 median of those ratios (wall time per statement), their spread, the ratio of the fastest
 blocks and of the first quartiles (robust to a loaded machine, whose interference only
-ever adds time), and the caller thread's CPU time added per statement.  The shim's agent endpoint is unreachable (nothing is sent for a
-statement shorter than report_after anyway).
+ever adds time), and the caller thread's CPU time added per statement.  The shim's agent
+endpoint is unreachable (nothing is sent for a statement shorter than report_after anyway).
 
 ``--driver`` is ``psycopg`` (default), ``psycopg2`` or ``pymysql`` (then against MariaDB).
 """

@@ -9,6 +9,7 @@ URL with the password replaced by ``***``.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,23 +51,19 @@ class DsnError(ValueError):
     """A DSN or ``[[databases]]`` entry is malformed (the message never holds a password)."""
 
 
+_URL_USERINFO: Final = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@?#\s]*:)[^@\s]*@")
+_BARE_USERINFO: Final = re.compile(r"^([^:/@?#\s]*:)[^@\s]*@")
+_PASSWORD_PARAM: Final = re.compile(r"(?i)\b(password\s*=\s*)('[^']*'|[^&\s]*)")
+
+
 def redact(dsn: str) -> str:
-    """``dsn`` with any password replaced by ``***`` (also for strings that do not parse)."""
-    try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        return "<unparsable DSN>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostport = netloc.rpartition("@")
-        user, sep, _password = userinfo.partition(":")
-        netloc = f"{user}:***@{hostport}" if sep else f"{user}@{hostport}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = "&".join(f"{k}={'***' if k.lower() == 'password' else v}" for k, v in pairs)
-    out = f"{parts.scheme}://{netloc}{parts.path}"
-    return f"{out}?{query}" if query else out
+    """``dsn`` with any password replaced by ``***``: the ``user:password@`` part of a URL
+    (or of anything shaped like one) and ``password=`` parameters (URL query or libpq
+    ``key=value``)."""
+    text = str(dsn)
+    userinfo = _URL_USERINFO if "://" in text else _BARE_USERINFO
+    out = userinfo.sub(r"\1***@", text, count=1)
+    return _PASSWORD_PARAM.sub(r"\1***", out)
 
 
 @dataclass(frozen=True, slots=True)

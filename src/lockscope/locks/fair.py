@@ -37,23 +37,28 @@ are served in the order of their sequential nodes).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import contextlib
+from typing import Any, ClassVar, TypeVar
 
 import redis
 import redis.asyncio
 from redis.cluster import RedisCluster
 
 from lockscope.errors import BackendUnavailable
-from lockscope.locks._redis_common import DEFAULT_PREFIX, backend_errors, new_owner, to_ms
-from lockscope.locks._redis_eviction import check_eviction, check_eviction_async
+from lockscope.locks._redis_common import DEFAULT_PREFIX, decode, new_owner, to_ms
+from lockscope.locks._sansio import Call, GiveBack, Invoke, Op, run, run_async
 from lockscope.locks.redis import (
     DEFAULT_SOCKET_TIMEOUT,
     DEFAULT_TTL,
+    SCRIPTS,
     AsyncRedisLock,
     RedisLock,
+    _RedisLockCommon,
 )
 
 __all__ = ["DEFAULT_WAITER_TIMEOUT", "AsyncFairLock", "FairLock"]
+
+_C = TypeVar("_C")
 
 DEFAULT_WAITER_TIMEOUT = 5.0
 
@@ -97,23 +102,40 @@ return redis.call('LREM', KEYS[1], 0, ARGV[1])
 """
 
 
-class _FairCommon:
-    """Queue bookkeeping shared by the sync and asyncio flavours."""
+class _FairCommon(_RedisLockCommon[_C]):
+    """The queue and every operation (sans-IO) of both flavours."""
 
     fifo: ClassVar[bool] = True
     """Waiters are served in arrival order (the agent adds queue-order edges)."""
 
-    prefix: str
-    name: str
-
-    def _init_fair(self, waiter_timeout: float, retry_interval: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        client_or_url: _C | str,
+        *,
+        ttl: float = DEFAULT_TTL,
+        blocking_timeout: float | None = None,
+        retry_interval: float = 0.05,
+        prefix: str = DEFAULT_PREFIX,
+        socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
+        waiter_timeout: float = DEFAULT_WAITER_TIMEOUT,
+    ) -> None:
+        super().__init__(
+            name,
+            client_or_url,
+            ttl=ttl,
+            blocking_timeout=blocking_timeout,
+            retry_interval=retry_interval,
+            prefix=prefix,
+            socket_timeout=socket_timeout,
+        )
         self._waiter_ms = to_ms(waiter_timeout, "waiter_timeout")
         self.waiter_timeout = self._waiter_ms / 1000
         # A live waiter must refresh its deadline well before it passes, or it is pruned.
-        if self.waiter_timeout < 4 * retry_interval:
+        if self.waiter_timeout < 4 * self.retry_interval:
             raise ValueError(
                 f"waiter_timeout ({waiter_timeout}s) must be at least 4 x retry_interval "
-                f"({retry_interval}s)"
+                f"({self.retry_interval}s)"
             )
         base = f"{self.prefix}:{{{self.name}}}"
         self._queue_key = f"{base}:queue"
@@ -129,6 +151,9 @@ class _FairCommon:
         """While waiting: this waiter's ticket, increasing with arrival order per lock name
         (the ``lockscope.wait.ticket`` event attribute); ``None`` when not queued."""
 
+    def _scripts(self) -> dict[str, str]:
+        return {**SCRIPTS, "fair_acquire": FAIR_ACQUIRE, "fair_leave": FAIR_LEAVE}
+
     def _start_wait(self, blocking: bool, timeout: float | None) -> None:
         self._waiter = new_owner()
         self._join = blocking and timeout != 0
@@ -142,13 +167,8 @@ class _FairCommon:
         self.queue_position = None
         self.ticket = None
 
-    def _script_args(self, ttl_ms: int) -> tuple[str, list[Any]]:
-        if self._waiter is None:  # _try_acquire called directly, outside acquire()
-            self._waiter = new_owner()
-        return self._waiter, [self._waiter, ttl_ms, self._waiter_ms, "1" if self._join else "0"]
-
-    def _queue_keys(self) -> list[str]:
-        return [self._queue_key, self._waiters_key]
+    def _queue_keys(self) -> tuple[str, str]:
+        return (self._queue_key, self._waiters_key)
 
     def _parse(self, reply: Any) -> int | None:
         """The fencing token if acquired; else record the queue place and return None."""
@@ -161,8 +181,53 @@ class _FairCommon:
             self.ticket = int(reply[2])
         return None
 
+    # -- the operations, written once --------------------------------------------------------
+    def _fair_op(self, blocking: bool, timeout: float | None, acquire: Any) -> Op[bool]:
+        """The whole acquire: ``acquire`` is the polling loop of the flavour's base class,
+        trying :meth:`_try_op`; a waiter that ends without the lock leaves the queue."""
+        self._start_wait(blocking, timeout)
+        try:
+            acquired = yield Invoke(acquire, kwargs={"blocking": blocking, "timeout": timeout})
+        except GeneratorExit:
+            raise
+        except BaseException:  # an error, KeyboardInterrupt, a cancellation (GiveBack)
+            yield from self._leave_op()
+            self._end_wait()
+            raise
+        if not acquired:
+            yield from self._leave_op()
+        self._end_wait()
+        return bool(acquired)
 
-class FairLock(_FairCommon, RedisLock):
+    def _try_op(self) -> Op[bool]:
+        if self._waiter is None:  # _try_acquire called directly, outside acquire()
+            self._waiter = new_owner()
+        owner = self._waiter
+        keys = (self._key, self._fence_key, *self._queue_keys(), self._ticket_key)
+        args = (owner, self._ttl_ms, self._waiter_ms, "1" if self._join else "0")
+        try:
+            (reply,) = yield [Call(0, "fair_acquire", keys, args)]
+        except GiveBack:
+            # The script may have given us the lock before the cancellation.
+            yield self._release_call(owner)
+            raise
+        token = self._parse(reply)
+        return token is not None and self._take(owner, token)
+
+    def _leave_op(self) -> Op[None]:
+        if not self._queued or self._waiter is None:
+            return
+        # Unreachable: our deadline stops being refreshed, and the next try of anyone
+        # prunes us from the queue.
+        with contextlib.suppress(BackendUnavailable):
+            yield [Call(0, "fair_leave", self._queue_keys(), (self._waiter,))]
+
+    def _waiters_op(self) -> Op[list[str]]:
+        (values,) = yield [Call(0, "lrange", (self._queue_key,), (0, -1))]
+        return [decode(value) for value in values]
+
+
+class FairLock(_FairCommon[redis.Redis | RedisCluster], RedisLock):
     """A FIFO lease lock on one Redis server, with fencing tokens.
 
     Parameters as :class:`~lockscope.locks.redis.RedisLock`, plus ``waiter_timeout``:
@@ -173,77 +238,23 @@ class FairLock(_FairCommon, RedisLock):
 
     system: ClassVar[str] = "redis"
 
-    def __init__(
-        self,
-        name: str,
-        client_or_url: redis.Redis | RedisCluster | str,
-        *,
-        ttl: float = DEFAULT_TTL,
-        blocking_timeout: float | None = None,
-        retry_interval: float = 0.05,
-        prefix: str = DEFAULT_PREFIX,
-        socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
-        waiter_timeout: float = DEFAULT_WAITER_TIMEOUT,
-    ) -> None:
-        super().__init__(
-            name,
-            client_or_url,
-            ttl=ttl,
-            blocking_timeout=blocking_timeout,
-            retry_interval=retry_interval,
-            prefix=prefix,
-            socket_timeout=socket_timeout,
-        )
-        self._init_fair(waiter_timeout, self.retry_interval)
-        self._fair_acquire = self.client.register_script(FAIR_ACQUIRE)
-        self._fair_leave = self.client.register_script(FAIR_LEAVE)
-
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         """Join the queue and take the lock when first in line; see :meth:`Lock.acquire`.
 
         ``blocking=False`` (or ``timeout=0``) takes the lock only if it is free and nobody
         is queued, without joining the queue.
         """
-        self._start_wait(blocking, timeout)
-        acquired = False
-        try:
-            acquired = super().acquire(blocking=blocking, timeout=timeout)
-            return acquired
-        finally:
-            if not acquired:
-                self._leave()
-            self._end_wait()
+        return run(self._fair_op(blocking, timeout, super().acquire), self._io.execute)
 
     def _try_acquire(self) -> bool:
-        if not self._eviction_checked:
-            self._eviction_checked = True
-            check_eviction(self.client, self.namespace)
-        owner, args = self._script_args(self._ttl_ms)
-        keys = [self._key, self._fence_key, *self._queue_keys(), self._ticket_key]
-        with backend_errors(self.namespace):
-            reply = self._fair_acquire(keys=keys, args=args)
-        token = self._parse(reply)
-        return token is not None and self._take(owner, token)
-
-    def _leave(self) -> None:
-        if not self._queued or self._waiter is None:
-            return
-        try:
-            with backend_errors(self.namespace):
-                self._fair_leave(keys=self._queue_keys(), args=[self._waiter])
-        except BackendUnavailable:
-            pass  # our deadline stops being refreshed: the next try of anyone prunes us
+        return run(self._try_op(), self._io.execute)
 
     def waiters(self) -> list[str]:
         """Waiter ids in queue order (live and not yet pruned)."""
-        with backend_errors(self.namespace):
-            return [
-                value.decode() if isinstance(value, bytes) else value
-                for value in self.client.lrange(self._queue_key, 0, -1)
-            ]
+        return run(self._waiters_op(), self._io.execute)
 
 
-class AsyncFairLock(_FairCommon, AsyncRedisLock):
+class AsyncFairLock(_FairCommon[redis.asyncio.Redis | redis.asyncio.RedisCluster], AsyncRedisLock):
     """The asyncio flavour of :class:`FairLock`, on ``redis.asyncio.Redis``.
 
     A waiter task that is cancelled leaves the queue before the cancellation propagates.
@@ -251,65 +262,13 @@ class AsyncFairLock(_FairCommon, AsyncRedisLock):
 
     system: ClassVar[str] = "redis"
 
-    def __init__(
-        self,
-        name: str,
-        client_or_url: redis.asyncio.Redis | redis.asyncio.RedisCluster | str,
-        *,
-        ttl: float = DEFAULT_TTL,
-        blocking_timeout: float | None = None,
-        retry_interval: float = 0.05,
-        prefix: str = DEFAULT_PREFIX,
-        socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
-        waiter_timeout: float = DEFAULT_WAITER_TIMEOUT,
-    ) -> None:
-        super().__init__(
-            name,
-            client_or_url,
-            ttl=ttl,
-            blocking_timeout=blocking_timeout,
-            retry_interval=retry_interval,
-            prefix=prefix,
-            socket_timeout=socket_timeout,
-        )
-        self._init_fair(waiter_timeout, self.retry_interval)
-        self._fair_acquire = self.client.register_script(FAIR_ACQUIRE)
-        self._fair_leave = self.client.register_script(FAIR_LEAVE)
-
     async def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         """Join the queue and take the lock when first in line; see :meth:`FairLock.acquire`."""
-        self._start_wait(blocking, timeout)
-        acquired = False
-        try:
-            acquired = await super().acquire(blocking=blocking, timeout=timeout)
-            return acquired
-        finally:
-            if not acquired:
-                await self._leave()
-            self._end_wait()
+        return await run_async(self._fair_op(blocking, timeout, super().acquire), self._io.execute)
 
     async def _try_acquire(self) -> bool:
-        if not self._eviction_checked:
-            self._eviction_checked = True
-            await check_eviction_async(self.client, self.namespace)
-        owner, args = self._script_args(self._ttl_ms)
-        keys = [self._key, self._fence_key, *self._queue_keys(), self._ticket_key]
-        with backend_errors(self.namespace):
-            reply = await self._fair_acquire(keys=keys, args=args)
-        token = self._parse(reply)
-        return token is not None and self._take(owner, token)
-
-    async def _leave(self) -> None:
-        if not self._queued or self._waiter is None:
-            return
-        try:
-            with backend_errors(self.namespace):
-                await self._fair_leave(keys=self._queue_keys(), args=[self._waiter])
-        except BackendUnavailable:
-            pass
+        return await run_async(self._try_op(), self._io.execute)
 
     async def waiters(self) -> list[str]:
         """Waiter ids in queue order (live and not yet pruned)."""
-        with backend_errors(self.namespace):
-            values = await self.client.lrange(self._queue_key, 0, -1)
-        return [value.decode() if isinstance(value, bytes) else value for value in values]
+        return await run_async(self._waiters_op(), self._io.execute)

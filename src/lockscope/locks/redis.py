@@ -25,14 +25,14 @@ so that a second client takes a lock that is still held (``volatile-*`` policies
 exactly among keys with a TTL).  The first acquire checks the server's policy once and
 logs a warning on the ``lockscope.locks`` logger if it can evict lock keys.
 
-:class:`AsyncRedisLock` is the same lock on ``redis.asyncio.Redis``.
+:class:`AsyncRedisLock` is the same lock on ``redis.asyncio.Redis``: each operation is
+written once, as a sans-IO generator (:mod:`lockscope.locks._sansio`), and each flavour
+only runs it with its own executor.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import redis
 import redis.asyncio
@@ -47,7 +47,6 @@ from lockscope.locks._redis_common import (
     RELEASE,
     LockHolder,
     async_client,
-    backend_errors,
     client_namespace,
     decode,
     lock_keys,
@@ -57,7 +56,8 @@ from lockscope.locks._redis_common import (
     to_ms,
     validate_prefix,
 )
-from lockscope.locks._redis_eviction import check_eviction, check_eviction_async
+from lockscope.locks._redis_servers import AsyncServers, SyncServers
+from lockscope.locks._sansio import Batch, Call, GiveBack, Op, run, run_async
 from lockscope.locks.base import AsyncLock, Lock, LockMode, _LockCommon, validate_ttl
 
 __all__ = ["AsyncRedisLock", "LockHolder", "RedisLock"]
@@ -65,22 +65,31 @@ __all__ = ["AsyncRedisLock", "LockHolder", "RedisLock"]
 DEFAULT_TTL = 30.0
 DEFAULT_SOCKET_TIMEOUT = 1.0
 
+SCRIPTS = {"acquire": ACQUIRE_COUNTING, "release": RELEASE, "extend": EXTEND, "holder": HOLDER}
 
-class _RedisLockCommon(_LockCommon):
-    """State and configuration shared by the sync and asyncio flavours."""
+_C = TypeVar("_C")
+
+
+class _RedisLockCommon(_LockCommon, Generic[_C]):
+    """Configuration, state and every operation (sans-IO) of both flavours."""
 
     system: ClassVar[str] = "redis"
     mode: LockMode = "exclusive"
+    # What a flavour plugs in: its client types, how it makes one from a URL, its executor.
+    _client_types: ClassVar[tuple[type, ...]]
+    _io_class: ClassVar[type[SyncServers] | type[AsyncServers]]
+    _wrong_client: ClassVar[str]
 
     def __init__(
         self,
         name: str,
+        client_or_url: _C | str,
         *,
-        ttl: float,
-        blocking_timeout: float | None,
-        retry_interval: float,
-        prefix: str,
-        socket_timeout: float,
+        ttl: float = DEFAULT_TTL,
+        blocking_timeout: float | None = None,
+        retry_interval: float = 0.05,
+        prefix: str = DEFAULT_PREFIX,
+        socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
     ) -> None:
         if ttl is None:
             raise TypeError("a Redis lock needs a ttl (seconds); None is not allowed")
@@ -94,8 +103,27 @@ class _RedisLockCommon(_LockCommon):
         self.owner: str | None = None
         """Owner token of this object's latest acquisition (what the server stores)."""
         self._held = False
-        self._namespace = ""
-        self._eviction_checked = False  # see _redis_eviction: once per object, cheaply
+        if isinstance(client_or_url, str):
+            client = type(self)._new_client(client_or_url, self.socket_timeout)
+            self._owns_client = True
+        elif isinstance(client_or_url, self._client_types):
+            client = client_or_url
+            self._owns_client = False
+        else:
+            raise TypeError(
+                f"client_or_url must be a redis URL or a {self._wrong_client}, not "
+                f"{type(client_or_url).__name__}"
+            )
+        self.client: _C = client
+        self._namespace = client_namespace(client)
+        self._io = self._io_class([client], self._scripts())
+
+    @staticmethod
+    def _new_client(url: str, timeout: float) -> Any:
+        raise NotImplementedError  # each flavour names its client factory
+
+    def _scripts(self) -> dict[str, str]:
+        return SCRIPTS
 
     @property
     def namespace(self) -> str:
@@ -126,8 +154,55 @@ class _RedisLockCommon(_LockCommon):
             f"owner holds it (our fencing token was {self.fencing_token})"
         )
 
+    # -- the operations, written once --------------------------------------------------------
+    def _release_call(self, owner: str) -> Batch:
+        return [Call(0, "release", (self._key,), (owner,))]
 
-class RedisLock(_RedisLockCommon, Lock):
+    def _acquire_op(self) -> Op[bool]:
+        owner = new_owner()
+        try:
+            (reply,) = yield [
+                Call(0, "acquire", (self._key, self._fence_key), (owner, self._ttl_ms))
+            ]
+        except GiveBack:
+            # The script may have run before the cancellation: do not leave a key that
+            # nobody will release blocking the lock for a whole ttl.
+            yield self._release_call(owner)
+            raise
+        return self._take(owner, reply)
+
+    def _release_op(self) -> Op[None]:
+        owner = self._check_held()
+        (released,) = yield self._release_call(owner)
+        if not released:
+            raise self._lost("release of")
+        self._held = False
+
+    def _extend_op(self, seconds: float) -> Op[None]:
+        ms = to_ms(seconds, "seconds")
+        owner = self._check_held()
+        (extended,) = yield [Call(0, "extend", (self._key,), (owner, ms))]
+        if not extended:
+            raise self._lost("extend of")
+
+    def _locked_op(self) -> Op[bool]:
+        (found,) = yield [Call(0, "exists", (self._key,))]
+        return bool(found)
+
+    def _owned_op(self) -> Op[bool]:
+        if not self._held or self.owner is None:
+            return False
+        (value,) = yield [Call(0, "get", (self._key,))]
+        if value is None or decode(value) != self.owner:
+            self._held = False
+        return self._held
+
+    def _holder_op(self) -> Op[LockHolder | None]:
+        (reply,) = yield [Call(0, "holder", (self._key, self._fence_key))]
+        return parse_holder(reply)
+
+
+class RedisLock(_RedisLockCommon[redis.Redis | RedisCluster], Lock):
     """An exclusive lease lock on one Redis server, with a fencing token per acquisition.
 
     :param name: lock name; the key is ``<prefix>:{name}``.
@@ -147,54 +222,14 @@ class RedisLock(_RedisLockCommon, Lock):
     threads or processes.
     """
 
-    def __init__(
-        self,
-        name: str,
-        client_or_url: redis.Redis | RedisCluster | str,
-        *,
-        ttl: float = DEFAULT_TTL,
-        blocking_timeout: float | None = None,
-        retry_interval: float = 0.05,
-        prefix: str = DEFAULT_PREFIX,
-        socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
-    ) -> None:
-        super().__init__(
-            name,
-            ttl=ttl,
-            blocking_timeout=blocking_timeout,
-            retry_interval=retry_interval,
-            prefix=prefix,
-            socket_timeout=socket_timeout,
-        )
-        client: redis.Redis | RedisCluster
-        if isinstance(client_or_url, str):
-            client = sync_client(client_or_url, self.socket_timeout)
-            self._owns_client = True
-        elif isinstance(client_or_url, redis.Redis | RedisCluster):
-            client = client_or_url
-            self._owns_client = False
-        else:
-            raise TypeError(
-                "client_or_url must be a redis URL or a redis.Redis client, not "
-                f"{type(client_or_url).__name__} (use AsyncRedisLock for redis.asyncio)"
-            )
-        self.client = client
-        self._namespace = client_namespace(client)
-        self._acquire_script = client.register_script(ACQUIRE_COUNTING)
-        self._release_script = client.register_script(RELEASE)
-        self._extend_script = client.register_script(EXTEND)
-        self._holder_script = client.register_script(HOLDER)
+    _client_types = (redis.Redis, RedisCluster)
+    _new_client = staticmethod(sync_client)
+    _io_class = SyncServers
+    _wrong_client = "redis.Redis client (use AsyncRedisLock for redis.asyncio)"
+    _io: SyncServers
 
     def _try_acquire(self) -> bool:
-        if not self._eviction_checked:
-            self._eviction_checked = True
-            check_eviction(self.client, self.namespace)
-        owner = new_owner()
-        with backend_errors(self.namespace):
-            reply = self._acquire_script(
-                keys=[self._key, self._fence_key], args=[owner, self._ttl_ms]
-            )
-        return self._take(owner, reply)
+        return run(self._acquire_op(), self._io.execute)
 
     def release(self) -> None:
         """Delete the key if it is still ours.
@@ -204,12 +239,7 @@ class RedisLock(_RedisLockCommon, Lock):
         :raises BackendUnavailable: Redis did not answer; the lock is still considered held,
             so ``release`` may be called again (else the lease frees it after ``ttl``).
         """
-        owner = self._check_held()
-        with backend_errors(self.namespace):
-            released = self._release_script(keys=[self._key], args=[owner])
-        if not released:
-            raise self._lost("release of")
-        self._held = False
+        run(self._release_op(), self._io.execute)
 
     def extend(self, seconds: float) -> None:
         """Make the lease last ``seconds`` from now (token-checked ``PEXPIRE``).
@@ -217,36 +247,22 @@ class RedisLock(_RedisLockCommon, Lock):
         :raises LockNotOwned: not held by this object; :class:`LockLost` if the lease
             expired or another owner holds the lock.
         """
-        ms = to_ms(seconds, "seconds")
-        owner = self._check_held()
-        with backend_errors(self.namespace):
-            extended = self._extend_script(keys=[self._key], args=[owner, ms])
-        if not extended:
-            raise self._lost("extend of")
+        run(self._extend_op(seconds), self._io.execute)
 
     def locked(self) -> bool:
         """Whether anyone holds the lock now."""
-        with backend_errors(self.namespace):
-            return bool(self.client.exists(self._key))
+        return run(self._locked_op(), self._io.execute)
 
     def owned(self) -> bool:
         """Whether this object holds the lock now (one ``GET``)."""
-        if not self._held or self.owner is None:
-            return False
-        with backend_errors(self.namespace):
-            value = self.client.get(self._key)
-        if value is None or decode(value) != self.owner:
-            self._held = False
-        return self._held
+        return run(self._owned_op(), self._io.execute)
 
     def holder(self) -> LockHolder | None:
         """The current holder's owner token, fencing token and remaining lease, or ``None``.
 
         One atomic script call: the owner and token always belong to the same holder.
         """
-        with backend_errors(self.namespace):
-            reply = self._holder_script(keys=[self._key, self._fence_key])
-        return parse_holder(reply)
+        return run(self._holder_op(), self._io.execute)
 
     def close(self) -> None:
         """Close the client if this lock made it from a URL."""
@@ -254,106 +270,41 @@ class RedisLock(_RedisLockCommon, Lock):
             self.client.close()
 
 
-class AsyncRedisLock(_RedisLockCommon, AsyncLock):
+class AsyncRedisLock(_RedisLockCommon[redis.asyncio.Redis | redis.asyncio.RedisCluster], AsyncLock):
     """The asyncio flavour of :class:`RedisLock`, on ``redis.asyncio.Redis``.
 
-    Same parameters and behaviour; every method is a coroutine.
+    Same parameters and behaviour; every method is a coroutine. An acquire cancelled
+    while its script is in flight deletes the key it may have set.
     """
 
-    def __init__(
-        self,
-        name: str,
-        client_or_url: redis.asyncio.Redis | redis.asyncio.RedisCluster | str,
-        *,
-        ttl: float = DEFAULT_TTL,
-        blocking_timeout: float | None = None,
-        retry_interval: float = 0.05,
-        prefix: str = DEFAULT_PREFIX,
-        socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
-    ) -> None:
-        super().__init__(
-            name,
-            ttl=ttl,
-            blocking_timeout=blocking_timeout,
-            retry_interval=retry_interval,
-            prefix=prefix,
-            socket_timeout=socket_timeout,
-        )
-        client: redis.asyncio.Redis | redis.asyncio.RedisCluster
-        if isinstance(client_or_url, str):
-            client = async_client(client_or_url, self.socket_timeout)
-            self._owns_client = True
-        elif isinstance(client_or_url, redis.asyncio.Redis | redis.asyncio.RedisCluster):
-            client = client_or_url
-            self._owns_client = False
-        else:
-            raise TypeError(
-                "client_or_url must be a redis URL or a redis.asyncio.Redis client, not "
-                f"{type(client_or_url).__name__} (use RedisLock for sync clients)"
-            )
-        self.client = client
-        self._namespace = client_namespace(client)
-        self._acquire_script = client.register_script(ACQUIRE_COUNTING)
-        self._release_script = client.register_script(RELEASE)
-        self._extend_script = client.register_script(EXTEND)
-        self._holder_script = client.register_script(HOLDER)
+    _client_types = (redis.asyncio.Redis, redis.asyncio.RedisCluster)
+    _new_client = staticmethod(async_client)
+    _io_class = AsyncServers
+    _wrong_client = "redis.asyncio.Redis client (use RedisLock for sync clients)"
+    _io: AsyncServers
 
     async def _try_acquire(self) -> bool:
-        if not self._eviction_checked:
-            self._eviction_checked = True
-            await check_eviction_async(self.client, self.namespace)
-        owner = new_owner()
-        try:
-            with backend_errors(self.namespace):
-                reply = await self._acquire_script(
-                    keys=[self._key, self._fence_key], args=[owner, self._ttl_ms]
-                )
-        except asyncio.CancelledError:
-            # The script may have run before the cancellation: do not leave a key that
-            # nobody will release blocking the lock for a whole ttl.
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._release_script(keys=[self._key], args=[owner]))
-            raise
-        return self._take(owner, reply)
+        return await run_async(self._acquire_op(), self._io.execute)
 
     async def release(self) -> None:
         """Delete the key if it is still ours; see :meth:`RedisLock.release`."""
-        owner = self._check_held()
-        with backend_errors(self.namespace):
-            released = await self._release_script(keys=[self._key], args=[owner])
-        if not released:
-            raise self._lost("release of")
-        self._held = False
+        await run_async(self._release_op(), self._io.execute)
 
     async def extend(self, seconds: float) -> None:
         """Make the lease last ``seconds`` from now; see :meth:`RedisLock.extend`."""
-        ms = to_ms(seconds, "seconds")
-        owner = self._check_held()
-        with backend_errors(self.namespace):
-            extended = await self._extend_script(keys=[self._key], args=[owner, ms])
-        if not extended:
-            raise self._lost("extend of")
+        await run_async(self._extend_op(seconds), self._io.execute)
 
     async def locked(self) -> bool:
         """Whether anyone holds the lock now."""
-        with backend_errors(self.namespace):
-            return bool(await self.client.exists(self._key))
+        return await run_async(self._locked_op(), self._io.execute)
 
     async def owned(self) -> bool:
         """Whether this object holds the lock now (one ``GET``)."""
-        if not self._held or self.owner is None:
-            return False
-        with backend_errors(self.namespace):
-            value = await self.client.get(self._key)
-        if value is None or decode(value) != self.owner:
-            self._held = False
-        return self._held
+        return await run_async(self._owned_op(), self._io.execute)
 
     async def holder(self) -> LockHolder | None:
         """The current holder; see :meth:`RedisLock.holder`."""
-        with backend_errors(self.namespace):
-            reply = await self._holder_script(keys=[self._key, self._fence_key])
-        return parse_holder(reply)
+        return await run_async(self._holder_op(), self._io.execute)
 
     async def aclose(self) -> None:
         """Close the client if this lock made it from a URL."""

@@ -56,9 +56,10 @@ from lockscope.locks._redis_common import (
     to_ms,
     validate_prefix,
 )
+from lockscope.locks._redis_family import AsyncRedisFamily, RedisFamily, SyncRedisFamily
 from lockscope.locks._redis_servers import AsyncServers, SyncServers
-from lockscope.locks._sansio import Batch, Call, GiveBack, Op, run, run_async
-from lockscope.locks.base import AsyncLock, Lock, LockMode, _LockCommon, validate_ttl
+from lockscope.locks._sansio import Batch, Call, GiveBack, Op
+from lockscope.locks.base import LockMode, validate_ttl
 
 __all__ = ["AsyncRedisLock", "LockHolder", "RedisLock"]
 
@@ -70,15 +71,11 @@ SCRIPTS = {"acquire": ACQUIRE_COUNTING, "release": RELEASE, "extend": EXTEND, "h
 _C = TypeVar("_C")
 
 
-class _RedisLockCommon(_LockCommon, Generic[_C]):
+class _RedisLockCommon(RedisFamily, Generic[_C]):
     """Configuration, state and every operation (sans-IO) of both flavours."""
 
     system: ClassVar[str] = "redis"
     mode: LockMode = "exclusive"
-    # What a flavour plugs in: its client types, how it makes one from a URL, its executor.
-    _client_types: ClassVar[tuple[type, ...]]
-    _io_class: ClassVar[type[SyncServers] | type[AsyncServers]]
-    _wrong_client: ClassVar[str]
 
     def __init__(
         self,
@@ -103,24 +100,11 @@ class _RedisLockCommon(_LockCommon, Generic[_C]):
         self.owner: str | None = None
         """Owner token of this object's latest acquisition (what the server stores)."""
         self._held = False
-        if isinstance(client_or_url, str):
-            client = type(self)._new_client(client_or_url, self.socket_timeout)
-            self._owns_client = True
-        elif isinstance(client_or_url, self._client_types):
-            client = client_or_url
-            self._owns_client = False
-        else:
-            raise TypeError(
-                f"client_or_url must be a redis URL or a {self._wrong_client}, not "
-                f"{type(client_or_url).__name__}"
-            )
+        self._owned_clients: list[Any] = []
+        client = self._client_of(client_or_url, "client_or_url", self.socket_timeout)
         self.client: _C = client
         self._namespace = client_namespace(client)
         self._io = self._io_class([client], self._scripts())
-
-    @staticmethod
-    def _new_client(url: str, timeout: float) -> Any:
-        raise NotImplementedError  # each flavour names its client factory
 
     def _scripts(self) -> dict[str, str]:
         return SCRIPTS
@@ -202,7 +186,7 @@ class _RedisLockCommon(_LockCommon, Generic[_C]):
         return parse_holder(reply)
 
 
-class RedisLock(_RedisLockCommon[redis.Redis | RedisCluster], Lock):
+class RedisLock(_RedisLockCommon[redis.Redis | RedisCluster], SyncRedisFamily):
     """An exclusive lease lock on one Redis server, with a fencing token per acquisition.
 
     :param name: lock name; the key is ``<prefix>:{name}``.
@@ -226,51 +210,11 @@ class RedisLock(_RedisLockCommon[redis.Redis | RedisCluster], Lock):
     _new_client = staticmethod(sync_client)
     _io_class = SyncServers
     _wrong_client = "redis.Redis client (use AsyncRedisLock for redis.asyncio)"
-    _io: SyncServers
-
-    def _try_acquire(self) -> bool:
-        return run(self._acquire_op(), self._io.execute)
-
-    def release(self) -> None:
-        """Delete the key if it is still ours.
-
-        :raises LockNotOwned: this object does not hold the lock (never acquired, released).
-        :raises LockLost: the lease expired, or another owner holds the lock now.
-        :raises BackendUnavailable: Redis did not answer; the lock is still considered held,
-            so ``release`` may be called again (else the lease frees it after ``ttl``).
-        """
-        run(self._release_op(), self._io.execute)
-
-    def extend(self, seconds: float) -> None:
-        """Make the lease last ``seconds`` from now (token-checked ``PEXPIRE``).
-
-        :raises LockNotOwned: not held by this object; :class:`LockLost` if the lease
-            expired or another owner holds the lock.
-        """
-        run(self._extend_op(seconds), self._io.execute)
-
-    def locked(self) -> bool:
-        """Whether anyone holds the lock now."""
-        return run(self._locked_op(), self._io.execute)
-
-    def owned(self) -> bool:
-        """Whether this object holds the lock now (one ``GET``)."""
-        return run(self._owned_op(), self._io.execute)
-
-    def holder(self) -> LockHolder | None:
-        """The current holder's owner token, fencing token and remaining lease, or ``None``.
-
-        One atomic script call: the owner and token always belong to the same holder.
-        """
-        return run(self._holder_op(), self._io.execute)
-
-    def close(self) -> None:
-        """Close the client if this lock made it from a URL."""
-        if self._owns_client:
-            self.client.close()
 
 
-class AsyncRedisLock(_RedisLockCommon[redis.asyncio.Redis | redis.asyncio.RedisCluster], AsyncLock):
+class AsyncRedisLock(
+    _RedisLockCommon[redis.asyncio.Redis | redis.asyncio.RedisCluster], AsyncRedisFamily
+):
     """The asyncio flavour of :class:`RedisLock`, on ``redis.asyncio.Redis``.
 
     Same parameters and behaviour; every method is a coroutine. An acquire cancelled
@@ -281,32 +225,3 @@ class AsyncRedisLock(_RedisLockCommon[redis.asyncio.Redis | redis.asyncio.RedisC
     _new_client = staticmethod(async_client)
     _io_class = AsyncServers
     _wrong_client = "redis.asyncio.Redis client (use RedisLock for sync clients)"
-    _io: AsyncServers
-
-    async def _try_acquire(self) -> bool:
-        return await run_async(self._acquire_op(), self._io.execute)
-
-    async def release(self) -> None:
-        """Delete the key if it is still ours; see :meth:`RedisLock.release`."""
-        await run_async(self._release_op(), self._io.execute)
-
-    async def extend(self, seconds: float) -> None:
-        """Make the lease last ``seconds`` from now; see :meth:`RedisLock.extend`."""
-        await run_async(self._extend_op(seconds), self._io.execute)
-
-    async def locked(self) -> bool:
-        """Whether anyone holds the lock now."""
-        return await run_async(self._locked_op(), self._io.execute)
-
-    async def owned(self) -> bool:
-        """Whether this object holds the lock now (one ``GET``)."""
-        return await run_async(self._owned_op(), self._io.execute)
-
-    async def holder(self) -> LockHolder | None:
-        """The current holder; see :meth:`RedisLock.holder`."""
-        return await run_async(self._holder_op(), self._io.execute)
-
-    async def aclose(self) -> None:
-        """Close the client if this lock made it from a URL."""
-        if self._owns_client:
-            await self.client.aclose()

@@ -36,15 +36,15 @@ the protected resource, is the real protection.
 The sync :class:`Redlock` talks to the servers one after the other (as antirez's reference
 description does): no threads, so it is safe in forked workers, and a slow server costs its
 per-server timeout, which the validity accounts for.  :class:`AsyncRedlock` talks to all
-servers at once with :func:`asyncio.gather`.
+servers at once with :func:`asyncio.gather`. Both run the same algorithm, written once as
+sans-IO operations (:mod:`lockscope.locks._sansio`) that yield batches of server calls.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Generic, TypeVar
 
 import redis
 import redis.asyncio
@@ -59,7 +59,6 @@ from lockscope.locks._redis_common import (
     RELEASE,
     LockHolder,
     async_client,
-    client_namespace,
     decode,
     lock_keys,
     new_owner,
@@ -68,8 +67,10 @@ from lockscope.locks._redis_common import (
     to_ms,
     validate_prefix,
 )
-from lockscope.locks._redis_eviction import check_eviction, check_eviction_async
-from lockscope.locks.base import AsyncLock, Lock, LockMode, _LockCommon, validate_ttl
+from lockscope.locks._redis_family import AsyncRedisFamily, RedisFamily, SyncRedisFamily
+from lockscope.locks._redis_servers import AsyncServers, SyncServers
+from lockscope.locks._sansio import Batch, Call, Failure, GiveBack, Op
+from lockscope.locks.base import LockMode, validate_ttl
 
 __all__ = ["AsyncRedlock", "LockHolder", "Redlock", "clock_drift"]
 
@@ -87,24 +88,23 @@ def default_server_timeout(ttl: float) -> float:
     return max(0.05, min(0.5, ttl / 10))
 
 
-class _Failure:
-    """A server that did not answer (refused, timed out, or replied with an error)."""
+SCRIPTS = {
+    "acquire": ACQUIRE_READING_FENCE,
+    "fence": RAISE_FENCE,
+    "release": RELEASE,
+    "extend": EXTEND,
+    "holder": HOLDER,
+}
 
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-_SERVER_ERRORS = (redis.RedisError, OSError)
-
-
-def _failures(replies: Sequence[Any]) -> list[_Failure]:
-    return [r for r in replies if isinstance(r, _Failure)]
+_C = TypeVar("_C")
 
 
-class _RedlockCommon(_LockCommon):
-    """Configuration, bookkeeping and quorum arithmetic shared by both flavours."""
+def _failures(replies: Sequence[Any]) -> list[Failure]:
+    return [r for r in replies if isinstance(r, Failure)]
+
+
+class _RedlockCommon(RedisFamily, Generic[_C]):
+    """Configuration, quorum arithmetic and every operation (sans-IO) of both flavours."""
 
     system: ClassVar[str] = "redlock"
     mode: LockMode = "exclusive"
@@ -112,14 +112,14 @@ class _RedlockCommon(_LockCommon):
     def __init__(
         self,
         name: str,
-        servers: object,
+        clients_or_urls: Sequence[_C | str],
         *,
         ttl: float,
-        blocking_timeout: float | None,
-        retry_interval: float,
-        prefix: str,
-        server_timeout: float | None,
-        max_extensions: int | None,
+        blocking_timeout: float | None = None,
+        retry_interval: float = 0.1,
+        prefix: str = DEFAULT_PREFIX,
+        server_timeout: float | None = None,
+        max_extensions: int | None = DEFAULT_MAX_EXTENSIONS,
     ) -> None:
         if ttl is None:
             raise TypeError("Redlock needs a ttl (seconds); None is not allowed")
@@ -142,6 +142,7 @@ class _RedlockCommon(_LockCommon):
         if max_extensions is not None and max_extensions < 0:
             raise ValueError(f"max_extensions must not be negative, got {max_extensions}")
         self.max_extensions = max_extensions
+        servers: object = clients_or_urls
         if isinstance(servers, str | bytes) or not isinstance(servers, Sequence):
             raise TypeError("clients_or_urls must be a list of redis clients or URLs")
         if not servers:
@@ -153,11 +154,13 @@ class _RedlockCommon(_LockCommon):
         self._held = False
         self._valid_until = 0.0
         self._extensions = 0
-        self._servers: list[str] = []
-        self._eviction_checked = False  # see _redis_eviction: each server once, cheaply
-
-    def _set_servers(self, clients: Sequence[object]) -> None:
-        self._servers = [client_namespace(c) for c in clients]
+        self._owned_clients: list[Any] = []
+        clients: list[_C] = [
+            self._client_of(item, "each server", self.server_timeout) for item in servers
+        ]
+        self.clients = clients
+        self._io = self._io_class(clients, SCRIPTS, collect_failures=True)
+        self._servers = self._io.namespaces
         if len(set(self._servers)) != len(self._servers):
             raise ValueError(f"Redlock servers must be distinct, got {self._servers}")
 
@@ -202,7 +205,7 @@ class _RedlockCommon(_LockCommon):
             raise LockNotOwned(f"{self.name!r} is not held by this lock object")
         return self.owner
 
-    def _unavailable(self, failures: Sequence[_Failure], what: str) -> BackendUnavailable:
+    def _unavailable(self, failures: Sequence[Failure], what: str) -> BackendUnavailable:
         answered = len(self._servers) - len(failures)
         first = failures[0].error if failures else None
         return BackendUnavailable(
@@ -210,13 +213,13 @@ class _RedlockCommon(_LockCommon):
             f"answered, a quorum needs {self.quorum} (first error: {first})"
         )
 
-    def _quorum_impossible(self, failures: Sequence[_Failure]) -> bool:
+    def _quorum_impossible(self, failures: Sequence[Failure]) -> bool:
         return len(self._servers) - len(failures) < self.quorum
 
     def _counters(self, replies: Sequence[Any]) -> dict[int, int]:
         """Phase 1: server index -> fence counter, for every server whose SET succeeded."""
         return {
-            i: int(r) for i, r in enumerate(replies) if not isinstance(r, _Failure) and int(r) >= 0
+            i: int(r) for i, r in enumerate(replies) if not isinstance(r, Failure) and int(r) >= 0
         }
 
     def _settle_acquire(self, owner: str, start: float, token: int, fenced: int) -> bool:
@@ -238,7 +241,7 @@ class _RedlockCommon(_LockCommon):
 
     def _settle_extend(self, seconds: float, start: float, replies: Sequence[Any]) -> bool:
         """True if extended; False if lost; raises BackendUnavailable if undecidable."""
-        extended = sum(1 for r in replies if not isinstance(r, _Failure) and int(r))
+        extended = sum(1 for r in replies if not isinstance(r, Failure) and int(r))
         failures = _failures(replies)
         validity = seconds - (time.monotonic() - start) - clock_drift(seconds)
         if extended >= self.quorum and validity > 0:
@@ -251,7 +254,7 @@ class _RedlockCommon(_LockCommon):
         return False
 
     def _settle_release(self, replies: Sequence[Any]) -> None:
-        released = sum(1 for r in replies if not isinstance(r, _Failure) and int(r))
+        released = sum(1 for r in replies if not isinstance(r, Failure) and int(r))
         failures = _failures(replies)
         if released >= self.quorum:
             return
@@ -271,7 +274,7 @@ class _RedlockCommon(_LockCommon):
         self, replies: Sequence[Any], match: Callable[[Any], bool], what: str
     ) -> bool:
         """Quorum vote over per-server answers; BackendUnavailable if undecidable."""
-        yes = sum(1 for r in replies if not isinstance(r, _Failure) and match(r))
+        yes = sum(1 for r in replies if not isinstance(r, Failure) and match(r))
         failures = _failures(replies)
         if yes >= self.quorum:
             return True
@@ -285,7 +288,7 @@ class _RedlockCommon(_LockCommon):
             raise self._unavailable(failures, "holder of")
         seen: dict[str, list[LockHolder]] = {}
         for reply in replies:
-            if isinstance(reply, _Failure):
+            if isinstance(reply, Failure):
                 continue
             holder = parse_holder(reply)
             if holder is not None:
@@ -298,8 +301,71 @@ class _RedlockCommon(_LockCommon):
                 return LockHolder(owner, max(v.fencing_token for v in views), ttl)
         return None
 
+    # -- the operations, written once --------------------------------------------------------
+    def _everywhere(self, command: str, keys: tuple[Any, ...], args: tuple[Any, ...] = ()) -> Batch:
+        return [Call(i, command, keys, args) for i in range(len(self._servers))]
 
-class Redlock(_RedlockCommon, Lock):
+    def _release_everywhere(self, owner: str) -> Batch:
+        return self._everywhere("release", (self._key,), (owner,))
+
+    def _acquire_op(self) -> Op[bool]:
+        owner = new_owner()
+        keys = (self._key, self._fence_key)
+        try:
+            start = time.monotonic()
+            replies = yield self._everywhere("acquire", keys, (owner, self._ttl_ms))
+            failures = _failures(replies)
+            counters = self._counters(replies)
+            if len(counters) >= self.quorum:
+                token = max(counters.values()) + 1
+                fenced = yield [Call(i, "fence", keys, (owner, token)) for i in counters]
+                failures += _failures(fenced)
+                ok = sum(1 for r in fenced if not isinstance(r, Failure) and int(r))
+                if self._settle_acquire(owner, start, token, ok):
+                    return True
+        except GiveBack:
+            # Keys set before the cancellation would block everyone for a whole ttl.
+            yield self._release_everywhere(owner)
+            raise
+        yield self._release_everywhere(owner)
+        if self._quorum_impossible(failures):
+            raise self._unavailable(failures, "acquire of")
+        return False
+
+    def _release_op(self) -> Op[None]:
+        owner = self._check_held()
+        self._held = False
+        self._settle_release((yield self._release_everywhere(owner)))
+
+    def _extend_op(self, seconds: float) -> Op[None]:
+        ms = to_ms(seconds, "seconds")
+        owner = self._check_held()
+        self._check_extension_allowed()
+        start = time.monotonic()
+        replies = yield self._everywhere("extend", (self._key,), (owner, ms))
+        if not self._settle_extend(seconds, start, replies):
+            yield self._release_everywhere(owner)
+            raise self._lost("extend of")
+
+    def _locked_op(self) -> Op[bool]:
+        replies = yield self._everywhere("exists", (self._key,))
+        return self._count_matching(replies, bool, "locked() of")
+
+    def _owned_op(self) -> Op[bool]:
+        if not self._held or self.owner is None or self.validity <= 0:
+            return False
+        owner = self.owner
+        replies = yield self._everywhere("get", (self._key,))
+        mine = self._count_matching(
+            replies, lambda v: v is not None and decode(v) == owner, "owned() of"
+        )
+        return mine and self.validity > 0
+
+    def _holder_op(self) -> Op[LockHolder | None]:
+        return self._pick_holder((yield self._everywhere("holder", (self._key, self._fence_key))))
+
+
+class Redlock(_RedlockCommon[redis.Redis], SyncRedisFamily):
     """An exclusive lock held by a majority of N independent Redis servers.
 
     :param name: lock name; the key on every server is ``<prefix>:{name}``.
@@ -321,297 +387,19 @@ class Redlock(_RedlockCommon, Lock):
     that no quorum was possible.
     """
 
-    def __init__(
-        self,
-        name: str,
-        clients_or_urls: Sequence[redis.Redis | str],
-        *,
-        ttl: float,
-        blocking_timeout: float | None = None,
-        retry_interval: float = 0.1,
-        prefix: str = DEFAULT_PREFIX,
-        server_timeout: float | None = None,
-        max_extensions: int | None = DEFAULT_MAX_EXTENSIONS,
-    ) -> None:
-        super().__init__(
-            name,
-            clients_or_urls,
-            ttl=ttl,
-            blocking_timeout=blocking_timeout,
-            retry_interval=retry_interval,
-            prefix=prefix,
-            server_timeout=server_timeout,
-            max_extensions=max_extensions,
-        )
-        clients: list[redis.Redis] = []
-        self._owned_clients: list[redis.Redis] = []
-        for item in clients_or_urls:
-            if isinstance(item, str):
-                client = sync_client(item, self.server_timeout)
-                self._owned_clients.append(client)
-            elif isinstance(item, redis.Redis):
-                client = item
-            else:
-                raise TypeError(
-                    "each server must be a redis URL or a redis.Redis client, not "
-                    f"{type(item).__name__} (use AsyncRedlock for redis.asyncio)"
-                )
-            clients.append(client)
-        self._set_servers(clients)
-        self.clients = clients
-        self._acquire_scripts = [c.register_script(ACQUIRE_READING_FENCE) for c in clients]
-        self._fence_scripts = [c.register_script(RAISE_FENCE) for c in clients]
-        self._release_scripts = [c.register_script(RELEASE) for c in clients]
-        self._extend_scripts = [c.register_script(EXTEND) for c in clients]
-        self._holder_scripts = [c.register_script(HOLDER) for c in clients]
-
-    def _each(self, call: Callable[[int], Any], indexes: Sequence[int] | None = None) -> list[Any]:
-        # Sequential on purpose, see the module docstring; each call is bounded by its
-        # client's socket timeout.
-        replies: list[Any] = []
-        for i in range(len(self.clients)) if indexes is None else indexes:
-            try:
-                replies.append(call(i))
-            except _SERVER_ERRORS as exc:
-                replies.append(_Failure(exc))
-        return replies
-
-    def _release_everywhere(self, owner: str) -> list[Any]:
-        return self._each(lambda i: self._release_scripts[i](keys=[self._key], args=[owner]))
-
-    def _try_acquire(self) -> bool:
-        if not self._eviction_checked:
-            self._eviction_checked = True
-            for client, namespace in zip(self.clients, self._servers, strict=True):
-                check_eviction(client, namespace)
-        owner = new_owner()
-        keys = [self._key, self._fence_key]
-        start = time.monotonic()
-        replies = self._each(
-            lambda i: self._acquire_scripts[i](keys=keys, args=[owner, self._ttl_ms])
-        )
-        failures = _failures(replies)
-        counters = self._counters(replies)
-        if len(counters) >= self.quorum:
-            token = max(counters.values()) + 1
-            acquired = list(counters)
-            fenced = self._each(
-                lambda i: self._fence_scripts[i](keys=keys, args=[owner, token]), acquired
-            )
-            failures += _failures(fenced)
-            ok = sum(1 for r in fenced if not isinstance(r, _Failure) and int(r))
-            if self._settle_acquire(owner, start, token, ok):
-                return True
-        self._release_everywhere(owner)
-        if self._quorum_impossible(failures):
-            raise self._unavailable(failures, "acquire of")
-        return False
-
-    def release(self) -> None:
-        """Delete our key on every server.
-
-        :raises LockNotOwned: this object does not hold the lock.
-        :raises LockLost: fewer than a quorum of servers still had our key.
-        :raises BackendUnavailable: too many servers failed to tell; the keys left on them
-            expire with the lease.  The lock counts as released either way.
-        """
-        owner = self._check_held()
-        self._held = False
-        self._settle_release(self._release_everywhere(owner))
-
-    def extend(self, seconds: float) -> None:
-        """Make the lease last ``seconds`` from now on a quorum of servers.
-
-        :raises LockNotOwned: not held by this object; :class:`LockLost` when fewer than a
-            quorum could be extended within the new validity (then the lock is released
-            everywhere).
-        :raises LockError: ``max_extensions`` reached.
-        :raises BackendUnavailable: too many servers failed to tell; the old lease stands.
-        """
-        ms = to_ms(seconds, "seconds")
-        owner = self._check_held()
-        self._check_extension_allowed()
-        start = time.monotonic()
-        replies = self._each(lambda i: self._extend_scripts[i](keys=[self._key], args=[owner, ms]))
-        if not self._settle_extend(seconds, start, replies):
-            self._release_everywhere(owner)
-            raise self._lost("extend of")
-
-    def locked(self) -> bool:
-        """Whether a quorum of servers has the key (someone holds the lock)."""
-        replies = self._each(lambda i: self.clients[i].exists(self._key))
-        return self._count_matching(replies, bool, "locked() of")
-
-    def owned(self) -> bool:
-        """Whether this object holds the lock: validity left and our key on a quorum."""
-        if not self._held or self.owner is None or self.validity <= 0:
-            return False
-        owner = self.owner
-        replies = self._each(lambda i: self.clients[i].get(self._key))
-        mine = self._count_matching(
-            replies, lambda v: v is not None and decode(v) == owner, "owned() of"
-        )
-        return mine and self.validity > 0
-
-    def holder(self) -> LockHolder | None:
-        """The owner seen on a quorum of servers with its fencing token, or ``None``."""
-        keys = [self._key, self._fence_key]
-        return self._pick_holder(self._each(lambda i: self._holder_scripts[i](keys=keys)))
-
-    def close(self) -> None:
-        """Close the clients this lock made from URLs."""
-        for client in self._owned_clients:
-            client.close()
+    _client_types = (redis.Redis,)
+    _new_client = staticmethod(sync_client)
+    _io_class = SyncServers
+    _wrong_client = "redis.Redis client (use AsyncRedlock for redis.asyncio)"
 
 
-class AsyncRedlock(_RedlockCommon, AsyncLock):
+class AsyncRedlock(_RedlockCommon[redis.asyncio.Redis], AsyncRedisFamily):
     """The asyncio flavour of :class:`Redlock`; all servers are asked concurrently.
 
     Same parameters and behaviour, on ``redis.asyncio.Redis`` clients or URLs.
     """
 
-    def __init__(
-        self,
-        name: str,
-        clients_or_urls: Sequence[redis.asyncio.Redis | str],
-        *,
-        ttl: float,
-        blocking_timeout: float | None = None,
-        retry_interval: float = 0.1,
-        prefix: str = DEFAULT_PREFIX,
-        server_timeout: float | None = None,
-        max_extensions: int | None = DEFAULT_MAX_EXTENSIONS,
-    ) -> None:
-        super().__init__(
-            name,
-            clients_or_urls,
-            ttl=ttl,
-            blocking_timeout=blocking_timeout,
-            retry_interval=retry_interval,
-            prefix=prefix,
-            server_timeout=server_timeout,
-            max_extensions=max_extensions,
-        )
-        clients: list[redis.asyncio.Redis] = []
-        self._owned_clients: list[redis.asyncio.Redis] = []
-        for item in clients_or_urls:
-            if isinstance(item, str):
-                client = async_client(item, self.server_timeout)
-                self._owned_clients.append(client)
-            elif isinstance(item, redis.asyncio.Redis):
-                client = item
-            else:
-                raise TypeError(
-                    "each server must be a redis URL or a redis.asyncio.Redis client, not "
-                    f"{type(item).__name__} (use Redlock for sync clients)"
-                )
-            clients.append(client)
-        self._set_servers(clients)
-        self.clients = clients
-        self._acquire_scripts = [c.register_script(ACQUIRE_READING_FENCE) for c in clients]
-        self._fence_scripts = [c.register_script(RAISE_FENCE) for c in clients]
-        self._release_scripts = [c.register_script(RELEASE) for c in clients]
-        self._extend_scripts = [c.register_script(EXTEND) for c in clients]
-        self._holder_scripts = [c.register_script(HOLDER) for c in clients]
-
-    async def _each(
-        self, call: Callable[[int], Awaitable[Any]], indexes: Sequence[int] | None = None
-    ) -> list[Any]:
-        chosen = range(len(self.clients)) if indexes is None else indexes
-        results = await asyncio.gather(*(call(i) for i in chosen), return_exceptions=True)
-        replies: list[Any] = []
-        for result in results:
-            if isinstance(result, _SERVER_ERRORS):
-                replies.append(_Failure(result))
-            elif isinstance(result, BaseException):
-                raise result
-            else:
-                replies.append(result)
-        return replies
-
-    async def _release_everywhere(self, owner: str) -> list[Any]:
-        return await self._each(lambda i: self._release_scripts[i](keys=[self._key], args=[owner]))
-
-    async def _try_acquire(self) -> bool:
-        if not self._eviction_checked:
-            self._eviction_checked = True
-            await asyncio.gather(
-                *(
-                    check_eviction_async(c, ns)
-                    for c, ns in zip(self.clients, self._servers, strict=True)
-                )
-            )
-        owner = new_owner()
-        try:
-            return await self._attempt(owner)
-        except asyncio.CancelledError:
-            # Keys set before the cancellation would block everyone for a whole ttl.
-            await asyncio.shield(self._release_everywhere(owner))
-            raise
-
-    async def _attempt(self, owner: str) -> bool:
-        keys = [self._key, self._fence_key]
-        start = time.monotonic()
-        replies = await self._each(
-            lambda i: self._acquire_scripts[i](keys=keys, args=[owner, self._ttl_ms])
-        )
-        failures = _failures(replies)
-        counters = self._counters(replies)
-        if len(counters) >= self.quorum:
-            token = max(counters.values()) + 1
-            fenced = await self._each(
-                lambda i: self._fence_scripts[i](keys=keys, args=[owner, token]), list(counters)
-            )
-            failures += _failures(fenced)
-            ok = sum(1 for r in fenced if not isinstance(r, _Failure) and int(r))
-            if self._settle_acquire(owner, start, token, ok):
-                return True
-        await self._release_everywhere(owner)
-        if self._quorum_impossible(failures):
-            raise self._unavailable(failures, "acquire of")
-        return False
-
-    async def release(self) -> None:
-        """Delete our key on every server; see :meth:`Redlock.release`."""
-        owner = self._check_held()
-        self._held = False
-        self._settle_release(await self._release_everywhere(owner))
-
-    async def extend(self, seconds: float) -> None:
-        """Make the lease last ``seconds`` from now; see :meth:`Redlock.extend`."""
-        ms = to_ms(seconds, "seconds")
-        owner = self._check_held()
-        self._check_extension_allowed()
-        start = time.monotonic()
-        replies = await self._each(
-            lambda i: self._extend_scripts[i](keys=[self._key], args=[owner, ms])
-        )
-        if not self._settle_extend(seconds, start, replies):
-            await self._release_everywhere(owner)
-            raise self._lost("extend of")
-
-    async def locked(self) -> bool:
-        """Whether a quorum of servers has the key; see :meth:`Redlock.locked`."""
-        replies = await self._each(lambda i: self.clients[i].exists(self._key))
-        return self._count_matching(replies, bool, "locked() of")
-
-    async def owned(self) -> bool:
-        """Whether this object holds the lock; see :meth:`Redlock.owned`."""
-        if not self._held or self.owner is None or self.validity <= 0:
-            return False
-        owner = self.owner
-        replies = await self._each(lambda i: self.clients[i].get(self._key))
-        mine = self._count_matching(
-            replies, lambda v: v is not None and decode(v) == owner, "owned() of"
-        )
-        return mine and self.validity > 0
-
-    async def holder(self) -> LockHolder | None:
-        """The owner seen on a quorum of servers; see :meth:`Redlock.holder`."""
-        keys = [self._key, self._fence_key]
-        return self._pick_holder(await self._each(lambda i: self._holder_scripts[i](keys=keys)))
-
-    async def aclose(self) -> None:
-        """Close the clients this lock made from URLs."""
-        for client in self._owned_clients:
-            await client.aclose()
+    _client_types = (redis.asyncio.Redis,)
+    _new_client = staticmethod(async_client)
+    _io_class = AsyncServers
+    _wrong_client = "redis.asyncio.Redis client (use Redlock for sync clients)"

@@ -23,16 +23,17 @@ all locks on the same server.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
 import random
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from lockscope.errors import BackendUnavailable
 from lockscope.locks._delegate import AsyncDelegatingLock, DelegatingLock
+from lockscope.locks._sansio import Invoke, Op, Sleep, run, run_async
 from lockscope.locks.base import AsyncLock, Lock, validate_timeout, validate_ttl
 
 __all__ = [
@@ -261,7 +262,47 @@ class _Retrying:
         return delay if remaining is None else min(delay, remaining)
 
 
-class RobustLock(DelegatingLock[Lock]):
+class _Robust:
+    """The retry loop (sans-IO) and the accessors of both flavours."""
+
+    _retry: _Retrying
+    _acquired: Callable[[bool], bool]
+
+    @property
+    def breaker(self) -> CircuitBreaker | None:
+        return self._retry.breaker
+
+    @property
+    def attempts(self) -> int:
+        """Tries made by the latest ``acquire`` call."""
+        return self._retry.attempts
+
+    def _acquire_op(
+        self, blocking: bool, timeout: float | None, try_once: Callable[[], Any]
+    ) -> Op[bool]:
+        """``try_once``: one non-blocking acquire of the wrapped lock, through the breaker."""
+        end = self._retry.end(timeout)
+        attempt = 0
+        self._retry.attempts = 0
+        while True:
+            error: BackendUnavailable | None = None
+            self._retry.attempts += 1
+            try:
+                ok = yield Invoke(try_once)
+            except CircuitOpen:
+                raise
+            except BackendUnavailable as exc:
+                ok, error = False, exc
+            if ok:
+                return self._acquired(True)
+            pause = self._retry.pause_after_miss(attempt, end, blocking, error)
+            if pause is None:
+                return False
+            yield Sleep(pause)
+            attempt += 1
+
+
+class RobustLock(_Robust, DelegatingLock[Lock]):
     """Wrap ``lock`` so that ``acquire`` retries with backoff through an optional breaker.
 
     ``acquire(timeout=None)`` tries for ``deadline`` seconds (``None`` = forever); an
@@ -286,40 +327,14 @@ class RobustLock(DelegatingLock[Lock]):
         super().__init__(lock)
         self._retry = _Retrying(deadline, base_delay, max_delay, breaker)
 
-    @property
-    def breaker(self) -> CircuitBreaker | None:
-        return self._retry.breaker
-
-    @property
-    def attempts(self) -> int:
-        """Tries made by the latest ``acquire`` call."""
-        return self._retry.attempts
-
     def _call(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
         if self._retry.breaker is None:
             return fn(*args, **kwargs)
         return self._retry.breaker.call(fn, *args, **kwargs)
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
-        end = self._retry.end(timeout)
-        attempt = 0
-        self._retry.attempts = 0
-        while True:
-            error: BackendUnavailable | None = None
-            self._retry.attempts += 1
-            try:
-                ok = self._call(self.wrapped.acquire, blocking=False)
-            except CircuitOpen:
-                raise
-            except BackendUnavailable as exc:
-                ok, error = False, exc
-            if ok:
-                return self._acquired(True)
-            pause = self._retry.pause_after_miss(attempt, end, blocking, error)
-            if pause is None:
-                return False
-            time.sleep(pause)
-            attempt += 1
+        try_once = functools.partial(self._call, self.wrapped.acquire, blocking=False)
+        return run(self._acquire_op(blocking, timeout, try_once))
 
     def extend(self, seconds: float) -> None:
         self._call(self.wrapped.extend, seconds)
@@ -331,7 +346,7 @@ class RobustLock(DelegatingLock[Lock]):
         return self._call(self.wrapped.owned)
 
 
-class AsyncRobustLock(AsyncDelegatingLock[AsyncLock]):
+class AsyncRobustLock(_Robust, AsyncDelegatingLock[AsyncLock]):
     """The asyncio flavour of :class:`RobustLock`."""
 
     def __init__(
@@ -346,15 +361,6 @@ class AsyncRobustLock(AsyncDelegatingLock[AsyncLock]):
         super().__init__(lock)
         self._retry = _Retrying(deadline, base_delay, max_delay, breaker)
 
-    @property
-    def breaker(self) -> CircuitBreaker | None:
-        return self._retry.breaker
-
-    @property
-    def attempts(self) -> int:
-        """Tries made by the latest ``acquire`` call."""
-        return self._retry.attempts
-
     async def _call(
         self, fn: Callable[_P, Awaitable[_T]], /, *args: _P.args, **kwargs: _P.kwargs
     ) -> _T:
@@ -363,25 +369,8 @@ class AsyncRobustLock(AsyncDelegatingLock[AsyncLock]):
         return await self._retry.breaker.call_async(fn, *args, **kwargs)
 
     async def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
-        end = self._retry.end(timeout)
-        attempt = 0
-        self._retry.attempts = 0
-        while True:
-            error: BackendUnavailable | None = None
-            self._retry.attempts += 1
-            try:
-                ok = await self._call(self.wrapped.acquire, blocking=False)
-            except CircuitOpen:
-                raise
-            except BackendUnavailable as exc:
-                ok, error = False, exc
-            if ok:
-                return self._acquired(True)
-            pause = self._retry.pause_after_miss(attempt, end, blocking, error)
-            if pause is None:
-                return False
-            await asyncio.sleep(pause)
-            attempt += 1
+        try_once = functools.partial(self._call, self.wrapped.acquire, blocking=False)
+        return await run_async(self._acquire_op(blocking, timeout, try_once))
 
     async def extend(self, seconds: float) -> None:
         await self._call(self.wrapped.extend, seconds)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from lockscope.locks import _LAZY as _SYNC_LAZY
 from lockscope.locks.base import AsyncLock
 
 if TYPE_CHECKING:
@@ -26,21 +27,13 @@ if TYPE_CHECKING:
     from lockscope.locks.zookeeper import AsyncZooKeeperSemaphore as ZooKeeperSemaphore
     from lockscope.locks.zookeeper import AsyncZooKeeperWriteLock as ZooKeeperWriteLock
 
-# public name -> (module, class defined there)
+# public name -> (module, class defined there): each sync name's ``Async`` twin.
 _LAZY = {
-    "RedisLock": ("redis", "AsyncRedisLock"),
-    "Redlock": ("redlock", "AsyncRedlock"),
-    "DatabaseLock": ("database", "AsyncDatabaseLock"),
-    "ZooKeeperLock": ("zookeeper", "AsyncZooKeeperLock"),
-    "ZooKeeperReadLock": ("zookeeper", "AsyncZooKeeperReadLock"),
-    "ZooKeeperWriteLock": ("zookeeper", "AsyncZooKeeperWriteLock"),
-    "ZooKeeperSemaphore": ("zookeeper", "AsyncZooKeeperSemaphore"),
-    "LeaderElection": ("election", "AsyncLeaderElection"),
-    "AutoRenewingLock": ("renewal", "AsyncAutoRenewingLock"),
-    "FairLock": ("fair", "AsyncFairLock"),
-    "RobustLock": ("retry", "AsyncRobustLock"),
-    "acquire_all": ("multi", "acquire_all_async"),
+    name: (module, f"Async{name}")
+    for name, module in _SYNC_LAZY.items()
+    if name not in ("CircuitBreaker", "CircuitOpen", "acquire_all")  # no twin, or another name
 }
+_LAZY["acquire_all"] = ("multi", "acquire_all_async")
 
 # Spelled out (not ``[*_LAZY]``) so type checkers know what this module exports.
 __all__ = [

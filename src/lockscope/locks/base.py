@@ -17,7 +17,6 @@ import asyncio
 import math
 import random
 import time
-from types import TracebackType
 from typing import ClassVar, Self
 
 from lockscope.errors import LockNotAcquired
@@ -156,12 +155,7 @@ class Lock(_LockCommon, abc.ABC):
             raise LockNotAcquired(f"{self.name!r} not acquired in {self.blocking_timeout}s")
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.release()
 
 
@@ -204,10 +198,5 @@ class AsyncLock(_LockCommon, abc.ABC):
             raise LockNotAcquired(f"{self.name!r} not acquired in {self.blocking_timeout}s")
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.release()

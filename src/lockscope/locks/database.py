@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 
 from lockscope.errors import LockLost, LockNotOwned
 from lockscope.locks._database_store import LeaseStore, store_for
-from lockscope.locks._threaded import SyncTwin, acquire_cancel_safe
+from lockscope.locks._threaded import Forward, SyncTwin, acquire_cancel_safe
 from lockscope.locks.base import AsyncLock, Lock, validate_ttl
 
 __all__ = ["AsyncDatabaseLock", "DatabaseLock", "LeaseHolder"]
@@ -266,10 +266,7 @@ class AsyncDatabaseLock(SyncTwin[DatabaseLock], AsyncLock):
         """See :attr:`DatabaseLock.namespace`."""
         return self.sync.namespace
 
-    @property
-    def owner(self) -> str | None:
-        """See :attr:`DatabaseLock.owner`."""
-        return self.sync.owner
+    owner = Forward[str | None]("See :attr:`DatabaseLock.owner`.")
 
     async def _try_acquire(self) -> bool:
         taken = await acquire_cancel_safe(

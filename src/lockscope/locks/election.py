@@ -21,13 +21,12 @@ import inspect
 import logging
 import threading
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any
 
 from kazoo.client import KazooClient
 
 from lockscope.errors import BackendUnavailable, LockError
-from lockscope.locks._threaded import CancelHandle, SyncTwin
+from lockscope.locks._threaded import CancelHandle, Forward, SyncTwin
 from lockscope.locks.zookeeper import DEFAULT_BASE_PATH, ZooKeeperLock
 
 __all__ = ["AsyncLeaderElection", "LeaderElection"]
@@ -303,40 +302,13 @@ class AsyncLeaderElection(SyncTwin[LeaderElection]):
         self.identifier = self.sync.identifier
 
     # -- state (plain attributes of the sync candidate: no I/O) --------------------------------
-    @property
-    def is_leader(self) -> bool:
-        """See :attr:`LeaderElection.is_leader`."""
-        return self.sync.is_leader
-
-    @property
-    def uncertain(self) -> bool:
-        """See :attr:`LeaderElection.uncertain`."""
-        return self.sync.uncertain
-
-    @property
-    def running(self) -> bool:
-        """See :attr:`LeaderElection.running`."""
-        return self.sync.running
-
-    @property
-    def terms(self) -> int:
-        """How many times this candidate has been elected."""
-        return self.sync.terms
-
-    @property
-    def sequence(self) -> int | None:
-        """See :attr:`LeaderElection.sequence`."""
-        return self.sync.sequence
-
-    @property
-    def node(self) -> str | None:
-        """See :attr:`LeaderElection.node`."""
-        return self.sync.node
-
-    @property
-    def client(self) -> Any:
-        """The :class:`kazoo.client.KazooClient` in use."""
-        return self.sync.client
+    is_leader = Forward[bool]("See :attr:`LeaderElection.is_leader`.")
+    uncertain = Forward[bool]("See :attr:`LeaderElection.uncertain`.")
+    running = Forward[bool]("See :attr:`LeaderElection.running`.")
+    terms = Forward[int]("How many times this candidate has been elected.")
+    sequence = Forward[int | None]("See :attr:`LeaderElection.sequence`.")
+    node = Forward[str | None]("See :attr:`LeaderElection.node`.")
+    client = Forward[Any]("The :class:`kazoo.client.KazooClient` in use.")
 
     async def contenders(self) -> list[str]:
         """See :meth:`LeaderElection.contenders`."""
@@ -373,12 +345,7 @@ class AsyncLeaderElection(SyncTwin[LeaderElection]):
         await self.start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
     # -- callbacks: called on the election thread, run on the loop ----------------------------

@@ -31,18 +31,16 @@ asyncio flavour runs one task per held lock on the caller's event loop (tasks ar
 from __future__ import annotations
 
 import asyncio
-import heapq
 import inspect
-import itertools
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from typing import TypedDict, Unpack
 
 from lockscope.errors import BackendUnavailable, LockError, LockLost, LockNotOwned
 from lockscope.locks._delegate import AsyncDelegatingLock, DelegatingLock
+from lockscope.locks._renewal_timer import schedule
 from lockscope.locks.base import AsyncLock, Lock, validate_ttl
 
 __all__ = ["AsyncAutoRenewingLock", "AutoRenewingLock", "OnLost"]
@@ -52,9 +50,17 @@ log = logging.getLogger(__name__)
 OnLost = Callable[[LockLost], object]
 """``on_lost(error)``; may return an awaitable for :class:`AsyncAutoRenewingLock`."""
 
+
+class RenewalOptions(TypedDict, total=False):
+    """The watchdog's keyword arguments (both flavours; see :class:`AutoRenewingLock`)."""
+
+    interval: float | None
+    max_renewals: int | None
+    on_lost: OnLost | None
+
+
 # Retrying a failed renewal faster than this only adds load to a struggling server.
 _MIN_RETRY = 0.02
-_WORKERS = 4
 
 
 def _lease_of(lock: Lock | AsyncLock) -> float:
@@ -108,56 +114,6 @@ class _Hold:
         self.stopped = False
 
 
-class _Timer:
-    """One daemon thread for every renewal in the process, plus a small worker pool."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._heap: list[tuple[float, int, Callable[[], None]]] = []
-        self._seq = itertools.count()
-        self._thread: threading.Thread | None = None
-        self._pool: ThreadPoolExecutor | None = None
-
-    def schedule(self, when: float, job: Callable[[], None]) -> None:
-        with self._cond:
-            heapq.heappush(self._heap, (when, next(self._seq), job))
-            if self._thread is None:
-                self._pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="lockscope-renew")
-                self._thread = threading.Thread(
-                    target=self._run, name="lockscope-watchdog", daemon=True
-                )
-                self._thread.start()
-            self._cond.notify()
-
-    def _run(self) -> None:
-        assert self._pool is not None
-        while True:
-            with self._cond:
-                while True:
-                    now = time.monotonic()
-                    if self._heap and self._heap[0][0] <= now:
-                        break
-                    self._cond.wait(self._heap[0][0] - now if self._heap else None)
-                _, _, job = heapq.heappop(self._heap)
-            try:
-                self._pool.submit(job)
-            except RuntimeError:  # interpreter shutting down: leases simply run out
-                return
-
-
-_timer = _Timer()
-
-
-def _new_timer_after_fork() -> None:
-    # A forked child has no timer thread and owns none of its parent's locks.
-    global _timer
-    _timer = _Timer()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_timer_after_fork)
-
-
 class _LossReporter:
     """State shared by both flavours: the lost flag and the once-only callback."""
 
@@ -190,9 +146,10 @@ class _Renewing:
     def _init_renewal(
         self,
         lock: Lock | AsyncLock,
-        interval: float | None,
-        max_renewals: int | None,
-        on_lost: OnLost | None,
+        *,
+        interval: float | None = None,
+        max_renewals: int | None = None,
+        on_lost: OnLost | None = None,
     ) -> None:
         self.lease = _lease_of(lock)
         self.interval = _interval(self.lease, interval)
@@ -276,16 +233,9 @@ class AutoRenewingLock(_Renewing, DelegatingLock[Lock]):
     thread.
     """
 
-    def __init__(
-        self,
-        lock: Lock,
-        *,
-        interval: float | None = None,
-        max_renewals: int | None = None,
-        on_lost: OnLost | None = None,
-    ) -> None:
+    def __init__(self, lock: Lock, **options: Unpack[RenewalOptions]) -> None:
         super().__init__(lock)
-        self._init_renewal(lock, interval, max_renewals, on_lost)
+        self._init_renewal(lock, **options)
         # Serialises renewals with the owner's extend/release: a renewal racing a release
         # would otherwise report a false loss, and backend lock objects need not be
         # thread-safe.
@@ -333,7 +283,7 @@ class AutoRenewingLock(_Renewing, DelegatingLock[Lock]):
             raise lost
 
     def _schedule(self, hold: _Hold, when: float) -> None:
-        _timer.schedule(when, lambda: self._renew(hold))
+        schedule(when, lambda: self._renew(hold))
 
     def _renew(self, hold: _Hold) -> None:
         lost: LockLost | None = None
@@ -391,16 +341,9 @@ class AsyncAutoRenewingLock(_Renewing, AsyncDelegatingLock[AsyncLock]):
 
     _starved_by = "the event loop was blocked"
 
-    def __init__(
-        self,
-        lock: AsyncLock,
-        *,
-        interval: float | None = None,
-        max_renewals: int | None = None,
-        on_lost: OnLost | None = None,
-    ) -> None:
+    def __init__(self, lock: AsyncLock, **options: Unpack[RenewalOptions]) -> None:
         super().__init__(lock)
-        self._init_renewal(lock, interval, max_renewals, on_lost)
+        self._init_renewal(lock, **options)
         self._mutex = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 

@@ -29,7 +29,7 @@ import random
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypedDict, TypeVar, Unpack
 
 from lockscope.errors import BackendUnavailable
 from lockscope.locks._delegate import AsyncDelegatingLock, DelegatingLock
@@ -226,15 +226,26 @@ def _check_delays(base_delay: float, max_delay: float) -> tuple[float, float]:
     return base, cap
 
 
+class RetryOptions(TypedDict, total=False):
+    """:class:`RobustLock`'s keyword arguments (both flavours): ``deadline`` (10 s; ``None``
+    = forever), ``base_delay`` (0.05 s), ``max_delay`` (2 s), ``breaker`` (none)."""
+
+    deadline: float | None
+    base_delay: float
+    max_delay: float
+    breaker: CircuitBreaker | None
+
+
 class _Retrying:
     """Settings and bookkeeping shared by both flavours."""
 
     def __init__(
         self,
-        deadline: float | None,
-        base_delay: float,
-        max_delay: float,
-        breaker: CircuitBreaker | None,
+        *,
+        deadline: float | None = 10.0,
+        base_delay: float = 0.05,
+        max_delay: float = 2.0,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.deadline = validate_timeout(deadline, "deadline")
         self.base_delay, self.max_delay = _check_delays(base_delay, max_delay)
@@ -315,17 +326,9 @@ class RobustLock(_Robust, DelegatingLock[Lock]):
     (skipping it would leave others waiting for the lease) and is not counted.
     """
 
-    def __init__(
-        self,
-        lock: Lock,
-        *,
-        deadline: float | None = 10.0,
-        base_delay: float = 0.05,
-        max_delay: float = 2.0,
-        breaker: CircuitBreaker | None = None,
-    ) -> None:
+    def __init__(self, lock: Lock, **options: Unpack[RetryOptions]) -> None:
         super().__init__(lock)
-        self._retry = _Retrying(deadline, base_delay, max_delay, breaker)
+        self._retry = _Retrying(**options)
 
     def _call(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
         if self._retry.breaker is None:
@@ -349,17 +352,9 @@ class RobustLock(_Robust, DelegatingLock[Lock]):
 class AsyncRobustLock(_Robust, AsyncDelegatingLock[AsyncLock]):
     """The asyncio flavour of :class:`RobustLock`."""
 
-    def __init__(
-        self,
-        lock: AsyncLock,
-        *,
-        deadline: float | None = 10.0,
-        base_delay: float = 0.05,
-        max_delay: float = 2.0,
-        breaker: CircuitBreaker | None = None,
-    ) -> None:
+    def __init__(self, lock: AsyncLock, **options: Unpack[RetryOptions]) -> None:
         super().__init__(lock)
-        self._retry = _Retrying(deadline, base_delay, max_delay, breaker)
+        self._retry = _Retrying(**options)
 
     async def _call(
         self, fn: Callable[_P, Awaitable[_T]], /, *args: _P.args, **kwargs: _P.kwargs

@@ -10,8 +10,14 @@ from typing import Any, ClassVar, TypeVar
 
 from kazoo.client import KazooClient
 
-from lockscope.locks._threaded import CancelHandle, SyncTwin, acquire_cancel_safe, in_thread
-from lockscope.locks.base import AsyncLock, LockMode, validate_timeout
+from lockscope.locks._threaded import (
+    CancelHandle,
+    Forward,
+    SyncTwin,
+    acquire_cancel_safe,
+    in_thread,
+)
+from lockscope.locks.base import AsyncLock, validate_timeout
 from lockscope.locks.zookeeper._listener import Callback
 from lockscope.locks.zookeeper._locks import ZooKeeperLock, ZooKeeperReadLock, ZooKeeperWriteLock
 from lockscope.locks.zookeeper._primitive import ZooKeeperHolder, ZooKeeperPrimitive
@@ -29,6 +35,10 @@ class _AsyncZooKeeperPrimitive(SyncTwin[_S], AsyncLock):
     max_leases: int | None = None
     """Semaphores only: how many holders at once."""
     _sync_class: ClassVar[type[ZooKeeperPrimitive]]
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        cls.mode = cls._sync_class.mode  # a twin has its sync class's mode
 
     def __init__(
         self,
@@ -85,35 +95,12 @@ class _AsyncZooKeeperPrimitive(SyncTwin[_S], AsyncLock):
     def namespace(self) -> str:
         return self.sync.namespace
 
-    @property
-    def client(self) -> Any:
-        """The :class:`kazoo.client.KazooClient` in use."""
-        return self.sync.client
-
-    @property
-    def lost(self) -> bool:
-        """See :attr:`ZooKeeperLock.lost`."""
-        return self.sync.lost
-
-    @property
-    def uncertain(self) -> bool:
-        """See :attr:`ZooKeeperLock.uncertain`."""
-        return self.sync.uncertain
-
-    @property
-    def node(self) -> str | None:
-        """See :attr:`ZooKeeperLock.node`."""
-        return self.sync.node
-
-    @property
-    def sequence(self) -> int | None:
-        """See :attr:`ZooKeeperLock.sequence`."""
-        return self.sync.sequence
-
-    @property
-    def pending_cleanups(self) -> int:
-        """See :attr:`ZooKeeperLock.pending_cleanups`."""
-        return self.sync.pending_cleanups
+    client = Forward[Any]("The :class:`kazoo.client.KazooClient` in use.")
+    lost = Forward[bool]("See :attr:`ZooKeeperLock.lost`.")
+    uncertain = Forward[bool]("See :attr:`ZooKeeperLock.uncertain`.")
+    node = Forward[str | None]("See :attr:`ZooKeeperLock.node`.")
+    sequence = Forward[int | None]("See :attr:`ZooKeeperLock.sequence`.")
+    pending_cleanups = Forward[int]("See :attr:`ZooKeeperLock.pending_cleanups`.")
 
     async def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         """Take the lock; see :meth:`ZooKeeperLock.acquire`.
@@ -171,10 +158,7 @@ class _AsyncZooKeeperPrimitive(SyncTwin[_S], AsyncLock):
         """See :meth:`ZooKeeperLock.holder`."""
         return await self._in_thread(self.sync.holder)
 
-    @property
-    def owner(self) -> str | None:
-        """See :attr:`ZooKeeperLock.owner`."""
-        return self.sync.owner
+    owner = Forward[str | None]("See :attr:`ZooKeeperLock.owner`.")
 
     async def aclose(self) -> None:
         """See :meth:`ZooKeeperLock.close` (``await lock.close()`` is a deprecated alias)."""
@@ -184,26 +168,22 @@ class _AsyncZooKeeperPrimitive(SyncTwin[_S], AsyncLock):
 class AsyncZooKeeperLock(_AsyncZooKeeperPrimitive[ZooKeeperLock]):
     """The asyncio flavour of :class:`ZooKeeperLock` (same arguments)."""
 
-    mode: LockMode = "exclusive"
     _sync_class = ZooKeeperLock
 
 
 class AsyncZooKeeperReadLock(_AsyncZooKeeperPrimitive[ZooKeeperReadLock]):
     """The asyncio flavour of :class:`ZooKeeperReadLock`."""
 
-    mode: LockMode = "read"
     _sync_class = ZooKeeperReadLock
 
 
 class AsyncZooKeeperWriteLock(_AsyncZooKeeperPrimitive[ZooKeeperWriteLock]):
     """The asyncio flavour of :class:`ZooKeeperWriteLock`."""
 
-    mode: LockMode = "write"
     _sync_class = ZooKeeperWriteLock
 
 
 class AsyncZooKeeperSemaphore(_AsyncZooKeeperPrimitive[ZooKeeperSemaphore]):
     """The asyncio flavour of :class:`ZooKeeperSemaphore` (``max_leases`` is required)."""
 
-    mode: LockMode = "semaphore"
     _sync_class = ZooKeeperSemaphore

@@ -24,7 +24,7 @@ import os
 import secrets
 import socket
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypedDict, Unpack
 
 from lockscope.errors import LockLost, LockNotOwned
 from lockscope.locks._database_store import LeaseStore, store_for
@@ -55,6 +55,20 @@ class LeaseHolder(NamedTuple):
     """The fencing token of the holder's acquisition."""
     ttl: float
     """Seconds left on the lease unless it is extended (measured by the database)."""
+
+
+class DatabaseOptions(TypedDict, total=False):
+    """:class:`DatabaseLock`'s keyword arguments, for the asyncio flavour."""
+
+    connect: Callable[[], Any] | None
+    dialect: str | None
+    namespace: str | None
+    ttl: float
+    table: str
+    connect_timeout: float
+    statement_timeout: float
+    blocking_timeout: float | None
+    retry_interval: float
 
 
 class DatabaseLock(Lock):
@@ -227,33 +241,9 @@ class AsyncDatabaseLock(SyncTwin[DatabaseLock], AsyncLock):
     mode = "exclusive"
 
     def __init__(
-        self,
-        name: str,
-        url: str | None = None,
-        *,
-        connect: Callable[[], Any] | None = None,
-        dialect: str | None = None,
-        namespace: str | None = None,
-        ttl: float = 30.0,
-        table: str = DEFAULT_TABLE,
-        connect_timeout: float = 5.0,
-        statement_timeout: float = 5.0,
-        blocking_timeout: float | None = None,
-        retry_interval: float = 0.05,
+        self, name: str, url: str | None = None, **options: Unpack[DatabaseOptions]
     ) -> None:
-        self.sync = DatabaseLock(
-            name,
-            url,
-            connect=connect,
-            dialect=dialect,
-            namespace=namespace,
-            ttl=ttl,
-            table=table,
-            connect_timeout=connect_timeout,
-            statement_timeout=statement_timeout,
-            blocking_timeout=blocking_timeout,
-            retry_interval=retry_interval,
-        )
+        self.sync = DatabaseLock(name, url, **options)
         super().__init__(
             name,
             ttl=self.sync.ttl,

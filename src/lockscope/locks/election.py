@@ -21,7 +21,7 @@ import inspect
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from kazoo.client import KazooClient
 
@@ -37,6 +37,16 @@ RESIGNED = "resigned"
 """``on_lost`` reason: :meth:`LeaderElection.resign` (or ``close``) was called."""
 SESSION_LOST = "session_lost"
 """``on_lost`` reason: the ZooKeeper session ended, so another candidate may lead now."""
+
+
+class ElectionOptions(TypedDict, total=False):
+    """:class:`LeaderElection`'s keyword-only arguments, for the asyncio flavour."""
+
+    base_path: str
+    rejoin: bool
+    retry_interval: float
+    session_timeout: float
+    connect_timeout: float
 
 
 class LeaderElection:
@@ -275,27 +285,13 @@ class AsyncLeaderElection(SyncTwin[LeaderElection]):
         identifier: str | None = None,
         on_elected: Callable[[], object] | None = None,
         on_lost: Callable[[str], object] | None = None,
-        *,
-        base_path: str = DEFAULT_BASE_PATH,
-        rejoin: bool = True,
-        retry_interval: float = 1.0,
-        session_timeout: float = 10.0,
-        connect_timeout: float = 10.0,
+        **options: Unpack[ElectionOptions],
     ) -> None:
         self.on_elected = on_elected
         self.on_lost = on_lost
         self._loop: asyncio.AbstractEventLoop | None = None
         self.sync = LeaderElection(
-            client_or_hosts,
-            path,
-            identifier,
-            on_elected=self._elected,
-            on_lost=self._lost,
-            base_path=base_path,
-            rejoin=rejoin,
-            retry_interval=retry_interval,
-            session_timeout=session_timeout,
-            connect_timeout=connect_timeout,
+            client_or_hosts, path, identifier, self._elected, self._lost, **options
         )
         """The :class:`LeaderElection` underneath (its callbacks forward to the loop)."""
         self.path = self.sync.path

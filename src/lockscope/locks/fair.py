@@ -38,21 +38,20 @@ are served in the order of their sequential nodes).
 from __future__ import annotations
 
 import contextlib
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, Unpack
 
 import redis
 import redis.asyncio
 from redis.cluster import RedisCluster
 
 from lockscope.errors import BackendUnavailable
-from lockscope.locks._redis_common import DEFAULT_PREFIX, decode, new_owner, to_ms
+from lockscope.locks._redis_common import decode, new_owner, to_ms
 from lockscope.locks._sansio import Call, GiveBack, Invoke, Op, run, run_async
 from lockscope.locks.redis import (
-    DEFAULT_SOCKET_TIMEOUT,
-    DEFAULT_TTL,
     SCRIPTS,
     AsyncRedisLock,
     RedisLock,
+    RedisLockOptions,
     _RedisLockCommon,
 )
 
@@ -113,22 +112,10 @@ class _FairCommon(_RedisLockCommon[_C]):
         name: str,
         client_or_url: _C | str,
         *,
-        ttl: float = DEFAULT_TTL,
-        blocking_timeout: float | None = None,
-        retry_interval: float = 0.05,
-        prefix: str = DEFAULT_PREFIX,
-        socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
         waiter_timeout: float = DEFAULT_WAITER_TIMEOUT,
+        **options: Unpack[RedisLockOptions],
     ) -> None:
-        super().__init__(
-            name,
-            client_or_url,
-            ttl=ttl,
-            blocking_timeout=blocking_timeout,
-            retry_interval=retry_interval,
-            prefix=prefix,
-            socket_timeout=socket_timeout,
-        )
+        super().__init__(name, client_or_url, **options)
         self._waiter_ms = to_ms(waiter_timeout, "waiter_timeout")
         self.waiter_timeout = self._waiter_ms / 1000
         # A live waiter must refresh its deadline well before it passes, or it is pruned.

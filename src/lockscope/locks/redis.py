@@ -32,7 +32,7 @@ only runs it with its own executor.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypedDict, TypeVar
 
 import redis
 import redis.asyncio
@@ -69,6 +69,16 @@ DEFAULT_SOCKET_TIMEOUT = 1.0
 SCRIPTS = {"acquire": ACQUIRE_COUNTING, "release": RELEASE, "extend": EXTEND, "holder": HOLDER}
 
 _C = TypeVar("_C")
+
+
+class RedisLockOptions(TypedDict, total=False):
+    """:class:`RedisLock`'s keyword arguments (for the locks built on it, like FairLock)."""
+
+    ttl: float
+    blocking_timeout: float | None
+    retry_interval: float
+    prefix: str
+    socket_timeout: float
 
 
 class _RedisLockCommon(RedisFamily, Generic[_C]):

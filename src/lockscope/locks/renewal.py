@@ -36,11 +36,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TypedDict, Unpack
+from typing import Any, TypedDict, Unpack
 
 from lockscope.errors import BackendUnavailable, LockError, LockLost, LockNotOwned
 from lockscope.locks._delegate import AsyncDelegatingLock, DelegatingLock
 from lockscope.locks._renewal_timer import schedule
+from lockscope.locks._sansio import Invoke, Op, run, run_async
 from lockscope.locks.base import AsyncLock, Lock, validate_ttl
 
 __all__ = ["AsyncAutoRenewingLock", "AutoRenewingLock", "OnLost"]
@@ -214,6 +215,39 @@ class _Renewing:
         self.renewals = hold.count
         return started + self.interval
 
+    def _renewal_op(
+        self, hold: _Hold, gone: str | None, extend: Callable[[float], Any]
+    ) -> Op[float | LockLost | None]:
+        """One renewal, for both flavours: when the next one is due, the loss, or ``None``
+        when renewing stops. ``gone`` names the acquiring thread or task if it ended."""
+        if gone is not None:
+            hold.stopped = True
+            log.warning(
+                "%s ended holding lock %r without releasing it: renewal stopped, "
+                "the lease runs out within %.3gs",
+                gone,
+                self.name,
+                self.lease,
+            )
+            return None
+        if self._renewals_done(hold):
+            return None
+        started = time.monotonic()
+        self._check_late(hold, started)
+        try:
+            yield Invoke(extend, (self.lease,))
+        except LockNotOwned as exc:
+            lost = self._loss.lost_error(exc, "renewal found it no longer held")
+        except (BackendUnavailable, LockError, OSError) as exc:
+            retry_at = self._retry_at(hold, exc)
+            if retry_at is not None:
+                return retry_at
+            lost = self._loss.lost_error(exc, "renewal failed until the lease ran out")
+        else:
+            return self._renewed(hold, started)
+        hold.stopped = True
+        return lost
+
     def _extended(self, started: float, seconds: float) -> None:
         if self._hold is not None:
             # The server replaced the lease: it now ends at started + seconds.
@@ -286,42 +320,17 @@ class AutoRenewingLock(_Renewing, DelegatingLock[Lock]):
         schedule(when, lambda: self._renew(hold))
 
     def _renew(self, hold: _Hold) -> None:
-        lost: LockLost | None = None
         with self._mutex:
             if hold.stopped or hold is not self._hold:
                 return
             owner = hold.owner
             assert isinstance(owner, threading.Thread)
-            if not owner.is_alive():
-                hold.stopped = True
-                log.warning(
-                    "thread %r ended holding lock %r without releasing it: renewal stopped, "
-                    "the lease runs out within %.3gs",
-                    owner.name,
-                    self.name,
-                    self.lease,
-                )
-                return
-            if self._renewals_done(hold):
-                return
-            started = time.monotonic()
-            self._check_late(hold, started)
-            try:
-                self.wrapped.extend(self.lease)
-            except LockNotOwned as exc:
-                lost = self._loss.lost_error(exc, "renewal found it no longer held")
-            except (BackendUnavailable, LockError, OSError) as exc:
-                retry_at = self._retry_at(hold, exc)
-                if retry_at is not None:
-                    self._schedule(hold, retry_at)
-                    return
-                lost = self._loss.lost_error(exc, "renewal failed until the lease ran out")
-            else:
-                self._schedule(hold, self._renewed(hold, started))
-                return
-            hold.stopped = True
-        assert lost is not None
-        self._report(lost)
+            gone = None if owner.is_alive() else f"thread {owner.name!r}"
+            outcome = run(self._renewal_op(hold, gone, self.wrapped.extend))
+        if isinstance(outcome, float):
+            self._schedule(hold, outcome)
+        elif outcome is not None:
+            self._report(outcome)
 
     def _report(self, error: LockLost) -> None:
         if self._loss.mark(error) and self._loss.on_lost is not None:
@@ -404,42 +413,19 @@ class AsyncAutoRenewingLock(_Renewing, AsyncDelegatingLock[AsyncLock]):
         due = hold.last_good + self.interval
         while True:
             await asyncio.sleep(max(0.0, due - time.monotonic()))
-            lost: LockLost | None = None
             async with self._mutex:
                 if hold.stopped or hold is not self._hold:
                     return
                 owner = hold.owner
+                gone = None
                 if isinstance(owner, asyncio.Task) and owner.done():
-                    hold.stopped = True
-                    log.warning(
-                        "task %r ended holding lock %r without releasing it: renewal "
-                        "stopped, the lease runs out within %.3gs",
-                        owner.get_name(),
-                        self.name,
-                        self.lease,
-                    )
-                    return
-                if self._renewals_done(hold):
-                    return
-                started = time.monotonic()
-                self._check_late(hold, started)
-                try:
-                    await self.wrapped.extend(self.lease)
-                except LockNotOwned as exc:
-                    lost = self._loss.lost_error(exc, "renewal found it no longer held")
-                except (BackendUnavailable, LockError, OSError) as exc:
-                    retry_at = self._retry_at(hold, exc)
-                    if retry_at is not None:
-                        due = retry_at
-                        continue
-                    lost = self._loss.lost_error(exc, "renewal failed until the lease ran out")
-                else:
-                    due = self._renewed(hold, started)
-                    continue
-                hold.stopped = True
-            assert lost is not None
-            await self._report(lost)
-            return
+                    gone = f"task {owner.get_name()!r}"
+                outcome = await run_async(self._renewal_op(hold, gone, self.wrapped.extend))
+            if not isinstance(outcome, float):
+                if outcome is not None:
+                    await self._report(outcome)
+                return
+            due = outcome
 
     async def _report(self, error: LockLost) -> None:
         if self._loss.mark(error) and self._loss.on_lost is not None:

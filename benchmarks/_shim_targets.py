@@ -182,6 +182,77 @@ def make_asyncio(servers: dict[str, str], spans: FloorSpans | None) -> Callable[
     return op
 
 
+def _lock_file(name: str) -> str:
+    import tempfile
+
+    directory = os.environ.get("LOCKSCOPE_BENCH_DIR") or tempfile.mkdtemp(prefix="lockscope-bench")
+    return os.path.join(directory, name)
+
+
+def make_filelock(servers: dict[str, str], spans: FloorSpans | None) -> Callable[[], None]:
+    import filelock
+
+    return _cycle(filelock.FileLock(_lock_file("filelock.lock")), None)
+
+
+def make_softfilelock(servers: dict[str, str], spans: FloorSpans | None) -> Callable[[], None]:
+    import filelock
+
+    return _cycle(filelock.SoftFileLock(_lock_file("soft.lock")), None)
+
+
+def make_portalocker(servers: dict[str, str], spans: FloorSpans | None) -> Callable[[], None]:
+    import portalocker
+
+    return _cycle(portalocker.Lock(_lock_file("portalocker.lock")), None)
+
+
+def make_fasteners(servers: dict[str, str], spans: FloorSpans | None) -> Callable[[], None]:
+    import fasteners
+
+    return _cycle(fasteners.InterProcessLock(_lock_file("fasteners.lock")), None)
+
+
+def make_python_redis_lock(servers: dict[str, str], spans: FloorSpans | None) -> Callable[[], None]:
+    import redis
+    import redis_lock
+
+    client = redis.Redis.from_url(servers["redis"])
+    return _cycle(redis_lock.Lock(client, "bench:prl", expire=30), None)
+
+
+def make_pottery(servers: dict[str, str], spans: FloorSpans | None) -> Callable[[], None]:
+    import redis
+    from pottery import Redlock
+
+    client = redis.Redis.from_url(servers["redis"])
+    return _cycle(Redlock(key="bench:pottery", masters={client}, auto_release_time=30), None)
+
+
+def make_sqlalchemy_pool(servers: dict[str, str], spans: FloorSpans | None) -> Callable[[], None]:
+    import sqlalchemy
+
+    url = servers["postgres"].replace("postgresql://", "postgresql+psycopg://")
+    engine = sqlalchemy.create_engine(url, pool_size=2, max_overflow=0)
+
+    def op() -> None:
+        engine.connect().close()  # checkout + return (with the pool's reset-on-return)
+
+    return op
+
+
+def make_psycopg_pool(servers: dict[str, str], spans: FloorSpans | None) -> Callable[[], None]:
+    from psycopg_pool import ConnectionPool
+
+    pool = ConnectionPool(servers["postgres_dsn"], min_size=2, max_size=2, open=True)
+    pool.wait()
+
+    def op() -> None:
+        pool.putconn(pool.getconn())
+
+    return op
+
+
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
@@ -199,6 +270,17 @@ TARGETS: dict[str, Target] = {
                opt_in={"threading": True}),
         Target("asyncio.Lock (opt-in)", make_asyncio, 100_000, (),
                opt_in={"asyncio": True}, target="<= +1 us"),
+        Target("filelock FileLock", make_filelock, 20_000, (), target="<= 1.03x"),
+        Target("filelock SoftFileLock", make_softfilelock, 5_000, (), target="<= 1.03x"),
+        Target("portalocker Lock", make_portalocker, 20_000, (), target="<= 1.03x"),
+        Target("fasteners InterProcessLock", make_fasteners, 20_000, (), target="<= 1.03x"),
+        Target("python-redis-lock Lock", make_python_redis_lock, 1500, ("redis",),
+               target="<= 1.03x"),
+        Target("pottery Redlock", make_pottery, 500, ("redis",), target="<= 1.03x"),
+        Target("SQLAlchemy QueuePool checkout", make_sqlalchemy_pool, 2000, ("postgres",),
+               target="<= 1.05x"),
+        Target("psycopg_pool checkout", make_psycopg_pool, 2000, ("postgres",),
+               target="<= 1.05x"),
         Target("redis-py Lock, no server (diagnostic)", make_redis_offline, 20_000,
                ("redis",), ("bare", "unsampled", "spans"), diagnostic=True),
     )

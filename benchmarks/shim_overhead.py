@@ -55,6 +55,11 @@ def _servers(needed: set[str]) -> Iterator[dict[str, str]]:
             found["redis"] = stack.enter_context(RedisServer()).url
         if "zookeeper" in needed:
             found["zookeeper"] = stack.enter_context(ZooKeeperServer()).hosts
+        if "postgres" in needed:
+            from lockscope.testing import PostgresServer
+
+            postgres = stack.enter_context(PostgresServer())
+            found["postgres"], found["postgres_dsn"] = postgres.url, postgres.dsn
         yield found
 
 

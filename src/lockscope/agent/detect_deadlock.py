@@ -432,6 +432,7 @@ def _finding(did: str, members: frozenset[Actor], red: Reduction, now_ns: int) -
     data = {
         "locks": [lk.name for lk in lock_list],
         "lock_keys": [lk.key for lk in lock_list],
+        "lock_templates": [lk.template for lk in lock_list],
         "systems": sorted({lk.system for lk in lock_list}),
         "participants": participants,
         "victim": victim.label,

@@ -10,8 +10,18 @@ Labels identify the finding, never the agent (``alertname``, ``kind``, ``id``, `
 ``system``, ``service``, ``reason``, ``severity``): a finding's id is derived from what it is
 about, so two agents fed the same events in an HA pair send identical label sets, and
 Alertmanager shows one alert.  Annotations: ``summary``, ``description`` (naming the cycle,
-holder, tokens...), ``runbook_url`` (an anchor in docs/runbook.md) and ``finding_url`` (the
-finding's page in the agent's web view); ``generatorURL`` is the same page.
+holder, tokens...), ``services`` (every service of the finding), ``runbook_url`` (an
+anchor in docs/runbook.md, or ``--runbook-url``) and ``finding_url`` (the finding's page in
+the agent's web view); ``generatorURL`` is the same page.
+
+Alerts route per service: every alert's ``service`` label holds **one** service.  A finding
+that involves several services (a deadlock across two teams, a mutual-exclusion violation
+between two services, an inversion of lock order between them) raises one alert per
+service, all with the finding's ``id``, each with the ``lock`` label of that service's part:
+the locks its participants hold in the cycle (a deadlock), the lock it holds (a violation),
+the locks it takes in the inverted order (an inversion).  So a route ``service="payments"``
+matches the payments team's alert, and grouping by ``id`` keeps one notification per
+receiver.
 
 Delivery, per Alertmanager:
 
@@ -46,26 +56,32 @@ import aiohttp
 from aiohttp import web
 
 from lockscope.agent.app_keys import ALERTMANAGER_URLS_KEY, STATE_KEY
-from lockscope.agent.findings import (
-    ALERT_NAMES,
-    DEADLOCK,
-    ORDER_INVERSION,
-    STALE_HOLDER,
-    VIOLATION,
-    Finding,
+from lockscope.agent.export_alert_labels import (
+    SEVERITY,
+    alert_label_sets,
+    alert_labels,
+    describe,
+    finding_services,
+    runbook_link,
+    summary,
 )
+from lockscope.agent.findings import Finding
 from lockscope.agent.findings import rfc3339 as _rfc3339
 
 __all__ = [
     "ALERT_EXPORTER_KEY",
     "ALERT_OPTIONS_KEY",
     "DEFAULT_RUNBOOK_URL",
+    "SEVERITY",
     "AlertExporter",
     "AlertOptions",
+    "alert_label_sets",
     "alert_labels",
     "alert_options",
     "bind_http_url",
     "finding_path",
+    "finding_services",
+    "runbook_link",
     "setup_alertmanager",
 ]
 
@@ -75,20 +91,6 @@ DEFAULT_RUNBOOK_URL: Final = "https://github.com/lockscope/lockscope/blob/main/d
 _NS: Final = 1_000_000_000
 _MAX_BATCH: Final = 500
 """Alerts per POST: keeps each request well under Alertmanager's default body limit."""
-
-_SUMMARIES: Final = {
-    DEADLOCK: "Deadlock on {lock}",
-    STALE_HOLDER: "Stale holder of {lock} ({reason})",
-    VIOLATION: "Mutual exclusion broken on {lock} ({reason})",
-    ORDER_INVERSION: "Lock-order inversion between {lock}",
-}
-
-
-def runbook_link(runbook_url: str, alertname: str) -> str:
-    """The runbook URL of one alert (see :attr:`AlertOptions.runbook_url`)."""
-    if "{alertname}" in runbook_url:
-        return runbook_url.replace("{alertname}", alertname.lower())
-    return f"{runbook_url}#{alertname.lower()}"
 
 
 def finding_path(kind: str, finding_id: str) -> str:
@@ -124,7 +126,9 @@ class AlertOptions:
 
 @dataclass(slots=True, eq=False)
 class _Alert:
-    finding_id: str
+    key: str
+    """``finding-id/service`` (one alert per service of a finding), or the finding id
+    alone when it names no service."""
     labels: dict[str, str]
     annotations: dict[str, str]
     generator_url: str
@@ -178,6 +182,8 @@ class AlertExporter:
     def __init__(self, urls: Sequence[str], options: AlertOptions | None = None) -> None:
         self.options = options or AlertOptions()
         self._alerts: dict[str, _Alert] = {}
+        self._keys: dict[str, tuple[str, ...]] = {}
+        """Finding id -> the keys of its alerts (one per service)."""
         self._targets = [
             _Target(url.rstrip("/"), TargetStats(url.rstrip("/"))) for url in dict.fromkeys(urls)
         ]
@@ -199,51 +205,74 @@ class AlertExporter:
 
     # -- input ---------------------------------------------------------------------------
     def on_finding(self, finding: Finding) -> None:
-        """A finding was added or resolved: (re)build its alert and queue it everywhere."""
-        alert = self._alerts.get(finding.id)
-        if alert is None or (finding.active and alert.resolved_at_ns is not None):
-            alert = self._build(finding)
-            if alert.finding_id in self._alerts:
-                alert.version = self._alerts[alert.finding_id].version + 1
-            self._alerts[finding.id] = alert
+        """A finding was added or resolved: (re)build its alerts (one per service) and queue
+        them everywhere."""
+        keys = self._keys.get(finding.id, ())
+        alerts = [self._alerts[k] for k in keys if k in self._alerts]
+        if not alerts or (finding.active and any(a.resolved_at_ns is not None for a in alerts)):
+            for k in keys:  # a re-activated finding: its alerts again, versions moving on
+                self._alerts.pop(k, None)
+            fresh = self._build(finding)
+            for alert in fresh:
+                old = next((a for a in alerts if a.key == alert.key), None)
+                alert.version = old.version + 1 if old is not None else 0
+                self._alerts[alert.key] = alert
+            self._keys[finding.id] = tuple(a.key for a in fresh)
+            alerts = fresh
             self._bound()
         elif not finding.active:
-            alert.resolved_at_ns = finding.resolved_at_ns
-            alert.version += 1
+            for alert in alerts:
+                alert.resolved_at_ns = finding.resolved_at_ns
+                alert.version += 1
         else:
             return
         for target in self._targets:
-            target.pending[finding.id] = alert.version
+            for alert in alerts:
+                target.pending[alert.key] = alert.version
             target.wake.set()
 
-    def _build(self, finding: Finding) -> _Alert:
+    def _build(self, finding: Finding) -> list[_Alert]:
         opts = self.options
-        labels = alert_labels(finding)
         link = opts.base_url + finding_path(finding.kind, finding.id)
-        alertname = labels["alertname"]
-        template = _SUMMARIES.get(finding.kind, "{kind} on {lock}")
-        summary = template.format(
-            lock=labels.get("lock", "?"), reason=labels.get("reason", "?"), kind=finding.kind
-        )
+        everything = alert_labels(finding)
         annotations = {
-            "summary": summary,
-            "description": _description(finding),
-            "runbook_url": runbook_link(opts.runbook_url, alertname),
+            "summary": summary(finding, everything),
+            "description": describe(finding),
+            "services": ", ".join(finding_services(finding)),
+            "runbook_url": runbook_link(opts.runbook_url, everything["alertname"]),
             "finding_url": link,
         }
-        return _Alert(finding.id, labels, annotations, link, finding.detected_at_ns)
+        return [
+            _Alert(
+                f"{finding.id}/{labels['service']}" if "service" in labels else finding.id,
+                labels,
+                annotations,
+                link,
+                finding.detected_at_ns,
+            )
+            for labels in alert_label_sets(finding)
+        ]
 
     def _bound(self) -> None:
         if len(self._alerts) <= self.options.max_alerts:
             return
-        for fid, alert in list(self._alerts.items()):
+        for key, alert in list(self._alerts.items()):
             if alert.resolved_at_ns is not None:
-                del self._alerts[fid]
+                del self._alerts[key]
                 for target in self._targets:
-                    target.pending.pop(fid, None)
+                    target.pending.pop(key, None)
+                self._forget_key(key)
                 self.dropped += 1
                 if len(self._alerts) <= self.options.max_alerts:
                     return
+
+    def _forget_key(self, key: str) -> None:
+        finding_id = key.split("/", 1)[0]
+        left = tuple(k for k in self._keys.get(finding_id, ()) if k != key)
+        if left:
+            self._keys[finding_id] = left
+        else:
+            self._keys.pop(finding_id, None)
 
     # -- delivery ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -365,52 +394,7 @@ class AlertExporter:
                 and not any(fid in t.pending for t in self._targets)
             ):
                 del self._alerts[fid]
-
-
-SEVERITY: Final = {
-    DEADLOCK: "critical",
-    VIOLATION: "critical",
-    STALE_HOLDER: "warning",
-    ORDER_INVERSION: "warning",
-}
-"""Alert severity per finding kind."""
-
-
-def alert_labels(finding: Finding) -> dict[str, str]:
-    """The finding's Alertmanager labels: ``alertname``, ``kind``, ``id``, ``lock``
-    (templates), ``system`` (not for order inversions: their pairs name the systems),
-    ``service``, ``reason`` and ``severity``; empty values are left out."""
-    labels = {
-        "alertname": ALERT_NAMES.get(finding.kind)
-        or "Lock" + finding.kind.title().replace("_", ""),
-        "kind": finding.kind,
-        "id": finding.id,
-        "lock": ",".join(finding.templates),
-        "system": "" if finding.kind == ORDER_INVERSION else ",".join(finding.systems),
-        "service": ",".join(finding.services),
-        "reason": finding.reason or "",
-        "severity": SEVERITY.get(finding.kind, "warning"),
-    }
-    return {k: v for k, v in labels.items() if v}
-
-
-def _description(finding: Finding) -> str:
-    data = finding.data
-    if finding.kind == DEADLOCK:
-        parts = []
-        for p in data.get("participants", []):
-            holds = ", ".join(str(h) for h in p.get("holds", [])) or "nothing"
-            parts.append(
-                f"{p.get('actor')} ({p.get('service')} pid {p.get('pid')}) holds {holds} "
-                f"and waits for {p.get('waits_for')} since {p.get('waiting_since')}"
-            )
-        cycle = " -> ".join(str(name) for name in data.get("locks", []))
-        victim = data.get("victim")
-        text = f"Deadlock cycle over {cycle}: " + "; ".join(parts) + "."
-        if victim:
-            text += f" Suggested victim: {victim}."
-        return text
-    return finding.text
+                self._forget_key(fid)
 
 
 # -- wiring into the agent's HTTP app -------------------------------------------------------

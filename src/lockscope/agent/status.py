@@ -1,5 +1,7 @@
-"""Moved to :mod:`lockscope.client.status` (a client of the agent, not part of it); this
-name keeps working."""
+"""Deprecated: moved to :mod:`lockscope.client.status` (a client of the agent, not part of
+it).  This name keeps working and warns once on import."""
+
+import warnings
 
 from lockscope.client.status import (
     AgentUnreachable,
@@ -11,3 +13,9 @@ from lockscope.client.status import (
 )
 
 __all__ = ["AgentUnreachable", "add_arguments", "fetch_findings", "render", "run", "table"]
+
+warnings.warn(
+    "lockscope.agent.status moved to lockscope.client.status",
+    DeprecationWarning,
+    stacklevel=2,
+)

@@ -58,7 +58,7 @@ class Recorder(InProcessRegistry):
     def reset(self) -> None:
         """Forget everything (a new process after fork, or a fresh start)."""
         self._lock = _thread.allocate_lock()
-        self._waits: set[Wait] = set()
+        self.waits: set[Wait] = set()
         self._holds: dict[int, list[Hold]] = {}
         self._by_key: dict[str, list[Hold]] = {}
         """lock key -> its holds, oldest first: the holder look-up of a recorded wait span
@@ -78,18 +78,18 @@ class Recorder(InProcessRegistry):
 
     def sync_clock(self) -> None:
         """Re-derive wall time from ``perf_counter_ns`` (one clock read on the hot path)."""
-        self._offset = time.time_ns() - _perf()
+        self.offset = time.time_ns() - _perf()
 
     def wall(self, perf_ns: int) -> int:
         """Unix nanoseconds for a ``perf_counter_ns`` reading."""
-        return perf_ns + self._offset
+        return perf_ns + self.offset
 
     # -- hot path: caller's thread ------------------------------------------------------
     def begin_wait(self, info: LockInfo, actor: int, task: Any, target: object) -> Wait:
         """An acquire starts (it may return at once; only the reporter decides it is long)."""
         start = _perf()
-        wait = Wait(info, actor, task, target, start, start + self._offset)
-        self._waits.add(wait)  # a single set operation is atomic under the GIL
+        wait = Wait(info, actor, task, target, start, start + self.offset)
+        self.waits.add(wait)  # a single set operation is atomic under the GIL
         return wait
 
     def end_wait(
@@ -107,7 +107,7 @@ class Recorder(InProcessRegistry):
         now = _perf()
         info = wait.info
         with self._lock:
-            self._waits.discard(wait)
+            self.waits.discard(wait)
             if wait.reported:
                 attrs = self._wait_attrs(wait)
                 attrs[events.ATTR_OUTCOME] = outcome
@@ -142,7 +142,7 @@ class Recorder(InProcessRegistry):
         owner: str | bytes | None,
         ttl: float | None,
     ) -> Hold:
-        since = now + self._offset
+        since = now + self.offset
         expires = None if ttl is None else since + int(ttl * 1e9)
         hold = Hold(info, actor, task, target, now, since, token, owner, expires)
         obj = hold.obj
@@ -275,7 +275,7 @@ class Recorder(InProcessRegistry):
         with the actor, but without metrics and without lock-order pairs (a session is not
         a lock the app orders)."""
         now = _perf() if start is None else start
-        hold = Hold(info, actor, task, target, now, now + self._offset, None, None, None)
+        hold = Hold(info, actor, task, target, now, now + self.offset, None, None, None)
         with self._lock:
             self._holds.setdefault(hold.obj, []).append(hold)
             self._by_key.setdefault(info.key, []).append(hold)
@@ -312,7 +312,7 @@ class Recorder(InProcessRegistry):
         with self._lock:
             if seconds is not None:
                 if replace or hold.expires_at is None:
-                    hold.expires_at = now + self._offset + int(seconds * 1e9)
+                    hold.expires_at = now + self.offset + int(seconds * 1e9)
                 else:
                     hold.expires_at += int(seconds * 1e9)
             if hold.reported:
@@ -328,7 +328,7 @@ class Recorder(InProcessRegistry):
     def due_waits(self, now: int) -> list[Wait]:
         """Unreported waits that have lasted ``report_after`` by ``now`` (perf ns)."""
         threshold = now - self.report_after_ns
-        return [w for w in list(self._waits) if not w.reported and w.start <= threshold]
+        return [w for w in list(self.waits) if not w.reported and w.start <= threshold]
 
     def report(self, now: int, due: Iterable[Wait]) -> None:
         """Report the ``due`` waits still in progress (holds first), then old holds."""
@@ -340,7 +340,7 @@ class Recorder(InProcessRegistry):
                 self.errors += 1
         with self._lock:
             for wait in due:
-                if wait not in self._waits or wait.reported:
+                if wait not in self.waits or wait.reported:
                     continue  # it ended while the reporter looked up the holder
                 for hold in self.by_actor.get(wait.actor, ()):
                     if not hold.reported:
@@ -360,7 +360,7 @@ class Recorder(InProcessRegistry):
         """The reported waits and holds, as heartbeat entries."""
         with self._lock:
             # begin_wait adds without the lock: iterate a copy (list() of a set is atomic).
-            waits = [self._wait_attrs(w) for w in list(self._waits) if w.reported]
+            waits = [self._wait_attrs(w) for w in list(self.waits) if w.reported]
             holds = [self._hold_attrs(h) for hs in self._holds.values() for h in hs if h.reported]
             holds += [self._hold_attrs(h) for h in self._light_reported.values()]
         return waits, holds
@@ -387,7 +387,7 @@ class Recorder(InProcessRegistry):
         if len(self._events) >= self.queue_size:
             self.dropped += 1
             return
-        self._events.append((name, perf_ns + self._offset, attrs))
+        self._events.append((name, perf_ns + self.offset, attrs))
 
     def _report_hold(self, hold: Hold) -> None:
         hold.reported = True

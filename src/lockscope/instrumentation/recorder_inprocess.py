@@ -30,7 +30,7 @@ class InProcessRegistry:
     """The in-process part of the recorder (its fields are set by ``Recorder.reset``)."""
 
     _lock: Any
-    _offset: int
+    offset: int
     by_actor: dict[int, list[Hold]]
     stats: LockStats
     light: dict[int, list[InProcessLock]]
@@ -104,7 +104,7 @@ class InProcessRegistry:
         since = lock._since
         if not since or lock._hold is not None:
             return
-        hold = Hold(lock.lock_info(), ident, None, lock, since, since + self._offset,
+        hold = Hold(lock.lock_info(), ident, None, lock, since, since + self.offset,
                     None, None, None)  # fmt: skip
         hold.reported = True
         lock._hold = hold

@@ -158,6 +158,20 @@ def _fast_enabled_check() -> Callable[[], bool]:
 fast_enabled = _fast_enabled_check()
 
 
+def _public_context() -> dict[object, object]:
+    return {} if is_instrumentation_enabled() else {SUPPRESSED: True}
+
+
+SUPPRESSED: object = object()
+SUPPRESSED_PLAIN: object = object()
+context_get: Callable[[], Any] = _public_context
+"""For hot paths that inline :data:`fast_enabled`: instrumentation is enabled when
+``not (c.get(SUPPRESSED) or c.get(SUPPRESSED_PLAIN))`` for ``c = context_get()``."""
+_found = suppression_keys()
+if _found is not None:
+    context_get, SUPPRESSED, SUPPRESSED_PLAIN = _found
+
+
 def lock_info(adapter: Adapter, instance: Any) -> LockInfo | None:
     """The adapter's LockInfo for ``instance``, cached on the object where possible."""
     try:

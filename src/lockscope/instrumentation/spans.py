@@ -129,33 +129,31 @@ def _certain_decisions(tracer_provider: Any) -> tuple[int, int, int, int, int, i
     )
 
 
-def _current_span_getter() -> Callable[[], Span | None]:
-    """The current context's span or ``None``: :func:`get_current_span` read straight from
-    the SDK's context variable (~0.1 us instead of ~0.3 us on every unsampled acquire);
-    falls back to the public call."""
+def _span_key() -> tuple[Callable[[], Any], object] | None:
+    """(the current context's getter, the span's key in it), to read the current span
+    straight from the SDK's context variable (~0.1 us instead of ~0.3 us for
+    :func:`get_current_span` on every unsampled acquire); ``None`` if not found."""
     try:
         from opentelemetry.context import _RUNTIME_CONTEXT
         from opentelemetry.trace.propagation import _SPAN_KEY
 
         var = _RUNTIME_CONTEXT._current_context  # type: ignore[attr-defined]
         if not isinstance(var, ContextVar):
-            raise TypeError(var)
-        get = var.get
-
-        def current() -> Span | None:
-            span: Span | None = get().get(_SPAN_KEY)
-            return span
-
-        return current
+            return None
+        return var.get, _SPAN_KEY
     except Exception:
-
-        def public() -> Span | None:
-            return get_current_span()
-
-        return public
+        return None
 
 
-_current_span = _current_span_getter()
+def _public_context() -> dict[object, Any]:
+    return {_SPAN: get_current_span()}
+
+
+_SPAN: object = object()
+_context: Callable[[], Any] = _public_context
+_found = _span_key()
+if _found is not None:
+    _context, _SPAN = _found
 
 
 class SpanFactory:
@@ -188,7 +186,7 @@ class SpanFactory:
         attributes), 0 not certain (ask through ``start_span``)."""
         if self._always != _ASK:
             return self._always
-        span = _current_span()
+        span = _context().get(_SPAN)
         if span is None:
             return self._root
         context = span.get_span_context()

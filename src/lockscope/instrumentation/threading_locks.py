@@ -28,7 +28,7 @@ import time
 from types import TracebackType
 from typing import Any, SupportsIndex
 
-from lockscope.instrumentation import operations, runtime
+from lockscope.instrumentation import adapters, operations, runtime
 from lockscope.instrumentation.metrics_aggregate import LockStats
 from lockscope.instrumentation.patching import Patcher
 from lockscope.instrumentation.recorder import Hold, InProcessLock, LockInfo
@@ -40,18 +40,9 @@ _perf = time.perf_counter_ns
 _enabled = operations.fast_enabled
 _NOWHERE: list[Any] = []
 """``_held`` of a lock not held (never appended to)."""
-
-
-def _no_context() -> dict[object, object]:
-    return {} if operations.fast_enabled() else {_SUPPRESS: True}
-
-
-_SUPPRESS: object = object()
-_SUPPRESS_PLAIN: object = object()
-_context: Any = _no_context
-_found = operations.suppression_keys()
-if _found is not None:  # the suppression check inlined (what fast_enabled does, less a call)
-    _context, _SUPPRESS, _SUPPRESS_PLAIN = _found
+_context = adapters.context_get
+_SUPPRESS = adapters.SUPPRESSED
+_SUPPRESS_PLAIN = adapters.SUPPRESSED_PLAIN
 _counter = itertools.count(1)
 _site_cache: dict[str, bool] = {}
 

@@ -75,22 +75,29 @@ def _sdist(dist: str) -> Path:
     version = importlib.metadata.version(dist)
     CACHE.mkdir(parents=True, exist_ok=True)
     stem = dist.replace("-", "_").lower()
-    for found in CACHE.glob("*.tar.gz"):
-        name = found.name.lower().replace("-", "_")
-        if name == f"{stem}-{version}.tar.gz":
-            return found
+    wanted = f"{stem}_{version}.tar.gz"
+
+    def cached() -> Path | None:
+        return next(
+            (f for f in CACHE.glob("*.tar.gz") if f.name.lower().replace("-", "_") == wanted),
+            None,
+        )
+
+    found = cached()
+    if found is not None:
+        return found
     pip = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
            "--no-binary", dist, f"{dist}=={version}", "-d", str(CACHE)]  # fmt: skip
-    if subprocess.run(pip, capture_output=True, timeout=600).returncode == 0:
-        return _sdist(dist)
+    subprocess.run(pip, capture_output=True, timeout=900)
+    found = cached()
+    if found is not None:
+        return found
     request = urllib.request.Request(
         f"{INDEX}/{dist}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
     )
     with urllib.request.urlopen(request, timeout=60) as response:
         files = json.load(response)["files"]
-    wanted = {f"{stem}-{version}.tar.gz", f"{dist}-{version}.tar.gz"}
-    url = next(f["url"] for f in files if f["filename"].lower().replace("-", "_") in
-               {w.replace("-", "_") for w in wanted})  # fmt: skip
+    url = next(f["url"] for f in files if f["filename"].lower().replace("-", "_") == wanted)
     target = CACHE / f"{stem}-{version}.tar.gz"
     with urllib.request.urlopen(url, timeout=120) as response:
         target.write_bytes(response.read())

@@ -208,13 +208,20 @@ def test_mysql8_snapshot_from_performance_schema_rows() -> None:
 
 def test_mariadb_snapshot_from_information_schema_rows() -> None:
     now = [(1000.0,)]
-    records = [(8, 999.0, "X", "RECORD", "`lockscope`.`accounts`", "PRIMARY", "1", 7, "X")]
+    records = [(8, 999.0, "8:5:3:2", 7, "7:5:3:2")]
+    locks = [
+        ("8:5:3:2", "X", "RECORD", "`lockscope`.`accounts`", "PRIMARY", "1"),
+        ("7:5:3:2", "X", "RECORD", "`lockscope`.`accounts`", "PRIMARY", "1"),
+    ]
     user_waits = [(9, 2500.0, "SELECT GET_LOCK('jobs', 100)")]
     holders = [(6, "jobs"), (6, "unrelated")]
     sessions = [(6, "root", "127.0.0.1:1", ""), (7, "root", "127.0.0.1:2", ""),
                 (8, "root", "127.0.0.1:3", ""), (9, "root", "127.0.0.1:4", "")]  # fmt: skip
     snap = mysql_snapshot(
-        [now, records, user_waits, holders, sessions], SinceMemo(), mysql8=False, holders_known=True
+        [now, records, locks, user_waits, holders, sessions],
+        SinceMemo(),
+        mysql8=False,
+        holders_known=True,
     )
     assert snap.sessions[9].wait is not None
     assert snap.sessions[9].wait.name == "user_lock:jobs"

@@ -19,7 +19,7 @@ def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
             json.dump(
                 {
                     "active": shim is not None,
-                    "acquires": shim.recorder.acquires if shim else 0,
+                    "acquires": sum(shim.recorder.stats.snapshot()[1].values()) if shim else 0,
                     "errors": shim.recorder.errors if shim else 0,
                 },
                 f,

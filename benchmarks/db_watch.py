@@ -22,6 +22,7 @@ answer listing the deadlock.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -50,10 +51,8 @@ def block_row(connect: Any, n: int, update: str, begin: str) -> list[Any]:
 
 
 def _quiet(conn: Any, sql: str) -> None:
-    try:
+    with contextlib.suppress(Exception):  # the connection is closed under it at the end
         conn.cursor().execute(sql)
-    except Exception:
-        pass
 
 
 def poll_costs(dialect: Any, conn: Any, polls: int, server_cpu: Any) -> tuple[float, float, float]:
@@ -114,9 +113,7 @@ def bench_polls(args: argparse.Namespace) -> None:
             time.sleep(0.5 + n * 0.01)
             dialect = MysqlDialect()
             conn = dialect.connect(target)
-            wall, agent, db = poll_costs(
-                dialect, conn, args.polls, lambda: proc_cpu_s(my.pid)
-            )
+            wall, agent, db = poll_costs(dialect, conn, args.polls, lambda: proc_cpu_s(my.pid))
             print(f"{'mariadb':10} {n:7d} {wall:11.3f} {agent:10.3f} {db:8.3f}")
             dialect.close(conn)
             for c in conns:
@@ -147,58 +144,60 @@ def bench_latency(args: argparse.Namespace) -> None:
             from lockscope.instrumentation import LockscopeInstrumentor
 
             LockscopeInstrumentor().instrument()
-            import psycopg
-            import redis
-
-            times = []
-            for r in range(args.rounds):
-                name = f"bench-xl-{r}"
-                a_db = psycopg.connect(pg.dsn, autocommit=True)
-                b_db = psycopg.connect(pg.dsn, autocommit=True)
-                a_lock = redis.Redis.from_url(rs.url).lock(name, timeout=30)
-                b_lock = redis.Redis.from_url(rs.url).lock(name, timeout=30)
-                b_ready, a_ready = threading.Event(), threading.Event()
-                closed: list[float] = []
-
-                def a() -> None:
-                    a_lock.acquire()
-                    a_ready.set()
-                    b_ready.wait()
-                    try:
-                        a_db.execute("UPDATE t SET v = v - 1 WHERE id = 1")
-                    except Exception:
-                        pass
-                    a_lock.release()
-
-                def b() -> None:
-                    b_db.execute("BEGIN")
-                    b_db.execute("UPDATE t SET v = v + 1 WHERE id = 1")
-                    b_ready.set()
-                    a_ready.wait()
-                    time.sleep(0.05)  # A is in its UPDATE: B's acquire closes the cycle
-                    closed.append(time.monotonic())
-                    b_lock.acquire(blocking_timeout=10)
-                    b_db.execute("ROLLBACK")
-
-                ta, tb = threading.Thread(target=a), threading.Thread(target=b)
-                ta.start()
-                tb.start()
-                while not agent.get("/api/v1/deadlocks?status=active")["deadlocks"]:
-                    time.sleep(0.005)
-                times.append(time.monotonic() - closed[0])
-                # Break it the way the server's lock timeout would: cancel A's UPDATE.
-                pg.psql(f"SELECT pg_cancel_backend({a_db.info.backend_pid})")
-                ta.join()
-                tb.join()
-                a_db.close()
-                b_db.close()
-                while agent.get("/api/v1/deadlocks?status=active")["deadlocks"]:
-                    time.sleep(0.01)
+            times = [one_round(agent, pg, rs, r) for r in range(args.rounds)]
             print(
                 f"cross-layer deadlock (redis-py + PostgreSQL row), detection after the cycle "
                 f"closed: median {statistics.median(times):.3f} s, min {min(times):.3f} s, "
                 f"max {max(times):.3f} s over {len(times)} rounds"
             )
+
+
+def one_round(agent: Any, pg: Any, rs: Any, r: int) -> float:
+    """One cross-layer deadlock; returns the seconds from its closing to the finding."""
+    import psycopg
+    import redis
+
+    name = f"bench-xl-{r}"
+    a_db = psycopg.connect(pg.dsn, autocommit=True)
+    b_db = psycopg.connect(pg.dsn, autocommit=True)
+    a_lock = redis.Redis.from_url(rs.url).lock(name, timeout=30)
+    b_lock = redis.Redis.from_url(rs.url).lock(name, timeout=30)
+    b_ready, a_ready = threading.Event(), threading.Event()
+    closed: list[float] = []
+
+    def a() -> None:
+        a_lock.acquire()
+        a_ready.set()
+        b_ready.wait()
+        with contextlib.suppress(Exception):  # cancelled below, to end the round
+            a_db.execute("UPDATE t SET v = v - 1 WHERE id = 1")
+        a_lock.release()
+
+    def b() -> None:
+        b_db.execute("BEGIN")
+        b_db.execute("UPDATE t SET v = v + 1 WHERE id = 1")
+        b_ready.set()
+        a_ready.wait()
+        time.sleep(0.05)  # A is in its UPDATE: B's acquire closes the cycle
+        closed.append(time.monotonic())
+        b_lock.acquire(blocking_timeout=10)
+        b_db.execute("ROLLBACK")
+
+    ta, tb = threading.Thread(target=a), threading.Thread(target=b)
+    ta.start()
+    tb.start()
+    while not agent.get("/api/v1/deadlocks?status=active")["deadlocks"]:
+        time.sleep(0.005)
+    took = time.monotonic() - closed[0]
+    # Break it the way the server's lock timeout would: cancel A's UPDATE.
+    pg.psql(f"SELECT pg_cancel_backend({a_db.info.backend_pid})")
+    ta.join()
+    tb.join()
+    a_db.close()
+    b_db.close()
+    while agent.get("/api/v1/deadlocks?status=active")["deadlocks"]:
+        time.sleep(0.01)
+    return took
 
 
 def main() -> None:

@@ -22,15 +22,12 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from lockscope.errors import BackendUnavailable
-from lockscope.locks._database_dialects import (
-    DIALECTS,
-    Dialect,
-    HolderRow,
+from lockscope.locks._database_dialects import DIALECTS, Dialect, HolderRow, validate_table
+from lockscope.locks._database_urls import (
     Target,
     dialect_of_connection,
     namespace_of_connection,
     parse_url,
-    validate_table,
 )
 
 __all__ = ["LeaseStore", "store_for"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -263,3 +265,33 @@ def test_robust_lock_rejects_bad_delays(redis_url: str) -> None:
         RobustLock(inner, base_delay=1, max_delay=0.5)
     with pytest.raises(ValueError, match="deadline"):
         RobustLock(inner, deadline=-1)
+
+
+async def test_cancelled_trial_call_is_no_verdict() -> None:
+    """A half-open trial whose task is cancelled says nothing about the backend: the
+    breaker stays open (a success would close it) and allows the next trial at once."""
+    now = [0.0]
+    breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=5.0, clock=lambda: now[0])
+    breaker.record_failure()
+    now[0] = 10.0
+    assert breaker.state == "half-open"
+    started = asyncio.Event()
+
+    async def slow() -> bool:
+        started.set()
+        await asyncio.Event().wait()  # never answers
+        return True
+
+    task = asyncio.create_task(breaker.call_async(slow))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert breaker.state == "half-open"  # not closed: the trial gave no verdict
+    assert breaker.failures == 1
+
+    async def fine() -> bool:
+        return True
+
+    assert await breaker.call_async(fine)  # the next trial may go at once
+    assert breaker.state == "closed"

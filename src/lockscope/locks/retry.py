@@ -29,11 +29,11 @@ import random
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, ParamSpec, TypedDict, TypeVar, Unpack
+from typing import Any, ParamSpec, TypedDict, TypeVar, Unpack, cast
 
 from lockscope.errors import BackendUnavailable
 from lockscope.locks._delegate import AsyncDelegatingLock, DelegatingLock
-from lockscope.locks._sansio import Invoke, Op, Sleep, run, run_async
+from lockscope.locks._sansio import GiveBack, Invoke, Op, Sleep, run, run_async
 from lockscope.locks.base import AsyncLock, Lock, validate_timeout, validate_ttl
 
 __all__ = [
@@ -166,13 +166,16 @@ class CircuitBreaker:
             if self._state == HALF_OPEN:
                 self._state = OPEN  # the trial ended with no verdict: allow another at once
 
-    def call(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
-        """``fn(*args, **kwargs)`` through the breaker."""
+    def _guarded_op(self, call: Invoke) -> Op[Any]:
+        # Both flavours: what the call's outcome says about the backend.
         self.before_call()
         try:
-            result = fn(*args, **kwargs)
+            result = yield call
         except BackendUnavailable:
             self.record_failure()
+            raise
+        except GiveBack:  # the awaiting task was cancelled: no verdict
+            self.record_neutral()
             raise
         except Exception:
             self.record_success()  # e.g. LockNotOwned: an answer from a working backend
@@ -183,24 +186,15 @@ class CircuitBreaker:
         self.record_success()
         return result
 
+    def call(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """``fn(*args, **kwargs)`` through the breaker."""
+        return cast(_T, run(self._guarded_op(Invoke(fn, args, kwargs))))
+
     async def call_async(
         self, fn: Callable[_P, Awaitable[_T]], /, *args: _P.args, **kwargs: _P.kwargs
     ) -> _T:
         """``await fn(*args, **kwargs)`` through the breaker."""
-        self.before_call()
-        try:
-            result = await fn(*args, **kwargs)
-        except BackendUnavailable:
-            self.record_failure()
-            raise
-        except Exception:
-            self.record_success()
-            raise
-        except BaseException:
-            self.record_neutral()
-            raise
-        self.record_success()
-        return result
+        return cast(_T, await run_async(self._guarded_op(Invoke(fn, args, kwargs))))
 
     def _why(self, state: str) -> str:
         label = f" {self.name!r}" if self.name else ""

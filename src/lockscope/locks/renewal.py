@@ -248,6 +248,20 @@ class _Renewing:
         hold.stopped = True
         return lost
 
+    def _extend_op(self, seconds: float, extend: Callable[[float], Any]) -> Op[LockLost | None]:
+        """The owner's own ``extend``, for both flavours: the loss it revealed, if any."""
+        if self._loss.error is not None:
+            raise self._loss.error
+        started = time.monotonic()
+        try:
+            yield Invoke(extend, (seconds,))
+        except LockNotOwned as exc:
+            if self._hold is None:
+                raise
+            return self._loss.lost_error(exc, "extend found it no longer held")
+        self._extended(started, seconds)
+        return None
+
     def _extended(self, started: float, seconds: float) -> None:
         if self._hold is not None:
             # The server replaced the lease: it now ends at started + seconds.
@@ -299,19 +313,8 @@ class AutoRenewingLock(_Renewing, DelegatingLock[Lock]):
         self.wrapped.release()
 
     def extend(self, seconds: float) -> None:
-        lost: LockLost | None = None
         with self._mutex:
-            if self._loss.error is not None:
-                raise self._loss.error
-            started = time.monotonic()
-            try:
-                self.wrapped.extend(seconds)
-            except LockNotOwned as exc:
-                if self._hold is None:
-                    raise
-                lost = self._loss.lost_error(exc, "extend found it no longer held")
-            else:
-                self._extended(started, seconds)
+            lost = run(self._extend_op(seconds, self.wrapped.extend))
         if lost is not None:
             self._report(lost)
             raise lost
@@ -390,19 +393,8 @@ class AsyncAutoRenewingLock(_Renewing, AsyncDelegatingLock[AsyncLock]):
         await self.wrapped.release()
 
     async def extend(self, seconds: float) -> None:
-        lost: LockLost | None = None
         async with self._mutex:
-            if self._loss.error is not None:
-                raise self._loss.error
-            started = time.monotonic()
-            try:
-                await self.wrapped.extend(seconds)
-            except LockNotOwned as exc:
-                if self._hold is None:
-                    raise
-                lost = self._loss.lost_error(exc, "extend found it no longer held")
-            else:
-                self._extended(started, seconds)
+            lost = await run_async(self._extend_op(seconds, self.wrapped.extend))
         if lost is not None:
             await self._report(lost)
             raise lost

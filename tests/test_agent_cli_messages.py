@@ -161,3 +161,14 @@ def test_runbook_link():
     assert (
         runbook_link("https://w/{alertname}.html", "LockDeadlock") == "https://w/lockdeadlock.html"
     )
+
+
+def test_status_names_the_variable_an_unreachable_address_came_from(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("LOCKSCOPE_AGENT_HTTP", "nonsense")
+    args = argparse.Namespace(http=None, timeout=2.0, json=False, token=None)
+    assert status.run(args) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach the lockscope agent at http://nonsense" in err
+    assert "LOCKSCOPE_AGENT_HTTP='nonsense'" in err

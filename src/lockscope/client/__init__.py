@@ -31,6 +31,7 @@ __all__ = [
     "AgentClient",
     "AgentError",
     "ErrorKind",
+    "address_origin",
     "base_url",
     "describe_os_error",
 ]
@@ -60,6 +61,15 @@ class AgentError(Exception):
         self.url = url
         self.kind: ErrorKind = kind
         self.status = status
+
+
+def address_origin(value: str | None, env: Mapping[str, str] | None = None) -> str:
+    """`` (LOCKSCOPE_AGENT_HTTP=...)`` when the address came from the variable (so an error
+    about it says where to fix it), else empty."""
+    env = os.environ if env is None else env
+    if value or not env.get(ENV_HTTP):
+        return ""
+    return f" (the address is {ENV_HTTP}={env[ENV_HTTP]!r})"
 
 
 def base_url(value: str | None = None, env: Mapping[str, str] | None = None) -> str:

@@ -34,6 +34,7 @@ from lockscope.client import (
     ENV_TOKEN,
     AgentClient,
     AgentError,
+    address_origin,
     base_url,
 )
 
@@ -235,8 +236,11 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         url = base_url(args.http)
         token = getattr(args, "token", None) or os.environ.get(ENV_TOKEN)
         findings = fetch_findings(url, args.timeout, token)
-    except (AgentError, ValueError) as exc:
+    except ValueError as exc:
         print(f"lockscope status: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except AgentError as exc:
+        print(f"lockscope status: {exc}{address_origin(args.http)}", file=sys.stderr)
         return EXIT_UNREACHABLE
     if args.json:
         out.write(json.dumps(findings, indent=2, default=str) + "\n")

@@ -37,7 +37,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, TextIO
 
-from lockscope.client import DEFAULT_HTTP_URL, ENV_HTTP, ENV_TOKEN, AgentClient, AgentError
+from lockscope.client import (
+    DEFAULT_HTTP_URL,
+    ENV_HTTP,
+    ENV_TOKEN,
+    AgentClient,
+    AgentError,
+    address_origin,
+)
 from lockscope.client.status import SECTIONS
 
 __all__ = ["Frame", "add_arguments", "fetch_frame", "render_frame", "run", "wait_p99"]
@@ -326,7 +333,7 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
                 if frame is None:
                     if live:
                         out.write("\x1b[?25h\x1b[?1049l")
-                    print(f"lockscope top: {exc}", file=sys.stderr)
+                    print(f"lockscope top: {exc}{address_origin(args.http)}", file=sys.stderr)
                     return EXIT_UNREACHABLE
                 frame.error = f"{exc} (retrying)"
                 frame.at = time.time()

@@ -6,9 +6,10 @@ TTL, so lock keys are exactly their candidates; ``allkeys-*`` may also take the 
 counter, and tokens would then restart). A second client can then take a lock that is
 still held. lockscope cannot prevent that from the client, so it says so, once.
 
-The check is one ``CONFIG GET maxmemory*`` on a lock's first acquire, once per server and
-process. A server that refuses ``CONFIG`` (managed services, ACLs) is not an error: the
-lock works as before and the refusal is logged at debug level.
+The check is one ``CONFIG GET maxmemory*`` on a lock's first call to a server (normally
+its first acquire), once per server and process. A server that refuses ``CONFIG``
+(managed services, ACLs) is not an error: the lock works as before and the refusal is
+logged at debug level.
 """
 
 from __future__ import annotations

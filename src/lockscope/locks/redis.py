@@ -22,7 +22,7 @@ counter has no expiry (it must outlive every lease to keep tokens increasing): o
 key per lock name.  Under ``maxmemory`` the server must use ``maxmemory-policy
 noeviction``: every other policy may evict the lock key (it has a TTL) during its lease,
 so that a second client takes a lock that is still held (``volatile-*`` policies choose
-exactly among keys with a TTL).  The first acquire checks the server's policy once and
+exactly among keys with a TTL).  The first call to the server checks its policy once and
 logs a warning on the ``lockscope.locks`` logger if it can evict lock keys.
 
 :class:`AsyncRedisLock` is the same lock on ``redis.asyncio.Redis``: each operation is

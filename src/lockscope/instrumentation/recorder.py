@@ -158,13 +158,14 @@ class Recorder(InProcessRegistry):
         else:
             same.append(hold)
             self._by_key[info.key].append(hold)
-        if task is None and self.light.get(actor):
-            for lock in self.light[actor]:
+        in_process = (self.light if task is None else self.light_tasks).get(actor)
+        if in_process:
+            for lock in in_process:
                 key = (lock._template, info.template)
                 if key not in self._light_pairs:
                     self._light_pairs.add(key)
                     attrs = _pair_attrs(
-                        lock._template, lock._system, info.template, info.system, actor
+                        lock._template, lock._system, info.template, info.system, actor, task
                     )
                     self._emit(events.EVENT_ORDER_PAIR, now, attrs)
         mine = self.by_actor.get(actor)
@@ -345,9 +346,9 @@ class Recorder(InProcessRegistry):
                 for hold in self.by_actor.get(wait.actor, ()):
                     if not hold.reported:
                         self._report_hold(hold)
-                if wait.task is None:
-                    for lock in list(self.light.get(wait.actor, ())):
-                        self._report_light(lock, wait.actor)
+                table = self.light if wait.task is None else self.light_tasks
+                for lock in list(table.get(wait.actor, ())):
+                    self._report_light(lock, wait.actor)
                 wait.reported = True
                 self._emit(events.EVENT_WAIT_START, wait.start, self._wait_attrs(wait))
             for holds in self._holds.values():

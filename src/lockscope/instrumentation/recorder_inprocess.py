@@ -36,6 +36,8 @@ class InProcessRegistry:
     light: dict[int, list[InProcessLock]]
     """thread ident -> in-process locks it holds, oldest first; each thread writes only
     its own list."""
+    light_tasks: dict[int, list[InProcessLock]]
+    """The same for asyncio tasks (``id(task)``): the asyncio.Lock target."""
     dirty: set[InProcessLock]
     """In-process locks with hold durations the reporter has not folded yet."""
     _light_reported: dict[int, Hold]
@@ -43,6 +45,7 @@ class InProcessRegistry:
 
     def _reset_in_process(self) -> None:
         self.light = {}
+        self.light_tasks = {}
         self.dirty = set()
         self._light_reported = {}
         self._light_pairs = set()
@@ -57,12 +60,14 @@ class InProcessRegistry:
         raise NotImplementedError
 
     # -- caller's thread, off the lean path ----------------------------------------------
-    def light_acquired(self, lock: InProcessLock, ident: int) -> None:
-        """An in-process lock was taken (``lock._since`` set) by a thread that may hold
-        another lock (order pairs to check), or for the first time."""
-        held = self.light.get(ident)
+    def light_acquired(self, lock: InProcessLock, ident: int, task: Any = None) -> None:
+        """An in-process lock was taken (``lock._since`` set) by a thread (or the asyncio
+        ``task``, ``ident`` its id) that may hold another lock (order pairs to check), or
+        for the first time."""
+        table = self.light if task is None else self.light_tasks
+        held = table.get(ident)
         if held is None:
-            held = self.light[ident] = []
+            held = table[ident] = []
         elif held or ident in self.by_actor:
             self._light_order(held, lock, ident)
         held.append(lock)
@@ -82,13 +87,15 @@ class InProcessRegistry:
             if key not in self._light_pairs:
                 self._light_pairs.add(key)
                 self.emit(events.EVENT_ORDER_PAIR, _perf(), _pair_attrs(
-                    first._template, first._system, site, lock._system, ident))  # fmt: skip
+                    first._template, first._system, site, lock._system, ident,
+                    lock._task))  # fmt: skip
         for hold in list(self.by_actor.get(ident, ())):
             key = (hold.info.template, site)
             if key not in self._light_pairs:
                 self._light_pairs.add(key)
                 self.emit(events.EVENT_ORDER_PAIR, _perf(), _pair_attrs(
-                    hold.info.template, hold.info.system, site, lock._system, ident))  # fmt: skip
+                    hold.info.template, hold.info.system, site, lock._system, ident,
+                    lock._task))  # fmt: skip
 
     def report_light(self, lock: InProcessLock, ident: int) -> None:
         """Report an in-process hold now (its owner's wait was reported)."""
@@ -104,7 +111,7 @@ class InProcessRegistry:
         since = lock._since
         if not since or lock._hold is not None:
             return
-        hold = Hold(lock.lock_info(), ident, None, lock, since, since + self.offset,
+        hold = Hold(lock.lock_info(), ident, lock._task, lock, since, since + self.offset,
                     None, None, None)  # fmt: skip
         hold.reported = True
         lock._hold = hold
@@ -114,7 +121,7 @@ class InProcessRegistry:
             self._end_light(lock, (_perf() - since) / 1e9, locked=True)
 
     def _report_due_light(self, threshold: int) -> None:
-        for ident, locks in list(self.light.items()):
+        for ident, locks in [*self.light.items(), *self.light_tasks.items()]:
             if not locks:
                 continue
             for lock in list(locks):
@@ -150,7 +157,7 @@ class InProcessRegistry:
 
 
 def _pair_attrs(first: str, first_system: str, second: str, second_system: str,
-                ident: int) -> dict[str, Any]:  # fmt: skip
+                ident: int, task: Any = None) -> dict[str, Any]:  # fmt: skip
     return {
         events.ATTR_ORDER_FIRST: first,
         events.ATTR_ORDER_FIRST_MODE: "exclusive",
@@ -158,5 +165,5 @@ def _pair_attrs(first: str, first_system: str, second: str, second_system: str,
         events.ATTR_ORDER_SECOND: second,
         events.ATTR_ORDER_SECOND_MODE: "exclusive",
         events.ATTR_ORDER_SYSTEM_SECOND: second_system,
-        events.ATTR_ACTOR_ID: actor_id(ident, None),
+        events.ATTR_ACTOR_ID: actor_id(ident, task),
     }

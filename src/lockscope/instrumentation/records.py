@@ -189,7 +189,9 @@ class InProcessLock(Protocol):
     _since: int
     """``perf_counter_ns()`` when the recorded hold began; 0 when not held (or unrecorded)."""
     _owner: int
-    """The holding thread's ident."""
+    """The holding thread's ident (``id(task)`` for an asyncio task)."""
+    _task: Any
+    """The holding asyncio task; ``None`` for a thread."""
     _hold: Hold | None
     """The hold as reported to the agent, once it lasted ``report_after``."""
     _held: list[InProcessLock]

@@ -80,28 +80,16 @@ def _site(frame: Any) -> str:
     return f"{filename}:{frame.f_lineno}"
 
 
-class _Traced:
-    """A ``threading.Lock`` or ``RLock`` that tells the shim when it is held and waited for.
-
-    The uncontended path keeps the hold on the object itself (``_since``) and in a per-thread
-    list in the recorder; the reporter turns it into a hold event only if it lasts
-    ``report_after``.  A contended acquire goes through the recorder's wait registry.
-
-    It behaves as the lock it stands for: the same arguments are accepted and refused with
-    the same errors (any call other than ``acquire()`` has its arguments checked by a
-    fresh lock of the same type first), ``acquire_lock``/``release_lock``/``locked_lock``
-    exist, it cannot be copied or pickled, and ``isinstance(lock, _thread.LockType)`` holds
-    (through ``__class__``; ``type(lock)`` is this proxy, which Python cannot hide).
-    """
+class Recorded:
+    """The fields and methods an in-process lock record shares (threading and asyncio):
+    an :class:`~lockscope.instrumentation.recorder.InProcessLock`."""
 
     __slots__ = (
-        "__weakref__",
         "_durations",
         "_gen",
         "_held",
         "_hold",
         "_info",
-        "_inner",
         "_owner",
         "_since",
         "_site",
@@ -110,11 +98,10 @@ class _Traced:
     )
     _system = "threading"
     _reentrant = False
-    _probe: Any = staticmethod(_thread.allocate_lock)
-    """Makes a fresh lock of the inner type, to check a call's arguments exactly as bare."""
+    _task: Any = None
+    """The holding asyncio task (never one for a threading lock)."""
 
-    def __init__(self, inner: Any, site: str) -> None:
-        self._inner = inner
+    def __init__(self, site: str) -> None:
         self._template = site
         self._site = f"{site}#{next(_counter)}"
         self._info: LockInfo | None = None
@@ -127,10 +114,6 @@ class _Traced:
         """The hold as reported to the agent, once it has lasted report_after."""
         self._durations: list[int] = []
         self._waited = False
-
-    @property  # type: ignore[misc]
-    def __class__(self) -> type:  # isinstance(lock, _thread.LockType) holds
-        return type(self._inner)
 
     def lock_info(self) -> LockInfo:
         """The lock's identity in this process (rebuilt in a forked child)."""
@@ -156,6 +139,63 @@ class _Traced:
         batch = durations[:count]
         del durations[:count]
         stats.fold_in_process(self._template, self._system, batch)
+
+    def _released(self, since: int) -> None:
+        """Record the end of the hold, before the release: once released, the fields are
+        the next holder's.  ``_since`` is zeroed first, so the reporter does not start
+        reporting a hold that is ending."""
+        self._since = 0
+        try:
+            ns = _perf() - since
+            held = self._held
+            if held and held[-1] is self:
+                held.pop()
+            else:
+                with contextlib.suppress(ValueError):  # not the newest, or gone (a fork)
+                    held.remove(self)
+            durations = self._durations
+            if not durations:
+                shim = runtime.current
+                if shim is not None:
+                    shim.recorder.dirty.add(self)
+            if self._waited:
+                self._waited = False
+                durations.append(-ns)
+            else:
+                durations.append(ns)
+            if self._hold is not None:
+                shim = runtime.current
+                if shim is not None:
+                    shim.recorder.end_light(self, ns / 1e9)
+        except Exception:
+            operations.failed()
+
+
+class _Traced(Recorded):
+    """A ``threading.Lock`` or ``RLock`` that tells the shim when it is held and waited for.
+
+    The uncontended path keeps the hold on the object itself (``_since``) and in a per-thread
+    list in the recorder; the reporter turns it into a hold event only if it lasts
+    ``report_after``.  A contended acquire goes through the recorder's wait registry.
+
+    It behaves as the lock it stands for: the same arguments are accepted and refused with
+    the same errors (any call other than ``acquire()`` has its arguments checked by a
+    fresh lock of the same type first), ``acquire_lock``/``release_lock``/``locked_lock``
+    exist, it cannot be copied or pickled, and ``isinstance(lock, _thread.LockType)`` holds
+    (through ``__class__``; ``type(lock)`` is this proxy, which Python cannot hide).
+    """
+
+    __slots__ = ("__weakref__", "_inner")
+    _probe: Any = staticmethod(_thread.allocate_lock)
+    """Makes a fresh lock of the inner type, to check a call's arguments exactly as bare."""
+
+    def __init__(self, inner: Any, site: str) -> None:
+        super().__init__(site)
+        self._inner = inner
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:  # isinstance(lock, _thread.LockType) holds
+        return type(self._inner)
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """As ``threading.Lock.acquire``."""
@@ -261,36 +301,6 @@ class _Traced:
                 self._since = since
                 self._released(since)
         self._inner.release()
-
-    def _released(self, since: int) -> None:
-        """Record the end of the hold, before the release: once released, the fields are
-        the next holder's.  ``_since`` is zeroed first, so the reporter does not start
-        reporting a hold that is ending."""
-        self._since = 0
-        try:
-            ns = _perf() - since
-            held = self._held
-            if held and held[-1] is self:
-                held.pop()
-            else:
-                with contextlib.suppress(ValueError):  # not the newest, or gone (a fork)
-                    held.remove(self)
-            durations = self._durations
-            if not durations:
-                shim = runtime.current
-                if shim is not None:
-                    shim.recorder.dirty.add(self)
-            if self._waited:
-                self._waited = False
-                durations.append(-ns)
-            else:
-                durations.append(ns)
-            if self._hold is not None:
-                shim = runtime.current
-                if shim is not None:
-                    shim.recorder.end_light(self, ns / 1e9)
-        except Exception:
-            operations.failed()
 
     def locked(self) -> bool:
         """As ``threading.Lock.locked``."""

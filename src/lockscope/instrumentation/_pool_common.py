@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -58,7 +59,9 @@ class PoolAdapter(Adapter):
     def __init__(self, timeout_errors: tuple[type[BaseException], ...] = ()) -> None:
         self.timeout_errors = timeout_errors
         self.holds: dict[int, Hold] = {}
-        """id(checked-out connection) -> its hold."""
+        """id(checked-out connection) -> its hold (a forked child starts empty: the
+        parent's holds are the parent's)."""
+        os.register_at_fork(after_in_child=self.holds.clear)
 
     def name(self, pool: Any) -> str:
         raise NotImplementedError

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +37,8 @@ SUPPORTED = {"anyio": ">=4.0,<5"}
 
 _get_ident = threading.get_ident
 _on_behalf = operations.on_behalf
+# A forked child has none of its parent's worker threads (their idents may be reused).
+os.register_at_fork(after_in_child=_on_behalf.clear)
 
 
 class _OnBehalf:

@@ -142,8 +142,8 @@ def main() -> int:
     def per(cpu: float, n: int) -> str:
         return f"{cpu / max(n, 1) * 1e6:6.2f} µs/event  ({n / max(cpu, 1e-9):9,.0f} events/CPU-s)"
 
-    found_one = {d["id"] for d in standalone.api_deadlocks()["deadlocks"]}
-    found_det = {d["id"] for d in detector.api_deadlocks()["deadlocks"]}
+    found_one = {f.id for f in standalone.findings() if f.kind == "deadlock"}
+    found_det = {f.id for f in detector.findings() if f.kind == "deadlock"}
     print(f"stream: {len(sim):,} events ({args.idle:,} idle processes' beats included)")
     print(f"standalone agent      {per(cpu_one, n_one)}")
     print(f"shard (x{SHARDS}, all in)    {per(sum(shard_cpu), shard_events)}")

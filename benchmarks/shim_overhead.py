@@ -83,7 +83,8 @@ def _columns(target: Target, srcs: list[tuple[str, str | None]]) -> list[tuple[s
     main_src = srcs[-1][1]
     cols: list[tuple[str, str | None]] = []
     for config in target.configs:
-        if config in SHIM_CONFIGS and len(srcs) > 1:
+        per_src = config in SHIM_CONFIGS or (config == "bare" and target.bare_per_src)
+        if per_src and len(srcs) > 1:
             cols += [(f"{config} [{label}]", src) for label, src in srcs]
         else:
             cols.append((config, main_src))
@@ -143,14 +144,16 @@ def _print(
           " | process CPU added | goal |")  # fmt: skip
     print("|---|---|---:|---:|---:|---:|---:|---|")
     for target in targets:
-        bare = results[(target.name, "bare")]
         floor = results.get((target.name, "sdk-floor"))
         for label, _src in _columns(target, srcs):
             rows = results[(target.name, label)]
+            tree = label.partition(" [")[2]
+            bare = results.get((target.name, f"bare [{tree}"), results.get((target.name, "bare")))
+            assert bare is not None
             wall = statistics.median(r["wall"] for r in rows)
             cpu = statistics.median(r["cpu"] for r in rows)
             ratio = added = proc = ""
-            if label != "bare":
+            if not label.startswith("bare"):
                 ratio = _spread([r["wall"] / b["wall"] for r, b in zip(rows, bare, strict=True)],
                                 ".3f")  # fmt: skip
                 added = _spread([(r["cpu"] - b["cpu"]) / 1e3 for r, b in zip(rows, bare,
@@ -160,8 +163,9 @@ def _print(
             if label.startswith("spans") and floor is not None:
                 over = [(r["cpu"] - f["cpu"]) / 1e3 for r, f in zip(rows, floor, strict=True)]
                 added += f"; vs sdk-floor {_spread(over, '+.2f')} us"
-            name = target.name if label == "bare" else ""
-            goal = target.target if label == "bare" else ""
+            first = label == _columns(target, srcs)[0][0]
+            name = target.name if first else ""
+            goal = target.target if first else ""
             print(f"| {name} | {label} | {_us(wall)} | {ratio} | {_us(cpu)} | {added} | "
                   f"{proc} | {goal} |")  # fmt: skip
     print()

@@ -99,28 +99,29 @@ def _reacquire(instance: Any, args: Any, kwargs: Any) -> tuple[float | None, boo
     return (float(timeout) if timeout is not None else None), True
 
 
+_WRAPPERS = {
+    True: (operations.acquire_wrapper, operations.release_wrapper, operations.extend_wrapper),
+    False: (
+        operations.async_acquire_wrapper,
+        operations.async_release_wrapper,
+        operations.async_extend_wrapper,
+    ),
+}
+
+
 def instrument(patcher: Patcher) -> None:
     """Wrap redis-py's sync and asyncio ``Lock`` when they are imported."""
 
-    def sync(module: Any) -> None:
+    def apply(module: Any, sync: bool) -> None:
         from redis.exceptions import LockNotOwnedError
 
-        adapter = RedisAdapter((LockNotOwnedError,), sync=True)
+        adapter = RedisAdapter((LockNotOwnedError,), sync=sync)
+        acquire, release, extend = _WRAPPERS[sync]
         cls = module.Lock
-        patcher.wrap(cls, "acquire", operations.acquire_wrapper(adapter))
-        patcher.wrap(cls, "release", operations.release_wrapper(adapter))
-        patcher.wrap(cls, "extend", operations.extend_wrapper(adapter))
-        patcher.wrap(cls, "reacquire", operations.extend_wrapper(adapter, _reacquire))
+        patcher.wrap(cls, "acquire", acquire(adapter))
+        patcher.wrap(cls, "release", release(adapter))
+        patcher.wrap(cls, "extend", extend(adapter))
+        patcher.wrap(cls, "reacquire", extend(adapter, _reacquire))
 
-    def asynchronous(module: Any) -> None:
-        from redis.exceptions import LockNotOwnedError
-
-        adapter = RedisAdapter((LockNotOwnedError,), sync=False)
-        cls = module.Lock
-        patcher.wrap(cls, "acquire", operations.async_acquire_wrapper(adapter))
-        patcher.wrap(cls, "release", operations.async_release_wrapper(adapter))
-        patcher.wrap(cls, "extend", operations.async_extend_wrapper(adapter))
-        patcher.wrap(cls, "reacquire", operations.async_extend_wrapper(adapter, _reacquire))
-
-    patcher.when_imported("redis.lock", sync)
-    patcher.when_imported("redis.asyncio.lock", asynchronous)
+    patcher.when_imported("redis.lock", lambda module: apply(module, True))
+    patcher.when_imported("redis.asyncio.lock", lambda module: apply(module, False))

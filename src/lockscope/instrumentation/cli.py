@@ -73,7 +73,12 @@ def run(args: argparse.Namespace) -> int:
         print("lockscope instrument: no command given (lockscope instrument -- CMD ARGS...)",
               file=sys.stderr)  # fmt: skip
         return 2
-    from lockscope.instrumentation.config import EndpointError, check_endpoint, endpoint_error
+    from lockscope.instrumentation.config import (
+        EndpointError,
+        check_endpoint,
+        endpoint_error,
+        env_flag,
+    )
 
     try:
         if args.endpoint is not None:
@@ -83,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"lockscope instrument: {exc}", file=sys.stderr)
         return 2
     env = build_environment(args, os.environ)
-    problem = endpoint_error(env)
+    problem = None if env_flag(env, "LOCKSCOPE_DISABLED") else endpoint_error(env)
     if problem is not None:
         print(f"lockscope instrument: {problem}", file=sys.stderr)
         return 2

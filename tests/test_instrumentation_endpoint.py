@@ -238,3 +238,39 @@ def test_a_bad_endpoint_sends_nothing_and_names_the_variable(caplog: pytest.LogC
     transport = transport_for(config)
     assert isinstance(transport, UnsentTransport)
     assert not transport.post("/v1/logs", b"x").ok
+
+
+def test_lockscope_instrument_warns_about_a_closed_port():
+    # The zero-code path: the app itself sets nothing up.
+    url = f"http://127.0.0.1:{free_port()}"
+    app = (
+        "import time\n"
+        "from lockscope.instrumentation import runtime\n"
+        "deadline = time.monotonic() + 30\n"
+        "while runtime.current.reporter.failed_posts < 2 and time.monotonic() < deadline:\n"
+        "    time.sleep(0.05)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCKSCOPE_", "OTEL_"))}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lockscope.cli",
+            "instrument",
+            "--endpoint",
+            url,
+            "--",
+            sys.executable,
+            "-c",
+            app,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    warnings = _warnings(result.stderr.splitlines())
+    assert len(warnings) == 1, result.stderr
+    assert f"{url}/v1/" in warnings[0]

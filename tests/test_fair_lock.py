@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from lockscope.locks.fair import AsyncFairLock, FairLock
+from lockscope.locks.fair import FAIR_ACQUIRE, AsyncFairLock, FairLock
 from lockscope.locks.redis import RedisLock
 from lockscope.locks.renewal import AutoRenewingLock
 from polling import wait_until
@@ -261,3 +261,31 @@ async def test_cancelled_async_waiter_leaves_the_queue(redis_url: str) -> None:
 def test_waiter_timeout_must_exceed_poll_interval(redis_url: str) -> None:
     with pytest.raises(ValueError, match="waiter_timeout"):
         FairLock("bad", redis_url, waiter_timeout=0.1, retry_interval=0.05)
+
+
+async def test_cancelled_async_acquire_gives_back_a_lock_its_try_took(redis_url: str) -> None:
+    """The try's script may run after the task was cancelled (here: the server postpones
+    writes under CLIENT PAUSE WRITE, then runs the script): the lock it took is given back
+    before the cancellation propagates, instead of blocking the name for the whole ttl."""
+    admin = redis.Redis.from_url(redis_url)
+    lock = AsyncFairLock("async-give-back", redis_url, ttl=30)
+    assert await lock.waiters() == []  # connected (and policy checked) before the pause
+    admin.script_load(FAIR_ACQUIRE)  # so the postponed EVALSHA runs, not a NOSCRIPT reply
+    admin.client_pause(30_000, all=False)  # writes wait; reads and this client go on
+    try:
+        task = asyncio.create_task(lock.acquire(timeout=10))
+        deadline = time.monotonic() + 10
+        while not any(
+            c["cmd"] in ("evalsha", "eval") and "b" in c["flags"] for c in admin.client_list()
+        ):
+            assert time.monotonic() < deadline, "the try's script never reached the server"
+            await asyncio.sleep(0.01)
+        task.cancel()  # seen by the task only at its next turn, after the unpause below
+    finally:
+        admin.client_unpause()  # the server now runs the try's script: the lock is taken
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert admin.exists(lock.key) == 0
+    assert await lock.waiters() == []
+    await lock.aclose()
+    admin.close()

@@ -17,6 +17,7 @@ import redis.asyncio
 
 from lockscope.errors import BackendUnavailable, LockLost, LockNotAcquired, LockNotOwned
 from lockscope.locks import RedisLock as LazyRedisLock
+from lockscope.locks._redis_common import ACQUIRE_COUNTING
 from lockscope.locks.aio import RedisLock as LazyAsyncRedisLock
 from lockscope.locks.redis import AsyncRedisLock, RedisLock
 from lockscope.testing import faults
@@ -397,3 +398,29 @@ async def test_async_paused_server_is_backend_unavailable(
     await async_wait_until(lambda: lock.acquire(blocking=False))
     await lock.release()
     await lock.aclose()
+
+
+async def test_cancelled_async_acquire_deletes_the_key_its_script_set(redis_url: str) -> None:
+    """The acquire script may run after the task was cancelled (here: postponed by CLIENT
+    PAUSE WRITE, then run): the key it set is deleted before the cancellation propagates."""
+    admin = redis.Redis.from_url(redis_url)
+    lock = AsyncRedisLock(unique(), redis_url, ttl=30)
+    assert not await lock.locked()  # connected (and policy checked) before the pause
+    admin.script_load(ACQUIRE_COUNTING)  # so the postponed EVALSHA runs, not NOSCRIPT
+    admin.client_pause(30_000, all=False)  # writes wait; reads and this client go on
+    try:
+        task = asyncio.create_task(lock.acquire(timeout=10))
+        deadline = time.monotonic() + 10
+        while not any(
+            c["cmd"] in ("evalsha", "eval") and "b" in c["flags"] for c in admin.client_list()
+        ):
+            assert time.monotonic() < deadline, "the acquire script never reached the server"
+            await asyncio.sleep(0.01)
+        task.cancel()  # seen by the task only at its next turn, after the unpause below
+    finally:
+        admin.client_unpause()  # the server now runs the script: the key is set
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert admin.exists(lock.key) == 0
+    await lock.aclose()
+    admin.close()

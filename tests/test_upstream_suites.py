@@ -123,6 +123,9 @@ def _passed(report: Path) -> set[str]:
 def _run(root: Path, suite: Suite, report: Path, instrumented: bool, env: dict[str, str]) -> None:
     pytest_cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                   "-o", "timeout=120", "-o", "asyncio_default_fixture_loop_scope=function",
+                  # under the shim lockscope (a pytest plugin too) is imported before pytest:
+                  # suites that make warnings errors would stop at this config-time notice
+                  "-W", "ignore::pytest.PytestAssertRewriteWarning",
                   f"--junitxml={report}", *suite.options, *suite.args]  # fmt: skip
     if instrumented:
         pytest_cmd[3:3] = ["-p", "lockscope_probe"]

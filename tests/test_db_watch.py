@@ -26,6 +26,7 @@ import pytest
 import polling
 from lockscope.agent.db_dsn import parse_dsn
 from lockscope.agent.db_watch import setup_database_watchers
+from lockscope.client import AgentError
 from lockscope.testing.agent import InProcessAgent
 
 WORKER = str(Path(__file__).with_name("db_worker.py"))
@@ -253,9 +254,14 @@ def test_external_session_is_the_holder(
         def holder() -> dict[str, Any] | None:
             for lock in pg_agent.get("/api/v1/locks")["locks"]:
                 if lock["name"].startswith("row:public.accounts@") and lock["waiter_count"]:
-                    detail = pg_agent.get(
-                        "/api/v1/locks/" + urllib.parse.quote(lock["name"], safe="")
-                    )
+                    try:
+                        detail = pg_agent.get(
+                            "/api/v1/locks/" + urllib.parse.quote(lock["name"], safe="")
+                        )
+                    except AgentError as exc:  # gone since the list was read
+                        if exc.status == 404:
+                            return None
+                        raise
                     return dict(detail)
             return None
 
@@ -383,8 +389,10 @@ def test_get_lock_wait_and_holder_mariadb(
         path = "/api/v1/locks/" + urllib.parse.quote(f"user_lock:{lock}", safe="")
         try:
             found = dict(my_agent.get(path))
-        except Exception:
-            return None
+        except AgentError as exc:  # not (or no longer) a lock of the graph
+            if exc.status == 404:
+                return None
+            raise
         return found if found.get("holders") and found.get("waiters") else None
 
     def services() -> tuple[list[str], list[str]] | None:

@@ -111,11 +111,11 @@ def bench_polls(args: argparse.Namespace) -> None:
         for n in args.waiters:
             conns = block_row(connect, n, "UPDATE t SET v = v + 1 WHERE id = 1", "BEGIN")
             time.sleep(0.5 + n * 0.01)
-            dialect = MysqlDialect()
-            conn = dialect.connect(target)
-            wall, agent, db = poll_costs(dialect, conn, args.polls, lambda: proc_cpu_s(my.pid))
+            maria = MysqlDialect()
+            my_conn = maria.connect(target)
+            wall, agent, db = poll_costs(maria, my_conn, args.polls, lambda: proc_cpu_s(my.pid))
             print(f"{'mariadb':10} {n:7d} {wall:11.3f} {agent:10.3f} {db:8.3f}")
-            dialect.close(conn)
+            maria.close(my_conn)
             for c in conns:
                 c.close()
 

@@ -33,6 +33,7 @@ deadlock, a restart slower than two heartbeats plus one second, the label cap ex
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -76,6 +77,10 @@ def _active(http_url: str, locks: set[str]) -> list[dict[str, Any]]:
     ]
 
 
+def _cleared(http_url: str, locks: set[str]) -> bool:
+    return not _active(http_url, locks)
+
+
 def loss(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
     config = Path(tempfile.mkdtemp()) / "agent.toml"
     config.write_text(f"confirm_after = {args.confirm_after}\n")
@@ -112,11 +117,11 @@ def loss(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
                     pair = _deadlock_pair(redis_url, proxy.endpoint, a, b, args.heartbeat)
                     t0 = time.monotonic()
                     try:
-                        until(lambda locks=locks: _active(agent.http_url, locks), timeout=30)
+                        until(functools.partial(_active, agent.http_url, locks), timeout=30)
                         latencies.append(time.monotonic() - t0)
                         found += 1
                         pair[0].kill()
-                        until(lambda locks=locks: not _active(agent.http_url, locks), timeout=30)
+                        until(functools.partial(_cleared, agent.http_url, locks), timeout=30)
                     except AssertionError:
                         print(f"injected deadlock {k} NOT found; the agent's view:", flush=True)
                         for name in sorted(locks):

@@ -280,12 +280,15 @@ def _begin_safely(adapter: Adapter, instance: Any, args: Any, kwargs: Any,
         return None
     if task is None and on_behalf:
         task = on_behalf.get(_get_ident())
+    op = None
     try:
         op = _Acquire(shim, adapter, instance, info, task, args, kwargs)
         if op.span is not None:
             op.context = _attach(_set_span(op.span))
         return op
     except Exception:
+        if op is not None:  # registered, but the call goes on unrecorded: no phantom wait
+            shim.recorder.waits.discard(op)
         failed()
         return None
 

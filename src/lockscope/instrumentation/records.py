@@ -96,7 +96,10 @@ class LockInfo:
 
 
 class Wait:
-    """One acquire in progress."""
+    """One acquire in progress.
+
+    ``operations._Acquire`` (the wrappers' operation, a subclass) sets these fields itself,
+    without calling ``__init__``: a field added here must be set there too."""
 
     __slots__ = (
         "actor",

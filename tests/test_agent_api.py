@@ -113,7 +113,7 @@ def participant_of(deadlock: dict[str, Any], service: str) -> dict[str, Any]:
 
 async def test_two_ring_deadlock_appears_and_resolves(
     agent: AgentRunner, session: aiohttp.ClientSession
-):
+) -> None:
     now = time.time_ns()
     await send(session, agent, ring(now))
 
@@ -162,7 +162,7 @@ async def _empty(query: Callable[[], Awaitable[list[Any]]]) -> bool:
 
 async def test_consistent_order_is_not_a_deadlock(
     agent: AgentRunner, session: aiohttp.ClientSession
-):
+) -> None:
     now = time.time_ns()
     # Both take A first: shipping waits for billing, no cycle.
     await send(
@@ -185,7 +185,7 @@ async def _graph_with_edges(session: aiohttp.ClientSession, agent: AgentRunner) 
     return graph if graph["edges"] else None
 
 
-async def test_locks_list_and_detail(agent: AgentRunner, session: aiohttp.ClientSession):
+async def test_locks_list_and_detail(agent: AgentRunner, session: aiohttp.ClientSession) -> None:
     await send(session, agent, ring(time.time_ns()))
 
     async def locks() -> list[dict[str, Any]]:
@@ -204,7 +204,9 @@ async def test_locks_list_and_detail(agent: AgentRunner, session: aiohttp.Client
     assert isinstance(raw["timeline"], list)
 
 
-async def test_unknown_lock_is_a_json_404(agent: AgentRunner, session: aiohttp.ClientSession):
+async def test_unknown_lock_is_a_json_404(
+    agent: AgentRunner, session: aiohttp.ClientSession
+) -> None:
     for name in ("nope", "a/b/c", quote("x y/%z", safe="")):
         async with session.get(f"{agent.http_url}/api/v1/locks/{name}") as response:
             assert response.status == 404
@@ -212,13 +214,17 @@ async def test_unknown_lock_is_a_json_404(agent: AgentRunner, session: aiohttp.C
             assert "error" in await response.json()
 
 
-async def test_bad_status_filter_is_a_json_400(agent: AgentRunner, session: aiohttp.ClientSession):
+async def test_bad_status_filter_is_a_json_400(
+    agent: AgentRunner, session: aiohttp.ClientSession
+) -> None:
     async with session.get(agent.http_url + "/api/v1/deadlocks?status=maybe") as response:
         assert response.status == 400
         assert "error" in await response.json()
 
 
-async def test_graph_has_actor_and_lock_nodes(agent: AgentRunner, session: aiohttp.ClientSession):
+async def test_graph_has_actor_and_lock_nodes(
+    agent: AgentRunner, session: aiohttp.ClientSession
+) -> None:
     await send(session, agent, ring(time.time_ns()))
     graph = await eventually(lambda: _graph_with_edges(session, agent))
     assert set(graph) >= {"nodes", "edges"}
@@ -229,7 +235,7 @@ async def test_graph_has_actor_and_lock_nodes(agent: AgentRunner, session: aioht
     assert len(graph["nodes"]) >= 4  # two actors, two locks
 
 
-async def test_processes(agent: AgentRunner, session: aiohttp.ClientSession):
+async def test_processes(agent: AgentRunner, session: aiohttp.ClientSession) -> None:
     await send(session, agent, ring(time.time_ns()))
 
     async def processes() -> list[dict[str, Any]]:
@@ -239,7 +245,7 @@ async def test_processes(agent: AgentRunner, session: aiohttp.ClientSession):
     assert {(p["service"], p["pid"]) for p in listed} == {("billing", 101), ("shipping", 202)}
 
 
-async def test_order_inversion(agent: AgentRunner, session: aiohttp.ClientSession):
+async def test_order_inversion(agent: AgentRunner, session: aiohttp.ClientSession) -> None:
     now = time.time_ns()
 
     def pair(process: ProcessInfo, first: str, second: str) -> Event:
@@ -271,7 +277,7 @@ async def test_order_inversion(agent: AgentRunner, session: aiohttp.ClientSessio
     assert "account:{id}" in str(inversion)
 
 
-async def test_violation_and_stale_holder_routes(session: aiohttp.ClientSession):
+async def test_violation_and_stale_holder_routes(session: aiohttp.ClientSession) -> None:
     config = AgentConfig(max_hold=0.5)
     async with AgentRunner(config, otlp=("127.0.0.1", 0), http=("127.0.0.1", 0)) as agent:
         now = time.time_ns()
@@ -301,7 +307,7 @@ async def test_violation_and_stale_holder_routes(session: aiohttp.ClientSession)
         assert inversions["order-inversions"] == inversions["order_inversions"]
 
 
-async def test_index_links_the_api(agent: AgentRunner, session: aiohttp.ClientSession):
+async def test_index_links_the_api(agent: AgentRunner, session: aiohttp.ClientSession) -> None:
     async with session.get(agent.http_url + "/") as response:
         assert response.status == 200
         page = await response.text()
@@ -310,7 +316,7 @@ async def test_index_links_the_api(agent: AgentRunner, session: aiohttp.ClientSe
         await get(session, agent, path)
 
 
-def test_the_lockscope_agent_fixture(lockscope_agent: Any):
+def test_the_lockscope_agent_fixture(lockscope_agent: Any) -> None:
     """The pytest plugin's fixture: an in-process agent for users' own tests."""
     now = time.time_ns()
     lockscope_agent.post_events(ring(now), wire="json")

@@ -40,7 +40,7 @@ def parse(*argv: str) -> argparse.Namespace:
 # -- settings -----------------------------------------------------------------------------
 
 
-def test_defaults_are_the_spec_addresses():
+def test_defaults_are_the_spec_addresses() -> None:
     settings = agent_cli.resolve(parse(), environ={})
     assert settings.otlp == ("127.0.0.1", 4318)
     assert settings.http == ("127.0.0.1", 9477)
@@ -50,7 +50,7 @@ def test_defaults_are_the_spec_addresses():
     assert set(settings.sources.values()) == {"default"}
 
 
-def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path):
+def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path) -> None:
     config = tmp_path / "agent.toml"
     config.write_text(
         'otlp = "10.0.0.1:1111"\n'
@@ -116,12 +116,12 @@ def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path):
         ("http://127.0.0.1:4318/", ("127.0.0.1", 4318)),
     ],
 )
-def test_parse_address(value: str, expected: tuple[str, int]):
+def test_parse_address(value: str, expected: tuple[str, int]) -> None:
     assert agent_cli.parse_address(value) == expected
 
 
 @pytest.mark.parametrize("value", ["127.0.0.1", "host:port", "host:70000", ""])
-def test_bad_addresses_are_rejected(value: str):
+def test_bad_addresses_are_rejected(value: str) -> None:
     with pytest.raises(agent_cli.SettingsError):
         agent_cli.parse_address(value)
 
@@ -151,7 +151,7 @@ def test_bad_settings_exit_2_with_a_message(
     message: str,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
-):
+) -> None:
     for name in list(os.environ):
         if name.startswith("LOCKSCOPE_"):
             monkeypatch.delenv(name)
@@ -177,12 +177,12 @@ def test_roles_from_flags_env_and_file(tmp_path: Path) -> None:
     assert agent_cli.load_config(agent_cli.resolve(parse(), environ={})).stale_holder_findings
 
 
-def test_missing_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+def test_missing_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert agent_cli.run(parse("--config", str(tmp_path / "absent.toml"))) == 2
     assert "absent.toml" in capsys.readouterr().err
 
 
-def test_help_documents_flags_env_and_an_example():
+def test_help_documents_flags_env_and_an_example() -> None:
     result = subprocess.run(
         [*LOCKSCOPE, "agent", "--help"], capture_output=True, text=True, timeout=60, check=False
     )
@@ -271,7 +271,7 @@ def http_get(url: str) -> tuple[int, Any]:
         return exc.code, json.load(exc)
 
 
-def test_real_agent_serves_health_readiness_and_the_api(agent_process: AgentProcess):
+def test_real_agent_serves_health_readiness_and_the_api(agent_process: AgentProcess) -> None:
     assert http_get(agent_process.http_url + "/healthz") == (200, {"status": "ok"})
     status_code, body = http_get(agent_process.http_url + "/readyz")
     assert (status_code, body["status"]) == (200, "ready")
@@ -280,7 +280,7 @@ def test_real_agent_serves_health_readiness_and_the_api(agent_process: AgentProc
     assert (status_code, body) == (200, {"deadlocks": []})
 
 
-async def test_readyz_is_503_until_ready_and_while_stopping():
+async def test_readyz_is_503_until_ready_and_while_stopping() -> None:
     import aiohttp
 
     from lockscope.agent.app import AgentRunner
@@ -301,7 +301,7 @@ async def test_readyz_is_503_until_ready_and_while_stopping():
         await runner.stop()
 
 
-def test_sigterm_finishes_the_request_in_flight_then_exits_0(agent_process: AgentProcess):
+def test_sigterm_finishes_the_request_in_flight_then_exits_0(agent_process: AgentProcess) -> None:
     host, port = agent_process.otlp_url.removeprefix("http://").rsplit(":", 1)
     body = encode_logs([ring_events(time.time_ns())[0]])
     half = len(body) // 2
@@ -332,12 +332,12 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(agent_process: Agen
     assert "shutting down" in agent_process.rest_of_stderr()
 
 
-def test_sigint_exits_0(agent_process: AgentProcess):
+def test_sigint_exits_0(agent_process: AgentProcess) -> None:
     agent_process.proc.send_signal(signal.SIGINT)
     assert agent_process.proc.wait(timeout=15) == 0
 
 
-def test_a_busy_port_exits_1(agent_process: AgentProcess, tmp_path: Path):
+def test_a_busy_port_exits_1(agent_process: AgentProcess, tmp_path: Path) -> None:
     busy = agent_process.http_url.removeprefix("http://")
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOCKSCOPE_")}
     result = subprocess.run(
@@ -357,7 +357,7 @@ def test_a_busy_port_exits_1(agent_process: AgentProcess, tmp_path: Path):
 
 def test_status_against_something_that_is_not_the_agent_exits_2(
     agent_process: AgentProcess, capsys: pytest.CaptureFixture[str]
-):
+) -> None:
     # The OTLP port has no /api/v1 routes: an error, not findings.
     args = argparse.Namespace(http=agent_process.otlp_url, timeout=5.0, json=False)
     assert status.run(args) == 2

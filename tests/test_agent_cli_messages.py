@@ -28,7 +28,7 @@ def resolve(argv: list[str], env: dict[str, str] | None = None) -> agent_cli.Age
     return agent_cli.resolve(agent_parser().parse_args(argv), env or {})
 
 
-def test_unknown_file_key_lists_every_known_key_and_the_nearest(tmp_path: Path):
+def test_unknown_file_key_lists_every_known_key_and_the_nearest(tmp_path: Path) -> None:
     config = tmp_path / "agent.toml"
     config.write_text('alertmanager_url = "http://am:9093"\n')
     with pytest.raises(agent_cli.SettingsError) as info:
@@ -41,7 +41,7 @@ def test_unknown_file_key_lists_every_known_key_and_the_nearest(tmp_path: Path):
         assert f"{key}," in known or f"{key})" in known, key
 
 
-def test_a_bad_file_value_names_the_file_and_the_key(tmp_path: Path):
+def test_a_bad_file_value_names_the_file_and_the_key(tmp_path: Path) -> None:
     config = tmp_path / "agent.toml"
     config.write_text('log_level = "verbose"\n')
     with pytest.raises(agent_cli.SettingsError) as info:
@@ -52,19 +52,19 @@ def test_a_bad_file_value_names_the_file_and_the_key(tmp_path: Path):
     )
 
 
-def test_a_bad_variable_names_the_variable():
+def test_a_bad_variable_names_the_variable() -> None:
     with pytest.raises(agent_cli.SettingsError) as info:
         resolve([], {"LOCKSCOPE_AGENT_HTTP": "nonsense"})
     assert str(info.value).startswith("LOCKSCOPE_AGENT_HTTP='nonsense': the HTTP address must")
 
 
-def test_a_bad_flag_names_the_flag():
+def test_a_bad_flag_names_the_flag() -> None:
     with pytest.raises(agent_cli.SettingsError) as info:
         resolve(["--otlp", "localhost"])
     assert str(info.value).startswith("--otlp 'localhost': the OTLP address must be HOST:PORT")
 
 
-def test_the_token_is_never_echoed():
+def test_the_token_is_never_echoed() -> None:
     with pytest.raises(agent_cli.SettingsError) as info:
         resolve([], {"LOCKSCOPE_AGENT_TOKEN": " secret "})
     assert "secret" not in str(info.value)
@@ -83,7 +83,7 @@ def run_agent(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_a_port_in_use_names_the_listener_and_the_flag():
+def test_a_port_in_use_names_the_listener_and_the_flag() -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
@@ -94,14 +94,14 @@ def test_a_port_in_use_names_the_listener_and_the_flag():
     assert "in use" in result.stderr
 
 
-def test_an_unresolvable_host_names_the_address():
+def test_an_unresolvable_host_names_the_address() -> None:
     result = run_agent("--otlp", "nosuchhost.invalid:4318", "--http", "127.0.0.1:0")
     assert result.returncode == 1
     assert "the OTLP receiver cannot listen on nosuchhost.invalid:4318 (--otlp" in result.stderr
     assert "does not resolve" in result.stderr
 
 
-def test_status_on_the_otlp_port_says_so(capsys: pytest.CaptureFixture[str]):
+def test_status_on_the_otlp_port_says_so(capsys: pytest.CaptureFixture[str]) -> None:
     with InProcessAgent() as agent:
         otlp_url = agent.otlp_url
         args = argparse.Namespace(http=otlp_url, timeout=5.0, json=False, token=None)
@@ -111,14 +111,14 @@ def test_status_on_the_otlp_port_says_so(capsys: pytest.CaptureFixture[str]):
     assert "--http" in err
 
 
-def test_status_names_a_bad_variable(capsys: pytest.CaptureFixture[str], monkeypatch):
+def test_status_names_a_bad_variable(capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
     monkeypatch.setenv("LOCKSCOPE_AGENT_HTTP", "htp://x")
     args = argparse.Namespace(http=None, timeout=5.0, json=False, token=None)
     assert status.run(args) == 2
     assert "LOCKSCOPE_AGENT_HTTP='htp://x'" in capsys.readouterr().err
 
 
-def test_docs_agent_settings_table_is_the_generated_one():
+def test_docs_agent_settings_table_is_the_generated_one() -> None:
     text = (ROOT / "docs" / "agent.md").read_text()
     table = text.split(BEGIN, 1)[1].split(END, 1)[0].strip()
     assert table == markdown_table(agent_parser()), (
@@ -129,7 +129,7 @@ def test_docs_agent_settings_table_is_the_generated_one():
         assert f"`{flag}" in table
 
 
-def test_agent_help_names_every_route_and_the_settings():
+def test_agent_help_names_every_route_and_the_settings() -> None:
     result = subprocess.run(
         [*LOCKSCOPE, "agent", "--help"], capture_output=True, text=True, timeout=60, check=True
     )
@@ -138,7 +138,7 @@ def test_agent_help_names_every_route_and_the_settings():
     assert "LOCKSCOPE_AGENT_TOKEN_FILE" in result.stdout.split("settings:", 1)[1]
 
 
-def test_runbook_url_from_flag_variable_or_file(tmp_path: Path):
+def test_runbook_url_from_flag_variable_or_file(tmp_path: Path) -> None:
     config = tmp_path / "agent.toml"
     config.write_text('runbook_url = "https://wiki.example/file"\n')
     from_file = resolve(["--config", str(config)])
@@ -154,7 +154,7 @@ def test_runbook_url_from_flag_variable_or_file(tmp_path: Path):
         resolve([], {"LOCKSCOPE_RUNBOOK_URL": "wiki"})
 
 
-def test_runbook_link():
+def test_runbook_link() -> None:
     from lockscope.agent.export_alertmanager import runbook_link
 
     assert runbook_link("https://w/runbook", "LockDeadlock") == "https://w/runbook#lockdeadlock"
@@ -165,7 +165,7 @@ def test_runbook_link():
 
 def test_status_names_the_variable_an_unreachable_address_came_from(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-):
+) -> None:
     monkeypatch.setenv("LOCKSCOPE_AGENT_HTTP", "nonsense")
     args = argparse.Namespace(http=None, timeout=2.0, json=False, token=None)
     assert status.run(args) == 2

@@ -103,7 +103,9 @@ def logs_response(body: bytes) -> Any:
 # -- good input ---------------------------------------------------------------------------
 
 
-async def test_protobuf_logs_become_events(agent: AgentRunner, session: aiohttp.ClientSession):
+async def test_protobuf_logs_become_events(
+    agent: AgentRunner, session: aiohttp.ClientSession
+) -> None:
     status, ctype, body = await post(
         session, agent, "/v1/logs", encode_logs([hold("a"), hold("b", "thread:2")])
     )
@@ -113,7 +115,9 @@ async def test_protobuf_logs_become_events(agent: AgentRunner, session: aiohttp.
     assert agent.stats.events == 2
 
 
-async def test_json_logs_answered_in_json(agent: AgentRunner, session: aiohttp.ClientSession):
+async def test_json_logs_answered_in_json(
+    agent: AgentRunner, session: aiohttp.ClientSession
+) -> None:
     status, ctype, body = await post(
         session, agent, "/v1/logs", encode_logs([hold("a")], "json"), JSON
     )
@@ -122,7 +126,7 @@ async def test_json_logs_answered_in_json(agent: AgentRunner, session: aiohttp.C
     assert agent.stats.events == 1
 
 
-async def test_otlp_json_rules(agent: AgentRunner, session: aiohttp.ClientSession):
+async def test_otlp_json_rules(agent: AgentRunner, session: aiohttp.ClientSession) -> None:
     """Hex ids, int64 as strings and numbers, enums as ints, unknown fields, both key styles."""
     record = {
         "timeUnixNano": str(T0),
@@ -183,7 +187,7 @@ async def test_otlp_json_rules(agent: AgentRunner, session: aiohttp.ClientSessio
     assert parsed.severity_number == 9
 
 
-async def test_gzip_and_deflate(agent: AgentRunner, session: aiohttp.ClientSession):
+async def test_gzip_and_deflate(agent: AgentRunner, session: aiohttp.ClientSession) -> None:
     body = encode_logs([hold("a")])
     status, _, _ = await post(
         session, agent, "/v1/logs", gzip.compress(body), **{"Content-Encoding": "gzip"}
@@ -207,7 +211,7 @@ async def test_gzip_and_deflate(agent: AgentRunner, session: aiohttp.ClientSessi
 
 async def test_other_logs_are_ignored_not_rejected(
     agent: AgentRunner, session: aiohttp.ClientSession
-):
+) -> None:
     request = logs_request([hold("a")])
     other = request.resource_logs[0].scope_logs[0].log_records.add(event_name="app.login")
     other.body.string_value = "user logged in"
@@ -225,7 +229,7 @@ async def test_other_logs_are_ignored_not_rejected(
 
 async def test_partial_success_for_rejected_records(
     agent: AgentRunner, session: aiohttp.ClientSession
-):
+) -> None:
     bad = Event(ev.EVENT_HOLD_START, T0, P1, {ev.ATTR_ACTOR_ID: "thread:1"})  # no lock
     unknown = Event("lockscope.from.the.future", T0, P1, {})
     status, _, body = await post(
@@ -248,7 +252,9 @@ async def test_partial_success_for_rejected_records(
     assert answer["partialSuccess"]["errorMessage"]
 
 
-async def test_a_large_batch_is_applied_whole(agent: AgentRunner, session: aiohttp.ClientSession):
+async def test_a_large_batch_is_applied_whole(
+    agent: AgentRunner, session: aiohttp.ClientSession
+) -> None:
     events = [hold(f"bulk/{i}", f"thread:{i}") for i in range(2400)]  # just under LIMIT
     status, _, body = await post(session, agent, "/v1/logs", encode_logs(events))
     assert status == 200
@@ -266,7 +272,9 @@ class BrokenState(AgentState):
         super().apply(event, now_ns)
 
 
-async def test_a_state_bug_rejects_the_record_not_the_request(session: aiohttp.ClientSession):
+async def test_a_state_bug_rejects_the_record_not_the_request(
+    session: aiohttp.ClientSession,
+) -> None:
     async with AgentRunner(
         otlp=("127.0.0.1", 0), http=("127.0.0.1", 0), state=BrokenState()
     ) as runner:
@@ -315,7 +323,7 @@ async def test_undecodable_bodies_get_400(
     body: bytes | None,
     content_type: str,
     headers: dict[str, str],
-):
+) -> None:
     full = encode_logs([hold("a"), hold("b")])
     if body is None:
         body = full[: len(full) - 7]
@@ -344,7 +352,7 @@ async def test_unsupported_media_gets_415(
     session: aiohttp.ClientSession,
     content_type: str | None,
     headers: dict[str, str],
-):
+) -> None:
     status, _, _ = await post(
         session, agent, "/v1/logs", encode_logs([hold("a")]), content_type, **headers
     )
@@ -352,7 +360,7 @@ async def test_unsupported_media_gets_415(
     await assert_serving(session, agent)
 
 
-async def test_oversized_body_gets_413(agent: AgentRunner, session: aiohttp.ClientSession):
+async def test_oversized_body_gets_413(agent: AgentRunner, session: aiohttp.ClientSession) -> None:
     big = b"\x00" * (LIMIT + 1)
     status, _, _ = await post(session, agent, "/v1/logs", big)
     assert status == 413
@@ -370,7 +378,7 @@ async def test_oversized_body_gets_413(agent: AgentRunner, session: aiohttp.Clie
 
 async def test_gzip_bomb_is_413_without_inflating(
     agent: AgentRunner, session: aiohttp.ClientSession
-):
+) -> None:
     inflated = 64 * LIMIT
     compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
     bomb = b"".join(compressor.compress(b"\x00" * LIMIT) for _ in range(64)) + compressor.flush()
@@ -389,7 +397,7 @@ async def test_gzip_bomb_is_413_without_inflating(
 
 async def test_a_body_exactly_at_the_limit_is_accepted_after_decompression(
     session: aiohttp.ClientSession,
-):
+) -> None:
     body = encode_logs([hold(f"lock-{i}") for i in range(50)])
     async with AgentRunner(
         otlp=("127.0.0.1", 0), http=("127.0.0.1", 0), max_request_bytes=len(body)
@@ -408,7 +416,7 @@ async def test_a_body_exactly_at_the_limit_is_accepted_after_decompression(
         assert status == 413
 
 
-async def test_wrong_method_and_path(agent: AgentRunner, session: aiohttp.ClientSession):
+async def test_wrong_method_and_path(agent: AgentRunner, session: aiohttp.ClientSession) -> None:
     async with session.get(agent.otlp_url + "/v1/logs") as response:
         assert response.status == 405
     status, _, _ = await post(session, agent, "/v1/profiles", b"")
@@ -451,7 +459,7 @@ def traces_request(*spans: Any, scope: str = "my.go.app") -> Any:
     return request
 
 
-def test_lock_spans_translate_to_events():
+def test_lock_spans_translate_to_events() -> None:
     request = traces_request(
         lock_span(ev.SPAN_ACQUIRE, T0, T0 + 250_000_000),
         lock_span(ev.SPAN_HOLD, T0 + 250_000_000, T0 + 1_250_000_000, **{ev.ATTR_OUTCOME: "lost"}),
@@ -482,7 +490,7 @@ def test_lock_spans_translate_to_events():
     assert process.instance == "go-worker/unknown_host/0"
 
 
-def test_shim_spans_are_not_counted_twice():
+def test_shim_spans_are_not_counted_twice() -> None:
     batch = decode_traces(
         traces_request(lock_span(ev.SPAN_HOLD, T0, T0 + 5), scope="lockscope.instrumentation")
     )
@@ -490,7 +498,7 @@ def test_shim_spans_are_not_counted_twice():
     assert batch.ignored == 1
 
 
-def test_spans_without_a_lock_name_or_with_bad_times_are_rejected():
+def test_spans_without_a_lock_name_or_with_bad_times_are_rejected() -> None:
     span = lock_span(ev.SPAN_HOLD, T0, T0 + 5)
     del span.attributes[:]
     batch = decode_traces(traces_request(span, lock_span(ev.SPAN_ACQUIRE, T0 + 5, T0)))
@@ -500,7 +508,7 @@ def test_spans_without_a_lock_name_or_with_bad_times_are_rejected():
 
 async def test_spans_over_http_protobuf_and_json(
     agent: AgentRunner, session: aiohttp.ClientSession
-):
+) -> None:
     request = traces_request(
         lock_span(ev.SPAN_ACQUIRE, T0, T0 + 10), lock_span(ev.SPAN_HOLD, T0 + 10, T0 + 20)
     )
@@ -556,7 +564,7 @@ def counter_request(value: int, start: int, outcome: str = "acquired") -> Any:
 
 async def test_metrics_are_stored_per_process_with_reset_handling(
     agent: AgentRunner, session: aiohttp.ClientSession
-):
+) -> None:
     for value, start in ((5, T0), (9, T0), (3, T0 + 10**12)):  # the third is a restart
         status, ctype, body = await post(
             session, agent, "/v1/metrics", counter_request(value, start).SerializeToString()
@@ -585,7 +593,7 @@ async def test_metrics_are_stored_per_process_with_reset_handling(
     assert agent.metrics_store.sums()[key] == 16.0
 
 
-def test_idle_processes_are_forgotten_without_lowering_totals():
+def test_idle_processes_are_forgotten_without_lowering_totals() -> None:
     from lockscope.agent.metrics_store import MetricsStore
     from lockscope.agent.otlp_decode import decode_metrics
 
@@ -599,7 +607,7 @@ def test_idle_processes_are_forgotten_without_lowering_totals():
     assert store.sums() == before
 
 
-def test_metric_series_cap():
+def test_metric_series_cap() -> None:
     from lockscope.agent.metrics_store import MetricsStore
     from lockscope.agent.otlp_decode import decode_metrics
 
@@ -614,7 +622,7 @@ def test_metric_series_cap():
 # -- decoding helpers ---------------------------------------------------------------------
 
 
-def test_process_fallbacks():
+def test_process_fallbacks() -> None:
     assert process_from_attributes({}) == ProcessInfo(
         "unknown_service", "unknown_host", 0, "unknown_service/unknown_host/0"
     )
@@ -625,7 +633,7 @@ def test_process_fallbacks():
     assert info.instance == "i-1"
 
 
-def test_nested_attribute_values_decode():
+def test_nested_attribute_values_decode() -> None:
     attrs = {
         ev.ATTR_HOLDS: [{ev.ATTR_LOCK_NAME: "a", ev.ATTR_SINCE: 5}],
         "flag": True,

@@ -43,7 +43,7 @@ def run_check(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
     )
 
 
-def test_check_passes_and_the_agent_lists_the_test_process(agent: InProcessAgent):
+def test_check_passes_and_the_agent_lists_the_test_process(agent: InProcessAgent) -> None:
     result = run_check("--endpoint", agent.otlp_url, "--http", agent.http_url)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("lockscope check: OK:")
@@ -52,7 +52,7 @@ def test_check_passes_and_the_agent_lists_the_test_process(agent: InProcessAgent
     assert SERVICE in services
 
 
-def test_check_reads_the_shims_settings(agent: InProcessAgent):
+def test_check_reads_the_shims_settings(agent: InProcessAgent) -> None:
     # No flags: LOCKSCOPE_ENDPOINT given with the signal path (OTLP's full-path habit).
     env = {
         "LOCKSCOPE_ENDPOINT": agent.otlp_url + "/v1/logs",
@@ -67,7 +67,7 @@ def test_check_reads_the_shims_settings(agent: InProcessAgent):
     assert run_check(env=env).returncode == 0
 
 
-def test_check_closed_port_says_refused(agent: InProcessAgent):
+def test_check_closed_port_says_refused(agent: InProcessAgent) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     result = run_check("--endpoint", url, "--http", agent.http_url)
     assert result.returncode == 1
@@ -76,7 +76,7 @@ def test_check_closed_port_says_refused(agent: InProcessAgent):
     assert "connection refused" in result.stderr
 
 
-def test_check_api_port_is_not_an_otlp_receiver(agent: InProcessAgent):
+def test_check_api_port_is_not_an_otlp_receiver(agent: InProcessAgent) -> None:
     result = run_check("--endpoint", agent.http_url, "--http", agent.http_url)
     assert result.returncode == 1
     assert f"{agent.http_url}/v1/logs" in result.stderr
@@ -85,14 +85,14 @@ def test_check_api_port_is_not_an_otlp_receiver(agent: InProcessAgent):
     assert "4318" in result.stderr
 
 
-def test_check_wrong_path(agent: InProcessAgent):
+def test_check_wrong_path(agent: InProcessAgent) -> None:
     url = agent.otlp_url + "/otlp"
     result = run_check("--endpoint", url, "--http", agent.http_url)
     assert result.returncode == 1
     assert f"{url}/v1/logs: HTTP 404, not an OTLP receiver" in result.stderr
 
 
-def test_check_unauthorized_then_with_the_token():
+def test_check_unauthorized_then_with_the_token() -> None:
     with InProcessAgent(access=AccessPolicy("s3cret")) as guarded:
         result = run_check("--endpoint", guarded.otlp_url, "--http", guarded.http_url)
         assert result.returncode == 1
@@ -102,7 +102,7 @@ def test_check_unauthorized_then_with_the_token():
         assert ok.returncode == 0, ok.stderr
 
 
-def test_check_timed_out(agent: InProcessAgent):
+def test_check_timed_out(agent: InProcessAgent) -> None:
     # A listener that accepts connections but never answers.
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
@@ -112,7 +112,7 @@ def test_check_timed_out(agent: InProcessAgent):
             check(url, agent.http_url, timeout=0.5, env={})
 
 
-def test_check_accepted_elsewhere_is_not_confirmed(agent: InProcessAgent):
+def test_check_accepted_elsewhere_is_not_confirmed(agent: InProcessAgent) -> None:
     # The event went to another agent: the one at --http never sees it.
     with (
         InProcessAgent() as other,
@@ -122,7 +122,7 @@ def test_check_accepted_elsewhere_is_not_confirmed(agent: InProcessAgent):
     assert agent.http_url in str(info.value)
 
 
-def test_check_api_unreachable(agent: InProcessAgent):
+def test_check_api_unreachable(agent: InProcessAgent) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(CheckFailed, match="could not confirm: cannot reach") as info:
         check(agent.otlp_url, url, timeout=1.0, env={})
@@ -130,13 +130,13 @@ def test_check_api_unreachable(agent: InProcessAgent):
 
 
 @pytest.mark.parametrize("endpoint", ["htp://127.0.0.1:4318", "foo", "http://:4318"])
-def test_check_rejects_a_url_that_does_not_parse(endpoint: str):
+def test_check_rejects_a_url_that_does_not_parse(endpoint: str) -> None:
     result = run_check("--endpoint", endpoint)
     assert result.returncode == 1
     assert f"--endpoint={endpoint!r}" in result.stderr
 
 
-def test_check_names_a_bad_environment_endpoint():
+def test_check_names_a_bad_environment_endpoint() -> None:
     result = run_check(env={"LOCKSCOPE_ENDPOINT": "htp://127.0.0.1:4318"})
     assert result.returncode == 1
     assert "LOCKSCOPE_ENDPOINT='htp://127.0.0.1:4318'" in result.stderr

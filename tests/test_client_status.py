@@ -42,7 +42,7 @@ FINDINGS = {
 }
 
 
-def test_a_wide_terminal_gets_the_whole_table_on_one_line_per_row():
+def test_a_wide_terminal_gets_the_whole_table_on_one_line_per_row() -> None:
     text = render(FINDINGS, "http://agent", width=250)
     row = next(line for line in text.splitlines() if line.startswith("order:{id}, "))
     assert LONG in row  # the ORDERS column, whole (it used to be cut at 100 characters)
@@ -50,14 +50,14 @@ def test_a_wide_terminal_gets_the_whole_table_on_one_line_per_row():
     assert len(row) <= 250
 
 
-def test_a_narrow_terminal_gets_records_not_cut_cells():
+def test_a_narrow_terminal_gets_records_not_cut_cells() -> None:
     text = render(FINDINGS, "http://agent", width=60)
     assert LONG in text  # nothing cut...
     assert "-[ 1 ]-" in text  # ...the table is printed one record per block
     assert "ORDERS  " in text
 
 
-def test_no_width_when_piped_means_no_limit():
+def test_no_width_when_piped_means_no_limit() -> None:
     assert terminal_width(io.StringIO(), env={}) is None
     assert terminal_width(io.StringIO(), env={"COLUMNS": "250"}) == 250
     text = table(["a"], [["x" * 500]], None)
@@ -96,7 +96,7 @@ def lockscope_agent_with_ring() -> Iterator[InProcessAgent]:
         yield agent
 
 
-def test_status_prints_active_findings_as_tables(lockscope_agent_with_ring: InProcessAgent):
+def test_status_prints_active_findings_as_tables(lockscope_agent_with_ring: InProcessAgent) -> None:
     out = io.StringIO()
     args = argparse.Namespace(http=lockscope_agent_with_ring.http_url, timeout=5.0, json=False)
     assert status.run(args, out) == 0
@@ -115,7 +115,7 @@ def test_status_prints_active_findings_as_tables(lockscope_agent_with_ring: InPr
     assert "Lock-order inversions: none active" in text
 
 
-def test_status_tables_for_the_other_findings(capsys: pytest.CaptureFixture[str]):
+def test_status_tables_for_the_other_findings(capsys: pytest.CaptureFixture[str]) -> None:
     now = time.time_ns()
     s = 1_000_000_000
 
@@ -154,7 +154,7 @@ def test_status_tables_for_the_other_findings(capsys: pytest.CaptureFixture[str]
     assert "ledger -> account:{id} (shipping:202)" in text
 
 
-def test_status_command_end_to_end(lockscope_agent_with_ring: InProcessAgent):
+def test_status_command_end_to_end(lockscope_agent_with_ring: InProcessAgent) -> None:
     result = subprocess.run(
         [*LOCKSCOPE, "status", "--http", lockscope_agent_with_ring.http_url],
         capture_output=True,
@@ -176,7 +176,7 @@ def test_status_command_end_to_end(lockscope_agent_with_ring: InProcessAgent):
     assert len(json.loads(result.stdout)["deadlocks"]) == 1
 
 
-def test_status_with_no_findings(capsys: pytest.CaptureFixture[str]):
+def test_status_with_no_findings(capsys: pytest.CaptureFixture[str]) -> None:
     with InProcessAgent() as agent:
         args = argparse.Namespace(http=agent.http_url, timeout=5.0, json=False)
         assert status.run(args) == 0
@@ -191,7 +191,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_status_unreachable_agent_exits_2():
+def test_status_unreachable_agent_exits_2() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     result = subprocess.run(
         [*LOCKSCOPE, "status", "--http", url, "--timeout", "2"],
@@ -206,7 +206,7 @@ def test_status_unreachable_agent_exits_2():
     assert url in result.stderr
 
 
-def test_table_alignment():
+def test_table_alignment() -> None:
     text = status.table(["a", "long header"], [["x" * 120, None], [[1, 2], {"k": "v"}]])
     lines = text.splitlines()
     assert lines[0].startswith("A ")

@@ -82,7 +82,7 @@ class Tmux:
         self.tmux("kill-server")
 
 
-def test_top_refreshes_in_place_under_tmux(agent: InProcessAgent):
+def test_top_refreshes_in_place_under_tmux(agent: InProcessAgent) -> None:
     assert shutil.which("tmux"), "tmux is missing: scripts/setup-system.sh installs it"
     top = Tmux([sys.executable, "-m", "lockscope.cli", "top", "--http", agent.http_url,
                 "--interval", "0.3"])  # fmt: skip
@@ -113,7 +113,7 @@ def test_top_refreshes_in_place_under_tmux(agent: InProcessAgent):
         top.close()
 
 
-def test_top_prints_plain_frames_when_not_a_terminal(agent: InProcessAgent):
+def test_top_prints_plain_frames_when_not_a_terminal(agent: InProcessAgent) -> None:
     result = subprocess.run(
         [
             sys.executable,
@@ -139,7 +139,7 @@ def test_top_prints_plain_frames_when_not_a_terminal(agent: InProcessAgent):
     assert all(len(line) <= 120 for line in result.stdout.splitlines())
 
 
-def test_top_unreachable_agent_exits_2():
+def test_top_unreachable_agent_exits_2() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "lockscope.cli", "top", "--http", "http://127.0.0.1:9", "-n", "1"],
         capture_output=True,
@@ -160,7 +160,7 @@ lockscope_lock_wait_seconds_bucket{lock="acct/{id}",system="redis",le="+Inf"} 10
 """
 
 
-def test_wait_p99_of_all_then_of_the_interval():
+def test_wait_p99_of_all_then_of_the_interval() -> None:
     first = _buckets(METRICS)
     assert wait_p99(first) == {"acct/{id}": 1.0}
     later = _buckets(METRICS.replace(" 90\n", " 190\n").replace(" 98\n", " 198\n")

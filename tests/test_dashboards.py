@@ -63,7 +63,7 @@ def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 # -- static checks ------------------------------------------------------------------------
-def test_committed_json_is_the_generators_output():
+def test_committed_json_is_the_generators_output() -> None:
     generated = _generator().generate()
     assert set(generated) == {p.name for p in DASHBOARDS.glob("*.json")}
     for name, text in generated.items():
@@ -72,7 +72,7 @@ def test_committed_json_is_the_generators_output():
         )
 
 
-def test_dashboards_are_provisioning_ready():
+def test_dashboards_are_provisioning_ready() -> None:
     uids = set()
     for name, d in _dashboards().items():
         assert d["id"] is None, name
@@ -95,7 +95,7 @@ def test_dashboards_are_provisioning_ready():
     assert "apiVersion: 1" in provisioning
 
 
-def test_overview_covers_the_issue_list():
+def test_overview_covers_the_issue_list() -> None:
     titles = {p["title"] for p in _panels(_dashboards()["lockscope-overview.json"])}
     for needed in (
         "Acquisition rate by result",
@@ -115,7 +115,7 @@ def test_overview_covers_the_issue_list():
         assert needed in titles
 
 
-def test_per_lock_dashboard_is_templated_by_lock():
+def test_per_lock_dashboard_is_templated_by_lock() -> None:
     d = _dashboards()["lockscope-lock.json"]
     assert "lock" in {v["name"] for v in d["templating"]["list"]}
     for panel in _panels(d):
@@ -216,7 +216,9 @@ def _has_value(result: list[dict[str, Any]]) -> bool:
 
 
 @pytest.mark.parametrize("name", ["lockscope-overview.json", "lockscope-lock.json"])
-def test_every_panel_query_returns_data(live: tuple[InProcessAgent, PrometheusServer], name: str):
+def test_every_panel_query_returns_data(
+    live: tuple[InProcessAgent, PrometheusServer], name: str
+) -> None:
     _agent, prometheus = live
     checked = 0
     for panel in _panels(_dashboards()[name]):
@@ -236,7 +238,9 @@ def test_every_panel_query_returns_data(live: tuple[InProcessAgent, PrometheusSe
     assert checked >= 8
 
 
-def test_the_node_graph_panel_reads_the_agent(live: tuple[InProcessAgent, PrometheusServer]):
+def test_the_node_graph_panel_reads_the_agent(
+    live: tuple[InProcessAgent, PrometheusServer],
+) -> None:
     agent, _ = live
     (panel,) = [
         p for p in _panels(_dashboards()["lockscope-overview.json"]) if p["type"] == "nodeGraph"
@@ -257,7 +261,9 @@ def test_the_node_graph_panel_reads_the_agent(live: tuple[InProcessAgent, Promet
     assert {"orders:1", "payments:9"} <= {n["title"] for n in nodes}
 
 
-def test_live_metrics_of_a_real_app_pass_promtool(live: tuple[InProcessAgent, PrometheusServer]):
+def test_live_metrics_of_a_real_app_pass_promtool(
+    live: tuple[InProcessAgent, PrometheusServer],
+) -> None:
     agent, _ = live
     with urllib.request.urlopen(agent.http_url + "/metrics", timeout=10) as response:
         text = response.read().decode()

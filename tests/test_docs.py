@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
-def test_no_document_cites_the_spec():
+def test_no_document_cites_the_spec() -> None:
     offenders = [
         f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
         for path in DOCS
@@ -20,7 +20,7 @@ def test_no_document_cites_the_spec():
     assert not offenders, "\n".join(offenders)
 
 
-def test_design_doc_has_the_sections_others_link_to():
+def test_design_doc_has_the_sections_others_link_to() -> None:
     design = (ROOT / "docs" / "design.md").read_text()
     for heading in (
         "## Principles, and why",
@@ -32,7 +32,7 @@ def test_design_doc_has_the_sections_others_link_to():
         assert heading in design, heading
 
 
-def test_the_module_map_names_files_that_exist():
+def test_the_module_map_names_files_that_exist() -> None:
     design = (ROOT / "docs" / "design.md").read_text()
     table = design.split("## Architecture", 1)[1]
     src = ROOT / "src" / "lockscope"

@@ -93,7 +93,9 @@ receivers:
 """
 
 
-def test_a_cross_service_deadlock_reaches_each_teams_route(webhooks: Webhooks, tmp_path: Path):
+def test_a_cross_service_deadlock_reaches_each_teams_route(
+    webhooks: Webhooks, tmp_path: Path
+) -> None:
     tag = uuid.uuid4().hex[:6]
     order, sku = f"order:{tag}", f"/inventory/sku/{tag}"
     with (
@@ -139,7 +141,7 @@ def _finding(kind: str, data: dict[str, Any], services: tuple[str, ...]) -> Find
     )  # fmt: skip
 
 
-def test_a_violation_between_two_services_alerts_both():
+def test_a_violation_between_two_services_alerts_both() -> None:
     data = {"lock": "ledger", "service": "billing", "other": {"service": "shipping"}}
     sets = alert_label_sets(_finding(VIOLATION, data, ("billing",)))
     assert [(s["service"], s["lock"]) for s in sets] == [("billing", "ledger"),
@@ -147,7 +149,7 @@ def test_a_violation_between_two_services_alerts_both():
     assert {s["id"] for s in sets} == {"vio-1"}
 
 
-def test_an_inversion_gives_each_service_the_locks_it_takes():
+def test_an_inversion_gives_each_service_the_locks_it_takes() -> None:
     data = {
         "pairs": [
             {"first": "account:{id}", "second": "ledger", "service": "billing"},
@@ -172,7 +174,7 @@ def test_an_inversion_gives_each_service_the_locks_it_takes():
         (["alertname=LockscopeAgentDown"], "platform"),
     ],
 )
-def test_the_example_config_routes_per_service(labels: list[str], receiver: str):
+def test_the_example_config_routes_per_service(labels: list[str], receiver: str) -> None:
     amtool = shutil.which("amtool")
     assert amtool, "amtool missing (prometheus-alertmanager, scripts/setup-system.sh)"
     result = subprocess.run(

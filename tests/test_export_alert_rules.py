@@ -40,23 +40,23 @@ def _run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=cwd)
 
 
-def test_there_are_rules_and_tests():
+def test_there_are_rules_and_tests() -> None:
     assert len(RULE_FILES) == 2
     assert len(RULE_TESTS) == 2
 
 
-def test_promtool_check_rules():
+def test_promtool_check_rules() -> None:
     result = _run(_tool("promtool", "prometheus"), "check", "rules", *map(str, RULE_FILES))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_promtool_test_rules():
+def test_promtool_test_rules() -> None:
     result = _run(_tool("promtool", "prometheus"), "test", "rules", *map(str, RULE_TESTS))
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("SUCCESS") == len(RULE_TESTS)
 
 
-def test_promtool_test_rules_can_fail(tmp_path: Path):
+def test_promtool_test_rules_can_fail(tmp_path: Path) -> None:
     """A wrong expectation fails: the rule tests above really check something."""
     wrong = tmp_path / "wrong.yml"
     wrong.write_text(
@@ -79,7 +79,7 @@ tests:
     assert result.returncode != 0
 
 
-def test_amtool_check_config_on_the_example():
+def test_amtool_check_config_on_the_example() -> None:
     amtool = _tool("amtool", "prometheus-alertmanager")
     result = _run(amtool, "check-config", str(ALERTS / "alertmanager.example.yml"))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -120,7 +120,7 @@ def test_every_alert_is_complete(loaded_rules):
     assert names == SPEC_ALERTS
 
 
-def test_runbook_explains_every_alert():
+def test_runbook_explains_every_alert() -> None:
     text = RUNBOOK.read_text(encoding="utf-8")
     for name in SPEC_ALERTS:
         section = text.split(f"## {name}\n", 1)[1].split("\n## ", 1)[0]

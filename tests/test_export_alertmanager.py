@@ -67,7 +67,7 @@ def wait_until(predicate: Any, timeout: float = 15.0, interval: float = 0.05) ->
 
 def test_a_deadlock_is_one_alert_per_service_with_labels_and_annotations(
     agent: InProcessAgent, alertmanager_server: AlertmanagerServer, locks: tuple[str, str]
-):
+) -> None:
     agent.post_events(deadlock_events(*locks))
     (alert,) = wait_until(lambda: deadlock_alerts(alertmanager_server, locks))
     (finding,) = agent.get("/api/v1/deadlocks?status=active")["deadlocks"]
@@ -105,7 +105,9 @@ def _sent(agent: InProcessAgent) -> float:
     return sum(sent.values())
 
 
-def test_two_agents_give_one_alert(alertmanager_server: AlertmanagerServer, locks: tuple[str, str]):
+def test_two_agents_give_one_alert(
+    alertmanager_server: AlertmanagerServer, locks: tuple[str, str]
+) -> None:
     now = time.time_ns()
     with _agent([alertmanager_server.url]) as one, _agent([alertmanager_server.url]) as two:
         for agent in (one, two):
@@ -121,7 +123,7 @@ def test_two_agents_give_one_alert(alertmanager_server: AlertmanagerServer, lock
 
 def test_alert_resolves_when_the_deadlock_ends(
     alertmanager_server: AlertmanagerServer, locks: tuple[str, str]
-):
+) -> None:
     # A long resend interval puts endsAt minutes ahead: only an explicit resolution (endsAt
     # = when the deadlock ended) can make the alert go within the deadline below.
     with _agent([alertmanager_server.url], resend_interval=120.0) as agent:
@@ -137,7 +139,7 @@ def test_alert_resolves_when_the_deadlock_ends(
 
 def test_alertmanager_down_then_up_loses_nothing(
     agent: InProcessAgent, alertmanager_server: AlertmanagerServer, locks: tuple[str, str]
-):
+) -> None:
     alertmanager_server.stop()
     agent.post_events(deadlock_events(*locks))
     wait_until(lambda: agent.get("/api/v1/deadlocks?status=active")["deadlocks"])
@@ -158,7 +160,7 @@ def test_alertmanager_down_then_up_loses_nothing(
 
 def test_resolution_during_an_outage_is_delivered(
     agent: InProcessAgent, alertmanager_server: AlertmanagerServer, locks: tuple[str, str]
-):
+) -> None:
     """Alertmanager restarts empty; an alert that resolved meanwhile must not linger."""
     now = time.time_ns()
     agent.post_events(deadlock_events(*locks, now=now))
@@ -176,14 +178,14 @@ def test_resolution_during_an_outage_is_delivered(
 
 def test_two_alertmanagers_each_get_the_alert(
     alertmanager_server: AlertmanagerServer, locks: tuple[str, str]
-):
+) -> None:
     with AlertmanagerServer() as second, _agent([alertmanager_server.url, second.url]) as agent:
         agent.post_events(deadlock_events(*locks))
         wait_until(lambda: deadlock_alerts(alertmanager_server, locks))
         wait_until(lambda: deadlock_alerts(second, locks))
 
 
-def test_no_alertmanager_url_means_no_exporter():
+def test_no_alertmanager_url_means_no_exporter() -> None:
     with InProcessAgent() as agent:
         text = metrics_text(agent)
     assert "lockscope_agent_alerts_sent_total" not in text
@@ -191,7 +193,7 @@ def test_no_alertmanager_url_means_no_exporter():
 
 def test_lockscope_agent_command_pushes_with_its_external_url(
     alertmanager_server: AlertmanagerServer, locks: tuple[str, str]
-):
+) -> None:
     """The real ``lockscope agent`` process: --alertmanager-url and --external-url."""
     otlp, http = free_port(), free_port()
     agent = subprocess.Popen(
@@ -245,7 +247,7 @@ def _finding(n: int, active: bool) -> Finding:
     return finding
 
 
-def test_alert_memory_is_bounded_and_never_drops_active_alerts():
+def test_alert_memory_is_bounded_and_never_drops_active_alerts() -> None:
     from lockscope.agent.export_alertmanager import AlertExporter, AlertOptions
 
     exporter = AlertExporter([], AlertOptions(max_alerts=3))

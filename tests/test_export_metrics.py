@@ -76,7 +76,7 @@ def _feed(agent: InProcessAgent) -> None:
         urllib.request.urlopen(bad, timeout=10)
 
 
-def test_every_spec_metric_with_help_type_and_labels(agent: InProcessAgent):
+def test_every_spec_metric_with_help_type_and_labels(agent: InProcessAgent) -> None:
     _feed(agent)
     text = metrics_text(agent)
     found = families(text)
@@ -121,7 +121,7 @@ def test_every_spec_metric_with_help_type_and_labels(agent: InProcessAgent):
             assert all(s.name.endswith(("_total", "_created")) for s in family.samples)
 
 
-def test_promtool_check_metrics_on_live_output(agent: InProcessAgent):
+def test_promtool_check_metrics_on_live_output(agent: InProcessAgent) -> None:
     promtool = shutil.which("promtool")
     assert promtool, "promtool missing: apt-get install prometheus"
     _feed(agent)
@@ -134,7 +134,7 @@ def test_promtool_check_metrics_on_live_output(agent: InProcessAgent):
     assert result.stderr.strip() == "", result.stderr
 
 
-def test_promtool_catches_a_bad_exposition():
+def test_promtool_catches_a_bad_exposition() -> None:
     """The check above can fail: promtool flags a counter without _total."""
     bad = "# HELP foo_seconds x\n# TYPE foo_seconds counter\nfoo_seconds 1\n"
     result = subprocess.run(
@@ -143,7 +143,7 @@ def test_promtool_catches_a_bad_exposition():
     assert result.returncode != 0 or result.stdout.strip() or result.stderr.strip()
 
 
-def test_lock_label_cap_folds_into_other_and_counts():
+def test_lock_label_cap_folds_into_other_and_counts() -> None:
     config = AgentConfig(limits=Limits(max_label_values=3))
     with InProcessAgent(config) as agent:
         templates = [f"tpl-{c}" for c in "abcde"]
@@ -165,7 +165,7 @@ def test_lock_label_cap_folds_into_other_and_counts():
         assert again == acquisitions
 
 
-def test_label_cap_is_sticky_and_maps_the_states_overflow():
+def test_label_cap_is_sticky_and_maps_the_states_overflow() -> None:
     cap = LabelCap(2)
     assert cap("a") == "a"
     assert cap("b") == "b"
@@ -175,7 +175,7 @@ def test_label_cap_is_sticky_and_maps_the_states_overflow():
     assert (cap.kept, cap.folded) == (2, 1)
 
 
-def test_counters_never_decrease_across_process_restarts(agent: InProcessAgent):
+def test_counters_never_decrease_across_process_restarts(agent: InProcessAgent) -> None:
     series = (("lock", "jobs"), ("result", "acquired"), ("system", "redis"))
 
     def total() -> float:
@@ -206,7 +206,7 @@ def test_counters_never_decrease_across_process_restarts(agent: InProcessAgent):
     assert total() == 21
 
 
-def test_lost_locks_are_not_counted_twice(agent: InProcessAgent):
+def test_lost_locks_are_not_counted_twice(agent: InProcessAgent) -> None:
     """A lost lock arrives as the shim's counter and as a lock.lost event: counted once."""
 
     now = time.time_ns()

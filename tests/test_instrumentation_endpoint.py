@@ -89,7 +89,7 @@ def _warnings(lines: list[str]) -> list[str]:
     return [line for line in lines if "cannot send lock events to" in line]
 
 
-def test_closed_port_warns_once_on_stderr_without_logging_setup():
+def test_closed_port_warns_once_on_stderr_without_logging_setup() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     first, lines, stdout = run_child(url)
     warnings = _warnings(lines)
@@ -102,7 +102,7 @@ def test_closed_port_warns_once_on_stderr_without_logging_setup():
     assert int(stdout.split()[-1]) >= 6  # it kept failing after the one warning
 
 
-def test_api_port_warns_not_an_otlp_receiver(agent: InProcessAgent):
+def test_api_port_warns_not_an_otlp_receiver(agent: InProcessAgent) -> None:
     first, lines, _ = run_child(agent.http_url)
     warnings = _warnings(lines)
     assert len(warnings) == 1, lines
@@ -112,7 +112,7 @@ def test_api_port_warns_not_an_otlp_receiver(agent: InProcessAgent):
     assert first is not None
 
 
-def test_wrong_path_warns(agent: InProcessAgent):
+def test_wrong_path_warns(agent: InProcessAgent) -> None:
     url = agent.otlp_url + "/otlp"
     first, lines, _ = run_child(url)
     warnings = _warnings(lines)
@@ -122,7 +122,7 @@ def test_wrong_path_warns(agent: InProcessAgent):
     assert first is not None
 
 
-def test_a_url_that_does_not_parse_is_an_error_at_start():
+def test_a_url_that_does_not_parse_is_an_error_at_start() -> None:
     _first, lines, _ = run_child("htp://127.0.0.1:4318")
     errors = [line for line in lines if "LOCKSCOPE_ENDPOINT='htp://127.0.0.1:4318'" in line]
     assert len(errors) == 1, lines
@@ -130,7 +130,7 @@ def test_a_url_that_does_not_parse_is_an_error_at_start():
 
 
 @pytest.mark.parametrize("endpoint", ["foo", "htp://127.0.0.1:4318"])
-def test_lockscope_instrument_rejects_a_bad_endpoint(endpoint: str):
+def test_lockscope_instrument_rejects_a_bad_endpoint(endpoint: str) -> None:
     result = subprocess.run(
         [
             sys.executable,
@@ -168,7 +168,7 @@ class _Answers(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_warns_again_only_when_the_problem_changes(caplog: pytest.LogCaptureFixture):
+def test_warns_again_only_when_the_problem_changes(caplog: pytest.LogCaptureFixture) -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
@@ -192,7 +192,7 @@ def test_warns_again_only_when_the_problem_changes(caplog: pytest.LogCaptureFixt
     assert all(f"{url}/v1/logs" in m for m in messages)
 
 
-def test_full_path_endpoints_do_the_expected_thing():
+def test_full_path_endpoints_do_the_expected_thing() -> None:
     config = ShimConfig.from_env({"LOCKSCOPE_ENDPOINT": "http://agent:4318/v1/logs/"})
     assert config.endpoint == "http://agent:4318"
     config = ShimConfig.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://col:4318/v1/metrics"})
@@ -221,7 +221,7 @@ def test_full_path_endpoints_do_the_expected_thing():
     assert transport.signals["/v1/logs"].url("") == "http://l:1/custom"
 
 
-def test_full_path_logs_endpoint_reaches_the_agent(agent: InProcessAgent):
+def test_full_path_logs_endpoint_reaches_the_agent(agent: InProcessAgent) -> None:
     env = {"OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": agent.otlp_url + "/v1/logs"}
     transport = transport_for(ShimConfig.from_env(env))
     from lockscope.instrumentation.otlp_export import encode_events
@@ -231,7 +231,9 @@ def test_full_path_logs_endpoint_reaches_the_agent(agent: InProcessAgent):
     transport.close()
 
 
-def test_a_bad_endpoint_sends_nothing_and_names_the_variable(caplog: pytest.LogCaptureFixture):
+def test_a_bad_endpoint_sends_nothing_and_names_the_variable(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     with caplog.at_level(logging.ERROR, logger="lockscope"):
         config = ShimConfig.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "localhost"})
     assert "OTEL_EXPORTER_OTLP_ENDPOINT='localhost'" in caplog.text
@@ -240,7 +242,7 @@ def test_a_bad_endpoint_sends_nothing_and_names_the_variable(caplog: pytest.LogC
     assert not transport.post("/v1/logs", b"x").ok
 
 
-def test_lockscope_instrument_warns_about_a_closed_port():
+def test_lockscope_instrument_warns_about_a_closed_port() -> None:
     # The zero-code path: the app itself sets nothing up.
     url = f"http://127.0.0.1:{free_port()}"
     app = (

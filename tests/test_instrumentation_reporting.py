@@ -4,7 +4,8 @@ lost locks, lock-order pairs, heartbeats, metrics and spans (real Redis, a real 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import pytest
 import redis
@@ -12,7 +13,7 @@ import redis
 from lockscope import events
 from lockscope.instrumentation import LockscopeInstrumentor, runtime
 from lockscope.instrumentation.config import ShimConfig
-from lockscope.testing.otlp_sink import OtlpSink
+from lockscope.testing.otlp_sink import OtlpSink, ReceivedEvent
 
 REPORT_AFTER = 0.2
 
@@ -51,7 +52,7 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
     r.close()
 
 
-def _named(name: str, lock: str) -> object:
+def _named(name: str, lock: str) -> Callable[[ReceivedEvent], bool]:
     return lambda e: e.name == name and e.attrs.get(events.ATTR_LOCK_NAME) == lock
 
 
@@ -113,7 +114,8 @@ def _latency(sink: OtlpSink, client: redis.Redis, name: str) -> float:
     finally:
         blocker.release()
     start = sink.wait_for(_named(events.EVENT_WAIT_START, name))
-    return (start.received_ns - start.attrs[events.ATTR_SINCE]) / 1e9
+    since: int = start.attrs[events.ATTR_SINCE]
+    return (start.received_ns - since) / 1e9
 
 
 def test_long_wait_reaches_the_receiver_within_report_after_plus_100ms(
@@ -218,6 +220,12 @@ def test_metrics_reach_the_agent_when_the_app_has_no_meter_provider(
     assert counts["busy"] >= 1
 
 
+def _attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A span's or a point's attributes (``None`` when it has none: a failure here)."""
+    assert attributes is not None
+    return dict(attributes)
+
+
 @pytest.mark.parametrize("sampler", ["default", "ratio"])
 def test_spans_nest_redis_commands_and_link_to_the_holder(
     sink: OtlpSink, client: redis.Redis, sampler: str
@@ -248,12 +256,13 @@ def test_spans_nest_redis_commands_and_link_to_the_holder(
     assert len(acquires) == 2
     assert len(holds) == 1
     first, second = acquires
-    assert first.attributes[events.ATTR_OUTCOME] == "acquired"
-    assert second.attributes[events.ATTR_OUTCOME] == "busy"
-    assert first.attributes[events.ATTR_LOCK_NAME] == "spanned:1"
-    assert first.attributes[events.ATTR_CODE_FILE].endswith("test_instrumentation_reporting.py")
-    assert first.attributes[events.ATTR_CODE_FUNCTION].endswith("link_to_the_holder")
-    assert second.attributes[events.ATTR_CODE_LINE] > first.attributes[events.ATTR_CODE_LINE]
+    first_attrs, second_attrs = _attributes(first.attributes), _attributes(second.attributes)
+    assert first_attrs[events.ATTR_OUTCOME] == "acquired"
+    assert second_attrs[events.ATTR_OUTCOME] == "busy"
+    assert first_attrs[events.ATTR_LOCK_NAME] == "spanned:1"
+    assert first_attrs[events.ATTR_CODE_FILE].endswith("test_instrumentation_reporting.py")
+    assert first_attrs[events.ATTR_CODE_FUNCTION].endswith("link_to_the_holder")
+    assert second_attrs[events.ATTR_CODE_LINE] > first_attrs[events.ATTR_CODE_LINE]
     # The redis SET of each acquire is a child of its lock.acquire span.
     children = [
         s for s in spans if s.parent is not None and s.parent.span_id == first.context.span_id
@@ -262,7 +271,7 @@ def test_spans_nest_redis_commands_and_link_to_the_holder(
     assert all(s.name not in (events.SPAN_ACQUIRE, events.SPAN_HOLD) for s in children)
     # The busy acquire links to the in-process holder's hold span.
     assert [link.context.span_id for link in second.links] == [holds[0].context.span_id]
-    assert holds[0].attributes[events.ATTR_OUTCOME] == "released"
+    assert _attributes(holds[0].attributes)[events.ATTR_OUTCOME] == "released"
     # The release script runs under the hold span.
     assert any(s.parent is not None and s.parent.span_id == holds[0].context.span_id for s in spans)
 
@@ -308,7 +317,7 @@ def test_metrics_go_to_the_apps_meter_provider(sink: OtlpSink, client: redis.Red
                     for metric in sm.metrics:
                         for point in metric.data.data_points:
                             if (
-                                point.attributes.get(events.ATTR_LOCK_TEMPLATE)
+                                _attributes(point.attributes).get(events.ATTR_LOCK_TEMPLATE)
                                 == "app-metered:{id}"
                             ):
                                 found[metric.name] = point

@@ -104,7 +104,7 @@ def _classes(dom: str, tag: str) -> list[str]:
     return re.findall(rf'<{tag}\b[^>]*class="([^"]*)"', dom)
 
 
-def test_graph_of_a_live_deadlock(agent: InProcessAgent, tmp_path: Path):
+def test_graph_of_a_live_deadlock(agent: InProcessAgent, tmp_path: Path) -> None:
     dom = chromium(tmp_path, agent.http_url + "/", "--dump-dom")
     assert 'data-rendered="true"' in dom, dom[-3000:]
     assert "<svg" in dom
@@ -126,7 +126,7 @@ def test_graph_of_a_live_deadlock(agent: InProcessAgent, tmp_path: Path):
     assert "Stale holder" in dom
 
 
-def test_screenshot_artifact(agent: InProcessAgent, tmp_path: Path):
+def test_screenshot_artifact(agent: InProcessAgent, tmp_path: Path) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "web-view.png"
     shot.unlink(missing_ok=True)
@@ -136,7 +136,7 @@ def test_screenshot_artifact(agent: InProcessAgent, tmp_path: Path):
     assert len(data) > 20_000  # a drawn graph, not a blank page
 
 
-def test_finding_page(agent: InProcessAgent, tmp_path: Path):
+def test_finding_page(agent: InProcessAgent, tmp_path: Path) -> None:
     (deadlock,) = agent.get("/api/v1/deadlocks?status=active")["deadlocks"]
     dom = chromium(tmp_path, f"{agent.http_url}/findings/deadlock/{deadlock['id']}", "--dump-dom")
     assert 'data-rendered="true"' in dom, dom[-3000:]
@@ -155,7 +155,7 @@ def test_finding_page(agent: InProcessAgent, tmp_path: Path):
     )
 
 
-def test_unknown_finding_page_says_so(agent: InProcessAgent, tmp_path: Path):
+def test_unknown_finding_page_says_so(agent: InProcessAgent, tmp_path: Path) -> None:
     dom = chromium(tmp_path, agent.http_url + "/findings/deadlock/dl-nope", "--dump-dom")
     assert "no such finding" in dom
 
@@ -165,7 +165,7 @@ def _get(url: str) -> tuple[dict[str, str], str]:
         return dict(response.headers), response.read().decode()
 
 
-def test_pages_carry_a_strict_csp_and_no_inline_script(agent: InProcessAgent):
+def test_pages_carry_a_strict_csp_and_no_inline_script(agent: InProcessAgent) -> None:
     for path in ("/", "/findings/deadlock/x", "/static/view.js"):
         headers, body = _get(agent.http_url + path)
         csp = headers["Content-Security-Policy"]
@@ -184,14 +184,14 @@ def test_pages_carry_a_strict_csp_and_no_inline_script(agent: InProcessAgent):
     )
 
 
-def test_unknown_static_file_and_kind_are_404(agent: InProcessAgent):
+def test_unknown_static_file_and_kind_are_404(agent: InProcessAgent) -> None:
     for path in ("/static/../web_view.py", "/static/nope.js", "/findings/nonsense/x"):
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(agent.http_url + path, timeout=10)
         assert info.value.code == 404
 
 
-def test_nodegraph_frames(agent: InProcessAgent):
+def test_nodegraph_frames(agent: InProcessAgent) -> None:
     frames = agent.get("/api/v1/graph?format=nodegraph")
     nodes, edges = frames["nodes"], frames["edges"]
     assert {"id", "title", "subTitle", "mainStat", "secondaryStat", "color"} <= set(nodes[0])
@@ -203,7 +203,7 @@ def test_nodegraph_frames(agent: InProcessAgent):
     assert sum(n["color"] == "red" for n in nodes) == 6
 
 
-def test_stale_holder_page(agent: InProcessAgent, tmp_path: Path):
+def test_stale_holder_page(agent: InProcessAgent, tmp_path: Path) -> None:
     (stale,) = agent.get("/api/v1/stale-holders?status=active")["stale_holders"]
     dom = chromium(tmp_path, f"{agent.http_url}/findings/stale_holder/{stale['id']}", "--dump-dom")
     assert 'data-rendered="true"' in dom, dom[-3000:]
@@ -211,7 +211,7 @@ def test_stale_holder_page(agent: InProcessAgent, tmp_path: Path):
     assert "<td>reports</td>" in dom
 
 
-def test_a_resolved_deadlock_is_no_longer_drawn(tmp_path: Path):
+def test_a_resolved_deadlock_is_no_longer_drawn(tmp_path: Path) -> None:
     now = time.time_ns()
     with InProcessAgent() as agent:
         events = scenario(now)

@@ -96,7 +96,9 @@ def _served(url: str) -> str:
         return str(response.read().decode())
 
 
-def test_a_finding_page_is_complete_without_its_script(agent: InProcessAgent, tmp_path: Path):
+def test_a_finding_page_is_complete_without_its_script(
+    agent: InProcessAgent, tmp_path: Path
+) -> None:
     (deadlock,) = agent.get("/api/v1/deadlocks?status=active")["deadlocks"]
     url = f"{agent.http_url}/findings/deadlock/{deadlock['id']}"
     dom = _served(url)  # the page as the agent sends it, before any script
@@ -123,18 +125,18 @@ def test_a_finding_page_is_complete_without_its_script(agent: InProcessAgent, tm
     blank.unlink()
 
 
-def test_the_script_keeps_the_code_location(agent: InProcessAgent, tmp_path: Path):
+def test_the_script_keeps_the_code_location(agent: InProcessAgent, tmp_path: Path) -> None:
     (deadlock,) = agent.get("/api/v1/deadlocks?status=active")["deadlocks"]
     dom = chromium(tmp_path, f"{agent.http_url}/findings/deadlock/{deadlock['id']}", "--dump-dom")
     assert 'data-rendered="true"' in dom
     assert "/srv/billing/jobs.py:97 (settle)" in dom
 
 
-def test_an_unknown_finding_page_says_so_without_script(agent: InProcessAgent):
+def test_an_unknown_finding_page_says_so_without_script(agent: InProcessAgent) -> None:
     assert "no such finding" in _served(f"{agent.http_url}/findings/deadlock/dl-nope")
 
 
-def test_labels_of_a_crowded_graph_do_not_overlap(agent: InProcessAgent, tmp_path: Path):
+def test_labels_of_a_crowded_graph_do_not_overlap(agent: InProcessAgent, tmp_path: Path) -> None:
     dom = chromium(tmp_path, agent.http_url + "/", "--dump-dom", "--window-size=1400,900")
     assert 'data-rendered="true"' in dom
     labels = re.findall(r"<text[^>]*>([^<]*)</text>", dom)
@@ -143,7 +145,7 @@ def test_labels_of_a_crowded_graph_do_not_overlap(agent: InProcessAgent, tmp_pat
     assert overlaps == ["0"], overlaps
 
 
-def test_finding_cards_say_the_time_is_the_detection(agent: InProcessAgent, tmp_path: Path):
+def test_finding_cards_say_the_time_is_the_detection(agent: InProcessAgent, tmp_path: Path) -> None:
     dom = chromium(tmp_path, agent.http_url + "/", "--dump-dom")
     cards = re.findall(r'<time[^>]*title="([^"]*)"[^>]*>([^<]*)</time>', dom)
     assert cards

@@ -144,7 +144,7 @@ def answer(line: str) -> None:
     try:
         say(f"ok {run(line)!r}")
     except Exception as exc:
-        say(f"error {type(exc).__name__}: {exc}")
+        say(f"error {type(exc).__name__}: {' '.join(str(exc).split())}")  # one line
 
 
 # Every command runs on one actor thread, in order (so the thread that holds a lock is the

@@ -506,3 +506,32 @@ def test_database_down_restarted_and_slow(pg_watch_dsn: str) -> None:
                 blocker.rollback()
                 blocker.close()
             wait_until(lambda: status(agent, "own")["up"], timeout=60.0)
+
+
+def test_deadlock_the_server_breaks_resolves_with_that_reason(
+    pg_agent: InProcessAgent, postgres_server: Any, workers: list[Worker]
+) -> None:
+    """With PostgreSQL's deadlock_timeout (2 s) above report_after, lockscope reports the
+    ring first; then the server aborts a victim and the finding resolves as such."""
+    dsn = app_dsn(postgres_server, deadlock_timeout="2s")
+    members = [Worker("psycopg", dsn, pg_agent.otlp_url, f"victim-{i}") for i in range(2)]
+    workers += members
+    for i, w in enumerate(members):
+        w.cmd("begin")
+        w.cmd(f"sql SELECT pg_advisory_xact_lock(7900, {i})")
+    for i, w in enumerate(members):
+        w.bg(f"sql SELECT pg_advisory_xact_lock(7900, {(i + 1) % 2})")
+    d = found_deadlock(pg_agent)
+    answers = [w.read() for w in members]  # the server broke it: one error, one success
+    assert sum("DeadlockDetected" in a for a in answers) == 1, answers
+
+    def resolution() -> str | None:
+        for x in pg_agent.get("/api/v1/deadlocks")["deadlocks"]:
+            if x["id"] == d["id"] and x["status"] == "resolved":
+                return str(x.get("resolution"))
+        return None
+
+    polling.wait_until(lambda: resolution() is not None, timeout=20.0)
+    assert resolution() == "deadlock_victim"
+    for w in members:
+        w.cmd("commit")

@@ -16,13 +16,30 @@ reported.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from lockscope import events as ev
 from lockscope.agent.db_snapshot import ATTR_DB_SESSION, SESSION_PREFIX
 from lockscope.agent.graph import Actor, Lock
 
-__all__ = ["binding_key", "bound_actor", "bound_since", "bound_wait_since"]
+__all__ = [
+    "DEADLOCK_VICTIM",
+    "binding_key",
+    "bound_actor",
+    "bound_since",
+    "bound_wait_since",
+    "is_binding",
+]
+
+DEADLOCK_VICTIM: Final = "deadlock_victim"
+"""Outcome of a binding's ``hold.end`` when the database aborted the actor's statement to
+break a deadlock; the deadlock's finding resolves with it."""
+_DB_SYSTEMS: Final = frozenset({"postgresql", "mysql"})
+
+
+def is_binding(lock: Lock) -> bool:
+    """Whether ``lock`` is a session binding lock (``session:<id>`` of a database)."""
+    return lock.system in _DB_SYSTEMS and lock.name.startswith(SESSION_PREFIX)
 
 
 def binding_key(system: str, namespace: str, session_id: object) -> str:

@@ -18,6 +18,7 @@ from lockscope import events as ev
 __all__ = [
     "ATTR_DB_APPLICATION",
     "ATTR_DB_CLIENT",
+    "ATTR_DB_LINGERING",
     "ATTR_DB_SESSION",
     "SESSION_PREFIX",
     "DbLock",
@@ -34,6 +35,8 @@ ATTR_DB_SESSION: Final = "lockscope.db.session"
 """The session's backend id (PostgreSQL backend pid, MySQL connection id)."""
 ATTR_DB_APPLICATION: Final = "lockscope.db.application"
 ATTR_DB_CLIENT: Final = "lockscope.db.client"
+ATTR_DB_LINGERING: Final = "lockscope.db.lingering"
+"""On an entry of an ended wait listed once more: applied only to a bound actor."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +50,8 @@ class DbLock:
     since_ns: int
     db_mode: str = ""
     """The database's own mode name (``ExclusiveLock``, ``X``...), for people."""
+    lingering: bool = False
+    """Ended at the last poll, listed once more (see ``db_watch``)."""
 
 
 @dataclass(slots=True)
@@ -130,27 +135,29 @@ class Snapshot:
                 if s.wait is not None:
                     # A session blocked in a wait acquired nothing since it began.
                     since = min(since, s.wait.since_ns - 1)
-                holds.append(
-                    {
-                        **base,
-                        ev.ATTR_LOCK_NAME: lock.name,
-                        ev.ATTR_LOCK_MODE: lock.mode,
-                        ev.ATTR_SINCE: since,
-                    }
-                )
+                entry = {
+                    **base,
+                    ev.ATTR_LOCK_NAME: lock.name,
+                    ev.ATTR_LOCK_MODE: lock.mode,
+                    ev.ATTR_SINCE: since,
+                }
+                if lock.lingering:
+                    entry[ATTR_DB_LINGERING] = True
+                holds.append(entry)
             if (
                 s.wait is not None
                 and s.wait.name in waited
                 and (min_wait_ns <= 0 or s.wait.since_ns <= cutoff)
             ):
-                waits.append(
-                    {
-                        **base,
-                        ev.ATTR_LOCK_NAME: s.wait.name,
-                        ev.ATTR_LOCK_MODE: s.wait.mode,
-                        ev.ATTR_SINCE: s.wait.since_ns,
-                    }
-                )
+                entry = {
+                    **base,
+                    ev.ATTR_LOCK_NAME: s.wait.name,
+                    ev.ATTR_LOCK_MODE: s.wait.mode,
+                    ev.ATTR_SINCE: s.wait.since_ns,
+                }
+                if s.wait.lingering:
+                    entry[ATTR_DB_LINGERING] = True
+                waits.append(entry)
         return holds, waits
 
 

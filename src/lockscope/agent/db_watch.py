@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final, Protocol
 
 from aiohttp import web
@@ -94,6 +94,10 @@ class DatabaseWatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._logged: str | None = None
+        self._previous = Snapshot()
+        self._lingered: set[int] = set()
+        """Sessions whose ended wait the last heartbeat listed once more (not again)."""
+        self._lingering: set[int] = set()
         self.process = ProcessInfo(
             service=target.kind,
             host=target.host,
@@ -135,6 +139,38 @@ class DatabaseWatcher:
                 text,
             )
         self._heartbeat(Snapshot(), DOWN_HEARTBEAT)
+
+    def _linger(self, snap: Snapshot) -> Snapshot:
+        """Keep a wait that just ended for one more poll.
+
+        When the database aborts a deadlock's victim, the victim's app says so (its
+        binding ends with ``deadlock_victim``) within the shim's reporting tick; listing
+        the ended wait once more lets that report, rather than this poll, end the wait, so
+        the finding resolves with the server's reason.  A grant or timeout is then seen
+        one poll later (0.1 s), which changes no finding's truth.  The lingering entries
+        are marked: the state applies them only to an actor that still binds the session
+        (an unbound session's ended wait must not come back as an actor of its own).
+        """
+        previous, self._previous = self._previous, snap
+        for sid, old in previous.sessions.items():
+            if old.wait is None or sid in self._lingered:
+                continue
+            now = snap.sessions.get(sid)
+            if now is not None and now.wait is not None:
+                continue
+            kept = snap.session(sid)
+            kept.wait = replace(old.wait, lingering=True)
+            kept.application, kept.client, kept.user = old.application, old.client, old.user
+            for name, hold in old.holds.items():
+                kept.holds.setdefault(name, replace(hold, lingering=True))
+            for other in previous.sessions.values():  # the holders it waited for
+                if other.session_id != sid and old.wait.name in other.holds:
+                    snap.session(other.session_id).holds.setdefault(
+                        old.wait.name, replace(other.holds[old.wait.name], lingering=True)
+                    )
+            self._lingering.add(sid)
+        self._lingered, self._lingering = self._lingering, set()
+        return snap
 
     def _heartbeat(self, snap: Snapshot, interval: float) -> None:
         holds, waits = snap.entries(
@@ -186,7 +222,7 @@ class DatabaseWatcher:
                     st.polls += 1
                     st.last_poll_seconds = took
                     backoff = BACKOFF_MIN
-                    self._heartbeat(snap, max(interval, 0.5))
+                    self._heartbeat(self._linger(snap), max(interval, 0.5))
                     self._stop.wait(max(0.0, interval - took))
             except Exception as exc:
                 self._failed(exc)

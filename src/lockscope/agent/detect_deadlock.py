@@ -103,6 +103,8 @@ class DeadlockDetector:
     ) -> None:
         self._store = store
         self._budget = budget
+        self._wait_outcomes: dict[tuple[str, str, int], str] = {}
+        """(actor key, lock key, since) -> how a wait ended, when the store was told."""
         self._confirm_after_ns = confirm_after_ns
         self._evidence_timeout_ns = evidence_timeout_ns
         self._semaphores_waited = semaphores_waited
@@ -138,6 +140,13 @@ class DeadlockDetector:
         self.touched(c.hold.actor)
 
     def _wait_changed(self, c: WaitAdded | WaitChanged | WaitDropped) -> None:
+        if isinstance(c, WaitDropped) and c.outcome is not None:
+            # How the wait ended resolves its deadlock with that reason (a database that
+            # aborted its victim: "deadlock_victim").  Rare, so a small bounded map.
+            w = c.wait
+            if len(self._wait_outcomes) >= 1_000:
+                self._wait_outcomes.clear()
+            self._wait_outcomes[(w.actor.key, w.lock.key, w.since_ns)] = c.outcome
         self.touched(c.wait.actor)
 
     def _process_changed(self, c: ProcessDied | ProcessRevived) -> None:
@@ -362,15 +371,14 @@ class DeadlockDetector:
         except ExploreLimit:
             self._limit()
 
-    @staticmethod
-    def _broken(active: _Active) -> str | None:
+    def _broken(self, active: _Active) -> str | None:
         for m in active.members:
             if not m.process.alive:
                 return "process_dead"
         for m, (lock_key, since) in active.waits.items():
             w = m.wait
             if w is None or w.lock.key != lock_key or w.since_ns != since:
-                return "wait_ended"
+                return self._wait_outcomes.pop((m.key, lock_key, since), "wait_ended")
         return None
 
     def _resolve(self, did: str, now_ns: int, reason: str) -> None:

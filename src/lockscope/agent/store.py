@@ -306,8 +306,11 @@ class LockStore:
         self.emit(WaitAdded(w))
         return w
 
-    def drop_wait(self, w: Wait, tombstone: bool, gc: bool = True) -> None:
-        """End a wait (``tombstone``: remember it ended; ``gc``: drop what is left idle)."""
+    def drop_wait(
+        self, w: Wait, tombstone: bool, gc: bool = True, outcome: str | None = None
+    ) -> None:
+        """End a wait (``tombstone``: remember it ended; ``gc``: drop what is left idle;
+        ``outcome``: how it ended, when known)."""
         actor, lock = w.actor, w.lock
         if actor.wait is not w:
             return
@@ -319,7 +322,7 @@ class LockStore:
         self._waiters[self.label(lock.template)] -= 1
         if tombstone:
             self.tombstone("w", actor, lock, w.since_ns)
-        self.emit(WaitDropped(w))
+        self.emit(WaitDropped(w, outcome))
         if gc:
             self.gc(actor, lock)
 

@@ -114,9 +114,10 @@ class WaitChanged:
 
 @dataclass(frozen=True, slots=True)
 class WaitDropped:
-    """A wait ended."""
+    """A wait ended (``outcome``: how, when the store knows, e.g. ``deadlock_victim``)."""
 
     wait: Wait
+    outcome: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from lockscope import events as ev
-from lockscope.agent.db_binding import bound_actor, bound_since, bound_wait_since
+from lockscope.agent.db_binding import (
+    DEADLOCK_VICTIM,
+    bound_actor,
+    bound_since,
+    bound_wait_since,
+    is_binding,
+)
+from lockscope.agent.db_snapshot import ATTR_DB_LINGERING
 from lockscope.agent.graph import Actor, Hold, Lock, Process, Wait
 from lockscope.agent.model import (
     Event,
@@ -41,6 +48,11 @@ if TYPE_CHECKING:
     from lockscope.agent.store import LockStore
 
 __all__ = ["LockEvents"]
+
+
+class _Lingering(Exception):
+    """A database wait that just ended, listed once more for a session no actor binds:
+    skipped (it only serves to let the bound app report how the wait ended)."""
 
 
 class LockEvents:
@@ -135,6 +147,8 @@ class LockEvents:
         join the actor's application locks in one node of the graph."""
         bound = bound_actor(self.store.lock_index, attrs)
         if bound is None or bound.process is proc or not bound.process.alive:
+            if attrs.get(ATTR_DB_LINGERING) is True:
+                raise _Lingering  # only kept for a bound actor (see db_watch._linger)
             return self.target(proc, attrs)
         return self.lock(attrs), bound
 
@@ -208,6 +222,13 @@ class LockEvents:
         if h is not None and (since is None or h.since_ns == since):
             store.drop_hold(h, tombstone=True, reason="released")
             store.timeline_add(event.time_ns, lock, "release", actor, h.mode, outcome)
+            if outcome == DEADLOCK_VICTIM and is_binding(lock):
+                # The database aborted this actor's statement to break a deadlock: the
+                # session's wait (reported by the database watcher) is over, and so is the
+                # deadlock, for that reason.  The watcher's next poll agrees.
+                w = actor.wait
+                if w is not None and w.source is not None:
+                    store.drop_wait(w, tombstone=True, outcome=DEADLOCK_VICTIM)
         else:
             if since is not None:
                 store.tombstone("h", actor, lock, since)
@@ -298,6 +319,8 @@ class LockEvents:
                     if new:
                         store.timeline_add(since, lock, "hold", actor, mode, "heartbeat")
                     store.asserted(h, t)
+            except _Lingering:
+                continue
             except RejectedEvent:
                 store.counters.heartbeat_entries_rejected += 1
         for entry in itertools.islice(waits, max(0, budget - len(holds))):
@@ -312,6 +335,8 @@ class LockEvents:
                     if actor.process is not proc:
                         w.source = proc.info.instance
                         foreign.add(actor)
+            except _Lingering:
+                continue
             except RejectedEvent:
                 store.counters.heartbeat_entries_rejected += 1
         # Whatever the snapshot does not list and nobody asserted after it is gone: of the

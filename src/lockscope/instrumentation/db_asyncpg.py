@@ -38,9 +38,13 @@ def _in_transaction(conn: Any) -> bool:
 async def _call(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     b = db_sessions.statement_begin(instance, identify, db_sessions.current_task())
     try:
-        return await wrapped(*args, **kwargs)
-    finally:
+        result = await wrapped(*args, **kwargs)
+    except BaseException as exc:
+        db_sessions.statement_failed(b, exc)
         db_sessions.statement_end(b, _in_transaction, instance)
+        raise
+    db_sessions.statement_end(b, _in_transaction, instance)
+    return result
 
 
 async def _close(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:

@@ -45,9 +45,13 @@ def _sync_execute(original: Any) -> Any:
         conn = self.connection
         b = db_sessions.statement_begin(conn, identify)
         try:
-            return original(self, *args, **kwargs)
-        finally:
+            result = original(self, *args, **kwargs)
+        except BaseException as exc:
+            db_sessions.statement_failed(b, exc)
             db_sessions.statement_end(b, in_transaction, conn)
+            raise
+        db_sessions.statement_end(b, in_transaction, conn)
+        return result
 
     return execute
 
@@ -58,9 +62,13 @@ def _async_execute(original: Any) -> Any:
         conn = self.connection
         b = db_sessions.statement_begin(conn, identify, db_sessions.current_task())
         try:
-            return await original(self, *args, **kwargs)
-        finally:
+            result = await original(self, *args, **kwargs)
+        except BaseException as exc:
+            db_sessions.statement_failed(b, exc)
             db_sessions.statement_end(b, in_transaction, conn)
+            raise
+        db_sessions.statement_end(b, in_transaction, conn)
+        return result
 
     return execute
 

@@ -45,25 +45,37 @@ def _classes(extensions: Any) -> tuple[type, Any]:
             conn = self.connection  # type: ignore[attr-defined]
             b = db_sessions.statement_begin(conn, identify)
             try:
-                return super().execute(*args, **kwargs)  # type: ignore[misc]
-            finally:
+                result = super().execute(*args, **kwargs)  # type: ignore[misc]
+            except BaseException as exc:
+                db_sessions.statement_failed(b, exc)
                 db_sessions.statement_end(b, _in_transaction, conn)
+                raise
+            db_sessions.statement_end(b, _in_transaction, conn)
+            return result
 
         def executemany(self, *args: Any, **kwargs: Any) -> Any:
             conn = self.connection  # type: ignore[attr-defined]
             b = db_sessions.statement_begin(conn, identify)
             try:
-                return super().executemany(*args, **kwargs)  # type: ignore[misc]
-            finally:
+                result = super().executemany(*args, **kwargs)  # type: ignore[misc]
+            except BaseException as exc:
+                db_sessions.statement_failed(b, exc)
                 db_sessions.statement_end(b, _in_transaction, conn)
+                raise
+            db_sessions.statement_end(b, _in_transaction, conn)
+            return result
 
         def callproc(self, *args: Any, **kwargs: Any) -> Any:
             conn = self.connection  # type: ignore[attr-defined]
             b = db_sessions.statement_begin(conn, identify)
             try:
-                return super().callproc(*args, **kwargs)  # type: ignore[misc]
-            finally:
+                result = super().callproc(*args, **kwargs)  # type: ignore[misc]
+            except BaseException as exc:
+                db_sessions.statement_failed(b, exc)
                 db_sessions.statement_end(b, _in_transaction, conn)
+                raise
+            db_sessions.statement_end(b, _in_transaction, conn)
+            return result
 
     def cursor_class(base: type) -> type:
         klass = cursors.get(base)

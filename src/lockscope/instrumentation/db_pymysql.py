@@ -44,9 +44,13 @@ def _execute(original: Any) -> Any:
         conn = self.connection
         b = db_sessions.statement_begin(conn, identify) if conn is not None else None
         try:
-            return original(self, *args, **kwargs)
-        finally:
+            result = original(self, *args, **kwargs)
+        except BaseException as exc:
+            db_sessions.statement_failed(b, exc)
             db_sessions.statement_end(b, in_transaction, conn)
+            raise
+        db_sessions.statement_end(b, in_transaction, conn)
+        return result
 
     return execute
 

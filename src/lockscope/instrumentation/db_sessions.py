@@ -123,13 +123,13 @@ def _binding(conn: Any, identify: Identify, recorder: Recorder) -> Binding | Non
     return b
 
 
-def _drop_hold(b: Binding) -> None:
+def _drop_hold(b: Binding, outcome: str = "released") -> None:
     if b.hold is not None:
         with _promote_lock:
             hold, b.hold = b.hold, None
         shim = runtime.current
         if hold is not None and shim is not None:
-            shim.recorder.unbind(hold)
+            shim.recorder.unbind(hold, outcome)
 
 
 def statement_begin(conn: Any, identify: Identify, task: Any = None) -> Binding | None:
@@ -154,10 +154,35 @@ def statement_begin(conn: Any, identify: Identify, task: Any = None) -> Binding 
         return None
 
 
-def _end(b: Binding) -> None:
+def _end(b: Binding, outcome: str = "released") -> None:
     b.gen += 1
     _active.discard(b)
-    _drop_hold(b)
+    _drop_hold(b, outcome)
+
+
+DEADLOCK_VICTIM: Final = "deadlock_victim"
+
+
+def deadlock_victim(exc: BaseException) -> bool:
+    """Whether a driver error says the database aborted the statement to break a deadlock
+    (SQLSTATE 40P01 from psycopg, psycopg2, asyncpg; MySQL error 1213 from PyMySQL)."""
+    code = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+    if code == "40P01":
+        return True
+    args: tuple[Any, ...] = getattr(exc, "args", ())
+    return bool(args) and args[0] == 1213 and type(exc).__module__.startswith("pymysql")
+
+
+def statement_failed(b: Binding | None, exc: BaseException) -> None:
+    """The statement raised: a deadlock victim's binding ends at once, with that outcome
+    (its transaction is aborted, though the connection still reports it open)."""
+    if b is None:
+        return
+    try:
+        if deadlock_victim(exc):
+            _end(b, DEADLOCK_VICTIM)
+    except Exception:
+        operations.failed()
 
 
 def statement_end(b: Binding | None, in_transaction: Callable[[Any], bool], conn: Any) -> None:

@@ -283,8 +283,9 @@ class Recorder(InProcessRegistry):
             self.by_actor.setdefault(actor, []).append(hold)
         return hold
 
-    def unbind(self, hold: Hold) -> None:
-        """End a :meth:`bind` hold (a ``hold.end`` is sent if it was reported)."""
+    def unbind(self, hold: Hold, outcome: str = "released") -> None:
+        """End a :meth:`bind` hold (a ``hold.end`` with ``outcome`` is sent if it was
+        reported)."""
         with self._lock:
             same = self._holds.get(hold.obj)
             if same is None or hold not in same:
@@ -304,7 +305,7 @@ class Recorder(InProcessRegistry):
                     del self.by_actor[hold.actor]
             if hold.reported:
                 attrs = self._hold_attrs(hold)
-                attrs[events.ATTR_OUTCOME] = "released"
+                attrs[events.ATTR_OUTCOME] = outcome
                 self._emit(events.EVENT_HOLD_END, _perf(), attrs)
 
     def extended(self, hold: Hold, seconds: float | None, *, replace: bool = True) -> None:

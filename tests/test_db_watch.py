@@ -535,3 +535,38 @@ def test_deadlock_the_server_breaks_resolves_with_that_reason(
     assert resolution() == "deadlock_victim"
     for w in members:
         w.cmd("commit")
+
+
+def test_get_lock_ring_broken_by_mariadb_leaves_no_finding(
+    my_agent: InProcessAgent, mariadb_server: Any, workers: list[Worker]
+) -> None:
+    """MariaDB's metadata-lock detector fails the GET_LOCK that closes a ring at once
+    (error 1213), before any poll; what remains is an ordinary wait, which the agent shows
+    (waiter and holder) and does not report as a deadlock."""
+    url = str(mariadb_server.url)
+    a = Worker("pymysql", url, my_agent.otlp_url, "ring-a")
+    b = Worker("pymysql", url, my_agent.otlp_url, "ring-b")
+    workers += [a, b]
+    names = [f"ring-{uuid.uuid4().hex[:6]}" for _ in range(2)]
+    a.cmd(f"sql SELECT GET_LOCK('{names[0]}', 5)")
+    b.cmd(f"sql SELECT GET_LOCK('{names[1]}', 5)")
+    a.bg(f"sql SELECT GET_LOCK('{names[1]}', 30)")
+    path = "/api/v1/locks/" + urllib.parse.quote(f"user_lock:{names[1]}", safe="")
+
+    def waited() -> bool:
+        try:
+            return bool(my_agent.get(path)["waiters"])
+        except AgentError as exc:
+            if exc.status == 404:
+                return False
+            raise
+
+    polling.wait_until(waited, timeout=20.0)
+    b.send(f"sql SELECT GET_LOCK('{names[0]}', 30)")
+    answer = b.read()
+    assert "1213" in answer or "Deadlock" in answer, answer
+    # a still waits for b's lock; b holds it and waits for nothing: no cycle.
+    polling.wait_until(waited, timeout=20.0)
+    assert not my_agent.get("/api/v1/deadlocks")["deadlocks"]
+    b.cmd(f"sql SELECT RELEASE_LOCK('{names[1]}')")
+    assert a.read().startswith("ok")

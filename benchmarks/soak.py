@@ -25,14 +25,27 @@ Parts (``--only`` picks one):
 ``cardinality``
     ``--names`` (1,000,000) distinct lock names posted as holds and as metric series:
     lock-label series count (cap 1,000 + ``__other__``), limit hits counted, agent RSS.
+``hostile``
+    the hostile mix against a real agent (``limits.max_processes`` = ``--max-processes``,
+    header timeout 2 s, 512 descriptors): ``--processes`` soak workers as the load, while a
+    flood client posts fake processes (``--flood-rate`` per second), a forger sends every
+    victim's heartbeat dated an hour ahead listing nothing (and with stale and absurd
+    sequence numbers), ``--slow`` connections trickle their headers, and holds with 1 MB
+    names arrive.  ``--injected`` real deadlocks, half of them with one participant whose
+    clock runs 120 s fast and is stepped back after 1 s: each must be found, stay active
+    while the forger works (sampled every 0.1 s for 2 s) and resolve when its victim is
+    killed; no other deadlock may appear.  Reports the load, what was tried, findings
+    lost, false deadlocks and peak agent RSS against the bound the limits imply.
 
 Exit status 1 if a promise is broken (a false deadlock, a violation, a missed injected
-deadlock, a restart slower than two heartbeats plus one second, the label cap exceeded).
+deadlock, a restart slower than two heartbeats plus one second, the label cap exceeded, a
+deadlock hidden or missed under the hostile mix, memory over the bound).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import statistics
@@ -54,6 +67,8 @@ from reliability_helpers import (
     cardinality_attack,
     findings,
     get_json,
+    metric_value,
+    request,
     rss_bytes,
     until,
 )
@@ -224,9 +239,182 @@ def cardinality(args: argparse.Namespace) -> dict[str, Any]:
         agent.stop()
 
 
+def memory_bound_mib(limits: dict[str, int]) -> float:
+    """The agent's documented worst case for ``[limits]`` (docs/reliability.md, Sizing the
+    limits): a base of 64 MiB, per hold 1 KiB plus two capped strings (name, owner), per
+    wait 1 KiB plus two, per process 2 KiB plus three (service, host, instance)."""
+    s = limits.get("max_string_length", 1024)
+    per_hold = 1024 + 2 * s
+    per_wait = 1024 + 2 * s
+    per_process = 2048 + 3 * s
+    total = (
+        64 * 2**20
+        + limits["max_holds"] * per_hold
+        + limits["max_waits"] * per_wait
+        + limits["max_processes"] * per_process
+    )
+    return round(total / 2**20, 1)
+
+
+def hostile(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
+    from _soak_hostile import BigNames, Flood, Forger, Slowloris
+
+    limits = {
+        "max_processes": args.max_processes,
+        "max_holds": 20_000,
+        "max_locks": 20_000,
+        "max_waits": 10_000,
+        "max_string_length": 1024,
+    }
+    config = Path(tempfile.mkdtemp()) / "agent.toml"
+    config.write_text(
+        "header_timeout = 2\n[limits]\n" + "".join(f"{k} = {v}\n" for k, v in limits.items())
+    )
+    agent = AgentProcess("--config", str(config), nofile=512).start()
+    report: dict[str, Any] = {}
+    peak = [rss_bytes(agent.pid)]
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.wait(0.5):
+            with contextlib.suppress(OSError, RuntimeError):
+                peak[0] = max(peak[0], rss_bytes(agent.pid))
+
+    threading.Thread(target=sample, daemon=True).start()
+    cfg = {
+        "url": redis_url,
+        "ops": args.ops,
+        "threads": args.threads,
+        "locks": args.locks,
+        "long_every": args.long_every,
+    }
+    started = time.monotonic()
+    soakers = [
+        Worker(
+            "soak",
+            {**cfg, "seed": args.seed * 1000 + n},
+            agent.otlp_url,
+            heartbeat=args.heartbeat,
+            report_after=0.02,
+        )
+        for n in range(args.processes)
+    ]
+    clients = [
+        Flood(agent.otlp_url, args.flood_rate),
+        Forger(agent.otlp_url, agent.http_url, {"reliability"}),
+        Slowloris([agent.otlp_url, agent.http_url], args.slow),
+        BigNames(agent.otlp_url),
+    ]
+    for client in clients:
+        client.start()
+    latencies: list[float] = []
+    found = hidden = stepped = 0
+    try:
+        for k in range(args.injected):
+            locks = {f"hostile:{k}:a", f"hostile:{k}:b"}
+            a, b = sorted(locks)
+            step = k % 2 == 0
+            stepped += step
+            extra = {"clock_ahead": 120, "step_after": 1.0} if step else {}
+            first = Worker(
+                "deadlock",
+                {"url": redis_url, "first": a, "second": b, **extra},
+                agent.otlp_url,
+                heartbeat=args.heartbeat,
+            )
+            second = Worker(
+                "deadlock",
+                {"url": redis_url, "first": b, "second": a},
+                agent.otlp_url,
+                heartbeat=args.heartbeat,
+            )
+            pair = (first, second)
+            try:
+                for w in pair:
+                    w.expect("holding")
+                for w in pair:
+                    w.send("go")
+                t0 = time.monotonic()
+                try:
+                    until(functools.partial(_active, agent.http_url, locks), timeout=30)
+                except AssertionError:
+                    print(f"hostile: injected deadlock {k} NOT found", flush=True)
+                    continue
+                latencies.append(time.monotonic() - t0)
+                found += 1
+                for _ in range(20):  # it must stay found while the forger works
+                    threading.Event().wait(0.1)
+                    if not _active(agent.http_url, locks):
+                        hidden += 1
+                first.kill()
+                until(functools.partial(_cleared, agent.http_url, locks), timeout=30)
+            finally:
+                for w in pair:
+                    w.kill()
+            print(f"hostile: injected deadlock {k + 1}/{args.injected} done", flush=True)
+        summaries = []
+        for worker in soakers:
+            worker.wait(3600)
+            summaries.append(worker.expect("done", timeout=10))
+    finally:
+        for worker in soakers:
+            worker.kill()
+        for client in clients:
+            client.stop()
+        sampling.set()
+    try:
+        injected_locks = {f"hostile:{k}:{s}" for k in range(args.injected) for s in "ab"}
+        deadlocks = findings(agent.http_url, "deadlocks")
+        false = [d for d in deadlocks if not set(d["locks"]) <= injected_locks]
+        text = request(agent.http_url + "/metrics")[2].decode()
+        tried: dict[str, Any] = {}
+        for client in clients:
+            tried.update(
+                {f"{type(client).__name__.lower()}_{k}": v for k, v in client.counts.items()}
+            )
+        report = {
+            "processes": args.processes,
+            "lock_operations": sum(s["ops"] for s in summaries),
+            "seconds": round(time.monotonic() - started, 1),
+            "injected_deadlocks": args.injected,
+            "injected_with_clock_step": stepped,
+            "injected_found": found,
+            "hidden_samples": hidden,
+            "detection_seconds_median": round(statistics.median(latencies), 2)
+            if latencies
+            else None,
+            "detection_seconds_max": round(max(latencies), 2) if latencies else None,
+            "false_deadlocks": len(false),
+            "violations": len(findings(agent.http_url, "violations")),
+            "tried": tried,
+            "agent_processes_evicted": metric_value(
+                text, "lockscope_agent_processes_evicted_total"
+            ),
+            "agent_connections_closed": {
+                r: metric_value(text, "lockscope_agent_connections_closed_total", {"reason": r})
+                for r in ("header_timeout", "limit")
+            },
+            "agent_strings_truncated": metric_value(
+                text, "lockscope_agent_strings_truncated_total"
+            ),
+            "agent_peak_rss_mib": round(peak[0] / 2**20, 1),
+            "memory_bound_mib": memory_bound_mib(limits),
+            "limits": limits,
+        }
+        if false:
+            report["false_deadlock_examples"] = [
+                {k: d[k] for k in ("locks", "detected_at", "resolved_at")} for d in false[:5]
+            ]
+        log = "".join(agent.stderr)
+        report["agent_emfile"] = "EMFILE" in log or "Too many open files" in log
+    finally:
+        agent.stop()
+    return report
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("loss", "restart", "cardinality"))
+    parser.add_argument("--only", choices=("loss", "restart", "cardinality", "hostile"))
     parser.add_argument("--processes", type=int, default=10)
     parser.add_argument("--ops", type=int, default=10_000, help="lock operations per process")
     parser.add_argument("--threads", type=int, default=2)
@@ -241,6 +429,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--restarts", type=int, default=3)
     parser.add_argument("--names", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--max-processes", type=int, default=2000, help="hostile: agent limit")
+    parser.add_argument("--flood-rate", type=int, default=5000, help="hostile: fake/s")
+    parser.add_argument("--slow", type=int, default=600, help="hostile: slow connections")
     parser.add_argument("--json", action="store_true", help="print the report as JSON only")
     args = parser.parse_args(argv)
 
@@ -250,6 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["loss"] = loss(args, server.url)
         if args.only in (None, "restart"):
             report["restart"] = restart(args, server.url)
+        if args.only in (None, "hostile"):
+            report["hostile"] = hostile(args, server.url)
     if args.only in (None, "cardinality"):
         report["cardinality"] = cardinality(args)
     print(json.dumps(report, indent=2))
@@ -263,6 +456,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         broken.append("restart")
     if "cardinality" in report and report["cardinality"]["lock_label_values"] > 1_001:
         broken.append("cardinality")
+    if "hostile" in report:
+        r = report["hostile"]
+        if (
+            r["false_deadlocks"]
+            or r["violations"]
+            or r["hidden_samples"]
+            or r["injected_found"] < r["injected_deadlocks"]
+            or r["agent_peak_rss_mib"] > r["memory_bound_mib"]
+            or r["agent_emfile"]
+        ):
+            broken.append("hostile")
     if broken:
         print(f"BROKEN: {', '.join(broken)}", file=sys.stderr)
     return 1 if broken else 0

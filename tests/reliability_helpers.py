@@ -12,6 +12,7 @@ import signal
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -49,6 +50,10 @@ class AgentProcess:
         self.nofile = nofile
         """RLIMIT_NOFILE of the agent process (None: inherited)."""
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("LOCKSCOPE_")}
+        # The agent's state file is this instance's own, kept across restart(): no test
+        # sees another's saved state.
+        state_dir = tempfile.mkdtemp(prefix="lockscope-agent-state-")
+        self.env["LOCKSCOPE_AGENT_STATE_FILE"] = os.path.join(state_dir, "agent.sqlite")
         self.env.update(env or {})
         self.stderr: list[str] = []
         self.otlp_url = self.http_url = ""

@@ -3,12 +3,18 @@
 
 Modes (JSON keys in brackets):
 
-``deadlock`` [url, first, second]
+``deadlock`` [url, first, second, clock_ahead, step_after]
     take redis lock ``first``, print ``holding``, wait for ``go`` on stdin, then block on
-    ``second`` until killed (with a partner doing the opposite order: a deadlock).
+    ``second`` until killed (with a partner doing the opposite order: a deadlock).  With
+    ``clock_ahead``, this host's clock runs that many seconds fast from the start and is
+    stepped back to the true time ``step_after`` seconds later (an NTP step, a VM
+    restore); the shim sees each change at once (it re-reads the clock every 10 s).
 ``hold`` [url, name, ttl]
-    take redis lock ``name`` (lease ``ttl``), print ``holding``, wait for ``release`` on
-    stdin, release, print what happened (``released`` or ``lost``).
+    take redis lock ``name`` (lease ``ttl``; null: no lease), print ``holding``, wait for
+    ``release`` on stdin, release, print what happened (``released`` or ``lost``).
+``order`` [url, first, second]
+    take redis lock ``first``, then ``second``, release both, print ``done``, wait on stdin
+    (a lock-order pair, sent once).
 ``zk_hold`` [hosts, path, timeout]
     take a kazoo ``Lock`` (session timeout ``timeout``), print ``holding``; print ``lost``
     as soon as the session is lost; on ``release`` release unless lost, print ``done``.
@@ -41,7 +47,36 @@ def say(event: str, **fields: Any) -> None:
     sys.stdout.flush()
 
 
+def _clock_step(ahead: float, step_after: float) -> None:
+    """Run the wall clock ``ahead`` seconds fast, then step it back after ``step_after``."""
+    from lockscope.instrumentation import runtime
+
+    real_time_ns, real_time = time.time_ns, time.time
+    shim = runtime.current
+    offset = int(ahead * 1e9)
+
+    def fast_ns() -> int:
+        return real_time_ns() + offset
+
+    time.time_ns = fast_ns  # type: ignore[assignment]
+    time.time = lambda: fast_ns() / 1e9  # type: ignore[assignment]
+    if shim is not None:
+        shim.recorder.sync_clock()
+
+    def step_back() -> None:
+        time.time_ns, time.time = real_time_ns, real_time  # type: ignore[assignment]
+        if shim is not None:
+            shim.recorder.sync_clock()
+        say("stepped")
+
+    timer = threading.Timer(step_after, step_back)
+    timer.daemon = True
+    timer.start()
+
+
 def deadlock(cfg: dict[str, Any]) -> None:
+    if cfg.get("clock_ahead"):
+        _clock_step(float(cfg["clock_ahead"]), float(cfg.get("step_after", 1.0)))
     client = redis.Redis.from_url(cfg["url"])
     first = client.lock(cfg["first"], timeout=600)
     first.acquire()
@@ -51,9 +86,18 @@ def deadlock(cfg: dict[str, Any]) -> None:
     say("acquired", lock=cfg["second"])  # never, while the partner lives
 
 
+def order(cfg: dict[str, Any]) -> None:
+    client = redis.Redis.from_url(cfg["url"])
+    with client.lock(cfg["first"], timeout=30), client.lock(cfg["second"], timeout=30):
+        pass
+    say("done")
+    sys.stdin.readline()
+
+
 def hold(cfg: dict[str, Any]) -> None:
     client = redis.Redis.from_url(cfg["url"], socket_timeout=5)
-    lock = client.lock(cfg["name"], timeout=float(cfg.get("ttl", 60)))
+    ttl = cfg.get("ttl", 60)
+    lock = client.lock(cfg["name"], timeout=None if ttl is None else float(ttl))
     lock.acquire()
     say("holding", lock=cfg["name"])
     sys.stdin.readline()
@@ -170,5 +214,11 @@ def soak(cfg: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     mode, config = sys.argv[1], json.loads(sys.argv[2])
-    modes = {"deadlock": deadlock, "hold": hold, "zk_hold": zk_hold, "skewed": skewed}
+    modes = {
+        "deadlock": deadlock,
+        "hold": hold,
+        "zk_hold": zk_hold,
+        "skewed": skewed,
+        "order": order,
+    }
     {**modes, "soak": soak}[mode](config)

@@ -389,12 +389,28 @@ def test_process_liveness_uses_its_own_interval_with_a_floor() -> None:
 def test_dead_process_forgotten_after_retention() -> None:
     w = World(AgentConfig(dead_process_retention=10))
     w.heartbeat(1)
-    w.hold("1.1", "A")
+    # a lease that outlives the retention: forgotten with the process
+    w.hold("1.1", "A", **{ev.ATTR_LOCK_EXPIRES_AT: w.now + 3600 * S})
     w.advance(3.1)
     assert w.state.hold_count == 1  # orphaned, kept
     w.advance(10)
     assert w.state.hold_count == 0
     assert api_processes(w.state) == {"processes": []}
+    assert w.active("stale_holders") == []
+
+
+def test_dead_process_with_a_hold_no_lease_ends_is_kept_past_retention() -> None:
+    """Issue 14 item 7: nothing but a release ends such a hold (a redis-py lock without a
+    timeout), so its orphaned finding stays active, and the process is kept for it."""
+    w = World(AgentConfig(dead_process_retention=10))
+    w.heartbeat(1)
+    w.hold("1.1", "A")
+    w.advance(3.1)
+    w.advance(30)
+    assert w.state.hold_count == 1
+    assert [f["reason"] for f in w.active("stale_holders")] == ["orphaned"]
+    # Someone else takes the lock: the orphan is over.
+    w.hold("2.1", "A")
     assert w.active("stale_holders") == []
 
 

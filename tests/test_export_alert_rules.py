@@ -18,6 +18,8 @@ ALERTS = ROOT / "alerts"
 RULE_FILES = sorted(ALERTS.glob("*.rules.yml"))
 RULE_TESTS = sorted((ALERTS / "tests").glob("*.yml"))
 RUNBOOK = ROOT / "docs" / "runbook.md"
+EXTRA_ALERTS = {"LockscopeProcessFlood"}
+"""Alerts beyond the public contract's list (additions are not breaking)."""
 SPEC_ALERTS = {
     "LockDeadlock",
     "LockStaleHolder",
@@ -117,7 +119,7 @@ def test_every_alert_is_complete(loaded_rules):
         url = notes.get("runbook_url", "")
         assert url.endswith(f"docs/runbook.md#{name.lower()}"), (name, url)
         assert name.lower() in anchors, f"docs/runbook.md has no section for {name}"
-    assert names == SPEC_ALERTS
+    assert names == SPEC_ALERTS | EXTRA_ALERTS
 
 
 def test_runbook_explains_every_alert() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from lockscope import events
 from lockscope.instrumentation.recorder import Hold, LockInfo, Recorder
 
@@ -120,3 +122,20 @@ def test_recorder_holder_of_finds_the_hold_of_a_key_among_many() -> None:
     assert all(recorder.holder_of(info.key) is None for info in infos)
     recorder.end_hold(holds[9])  # the parent's hold, released in the child: ignored
     assert recorder.holder_of(infos[9].key) is None
+
+
+def test_the_reported_clock_never_steps_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14 item 1 (shim side): a host clock stepped back 120 s is followed at 1 ms per
+    second at most, so this process's reports and their since values keep their order; a
+    clock stepped forward is followed at once."""
+    recorder = Recorder()
+    real = time.time_ns
+    before = recorder.wall(time.perf_counter_ns())
+    monkeypatch.setattr(time, "time_ns", lambda: real() - 120 * 10**9)
+    recorder.sync_clock()
+    after = recorder.wall(time.perf_counter_ns())
+    assert after >= before
+    assert after - real() < 10**9  # it did not jump back, nor forward
+    monkeypatch.setattr(time, "time_ns", lambda: real() + 60 * 10**9)
+    recorder.sync_clock()
+    assert recorder.wall(time.perf_counter_ns()) - real() > 59 * 10**9

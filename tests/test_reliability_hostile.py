@@ -12,10 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from lockscope.agent.config import AgentConfig
-from lockscope.agent.model import Event, ProcessInfo
+from agent_helpers import World
+from lockscope.agent.config import AgentConfig, Limits
+from lockscope.agent.model import Event, ProcessInfo, RejectedEvent
 from lockscope.testing.agent import InProcessAgent, encode_logs
-from reliability_helpers import AgentProcess, get_json, metric_value, request, rss_bytes, until
+from reliability_helpers import (
+    AgentProcess,
+    Worker,
+    findings,
+    get_json,
+    metric_value,
+    request,
+    rss_bytes,
+    until,
+)
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 
@@ -208,3 +218,135 @@ def test_cut_names_stay_distinct_and_consistent() -> None:
         assert max(len(p["service"]) for p in processes) == 1024
         assert agent.runner.stats.truncated["service"] == 1
         assert agent.runner.stats.truncated["lock_name"] == 3
+
+
+# -- clocks and forged heartbeats (item 1) ---------------------------------------------------
+def active_deadlocks(http_url: str, locks: set[str]) -> list[dict[str, object]]:
+    return [
+        d
+        for d in findings(http_url, "deadlocks")
+        if d["status"] == "active" and set(d["locks"]) == locks
+    ]
+
+
+def test_a_clock_stepped_back_does_not_hide_a_real_deadlock(redis_url: str) -> None:
+    """Issue 14 item 1, the attack: one participant's clock runs 120 s ahead, then NTP
+    steps it back (here 1 s after the start, before the deadlock forms); the deadlock went
+    unreported for the whole test (20 s).  Then a forger sends each victim's heartbeat
+    dated an hour ahead, listing nothing: the deadlock must stay found, with its holds and
+    waits."""
+    agent = AgentProcess().start()
+    cfg = {"url": redis_url, "first": "clk:a", "second": "clk:b"}
+    first = Worker("deadlock", {**cfg, "clock_ahead": 120, "step_after": 1.0}, agent.otlp_url)
+    second = Worker("deadlock", {**cfg, "first": "clk:b", "second": "clk:a"}, agent.otlp_url)
+    try:
+        first.expect("holding")
+        second.expect("holding")
+        first.expect("stepped")
+        first.send("go")
+        second.send("go")
+        until(lambda: active_deadlocks(agent.http_url, {"clk:a", "clk:b"}), timeout=15)
+        victims = [
+            p
+            for p in get_json(agent.http_url + "/api/v1/processes")["processes"]
+            if p["pid"] in (first.pid, second.pid)
+        ]
+        assert len(victims) == 2
+        future = time.time_ns() + 3600 * 10**9
+        forged = [
+            heartbeat(p["instance"], future, **extra)
+            for p in victims
+            for extra in ({}, {"lockscope.seq": 1}, {"lockscope.seq": 2**62})
+        ]
+        forged = [
+            Event(
+                e.name,
+                e.time_ns,
+                ProcessInfo(p["service"], p["host"], p["pid"], e.process.instance),
+                e.attrs,
+            )
+            for e, p in zip(forged, [p for p in victims for _ in range(3)], strict=True)
+        ]
+        status, _, _ = request(
+            agent.otlp_url + "/v1/logs", data=encode_logs(forged), headers=PROTOBUF
+        )
+        assert status == 200
+        # Two heartbeats later: still found, and the agent still sees both stuck.
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            assert active_deadlocks(agent.http_url, {"clk:a", "clk:b"})
+        procs = {p["pid"]: p for p in get_json(agent.http_url + "/api/v1/processes")["processes"]}
+        for w in (first, second):
+            assert (procs[w.pid]["holds"], procs[w.pid]["waits"]) == (1, 1)
+    finally:
+        first.kill()
+        second.kill()
+        agent.stop()
+
+
+# -- a flood of processes (item 4) -------------------------------------------------------------
+def lock_event(name: str, instance: str, lock: str, seq: int, since: int) -> Event:
+    return Event(
+        name,
+        time.time_ns(),
+        ProcessInfo("real", "host", 9, instance),
+        {
+            "lockscope.lock.system": "redis",
+            "lockscope.lock.namespace": "ns",
+            "lockscope.lock.name": lock,
+            "lockscope.actor.id": "thread:1",
+            "lockscope.since": since,
+            "lockscope.seq": seq,
+        },
+    )
+
+
+def flood(agent: InProcessAgent, start: int, count: int) -> None:
+    for first in range(start, start + count, 500):
+        fake = [heartbeat(f"flood-{i}") for i in range(first, min(first + 500, start + count))]
+        agent.post_events(fake)
+
+
+def test_a_flood_of_fake_processes_does_not_blind_the_agent() -> None:
+    """Issue 14 item 4, the attack: 10,000 fake processes (one heartbeat each) from one
+    client filled the process table; a real deadlock started afterwards went unnoticed
+    (126 limit hits in 30 s).  Processes with waits and holds must win: the deadlock is
+    found, stays found while the flood goes on, and the flood is counted."""
+    with InProcessAgent(AgentConfig(evidence_timeout=0)) as agent:
+        flood(agent, 0, 10_000)
+        t0 = time.time_ns()
+        agent.post_events(
+            [
+                lock_event("lockscope.hold.start", "real-1", "fl:a", 1, t0),
+                lock_event("lockscope.hold.start", "real-2", "fl:b", 1, t0),
+                lock_event("lockscope.wait.start", "real-1", "fl:b", 2, t0 + 1),
+                lock_event("lockscope.wait.start", "real-2", "fl:a", 2, t0 + 1),
+            ]
+        )
+        until(
+            lambda: any(
+                d["status"] == "active" for d in agent.get("/api/v1/deadlocks")["deadlocks"]
+            )
+        )
+        flood(agent, 10_000, 10_000)  # the flood goes on: every fake evicts an older fake
+        deadlocks = agent.get("/api/v1/deadlocks")["deadlocks"]
+        assert [d["status"] for d in deadlocks] == ["active"]
+        counters = agent.state.counters
+        assert counters.processes_evicted >= 10_000
+        assert "max_processes" not in counters.limits_hit
+        processes = agent.get("/api/v1/processes")["processes"]
+        assert len(processes) <= agent.state.config.limits.max_processes
+        assert {p["instance"] for p in processes if p["service"] == "real"} == {"real-1", "real-2"}
+
+
+def test_at_the_process_limit_busy_processes_are_kept_and_a_newcomer_refused() -> None:
+    w = World(AgentConfig(evidence_timeout=0, limits=Limits(max_processes=3)))
+    w.hold("1.1", "A")
+    w.hold("2.1", "B")
+    w.heartbeat(3)  # reports nothing: evicted first
+    w.hold("4.1", "C")
+    assert w.state.counters.processes_evicted == 1
+    with pytest.raises(RejectedEvent):
+        w.hold("5.1", "D")
+    assert w.state.counters.limits_hit["max_processes"] == 1
+    assert {a.process.info.instance for a in w.state.actors()} == {"inst-1", "inst-2", "inst-4"}

@@ -90,6 +90,10 @@ ATTR_LOCK_MAX_LEASES: Final = "lockscope.lock.max_leases"
 """Semaphores: how many holders at once."""
 ATTR_LOCK_TTL: Final = "lockscope.lock.ttl"
 """Lease length in seconds (double), where the lock has one."""
+ATTR_LOCK_SESSION_TIMEOUT: Final = "lockscope.lock.session_timeout"
+"""Seconds (double): the hold lasts while its holder's session with the lock server does,
+and the server ends a session this long after it last heard from the holder (ZooKeeper's
+ephemeral nodes).  The agent resolves an orphaned hold when that time has passed."""
 ATTR_LOCK_EXPIRES_AT: Final = "lockscope.lock.expires_at"
 """Unix nanoseconds when the holder's lease ends, as the holder believes."""
 ATTR_LOCK_TOKEN: Final = "lockscope.lock.token"

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import signal
@@ -47,6 +48,8 @@ from lockscope.agent.app_keys import (
     ReceiverLimits,
 )
 from lockscope.agent.config import AgentConfig
+from lockscope.agent.durable import DurableFile, default_state_file
+from lockscope.agent.durable_sync import DurableSync
 from lockscope.agent.export_alertmanager import bind_http_url, setup_alertmanager
 from lockscope.agent.metrics_store import MetricsStore
 from lockscope.agent.otlp_receiver import setup_otlp_routes
@@ -220,6 +223,7 @@ class AgentRunner:
         self.metrics_store = MetricsStore()
         self.state.on_process_forgotten.append(self.metrics_store.forget_process)
         self.limits = ReceiverLimits(max_request_bytes, self.config.body_timeout)
+        self.durable: DurableSync | None = None
         self.guard = ConnectionGuard(
             self.config.limits.max_connections, self.config.header_timeout, self.stats
         )
@@ -297,6 +301,10 @@ class AgentRunner:
         warn_if_exposed((self._otlp_address, self._http_address), self.access)
         for app in (otlp_app, http_app):
             _share(app, *shared)
+        if self.config.state_file:
+            # Before serving: what a restart would lose is back before the first report.
+            self.durable = DurableSync(self.state, DurableFile(self.config.state_file))
+            await self.durable.restore()
         if self.forwarding is not None:
             otlp_app[EVENT_TAPS_KEY] = (self.forwarding.tap,)
             http_app.router.add_get("/api/v1/forwarding", self._forwarding_status)
@@ -313,6 +321,8 @@ class AgentRunner:
                 await self.forwarding.stop()
             raise
         self.guard.start()
+        if self.durable is not None:
+            self.durable.start()
         self._tick_task = asyncio.create_task(self._tick_loop(), name="lockscope-agent-tick")
         self.ready.set()
         log.info("lockscope agent: OTLP on %s, HTTP on %s", self.otlp_url, self.http_url)
@@ -381,6 +391,9 @@ class AgentRunner:
             log.warning("%d request(s) still in flight at shutdown", self._in_flight)
         await self._cleanup_runners()
         await self.guard.stop()
+        if self.durable is not None:
+            await self.durable.stop()
+            self.durable = None
         if self._tick_task is not None:
             self._tick_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -443,6 +456,11 @@ def run_agent(
 ) -> int:
     """Serve until SIGTERM or SIGINT, then shut down gracefully; returns the exit code
     (0 after a clean shutdown, 1 when a listener could not bind)."""
+
+    config = config if config is not None else AgentConfig()
+    if config.state_file is None:
+        path = default_state_file(otlp[1])
+        config = dataclasses.replace(config, state_file=str(path) if path else "")
 
     async def main() -> int:
         runner = AgentRunner(

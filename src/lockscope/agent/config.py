@@ -114,6 +114,10 @@ class AgentConfig:
     lease_grace: float = 0.5
     """A hold still reported this long after its lease ended is a ``lease_expired`` stale
     holder; an orphaned hold is dropped this long after its lease ends."""
+    max_clock_ahead: float = 10.0
+    """An event dated more than this many seconds after it arrived counts as dated this
+    far ahead: a fast or forged clock cannot make a process's later reports look old.
+    Processes that number their events (lockscope's shim) are ordered by the numbers."""
     clock_skew: float = 0.05
     """Tolerated clock difference between hosts: two holds of one exclusive lock must
     overlap by more than this to be a mutual-exclusion violation."""
@@ -140,6 +144,12 @@ class AgentConfig:
     template_rules: tuple[tuple[str, str], ...] = ()
     """Extra lock-name templating rules ``(regex, replacement)`` for events that arrive
     without a ``lockscope.lock.template`` (see :mod:`lockscope.naming`)."""
+    state_file: str | None = None
+    """SQLite file keeping what a restart would lose (lock-order pairs, holds of processes
+    that may not report again, one-shot findings; :mod:`lockscope.agent.durable_sync`).
+    None: ``lockscope agent`` uses ``$LOCKSCOPE_AGENT_STATE_FILE``, else
+    ``$XDG_STATE_HOME/lockscope/agent-<OTLP port>.sqlite`` (``~/.local/state/...``), an
+    embedded agent keeps nothing; ``""``: keep nothing."""
     header_timeout: float = 10.0
     """A client connection with no request in progress (sending its headers slowly, or
     idle between requests) is closed after this many seconds (also the TLS handshake's
@@ -223,6 +233,10 @@ class AgentConfig:
                 }
             elif key == "template_rules":
                 changes[key] = _rules(value)
+            elif key == "state_file":
+                if not isinstance(value, str):
+                    raise ConfigError(f"state_file must be a path (a string), got {value!r}")
+                changes[key] = value
             elif key == "in_process_systems":
                 if not isinstance(value, list | tuple) or not all(
                     isinstance(v, str) for v in value

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
+from lockscope.agent.graph_queue import queue_order, queued_ahead, queued_behind
 from lockscope.agent.model import ProcessInfo
 
 if TYPE_CHECKING:
@@ -76,6 +77,9 @@ class Process:
         "last_heartbeat_ns",
         "last_seen_ns",
         "schema_version",
+        "seq_mark",
+        "seq_mark_at_ns",
+        "session_ns",
         "wake_ns",
     )
 
@@ -85,6 +89,15 @@ class Process:
         self.last_seen_ns = now_ns
         self.last_heartbeat_ns = 0
         """Sender time of the newest heartbeat applied (0: none yet)."""
+        self.seq_mark = 0
+        """``lockscope.seq`` of the newest heartbeat applied (0: the process does not
+        number its events, or no heartbeat yet; see :mod:`lockscope.agent.report_order`)."""
+        self.seq_mark_at_ns = 0
+        """Agent time when that heartbeat arrived."""
+        self.session_ns: int | None = None
+        """The longest session timeout its session-bound holds reported: a lock server
+        ends such a hold this long after it last heard from the process
+        (``lockscope.lock.session_timeout``: ZooKeeper's ephemeral nodes)."""
         self.interval: float | None = None
         self.deadline_ns = 0
         self.wake_ns = 0
@@ -296,57 +309,6 @@ def blocks(requested: str, held: str) -> bool:
     return not (requested == READ and held == READ)
 
 
-def _by_start(w: Wait) -> tuple[int, str]:
-    return (w.since_ns, w.actor.key)
-
-
-def _by_ticket(w: Wait) -> tuple[int, int, str]:
-    assert w.ticket is not None
-    return (w.ticket, w.since_ns, w.actor.key)
-
-
-def queue_order(waits: list[Wait]) -> list[Wait]:
-    """The waiters of a FIFO lock in queue order, front first: a total order.
-
-    Tickets (the lock server's own queue order, as kazoo reports it) order the waiters that
-    have one, wait starts the others.  Comparing "by ticket when both have one, else by
-    start" pairwise is not transitive (A ticket 1, B none, C ticket 2 can give A > B > C >
-    A: a false cycle), so the two chains are merged instead, like the merge step of a merge
-    sort: each keeps its own order and they interleave by wait start.  A queue is never a
-    cycle.
-    """
-    ticketed = sorted((w for w in waits if w.ticket is not None), key=_by_ticket)
-    if len(ticketed) == len(waits):
-        return ticketed
-    plain = sorted((w for w in waits if w.ticket is None), key=_by_start)
-    if not ticketed:
-        return plain
-    out: list[Wait] = []
-    i = j = 0
-    while i < len(ticketed) and j < len(plain):
-        if _by_start(plain[j]) < _by_start(ticketed[i]):
-            out.append(plain[j])
-            j += 1
-        else:
-            out.append(ticketed[i])
-            i += 1
-    out.extend(ticketed[i:])
-    out.extend(plain[j:])
-    return out
-
-
-def _queued_ahead(w: Wait) -> list[Wait]:
-    """The waiters queued ahead of ``w`` on its (FIFO) lock."""
-    order = queue_order(w.lock.waits)
-    return order[: order.index(w)]
-
-
-def _queued_behind(w: Wait) -> list[Wait]:
-    """The waiters queued behind ``w`` on its (FIFO) lock."""
-    order = queue_order(w.lock.waits)
-    return order[order.index(w) + 1 :]
-
-
 def waits_for(actor: Actor) -> list[tuple[Actor, Lock, str]]:
     """The actor's out-edges: ``(target actor, lock, HOLD_EDGE | QUEUE_EDGE)``.
 
@@ -364,7 +326,7 @@ def waits_for(actor: Actor) -> list[tuple[Actor, Lock, str]]:
         if w.mode == SEMAPHORE or blocks(w.mode, h.mode):
             out.append((holder, lock, HOLD_EDGE))
     if lock.fifo and w.mode != SEMAPHORE and len(lock.waits) > 1:
-        for q in _queued_ahead(w):
+        for q in queued_ahead(w):
             other = q.actor
             if other is not actor and blocks(w.mode, q.mode):
                 out.append((other, lock, QUEUE_EDGE))
@@ -383,7 +345,7 @@ def predecessors(actor: Actor) -> Iterator[Actor]:
                 yield waiter
     own = actor.wait
     if own is not None and own.lock.fifo and len(own.lock.waits) > 1:
-        for q in _queued_behind(own):
+        for q in queued_behind(own):
             other = q.actor
             if (
                 other is not actor

@@ -35,11 +35,16 @@ from aiohttp.typedefs import Handler, Middleware
 
 from lockscope.agent.otlp_stats import ReceiverStats
 
-__all__ = ["FD_RESERVE", "ConnectionGuard", "GuardedSite", "fd_bounded"]
+__all__ = ["BACKLOG", "FD_RESERVE", "ConnectionGuard", "GuardedSite", "fd_bounded"]
 
+BACKLOG: Final = 32
+"""Listen backlog per listener.  asyncio accepts up to this many connections in one go,
+before the connections the guard closed to make room have released their descriptors, so
+a burst can briefly exceed the limit by this much per listener."""
 FD_RESERVE: Final = 128
-"""File descriptors kept free for everything but client connections (state file, database
-watches, Alertmanager, logs)."""
+"""File descriptors kept free for everything but client connections: a burst of accepts
+on both listeners (2 x ``BACKLOG``) plus the state file, database watches, Alertmanager
+and logs."""
 _SWEEP_INTERVAL: Final = 0.5
 
 
@@ -223,7 +228,7 @@ class GuardedSite(web.TCPSite):
         *,
         guard: ConnectionGuard,
         ssl_context: ssl.SSLContext | None = None,
-        backlog: int = 128,
+        backlog: int = BACKLOG,
     ) -> None:
         super().__init__(runner, host, port, ssl_context=ssl_context, backlog=backlog)
         self._guard = guard

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from lockscope import events as ev
 from lockscope.agent.config import AgentConfig
 from lockscope.agent.detect_deadlock import DeadlockDetector
 from lockscope.agent.detect_order import OrderDetector
@@ -28,7 +29,7 @@ from lockscope.agent.detect_stale import REASONS, StaleHolderDetector
 from lockscope.agent.detect_violation import ViolationDetector
 from lockscope.agent.findings import STALE_HOLDER, Finding, FindingStore
 from lockscope.agent.graph import to_networkx
-from lockscope.agent.model import RejectedEvent
+from lockscope.agent.model import Event, RejectedEvent
 from lockscope.agent.store import NS, LockStore, StoreCounters
 
 __all__ = ["AgentState", "RejectedEvent", "StateCounters"]
@@ -45,6 +46,7 @@ class AgentState(LockStore):
     ) -> None:
         config = config or AgentConfig()
         super().__init__(config, clock)
+        self._max_ahead_ns = int(config.max_clock_ahead * NS)
         limits = config.limits
         self.finding_store = findings = FindingStore(limits.max_findings)
         self.deadlocks = DeadlockDetector(
@@ -58,6 +60,22 @@ class AgentState(LockStore):
         self.order = OrderDetector(findings, limits.max_order_pairs, config.order_self_pairs)
         for detector in (self.deadlocks, self.stale, self.violations, self.order):
             self.attach(detector)
+
+    def apply(self, event: Event, now_ns: int | None = None) -> None:
+        """:meth:`LockStore.apply`; an unnumbered event dated more than ``max_clock_ahead``
+        after it arrived counts as dated that far ahead (a fast or forged clock cannot make
+        the process's later reports look old: :mod:`lockscope.agent.report_order`)."""
+        now = self._clock() if now_ns is None else now_ns
+        t = event.time_ns
+        # Numbered reports are ordered by their numbers (report_order), not their dates.
+        if (
+            t.__class__ is int
+            and t > now + self._max_ahead_ns
+            and ev.ATTR_SEQUENCE not in event.attrs
+        ):
+            self.counters.future_timestamps += 1
+            event = Event(event.name, now + self._max_ahead_ns, event.process, event.attrs)
+        super().apply(event, now)
 
     def subscribe_findings(self, callback: Callable[[Finding], None]) -> Callable[[], None]:
         """Call ``callback(finding)`` whenever a finding is added or resolved (synchronously,

@@ -42,6 +42,7 @@ from lockscope.agent.model import (
     attr_mode,
     attr_str,
 )
+from lockscope.agent.report_order import heartbeat_is_newest
 from lockscope.agent.store_changes import HoldExtended, LockLost, SnapshotApplied
 
 if TYPE_CHECKING:
@@ -53,6 +54,25 @@ __all__ = ["LockEvents"]
 class _Lingering(Exception):
     """A database wait that just ended, listed once more for a session no actor binds:
     skipped (it only serves to let the bound app report how the wait ended)."""
+
+
+def _older_than_heartbeat(proc: Process, event: Event) -> bool:
+    """Whether a start event predates the process's newest snapshot (which did not list
+    it): by number for a process that numbers its events, else by (bounded) timestamp."""
+    seq = event.attrs.get(ev.ATTR_SEQUENCE)
+    if proc.seq_mark and seq.__class__ is int:
+        return bool(seq < proc.seq_mark)
+    return event.time_ns < proc.last_heartbeat_ns
+
+
+def _session(h: Hold, attrs: Mapping[str, Any]) -> None:
+    """Note a session-bound hold's session timeout on its process (per process: one
+    client session, so one timeout, and no cost per hold)."""
+    if ev.ATTR_LOCK_SESSION_TIMEOUT in attrs:
+        seconds = attr_float(attrs, ev.ATTR_LOCK_SESSION_TIMEOUT)
+        if seconds is not None and seconds > 0:
+            proc = h.actor.process
+            proc.session_ns = max(proc.session_ns or 0, int(seconds * 1e9))
 
 
 class LockEvents:
@@ -167,7 +187,7 @@ class LockEvents:
         try:
             cur = actor.wait
             known = cur is not None and cur.lock is lock and cur.since_ns == since
-            if event.time_ns < proc.last_heartbeat_ns and not known:
+            if not known and _older_than_heartbeat(proc, event):
                 store.ignored("older_than_heartbeat")
                 return
             w = store.put_wait(actor, lock, mode, since, event.time_ns, attrs, True)
@@ -201,11 +221,12 @@ class LockEvents:
         try:
             cur = actor.holds.get(lock.key)
             known = cur is not None and cur.since_ns == since
-            if event.time_ns < proc.last_heartbeat_ns and not known:
+            if not known and _older_than_heartbeat(proc, event):
                 store.ignored("older_than_heartbeat")
                 return
             h, new = store.put_hold(actor, lock, mode, since, event.time_ns, attrs)
             if h is not None:
+                _session(h, attrs)
                 if new:
                     store.timeline_add(since, lock, "hold", actor, mode, None)
                 store.asserted(h, event.time_ns)
@@ -282,6 +303,19 @@ class LockEvents:
             raise RejectedEvent(f"{ev.ATTR_HOLDS} and {ev.ATTR_WAITS} must be arrays")
         dropped = attr_int(attrs, ev.ATTR_DROPPED)
         schema = attr_int(attrs, ev.ATTR_SCHEMA_VERSION)
+        seq = attr_int(attrs, ev.ATTR_SEQUENCE)
+        t = event.time_ns
+        first = proc.last_heartbeat_ns == 0 and proc.seq_mark == 0
+        verdict = heartbeat_is_newest(proc, seq, t, store.now_ns)
+        if verdict != "newest":
+            # Not provably this process's newest snapshot (report_order): it may add what it
+            # lists (a real heartbeat overtaken by a forged one must still count) but it
+            # removes nothing, and it does not change the process's settings.
+            store.ignored(verdict)
+            if seq is None or verdict != "stale_heartbeat" or not proc.seq_mark:
+                return
+            self._apply_entries(proc, holds, waits, t)
+            return
         if interval is not None and interval > 0:
             proc.interval = interval
         elif proc.interval is None:
@@ -290,13 +324,47 @@ class LockEvents:
             proc.dropped = dropped
         if schema is not None:
             proc.schema_version = schema
-        t = event.time_ns
-        if proc.last_heartbeat_ns == 0:
+        if first:
             store.procs.first_heartbeat(proc, store.now_ns)
         if t < proc.last_heartbeat_ns:
-            store.ignored("stale_heartbeat")
-            return
+            # A numbered process whose clock went back: everything it asserted before this
+            # snapshot is older than it, whatever the dates say.
+            self._rebase_asserted(proc, t - 1)
         proc.last_heartbeat_ns = t
+        seen_holds, seen_waits, foreign, touched = self._apply_entries(proc, holds, waits, t)
+        # Whatever the snapshot does not list and nobody asserted after it is gone: of the
+        # process's own actors, what it reported itself; of other processes' actors (a
+        # database session bound to an instrumented actor), what this process reported.
+        instance = proc.info.instance
+        previous = self._sourced.pop(instance, set())
+        if foreign:
+            self._sourced[instance] = foreign
+        for actor in [*proc.actors.values(), *(previous - foreign), *foreign]:
+            own = None if actor.process is proc else instance
+            w = actor.wait
+            if w is not None and w.source == own and w not in seen_waits and w.asserted_ns < t:
+                store.heal(w, t)
+            for h in list(actor.holds.values()):
+                if h.source == own and h not in seen_holds and h.asserted_ns < t:
+                    store.heal(h, t)
+        for actor, lock in touched:
+            store.gc(actor, lock)
+        store.emit(SnapshotApplied(proc, t))
+
+    def _rebase_asserted(self, proc: Process, t: int) -> None:
+        for actor in proc.actors.values():
+            w = actor.wait
+            if w is not None and w.source is None and w.asserted_ns > t:
+                w.asserted_ns = t
+            for h in actor.holds.values():
+                if h.source is None and h.asserted_ns > t:
+                    h.asserted_ns = t
+
+    def _apply_entries(
+        self, proc: Process, holds: Any, waits: Any, t: int
+    ) -> tuple[set[Hold], set[Wait], set[Actor], list[tuple[Actor, Lock]]]:
+        """(Re)create what a heartbeat lists; returns what it saw, for healing."""
+        store = self.store
         budget = store.config.limits.max_heartbeat_entries
         if len(holds) + len(waits) > budget:
             store.limit_hit("max_heartbeat_entries")
@@ -312,6 +380,7 @@ class LockEvents:
                     since = bound_since(store.lock_index, entry, actor, since)
                 h, new = store.put_hold(actor, lock, mode, since, t, entry)
                 if h is not None:
+                    _session(h, entry)
                     seen_holds.add(h)
                     if actor.process is not proc:
                         h.source = proc.info.instance
@@ -339,24 +408,7 @@ class LockEvents:
                 continue
             except RejectedEvent:
                 store.counters.heartbeat_entries_rejected += 1
-        # Whatever the snapshot does not list and nobody asserted after it is gone: of the
-        # process's own actors, what it reported itself; of other processes' actors (a
-        # database session bound to an instrumented actor), what this process reported.
-        instance = proc.info.instance
-        previous = self._sourced.pop(instance, set())
-        if foreign:
-            self._sourced[instance] = foreign
-        for actor in [*proc.actors.values(), *(previous - foreign), *foreign]:
-            own = None if actor.process is proc else instance
-            w = actor.wait
-            if w is not None and w.source == own and w not in seen_waits and w.asserted_ns < t:
-                store.heal(w, t)
-            for h in list(actor.holds.values()):
-                if h.source == own and h not in seen_holds and h.asserted_ns < t:
-                    store.heal(h, t)
-        for actor, lock in touched:
-            store.gc(actor, lock)
-        store.emit(SnapshotApplied(proc, t))
+        return seen_holds, seen_waits, foreign, touched
 
     def _entry(self, proc: Process, entry: Any, what: str) -> tuple[int, Lock, Actor, str]:
         if not isinstance(entry, Mapping):

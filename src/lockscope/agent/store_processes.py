@@ -9,6 +9,7 @@ left is dropped when the process is forgotten (``dead_process_retention``).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,25 @@ if TYPE_CHECKING:
 __all__ = ["Processes"]
 
 _NS = 1_000_000_000
+_ZK_MIN_SESSION_NS = 4 * _NS
+_ZK_MAX_SESSION_NS = 40 * _NS
+_EVICT_SCAN = 256
+"""Processes looked at for one eviction before the newcomer is refused."""
+
+
+def lease_end(hold: Hold, proc: Process) -> int | None:
+    """When the lock server ends ``hold`` by itself once its holder is gone: its lease
+    (Redis TTL, database lease), or ``session timeout`` after the holder's last report for
+    a session-bound hold (ZooKeeper: its ephemeral node goes with the session; at least
+    ZooKeeper's default minimum session of 4 s, and 40 s, its default maximum, when the
+    sender did not say).  None: nothing ends it but a release."""
+    if hold.expires_at_ns is not None:
+        return hold.expires_at_ns
+    if hold.lock.system != "zookeeper":
+        return None
+    session = proc.session_ns or _ZK_MAX_SESSION_NS
+    interval = int((proc.interval or 1.0) * _NS)
+    return proc.last_seen_ns + interval + max(session, _ZK_MIN_SESSION_NS)
 
 
 class Processes:
@@ -32,6 +52,8 @@ class Processes:
         self._store = store
         self._config = store.config
         self._by_instance: dict[str, Process] = {}
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        """Instances, least recently heard from first (who makes room at the limit)."""
         self._timers = Timers()
 
     def __iter__(self) -> Iterator[Process]:
@@ -55,15 +77,17 @@ class Processes:
         proc = self._by_instance.get(info.instance)
         config = self._config
         if proc is None:
-            if len(self._by_instance) >= config.limits.max_processes:
+            if len(self._by_instance) >= config.limits.max_processes and not self._evict_one():
                 self._store.limit_hit("max_processes")
                 raise RejectedEvent("too many processes (limits.max_processes)", "limit")
             proc = Process(info, now)
             self._by_instance[info.instance] = proc
+            self._recent[info.instance] = None
             proc.deadline_ns = now + int(config.liveness_timeout(None) * _NS)
             self._schedule(proc)
             return proc
         proc.last_seen_ns = now
+        self._recent.move_to_end(info.instance)
         timeout = config.liveness_timeout(proc.interval if proc.last_heartbeat_ns else None)
         proc.deadline_ns = now + int(timeout * _NS)
         if not proc.alive:
@@ -72,6 +96,31 @@ class Processes:
             self._schedule(proc)
             self._store.emit(ProcessRevived(proc))
         return proc
+
+    def _evict_one(self) -> bool:
+        """Make room for a new process at ``max_processes``: forget the least recently
+        heard-from process that has no waits and no holds (a flood of fake processes, one
+        heartbeat each, reports nothing).  A process with waits or holds, alive or dead
+        (orphaned holds), is never evicted; an evicted one is simply new again when it
+        next reports.  False when every process has something (the newcomer is refused)."""
+        recent, by_instance = self._recent, self._by_instance
+        for _ in range(min(len(recent), _EVICT_SCAN)):
+            instance = next(iter(recent))
+            proc = by_instance.get(instance)
+            if proc is None:
+                del recent[instance]
+                continue
+            if proc.actors:
+                recent.move_to_end(instance)  # busy: look at it again only after the rest
+                continue
+            del recent[instance]
+            del by_instance[instance]
+            self._store.counters.processes_evicted += 1
+            self._store.emit(ProcessForgotten(proc))
+            for callback in list(self._store.on_process_forgotten):
+                callback(instance)
+            return True
+        return False
 
     def first_heartbeat(self, proc: Process, now: int) -> None:
         """The process told its heartbeat interval: its liveness deadline follows it."""
@@ -120,8 +169,10 @@ class Processes:
             for hold in list(actor.holds.values()):
                 if hold.lock.system in in_process or hold.lock.process_bound:
                     store.drop_hold(hold, tombstone=False, reason="process_dead")
-                elif hold.expires_at_ns is not None:
-                    self._timers.add(max(hold.expires_at_ns + grace, now), "lease_end", hold)
+                    continue
+                end = lease_end(hold, proc)
+                if end is not None:
+                    self._timers.add(max(end + grace, now), "lease_end", hold)
         store.emit(ProcessDied(proc, exited))
         retention = int(config.dead_process_retention * _NS)
         self._timers.add(now + retention, "forget", (proc, now))
@@ -129,11 +180,19 @@ class Processes:
     def _forget(self, proc: Process, dead_since: int) -> None:
         if proc.alive or proc.dead_since_ns != dead_since:
             return
+        if any(lease_end(h, proc) is None for a in proc.actors.values() for h in a.holds.values()):
+            # A hold that no server lease ends (a redis-py lock without a timeout) outlives
+            # its dead holder until someone else takes the lock: keep it (and its orphaned
+            # finding) rather than forget it while the lock is still stuck.
+            retention = int(self._config.dead_process_retention * _NS)
+            self._timers.add(self._store.now_ns + retention, "forget", (proc, dead_since))
+            return
         for actor in list(proc.actors.values()):
             for hold in list(actor.holds.values()):
                 self._store.drop_hold(hold, tombstone=False, reason="forgotten")
         if self._by_instance.get(proc.info.instance) is proc:
             del self._by_instance[proc.info.instance]
+            self._recent.pop(proc.info.instance, None)
             self._store.emit(ProcessForgotten(proc))
             for callback in list(self._store.on_process_forgotten):
                 callback(proc.info.instance)

@@ -27,13 +27,20 @@ class StoreCounters:
     events_ignored: dict[str, int] = field(default_factory=dict)
     """Valid events that changed nothing, by why: ``tombstoned`` (late start of an ended
     hold/wait), ``older_than_heartbeat``, ``superseded`` (older than what is known),
-    ``stale_heartbeat`` (an older snapshot than the newest applied)."""
+    ``stale_heartbeat`` (an older snapshot than the newest applied); heartbeats that could
+    only add (:mod:`lockscope.agent.report_order`): ``stale_heartbeat`` for a numbered
+    process too, ``unsequenced`` (no number from a process that numbers its events),
+    ``implausible_sequence`` (a number too far ahead)."""
     heartbeat_entries_rejected: int = 0
     healed: dict[str, int] = field(default_factory=dict)
     """Holds/waits removed because a heartbeat no longer listed them (lost end events)."""
     limits_hit: dict[str, int] = field(default_factory=dict)
     """By limit name (``max_locks``, ``max_holds``, ...)."""
     processes_presumed_dead: int = 0
+    future_timestamps: int = 0
+    """Events dated more than ``max_clock_ahead`` past their arrival (counted as that)."""
+    processes_evicted: int = 0
+    """Processes reporting nothing dropped to admit a new one at ``max_processes``."""
 
 
 def inc(counter: dict[str, int], key: str, n: int = 1) -> None:

@@ -53,6 +53,7 @@ from lockscope.agent.metrics_store import HistogramTotal, MetricsStore
 from lockscope.agent.otlp_stats import ReceiverStats
 from lockscope.agent.state import AgentState
 from lockscope.agent.store import OTHER_LABEL as STATE_OTHER_LABEL
+from lockscope.agent.web_metrics_guards import hostile_input_metrics
 
 __all__ = ["METRICS_PATH", "OTHER_LOCK", "LabelCap", "LockscopeCollector", "setup_metrics_route"]
 
@@ -360,30 +361,7 @@ class LockscopeCollector(Collector):
             ),
             stats.rejected,
         )
-        yield _series(
-            CounterMetricFamily(
-                "lockscope_agent_strings_truncated",
-                "Strings in events cut to limits.max_string_length, by field (lock_name, "
-                "owner, code, actor, service, host, instance, other...).",
-                labels=["field"],
-            ),
-            stats.truncated,
-        )
-        yield _series(
-            CounterMetricFamily(
-                "lockscope_agent_connections_closed",
-                "Client connections the agent closed itself, by reason (header_timeout: "
-                "no complete request in time; limit: over the connection limit).",
-                labels=["reason"],
-            ),
-            stats.connections_closed,
-            always=("header_timeout", "limit"),
-        )
-        yield GaugeMetricFamily(
-            "lockscope_agent_connections",
-            "Client connections open now on both listeners.",
-            value=stats.connections_open,
-        )
+        yield from hostile_input_metrics(stats, self.state.counters)
         yield _series(
             CounterMetricFamily(
                 "lockscope_agent_records_ignored",

@@ -78,7 +78,7 @@ class KazooAdapter(Adapter):
             mode = "semaphore"
             max_leases = int(instance.max_leases)
         path = str(instance.path)
-        return LockInfo(
+        info = LockInfo(
             "zookeeper",
             zookeeper_namespace(instance.client),
             path,
@@ -88,6 +88,13 @@ class KazooAdapter(Adapter):
             max_leases=max_leases,
             adapter=self,
         )
+        # The lock node is ephemeral: ZooKeeper deletes it when the holder's session ends,
+        # session_timeout after it last heard from the holder.  The agent uses it to end an
+        # orphaned hold (a holder that died) when the server has.
+        timeout_ms = getattr(instance.client, "_session_timeout", None)
+        if isinstance(timeout_ms, int | float) and timeout_ms > 0:
+            info.attrs[events.ATTR_LOCK_SESSION_TIMEOUT] = timeout_ms / 1000.0
+        return info
 
     def exc_outcome(self, exc: BaseException) -> str:
         if isinstance(exc, self.timeout_error):

@@ -40,6 +40,8 @@ PendingEvent = tuple[str, int, dict[str, Any]]
 """(event name, unix time ns, attributes) waiting in the reporter's queue."""
 
 _perf = time.perf_counter_ns
+_SLEW = 1000
+"""A backward clock step is followed at 1/_SLEW of the time passing (1 ms per second)."""
 
 
 class Recorder(InProcessRegistry):
@@ -74,11 +76,25 @@ class Recorder(InProcessRegistry):
         self._reset_in_process()
         self.stats = LockStats()
         """Cumulative metrics of this process (exported by :mod:`.metrics`)."""
+        self._synced_at = 0
+        self.offset = 0
         self.sync_clock()
 
     def sync_clock(self) -> None:
-        """Re-derive wall time from ``perf_counter_ns`` (one clock read on the hot path)."""
-        self.offset = time.time_ns() - _perf()
+        """Re-derive wall time from ``perf_counter_ns`` (one clock read on the hot path).
+
+        The reported timeline never steps back: when the host clock was stepped backwards
+        (NTP, a VM restore) it follows at most 1 ms per second, as ``adjtime`` slews.  So a
+        hold and the wait after it never look reversed (the agent would take the wait for a
+        stale report), and every report's time keeps this process's order.  A clock
+        stepped forward is followed at once.
+        """
+        now = _perf()
+        offset = time.time_ns() - now
+        if offset < self.offset and self._synced_at:
+            offset = max(offset, self.offset - (now - self._synced_at) // _SLEW)
+        self.offset = offset
+        self._synced_at = now
 
     def wall(self, perf_ns: int) -> int:
         """Unix nanoseconds for a ``perf_counter_ns`` reading."""

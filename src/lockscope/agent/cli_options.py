@@ -5,7 +5,9 @@ VALUE)``: :mod:`lockscope.agent.cli_doc` builds the settings table from that."""
 from __future__ import annotations
 
 import argparse
-from typing import Final
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
 
 __all__ = ["FILE_KEYS", "add_arguments", "epilog"]
 
@@ -52,110 +54,147 @@ FILE_KEYS: Final = frozenset(
 """Top-level config file keys the command itself reads; the rest go to AgentConfig."""
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``lockscope agent`` flags (defaults are resolved later, see :func:`resolve`)."""
-    parser.add_argument(
-        "--otlp",
-        metavar="HOST:PORT",
-        help=f"OTLP/HTTP receiver address (env {ENV_OTLP}; default {DEFAULT_OTLP})",
-    )
-    parser.add_argument(
-        "--http",
-        metavar="HOST:PORT",
-        help=f"API, metrics and web view address (env {ENV_HTTP}; default {DEFAULT_HTTP})",
-    )
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        help=f"TOML config: thresholds, templates, limits (env {ENV_CONFIG}; default none)",
-    )
-    parser.add_argument(
+@dataclass(frozen=True, slots=True)
+class _Option:
+    """One flag of ``lockscope agent``; its help ends with where else it can be set,
+    ``(env NAME; default VALUE)``, the form :mod:`lockscope.agent.cli_doc` reads."""
+
+    flag: str
+    what: str
+    env: str | None = None
+    default: object = None
+    """A value, shown as ``default VALUE``."""
+    otherwise: str | None = None
+    """What applies when the option is not set, in words: ``default: WORDS``."""
+    metavar: str | None = None
+    repeatable: bool = False
+    """The flag may be given again (``action="append"``); the variable is comma-separated."""
+    dest: str | None = None
+    choices: tuple[str, ...] | None = None
+    type: Callable[[str], object] | None = None
+    file_key: str | None = None
+    """The config file key, when it is not the option's dest."""
+    switch_off: bool = False
+    """A ``--no-...`` switch: ``False`` when given, ``None`` (not set) otherwise."""
+
+    def help(self) -> str:
+        where = []
+        if self.env is not None:
+            where.append(f"env {self.env}" + (", comma-separated" if self.repeatable else ""))
+        if self.default is not None:
+            where.append(f"default {self.default}")
+        if self.otherwise is not None:
+            where.append(f"default: {self.otherwise}")
+        if self.file_key is not None:
+            where.append(f"file {self.file_key}")
+        return f"{self.what} ({'; '.join(where)})"
+
+    def add_to(self, parser: argparse.ArgumentParser) -> None:
+        options: dict[str, Any] = {"help": self.help()}
+        if self.switch_off:
+            options.update(action="store_false", default=None)
+        elif self.repeatable:
+            options.update(action="append")
+        for name in ("metavar", "dest", "choices", "type"):
+            if getattr(self, name) is not None:
+                options[name] = getattr(self, name)
+        parser.add_argument(self.flag, **options)
+
+
+_OPTIONS: Final = (
+    _Option("--otlp", "OTLP/HTTP receiver address", ENV_OTLP, DEFAULT_OTLP, metavar="HOST:PORT"),
+    _Option(
+        "--http", "API, metrics and web view address", ENV_HTTP, DEFAULT_HTTP, metavar="HOST:PORT"
+    ),
+    _Option(
+        "--config", "TOML config: thresholds, templates, limits", ENV_CONFIG, "none", metavar="FILE"
+    ),
+    _Option(
         "--alertmanager-url",
+        "Alertmanager to alert",
+        ENV_ALERTMANAGER,
         metavar="URL",
-        action="append",
+        repeatable=True,
         dest="alertmanager_urls",
-        help=f"Alertmanager to alert (env {ENV_ALERTMANAGER}, comma-separated)",
-    )
-    parser.add_argument(
+    ),
+    _Option(
         "--max-request-bytes",
+        "largest OTLP body, on the wire and after decompression",
+        ENV_MAX_REQUEST_BYTES,
+        DEFAULT_MAX_REQUEST_BYTES,
         metavar="N",
         type=int,
-        help=(
-            "largest OTLP body, on the wire and after decompression "
-            f"(env {ENV_MAX_REQUEST_BYTES}; default {DEFAULT_MAX_REQUEST_BYTES})"
-        ),
-    )
-    parser.add_argument(
+    ),
+    _Option(
         "--log-level",
+        "debug, info, warning or error",
+        ENV_LOG_LEVEL,
+        DEFAULT_LOG_LEVEL,
         metavar="LEVEL",
-        help=f"debug, info, warning or error (env {ENV_LOG_LEVEL}; default {DEFAULT_LOG_LEVEL})",
-    )
-    parser.add_argument(
+    ),
+    _Option(
         "--token",
+        "bearer token required on ingest, API, web view and /metrics",
+        ENV_TOKEN,
         metavar="TOKEN",
-        help=f"bearer token required on ingest, API, web view and /metrics (env {ENV_TOKEN})",
-    )
-    parser.add_argument(
-        "--token-file",
-        metavar="FILE",
-        help=f"read the bearer token from FILE (env {ENV_TOKEN_FILE})",
-    )
-    parser.add_argument(
-        "--tls-cert",
-        metavar="FILE",
-        help=f"serve HTTPS with this PEM certificate (env {ENV_TLS_CERT})",
-    )
-    parser.add_argument(
-        "--tls-key", metavar="FILE", help=f"the certificate's PEM private key (env {ENV_TLS_KEY})"
-    )
-    parser.add_argument(
+    ),
+    _Option("--token-file", "read the bearer token from FILE", ENV_TOKEN_FILE, metavar="FILE"),
+    _Option("--tls-cert", "serve HTTPS with this PEM certificate", ENV_TLS_CERT, metavar="FILE"),
+    _Option("--tls-key", "the certificate's PEM private key", ENV_TLS_KEY, metavar="FILE"),
+    _Option(
         "--external-url",
+        "URL people reach the web view at, for alert links",
+        ENV_EXTERNAL_URL,
+        otherwise="the HTTP address",
         metavar="URL",
-        help=(
-            "URL people reach the web view at, for alert links "
-            f"(env {ENV_EXTERNAL_URL}; default: the HTTP address)"
-        ),
-    )
-    parser.add_argument(
+    ),
+    _Option(
         "--runbook-url",
+        "your runbook, linked from every alert: {alertname} in it is replaced, else "
+        "#alertname is appended",
+        ENV_RUNBOOK_URL,
+        otherwise="lockscope's runbook",
         metavar="URL",
-        help=(
-            "your runbook, linked from every alert: {alertname} in it is replaced, else "
-            f"#alertname is appended (env {ENV_RUNBOOK_URL}; default: lockscope's runbook)"
-        ),
-    )
-    parser.add_argument(
+    ),
+    _Option(
         "--role",
+        "standalone (one agent, or HA pairs), shard (owns its processes, forwards to "
+        "detectors) or detector (the fleet-wide graph)",
+        ENV_ROLE,
+        "standalone",
         choices=ROLES,
-        help=(
-            "standalone (one agent, or HA pairs), shard (owns its processes, forwards to "
-            f"detectors) or detector (the fleet-wide graph) (env {ENV_ROLE}; default standalone)"
-        ),
-    )
-    parser.add_argument(
+    ),
+    _Option(
         "--forward-to",
+        "a shard's detector OTLP base URL",
+        ENV_FORWARD_TO,
         metavar="URL",
-        action="append",
+        repeatable=True,
         dest="forward_to",
-        help=f"a shard's detector OTLP base URL (env {ENV_FORWARD_TO}, comma-separated)",
-    )
-    parser.add_argument(
+    ),
+    _Option(
         "--watch-database",
+        "watch this database's own locks (postgresql://, mysql://, mariadb:// URL); repeatable",
+        ENV_WATCH_DATABASES,
         metavar="DSN",
-        action="append",
+        repeatable=True,
         dest="watch_databases",
-        help=(
-            "watch this database's own locks (postgresql://, mysql://, mariadb:// URL); "
-            f"repeatable (env {ENV_WATCH_DATABASES}, comma-separated; file [[databases]])"
-        ),
-    )
-    parser.add_argument(
+        file_key="[[databases]]",
+    ),
+    _Option(
         "--no-metrics-auth",
+        "serve /metrics without the token; the API and ingest still need it",
+        otherwise="off",
         dest="metrics_auth",
-        action="store_false",
-        default=None,
-        help="serve /metrics without the token; the API and ingest still need it (default: off)",
-    )
+        switch_off=True,
+    ),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``lockscope agent`` flags (defaults are resolved later, see :func:`resolve`)."""
+    for option in _OPTIONS:
+        option.add_to(parser)
 
 
 def epilog(parser: argparse.ArgumentParser) -> str:

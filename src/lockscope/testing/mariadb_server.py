@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Sequence
+from typing import Unpack
 
-from lockscope.testing.server import LOOPBACK, Server, ServerStartError
+from lockscope.testing.server import Server, ServerOptions, ServerStartError
 
 __all__ = ["MariaDBServer"]
 
@@ -34,10 +35,7 @@ class MariaDBServer(Server):
         admin: str = "mariadb-admin",
         dbname: str = "lockscope",
         max_connections: int = 300,
-        port: int | None = None,
-        host: str = LOOPBACK,
-        base_dir: str | os.PathLike[str] | None = None,
-        startup_timeout: float = 60.0,
+        **options: Unpack[ServerOptions],
     ) -> None:
         """Prepare a server; see :class:`~lockscope.testing.server.Server`.
 
@@ -47,7 +45,7 @@ class MariaDBServer(Server):
         :param admin: ``mariadb-admin`` (readiness probe).
         :param dbname: a database created after the first start.
         """
-        super().__init__(port=port, host=host, base_dir=base_dir, startup_timeout=startup_timeout)
+        super().__init__(**options)
         self.mariadbd = mariadbd
         self.install_db = install_db
         self.client = client
@@ -73,7 +71,7 @@ class MariaDBServer(Server):
 
     def initialise(self) -> None:
         (self.base_dir / "tmp").mkdir(exist_ok=True)
-        result = subprocess.run(
+        self.run_tool(
             [
                 self.install_db,
                 "--no-defaults",
@@ -83,13 +81,9 @@ class MariaDBServer(Server):
                 *self._as_root(),
             ],
             cwd=self.base_dir,
-            capture_output=True,
-            text=True,
-            check=False,
             timeout=self.startup_timeout,
+            error=ServerStartError,
         )
-        if result.returncode != 0:
-            raise ServerStartError(f"mariadb-install-db failed:\n{result.stdout}\n{result.stderr}")
 
     def command(self) -> Sequence[str]:
         return [
@@ -135,7 +129,7 @@ class MariaDBServer(Server):
 
     def sql(self, statements: str) -> str:
         """Run SQL as root through the local socket with the ``mariadb`` client; return stdout."""
-        result = subprocess.run(
+        return self.run_tool(
             [
                 self.client,
                 "--no-defaults",
@@ -144,15 +138,8 @@ class MariaDBServer(Server):
                 "--batch",
                 "-e",
                 statements,
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=30,
+            ]
         )
-        if result.returncode != 0:
-            raise RuntimeError(f"mariadb: {result.stderr.strip()}")
-        return result.stdout
 
     def create_monitor_user(self, user: str = "lockscope_watch", password: str = "watch") -> str:
         """Create (or reset) a user with only ``PROCESS`` (and ``SELECT`` on

@@ -9,9 +9,9 @@ import signal
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
-from lockscope.testing.server import LOOPBACK, Server, ServerStartError
+from lockscope.testing.server import Server, ServerOptions, ServerStartError
 
 __all__ = ["PostgresServer", "find_bin_dir"]
 
@@ -51,10 +51,7 @@ class PostgresServer(Server):
         dbname: str = "lockscope",
         run_as: str = "nobody",
         max_connections: int = 200,
-        port: int | None = None,
-        host: str = LOOPBACK,
-        base_dir: str | os.PathLike[str] | None = None,
-        startup_timeout: float = 60.0,
+        **options: Unpack[ServerOptions],
     ) -> None:
         """Prepare a cluster; see :class:`~lockscope.testing.server.Server`.
 
@@ -64,7 +61,7 @@ class PostgresServer(Server):
         :param dbname: a database created after the first start.
         :param run_as: the unprivileged OS user the server runs as when we are root.
         """
-        super().__init__(port=port, host=host, base_dir=base_dir, startup_timeout=startup_timeout)
+        super().__init__(**options)
         self.bin_dir = bin_dir if bin_dir is not None else find_bin_dir()
         self.user = user
         self.dbname = dbname
@@ -114,7 +111,7 @@ class PostgresServer(Server):
                     )
             for path in (self.base_dir, self.socket_dir):
                 os.chown(path, self._account.pw_uid, self._account.pw_gid)
-        result = subprocess.run(
+        self.run_tool(
             [
                 self._bin("initdb"),
                 "--pgdata", str(self.data_dir),
@@ -126,14 +123,10 @@ class PostgresServer(Server):
             ],
             cwd=self.base_dir,
             env={**os.environ, **self.environment()},
-            capture_output=True,
-            text=True,
-            check=False,
             timeout=self.startup_timeout,
+            error=ServerStartError,
             **self.popen_kwargs(),
         )  # fmt: skip
-        if result.returncode != 0:
-            raise ServerStartError(f"initdb failed:\n{result.stdout}\n{result.stderr}")
 
     def command(self) -> Sequence[str]:
         return [
@@ -159,15 +152,10 @@ class PostgresServer(Server):
 
     def create_database(self, dbname: str) -> None:
         """Create database ``dbname`` (owned by :attr:`user`) with ``createdb``."""
-        result = subprocess.run(
+        self.run_tool(
             [self._bin("createdb"), "-h", self.host, "-p", str(self.port), "-U", self.user, dbname],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=30,
+            error=ServerStartError,
         )
-        if result.returncode != 0:
-            raise ServerStartError(f"createdb {dbname} failed: {result.stderr.strip()}")
 
     def create_monitor_role(self, role: str = "lockscope_watch", password: str = "watch") -> str:
         """Create (or reset) a login role with only ``pg_monitor``, the least privilege the
@@ -188,16 +176,9 @@ class PostgresServer(Server):
 
     def psql(self, sql: str) -> str:
         """Run SQL as the superuser with ``psql``; return its output."""
-        result = subprocess.run(
+        return self.run_tool(
             [
                 self._bin("psql"), "-h", self.host, "-p", str(self.port), "-U", self.user,
                 "-d", self.dbname, "-v", "ON_ERROR_STOP=1", "-qAt", "-c", sql,
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=30,
+            ]
         )  # fmt: skip
-        if result.returncode != 0:
-            raise RuntimeError(f"psql: {result.stderr.strip()}")
-        return result.stdout

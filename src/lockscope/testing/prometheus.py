@@ -21,9 +21,9 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
-from lockscope.testing.server import LOOPBACK, Server
+from lockscope.testing.server import Server, ServerOptions
 
 __all__ = ["AlertmanagerServer", "PrometheusServer"]
 
@@ -45,7 +45,39 @@ def _ok(url: str) -> bool:
         return False
 
 
-class AlertmanagerServer(Server):
+class _PrometheusProjectServer(Server):
+    """What Prometheus and Alertmanager share: one binary, an HTTP API at :attr:`url` with
+    a readiness endpoint, and the same listen-address and log-level flags."""
+
+    def __init__(self, binary: str, **options: Unpack[ServerOptions]) -> None:
+        super().__init__(**options)
+        self.binary = binary
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT``."""
+        return f"http://{self.host}:{self.port}"
+
+    def binaries(self) -> Sequence[str]:
+        return [self.binary]
+
+    def own_flags(self) -> list[str]:
+        """The command-line flags this server needs besides the shared ones."""
+        return []
+
+    def command(self) -> Sequence[str]:
+        return [
+            self.binary,
+            *self.own_flags(),
+            f"--web.listen-address={self.host}:{self.port}",
+            "--log.level=warn",
+        ]
+
+    def ready(self) -> bool:
+        return _ok(self.url + "/-/ready")
+
+
+class AlertmanagerServer(_PrometheusProjectServer):
     """prometheus-alertmanager, clustering off, one do-nothing receiver by default.
 
     ``config`` replaces the whole alertmanager.yml.  Alerts live in memory: after
@@ -55,6 +87,7 @@ class AlertmanagerServer(Server):
 
     name = "alertmanager"
     package = "prometheus-alertmanager"
+    default_startup_timeout = 30.0
 
     DEFAULT_CONFIG = (
         "route:\n"
@@ -70,39 +103,22 @@ class AlertmanagerServer(Server):
         *,
         binary: str = "prometheus-alertmanager",
         config: str | None = None,
-        port: int | None = None,
-        host: str = LOOPBACK,
-        base_dir: str | os.PathLike[str] | None = None,
-        startup_timeout: float = 30.0,
+        **options: Unpack[ServerOptions],
     ) -> None:
-        super().__init__(port=port, host=host, base_dir=base_dir, startup_timeout=startup_timeout)
-        self.binary = binary
+        """Prepare an Alertmanager; its :attr:`url` is the value for ``--alertmanager-url``."""
+        super().__init__(binary, **options)
         self.config = config or self.DEFAULT_CONFIG
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:PORT``: the value for ``--alertmanager-url``."""
-        return f"http://{self.host}:{self.port}"
-
-    def binaries(self) -> Sequence[str]:
-        return [self.binary]
 
     def initialise(self) -> None:
         (self.base_dir / "alertmanager.yml").write_text(self.config, encoding="utf-8")
         (self.base_dir / "data").mkdir(exist_ok=True)
 
-    def command(self) -> Sequence[str]:
+    def own_flags(self) -> list[str]:
         return [
-            self.binary,
             f"--config.file={self.base_dir / 'alertmanager.yml'}",
             f"--storage.path={self.base_dir / 'data'}",
-            f"--web.listen-address={self.host}:{self.port}",
             "--cluster.listen-address=",
-            "--log.level=warn",
         ]
-
-    def ready(self) -> bool:
-        return _ok(self.url + "/-/ready")
 
     def alerts(self, **filters: str) -> list[Any]:
         """``GET /api/v2/alerts``: every alert Alertmanager holds that has not resolved
@@ -122,7 +138,7 @@ class AlertmanagerServer(Server):
         _http(self.url + "/api/v2/alerts", json.dumps(alerts).encode())
 
 
-class PrometheusServer(Server):
+class PrometheusServer(_PrometheusProjectServer):
     """prometheus with a 1 s scrape interval, lifecycle API on, TSDB in the base directory.
 
     :meth:`scrape` points it at targets (rewrites the config and reloads); ``rule_files``
@@ -138,29 +154,17 @@ class PrometheusServer(Server):
         binary: str = "prometheus",
         rule_files: Iterable[str | os.PathLike[str]] = (),
         alertmanagers: Iterable[str] = (),
-        port: int | None = None,
-        host: str = LOOPBACK,
-        base_dir: str | os.PathLike[str] | None = None,
-        startup_timeout: float = 60.0,
+        **options: Unpack[ServerOptions],
     ) -> None:
-        super().__init__(port=port, host=host, base_dir=base_dir, startup_timeout=startup_timeout)
-        self.binary = binary
+        super().__init__(binary, **options)
         self.rule_files = [str(Path(p).resolve()) for p in rule_files]
         self.alertmanagers = list(alertmanagers)
         self.targets: list[str] = []
 
     @property
-    def url(self) -> str:
-        """``http://127.0.0.1:PORT``."""
-        return f"http://{self.host}:{self.port}"
-
-    @property
     def config_path(self) -> Path:
         """The prometheus.yml this server runs with."""
         return self.base_dir / "prometheus.yml"
-
-    def binaries(self) -> Sequence[str]:
-        return [self.binary]
 
     def _write_config(self) -> None:
         # JSON is YAML: no YAML library needed to write the config.
@@ -183,18 +187,12 @@ class PrometheusServer(Server):
     def initialise(self) -> None:
         self._write_config()
 
-    def command(self) -> Sequence[str]:
+    def own_flags(self) -> list[str]:
         return [
-            self.binary,
             f"--config.file={self.config_path}",
             f"--storage.tsdb.path={self.base_dir / 'data'}",
-            f"--web.listen-address={self.host}:{self.port}",
             "--web.enable-lifecycle",
-            "--log.level=warn",
         ]
-
-    def ready(self) -> bool:
-        return _ok(self.url + "/-/ready")
 
     def scrape(self, targets: Iterable[str]) -> None:
         """Scrape ``targets`` (``host:port``, path ``/metrics``) from now on; reloads."""

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Unpack
 
-from lockscope.testing.server import LOOPBACK, Server
+from lockscope.testing.server import Server, ServerOptions
 
 __all__ = ["RedisServer"]
 
@@ -25,23 +24,21 @@ class RedisServer(Server):
 
     name = "redis"
     package = "redis-server"
+    default_startup_timeout = 30.0
 
     def __init__(
         self,
         *,
         binary: str = "redis-server",
         appendonly: bool = False,
-        port: int | None = None,
-        host: str = LOOPBACK,
-        base_dir: str | os.PathLike[str] | None = None,
-        startup_timeout: float = 30.0,
+        **options: Unpack[ServerOptions],
     ) -> None:
         """Prepare a redis-server; see :class:`~lockscope.testing.server.Server`.
 
         :param binary: redis-server executable (name on ``PATH`` or a path).
         :param appendonly: persist every write to an AOF in the data directory.
         """
-        super().__init__(port=port, host=host, base_dir=base_dir, startup_timeout=startup_timeout)
+        super().__init__(**options)
         self.binary = binary
         self.appendonly = appendonly
 

@@ -25,13 +25,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, ClassVar, Self
+from typing import IO, Any, ClassVar, Self, TypedDict
 
 from lockscope.testing import faults
 
 __all__ = [
     "Server",
     "ServerNotInstalled",
+    "ServerOptions",
     "ServerStartError",
     "free_port",
     "port_open",
@@ -70,6 +71,16 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+class ServerOptions(TypedDict, total=False):
+    """The options every server takes (see :meth:`Server.__init__`); each server class
+    accepts them as keyword arguments next to its own."""
+
+    port: int | None
+    host: str
+    base_dir: str | os.PathLike[str] | None
+    startup_timeout: float | None
 
 
 def _executor_class() -> type[Any]:
@@ -143,6 +154,8 @@ class Server(ABC):
     package: ClassVar[str] = ""
     #: Signal that asks the server for a fast, clean shutdown.
     stop_signal: ClassVar[int] = signal.SIGTERM
+    #: Seconds to wait for readiness unless the caller says otherwise.
+    default_startup_timeout: ClassVar[float] = 60.0
 
     def __init__(
         self,
@@ -150,7 +163,7 @@ class Server(ABC):
         port: int | None = None,
         host: str = LOOPBACK,
         base_dir: str | os.PathLike[str] | None = None,
-        startup_timeout: float = 60.0,
+        startup_timeout: float | None = None,
     ) -> None:
         """Prepare (but do not start) a server.
 
@@ -158,11 +171,14 @@ class Server(ABC):
         :param host: address to listen on; loopback by default.
         :param base_dir: directory for data, logs and sockets; a fresh temporary directory
             (removed by :meth:`close`) when omitted.
-        :param startup_timeout: seconds to wait for the server to become ready.
+        :param startup_timeout: seconds to wait for the server to become ready
+            (:attr:`default_startup_timeout` when omitted).
         """
         self.host = host
         self.port = port if port is not None else free_port(host)
-        self.startup_timeout = startup_timeout
+        self.startup_timeout = (
+            startup_timeout if startup_timeout is not None else self.default_startup_timeout
+        )
         self._own_dir = base_dir is None
         self.base_dir = Path(
             tempfile.mkdtemp(prefix=f"lockscope-{self.name}-") if base_dir is None else base_dir
@@ -209,6 +225,24 @@ class Server(ABC):
     def environment(self) -> dict[str, str]:
         """Environment variables to add for the server process."""
         return {}
+
+    def run_tool(
+        self,
+        args: Sequence[str],
+        *,
+        timeout: float = 30.0,
+        error: type[Exception] = RuntimeError,
+        **popen: Any,
+    ) -> str:
+        """Run one of the server's command-line tools (initdb, a SQL client...) to the end
+        and return its output; raise ``error`` with what it printed when it fails."""
+        result: subprocess.CompletedProcess[str] = subprocess.run(
+            args, capture_output=True, text=True, check=False, timeout=timeout, **popen
+        )
+        if result.returncode != 0:
+            said = "\n".join(out for out in (result.stdout.strip(), result.stderr.strip()) if out)
+            raise error(f"{os.path.basename(args[0])} failed: {said}")
+        return result.stdout
 
     # -- life cycle --------------------------------------------------------------------
 

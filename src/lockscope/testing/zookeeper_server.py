@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Sequence
+from typing import Unpack
 
-from lockscope.testing.server import LOOPBACK, Server
+from lockscope.testing.server import Server, ServerOptions
 
 __all__ = ["ZooKeeperServer"]
 
@@ -33,10 +33,7 @@ class ZooKeeperServer(Server):
         jar: str = DEBIAN_JAR,
         tick_time_ms: int = 500,
         max_session_timeout_ms: int = 60_000,
-        port: int | None = None,
-        host: str = LOOPBACK,
-        base_dir: str | os.PathLike[str] | None = None,
-        startup_timeout: float = 60.0,
+        **options: Unpack[ServerOptions],
     ) -> None:
         """Prepare a ZooKeeper; see :class:`~lockscope.testing.server.Server`.
 
@@ -45,7 +42,7 @@ class ZooKeeperServer(Server):
         :param tick_time_ms: ZooKeeper's tick; sessions last at least two ticks.
         :param max_session_timeout_ms: the longest session timeout the server grants.
         """
-        super().__init__(port=port, host=host, base_dir=base_dir, startup_timeout=startup_timeout)
+        super().__init__(**options)
         self.java = java
         self.jar = jar
         self.tick_time_ms = tick_time_ms

@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import urllib.parse
 import urllib.request
 import uuid
@@ -570,3 +571,34 @@ def test_get_lock_ring_broken_by_mariadb_leaves_no_finding(
     assert not my_agent.get("/api/v1/deadlocks")["deadlocks"]
     b.cmd(f"sql SELECT RELEASE_LOCK('{names[1]}')")
     assert a.read().startswith("ok")
+
+
+def test_long_transaction_is_no_stale_holder_and_dies_with_its_process(
+    pg_watch_dsn: str, postgres_server: Any, workers: list[Worker]
+) -> None:
+    """A session binding is not a lock: a transaction open past max_hold is no stale
+    holder, and the process's death orphans nothing (the database ends the session)."""
+    from lockscope.agent.config import AgentConfig
+
+    setup = setup_database_watchers([parse_dsn(pg_watch_dsn, name="pg")])
+    config = AgentConfig(max_hold=0.5, heartbeat_timeout_floor=1.0)
+    with InProcessAgent(config, http_setup=[setup]) as agent:
+        app = Worker("psycopg", app_dsn(postgres_server), agent.otlp_url, "long-tx")
+        workers.append(app)
+        app.cmd("begin")
+        app.cmd("sql SELECT 1")
+
+        def bound() -> bool:
+            return any(
+                lock["name"] == f"session:{app.pid}" for lock in agent.get("/api/v1/locks")["locks"]
+            )
+
+        polling.wait_until(bound, timeout=20.0)
+        # Well past max_hold, the binding is still reported by heartbeats: no finding.
+        deadline = time.monotonic() + 1.5
+        polling.wait_until(lambda: time.monotonic() > deadline, timeout=5.0)
+        assert bound()
+        assert not agent.get("/api/v1/stale-holders")["stale-holders"]
+        app.close()
+        polling.wait_until(lambda: not bound(), timeout=20.0)
+        assert not agent.get("/api/v1/stale-holders")["stale-holders"]

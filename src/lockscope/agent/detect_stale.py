@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from lockscope.agent.config import AgentConfig
+from lockscope.agent.db_binding import is_binding
 from lockscope.agent.findings import STALE_HOLDER, Finding, FindingStore, rfc3339, stable_id
 from lockscope.agent.graph import Actor, Hold, Lock
 from lockscope.agent.store_changes import (
@@ -103,6 +104,8 @@ class StaleHolderDetector:
     # -- changes ---------------------------------------------------------------------------
     def _asserted(self, c: HoldAsserted) -> None:
         h, t = c.hold, c.at_ns
+        if is_binding(h.lock):
+            return  # a session in use (a long transaction), not a lock anyone waits for
         if h.expires_at_ns is not None and t > h.expires_at_ns + self._grace_ns:
             self._stale(LEASE_EXPIRED, h, "still held after its lease ended")
         max_hold = self._config.max_hold_for(h.lock.template)

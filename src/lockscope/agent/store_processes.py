@@ -167,7 +167,9 @@ class Processes:
             if actor.wait is not None:
                 store.drop_wait(actor.wait, tombstone=False)
             for hold in list(actor.holds.values()):
-                if hold.lock.system in in_process or hold.lock.process_bound:
+                # A hold another process reports (a database watcher's row lock of this
+                # actor's session) is that reporter's to keep or drop.
+                if hold.lock.system in in_process or hold.lock.process_bound or hold.source:
                     store.drop_hold(hold, tombstone=False, reason="process_dead")
                     continue
                 end = lease_end(hold, proc)

@@ -25,6 +25,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Final
 
+from lockscope import events
 from lockscope.instrumentation import operations, runtime
 from lockscope.instrumentation.recorder import Hold, LockInfo, Recorder
 
@@ -60,6 +61,8 @@ class Binding:
     def __init__(self, system: str, namespace: str, backend: int) -> None:
         self.backend = backend
         self.info = LockInfo(system, namespace, f"session:{backend}", SESSION_TEMPLATE, mode="read")
+        # The database ends the session with the process: no orphaned-holder finding.
+        self.info.attrs[events.ATTR_LOCK_PROCESS_BOUND] = True
         self.hold: Hold | None = None
         self.actor = 0
         self.task: Any = None

@@ -78,9 +78,9 @@ def _beats_listing(sink: OtlpSink, kind: str, name: str) -> list[Any]:
 def test_a_long_wait_brings_a_snapshot_every_report_after_until_it_ends(
     shim: runtime.Shim, sink: OtlpSink, redis_url: str
 ) -> None:
-    """A waiting process re-asserts its wait and holds every report_after (here 0.05 s;
-    its idle heartbeat is 60 s), so a deadlock's participants all speak up soon after the
-    cycle closes; once nothing is reported the snapshots fall back to the idle interval."""
+    """A waiting process re-asserts its wait and holds every report_after (here 0.05 s, so
+    the 0.1 s floor; its idle heartbeat is 60 s), so a deadlock's participants all speak up
+    soon after the cycle closes; once nothing is reported, snapshots fall back to idle."""
     client = redis.Redis.from_url(redis_url)
     holder = client.lock("fixes:cadence", timeout=30)
     assert holder.acquire()

@@ -8,15 +8,16 @@ snapshots and exports the lock metrics.
 
 Heartbeat cadence follows contention.  A process with nothing reported sends a snapshot
 every ``LOCKSCOPE_HEARTBEAT`` (1 s).  One that has reported a wait sends one every
-``report_after`` while it waits: in a deadlock the agent needs each participant's word
-from after the cycle closed (see the agent's evidence rule), and this brings it within
-``report_after`` instead of up to a heartbeat.  One that has reported a hold (and no wait)
-sends one every ``_BUSY_HEARTBEAT`` (0.4 s) and announces that interval, so the agent
-presumes it dead, and calls its holds orphaned, about 1.2 s after it stopped.  A newly
-reported wait, and the first events after an empty snapshot, come with a snapshot at
-once.  Each snapshot announces the longest gap until the next one
-(``lockscope.heartbeat.interval``); the gap after a snapshot is never longer than the
-previous one announced, so slowing down never outruns the agent's liveness timeout.
+``report_after`` (at least 0.1 s apart) while it waits: in a deadlock the agent needs
+each participant's word from after the cycle closed (see the agent's evidence rule), and
+this brings it within ``report_after`` instead of up to a heartbeat.  One that has
+reported a hold (and no wait) sends one every ``_BUSY_HEARTBEAT`` (0.4 s) and announces
+that interval, so the agent presumes it dead, and calls its holds orphaned, about 1.2 s
+after it stopped.  A newly reported wait, and the first events after an empty snapshot,
+come with a snapshot at once (at most one per 0.1 s).  Each snapshot announces the
+longest gap until the next one (``lockscope.heartbeat.interval``); the gap after a
+snapshot is never longer than the previous one announced, so slowing down never outruns
+the agent's liveness timeout.
 
 ``lockscope-sender`` drains the event queue in batches of up to 512 records and POSTs them
 to ``LOCKSCOPE_ENDPOINT/v1/logs``.  A failed batch is retried with exponential backoff
@@ -52,6 +53,9 @@ _MAX_BACKOFF = 30.0
 _PROBE_BUDGET = 0.05
 _BUSY_HEARTBEAT = 0.4
 """Seconds between snapshots (at most) while the process has a reported hold or wait."""
+_MIN_GAP_NS = 100_000_000
+"""Snapshots are at least 0.1 s apart (but the first): a short ``report_after`` (tests use
+0.02) or a burst of reported waits must not turn them into a flood."""
 
 
 class _Signal:
@@ -146,6 +150,7 @@ class Reporter:
         self._promised = heartbeat
         """The interval the last snapshot announced."""
         self._next_beat = 0
+        self._last_beat = 0
 
     def start(self) -> None:
         """Start both threads (again, in a forked child)."""
@@ -221,14 +226,17 @@ class Reporter:
             # the cycle closed (this wait may be the one that closed it).  So does the
             # first report after an empty snapshot: a process that dies before its next
             # regular one is then presumed dead on the busy timeout (and, the first
-            # time, is known at all).
-            heartbeat = True
+            # time, is known at all).  At most one per _MIN_GAP_NS, though.
+            if not self._announced or now - self._last_beat >= _MIN_GAP_NS:
+                heartbeat = True
+            elif self._next_beat > self._last_beat + _MIN_GAP_NS:
+                self._next_beat = self._last_beat + _MIN_GAP_NS
         if heartbeat:
             self._announced = True
             waits, holds = recorder.snapshot()
             busy = min(self.heartbeat, _BUSY_HEARTBEAT)
             if waits:
-                gap, announce = max(self.interval, min(busy, self.report_after)), busy
+                gap, announce = max(_MIN_GAP_NS / 1e9, min(busy, self.report_after)), busy
             elif holds:
                 gap = announce = busy
             else:
@@ -236,7 +244,7 @@ class Reporter:
             gap = min(gap, self._promised)
             self._promised = announce
             self._idle = not waits and not holds
-            sent = time.perf_counter_ns()
+            sent = self._last_beat = time.perf_counter_ns()
             self._next_beat = sent + int(gap * 1e9)
             recorder.emit(
                 events.EVENT_HEARTBEAT,

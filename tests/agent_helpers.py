@@ -127,12 +127,15 @@ class World:
         waits: list[dict[str, Any]] | None = None,
         interval: float = 1.0,
         t: int | None = None,
+        exiting: bool = False,
     ) -> None:
-        attrs = {
+        attrs: dict[str, Any] = {
             ev.ATTR_HOLDS: holds or [],
             ev.ATTR_WAITS: waits or [],
             ev.ATTR_HEARTBEAT_INTERVAL: interval,
         }
+        if exiting:
+            attrs[ev.ATTR_EXITING] = True
         self.state.apply(
             Event(ev.EVENT_HEARTBEAT, self.now if t is None else t, proc(process), attrs)
         )

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from agent_helpers import S, World
+from agent_helpers import S, World, proc
 from lockscope import events as ev
 from lockscope.agent.config import AgentConfig
 from lockscope.agent.export_alertmanager import alert_labels
@@ -693,3 +693,82 @@ def test_lock_lost_after_lease_expiry_stays_active_until_its_ttl() -> None:
     assert len(w.active("stale_holders")) == 1
     w.advance(2)
     assert w.active("stale_holders") == []
+
+
+# -- processes that exit -------------------------------------------------------------
+def test_clean_exit_is_gone_not_dead_and_leaves_no_finding() -> None:
+    w = World()
+    w.heartbeat(1)
+    w.hold("1.1", "A")
+    w.release("1.1", "A")
+    w.heartbeat(1, exiting=True)
+    [p] = api_processes(w.state)["processes"]
+    assert (p["alive"], p["exited"]) == (False, True)
+    assert w.state.counters.processes_exited == 1
+    assert w.state.counters.processes_presumed_dead == 0
+    assert w.state.reporting_processes() == 0
+    w.advance(10)  # no liveness timeout turns it into a dead process
+    assert w.state.counters.processes_presumed_dead == 0
+    assert w.active("stale_holders") == []
+
+
+def test_exit_holding_a_lease_is_stale_until_the_lease_ends() -> None:
+    w = World(AgentConfig(evidence_timeout=0, lease_grace=0.5))
+    w.heartbeat(1)
+    lease_end = w.now + 3 * S
+    extra = {ev.ATTR_LOCK_EXPIRES_AT: lease_end}
+    held = w.entry("1.1", "job:7", w.now, **extra)
+    inproc = w.entry("1.2", "cache", w.now, system="threading")
+    w.heartbeat(1, holds=[held, inproc], exiting=True)
+    [s] = w.active("stale_holders")
+    assert (s["reason"], s["lock"], s["pid"]) == ("exited_holding", "job:7", 1001)
+    assert w.state.stale_holders_by_reason()["exited_holding"] == 1
+    assert w.state.hold_count == 1  # the in-process lock died with the process
+    w.advance(3.4)
+    assert len(w.active("stale_holders")) == 1  # lease plus grace not over yet
+    w.advance(0.2)
+    assert w.active("stale_holders") == []
+    [r] = api_stale_holders(w.state)["stale_holders"]
+    assert (r["status"], r["resolution"]) == ("resolved", "lease_expired")
+    assert w.state.hold_count == 0
+
+
+def test_exit_with_a_lease_already_over_is_lease_expired_not_exited_holding() -> None:
+    w = World(AgentConfig(evidence_timeout=0, lease_grace=0.5))
+    held = w.entry("1.1", "job:7", w.now - 5 * S, **{ev.ATTR_LOCK_EXPIRES_AT: w.now - S})
+    w.heartbeat(1, holds=[held], exiting=True)
+    assert [s["reason"] for s in w.active("stale_holders")] == ["lease_expired"]
+
+
+def test_a_silent_process_is_still_orphaned_not_exited() -> None:
+    w = World()
+    w.heartbeat(1, interval=0.2)
+    w.hold("1.1", "A", **{ev.ATTR_LOCK_EXPIRES_AT: w.now + 30 * S})
+    w.advance(3)
+    [s] = w.active("stale_holders")
+    assert s["reason"] == "orphaned"
+    [p] = api_processes(w.state)["processes"]
+    assert (p["alive"], p["exited"]) == (False, False)
+
+
+def test_an_exited_process_reporting_again_is_back() -> None:
+    w = World()
+    w.heartbeat(1, holds=[w.entry("1.1", "A", w.now)], exiting=True)
+    assert len(w.active("stale_holders")) == 1
+    w.advance(0.1)
+    w.heartbeat(1, holds=[w.entry("1.1", "A", w.now - S // 10)])
+    assert w.active("stale_holders") == []
+    [p] = api_processes(w.state)["processes"]
+    assert (p["alive"], p["exited"]) == (True, False)
+
+
+def test_metrics_make_a_process_known_but_do_not_revive_an_exited_one() -> None:
+    w = World()
+    w.state.procs.seen(proc(7), w.now)
+    [p] = api_processes(w.state)["processes"]
+    assert (p["instance"], p["alive"], p["last_heartbeat"]) == ("inst-7", True, None)
+    w.heartbeat(7, exiting=True)
+    w.advance(0.1)
+    w.state.procs.seen(proc(7), w.now)  # its exit flush's metrics, delivered late
+    [p] = api_processes(w.state)["processes"]
+    assert (p["alive"], p["exited"]) == (False, True)

@@ -329,3 +329,26 @@ def test_metrics_go_to_the_apps_meter_provider(sink: OtlpSink, client: redis.Red
     assert found[events.METRIC_HOLD_DURATION].count == 5  # type: ignore[attr-defined]
     assert not list(sink.iter_metric_points())  # nothing went to the agent
     provider.shutdown()
+
+
+def test_exit_flush_sends_a_final_snapshot_with_every_hold(
+    sink: OtlpSink, client: redis.Redis
+) -> None:
+    """Stopping (the exit flush) sends one last heartbeat marked as a clean exit that lists
+    what is still held, even a hold younger than report_after (it outlives the process)."""
+    for shim in _instrument(sink, heartbeat=30.0):
+        young = client.lock("left-behind", timeout=30)
+        assert young.acquire()
+        done = client.lock("released", timeout=30)
+        assert done.acquire()
+        done.release()
+        shim.stop(flush_timeout=5.0)
+        final = sink.wait_for(
+            lambda e: e.name == events.EVENT_HEARTBEAT and e.attrs.get(events.ATTR_EXITING)
+        )
+        assert [h[events.ATTR_LOCK_NAME] for h in final.attrs[events.ATTR_HOLDS]] == ["left-behind"]
+        assert sink.wait_for(_named(events.EVENT_HOLD_START, "left-behind"))
+        assert not [e for e in sink.snapshot() if e.attrs.get(events.ATTR_LOCK_NAME) == "released"]
+        beats = [e for e in sink.snapshot() if e.name == events.EVENT_HEARTBEAT]
+        assert [bool(e.attrs.get(events.ATTR_EXITING)) for e in beats][-1:] == [True]
+        young.release()

@@ -124,8 +124,12 @@ class StaleHolderDetector:
             reason, detail = EXITED_HOLDING, "holder process exited while holding it"
         else:
             reason, detail = ORPHANED, "holder process stopped heartbeating"
+        now = self._now
         for actor in list(c.process.actors.values()):
             for hold in list(actor.holds.values()):
+                ends = hold.expires_at_ns
+                if c.exited and ends is not None and ends + self._grace_ns <= now:
+                    continue  # its lease is over already: nothing outlives the process
                 self._stale(reason, hold, detail)
 
     def _revived(self, c: ProcessRevived) -> None:

@@ -72,6 +72,7 @@ class Process:
         "dead_since_ns",
         "deadline_ns",
         "dropped",
+        "exited",
         "info",
         "interval",
         "last_heartbeat_ns",
@@ -103,6 +104,8 @@ class Process:
         self.wake_ns = 0
         """When the liveness check is scheduled (its heap entry); other entries are stale."""
         self.dead_since_ns: int | None = None
+        self.exited = False
+        """It said it exits (its last snapshot): gone, not presumed dead."""
         self.dropped = 0
         self.schema_version: int | None = None
         self.actors: dict[str, Actor] = {}

@@ -21,6 +21,7 @@ own limits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import zlib
@@ -35,9 +36,12 @@ from lockscope.agent.app_keys import (
     RECEIVER_STATS_KEY,
     STATE_KEY,
 )
+from lockscope.agent.model import RejectedEvent
 from lockscope.agent.otlp_decode import (
     DecodeError,
+    HistogramPoint,
     Signal,
+    SumPoint,
     WireFormat,
     decode_logs,
     decode_metrics,
@@ -46,6 +50,7 @@ from lockscope.agent.otlp_decode import (
     encode_status,
     parse_request,
 )
+from lockscope.agent.state import AgentState
 from lockscope.agent.string_caps import cap_event, cap_point
 
 __all__ = ["read_body", "setup_otlp_routes"]
@@ -198,6 +203,7 @@ async def _ingest(
         stats.ignored["metrics"] += metrics.ignored
         stats.reject_all(metrics.rejected)
         dropped = app[METRICS_STORE_KEY].add(metrics.points)
+        _seen(app[STATE_KEY], metrics.points)
         stats.reject("metric_series_limit", dropped)
         rejected = metrics.rejected.total() + dropped
         first = next(iter(metrics.rejected), "metric_series_limit" if dropped else "")
@@ -240,6 +246,14 @@ async def _ingest(
             rejected += 1
             first = first or failed
     return rejected, first
+
+
+def _seen(state: AgentState, points: list[SumPoint | HistogramPoint]) -> None:
+    """A process is known from its metrics too, under the same identity as its events."""
+    now = time.time_ns()
+    for process in {p.process.instance: p.process for p in points}.values():
+        with contextlib.suppress(RejectedEvent):  # limits.max_processes: counted
+            state.procs.seen(process, now)
 
 
 async def _logs(request: web.Request) -> web.Response:

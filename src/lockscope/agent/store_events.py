@@ -304,6 +304,7 @@ class LockEvents:
         dropped = attr_int(attrs, ev.ATTR_DROPPED)
         schema = attr_int(attrs, ev.ATTR_SCHEMA_VERSION)
         seq = attr_int(attrs, ev.ATTR_SEQUENCE)
+        exiting = attr_bool(attrs, ev.ATTR_EXITING)
         t = event.time_ns
         first = proc.last_heartbeat_ns == 0 and proc.seq_mark == 0
         verdict = heartbeat_is_newest(proc, seq, t, store.now_ns)
@@ -350,6 +351,9 @@ class LockEvents:
         for actor, lock in touched:
             store.gc(actor, lock)
         store.emit(SnapshotApplied(proc, t))
+        if exiting:
+            # Its last word: what it still holds outlives it (until the lease ends).
+            store.process_gone(proc, exited=True)
 
     def _rebase_asserted(self, proc: Process, t: int) -> None:
         for actor in proc.actors.values():

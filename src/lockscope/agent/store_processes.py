@@ -1,10 +1,11 @@
 """The store's processes: who reports, liveness by heartbeat, and what a gone process leaves.
 
-A process is known from its first report of any kind, under its ``service.instance.id``.
-It is presumed dead when it stays silent past its liveness timeout (a few heartbeat
-intervals), or gone when it said it exits.  A gone process's waits and in-process holds end
-at once; its holds with a lease end when the lease does (``lease_grace`` later); whatever is
-left is dropped when the process is forgotten (``dead_process_retention``).
+A process is known from its first report of any kind (event, heartbeat, metrics), under its
+``service.instance.id``.  It is presumed dead when it stays silent past its liveness
+timeout (a few heartbeat intervals), or gone when its last snapshot said it exits.  A gone
+process's waits and in-process holds end at once; its holds with a lease end when the lease
+does (``lease_grace`` later); whatever is left is dropped when the process is forgotten
+(``dead_process_retention``).
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ class Processes:
         proc.deadline_ns = now + int(timeout * _NS)
         if not proc.alive:
             proc.alive = True
+            proc.exited = False
             proc.dead_since_ns = None
             self._schedule(proc)
             self._store.emit(ProcessRevived(proc))
@@ -121,6 +123,14 @@ class Processes:
                 callback(instance)
             return True
         return False
+
+    def seen(self, info: ProcessInfo, now: int) -> None:
+        """The process sent something other than events (metrics): known from now on and
+        alive meanwhile, but a process that is gone stays gone (metrics of its last moments
+        may arrive after its exit snapshot)."""
+        proc = self._by_instance.get(info.instance)
+        if proc is None or proc.alive:
+            self.reported(info, now)
 
     def first_heartbeat(self, proc: Process, now: int) -> None:
         """The process told its heartbeat interval: its liveness deadline follows it."""
@@ -158,8 +168,11 @@ class Processes:
         store, config = self._store, self._config
         now = store.now_ns
         proc.alive = False
+        proc.exited = exited
         proc.dead_since_ns = now
-        if not exited:
+        if exited:
+            store.counters.processes_exited += 1
+        else:
             store.counters.processes_presumed_dead += 1
         in_process = config.in_process_systems
         grace = int(config.lease_grace * _NS)

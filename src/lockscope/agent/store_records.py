@@ -41,6 +41,8 @@ class StoreCounters:
     """Events dated more than ``max_clock_ahead`` past their arrival (counted as that)."""
     processes_evicted: int = 0
     """Processes reporting nothing dropped to admit a new one at ``max_processes``."""
+    processes_exited: int = 0
+    """Processes whose last snapshot said they exit (gone, not dead)."""
 
 
 def inc(counter: dict[str, int], key: str, n: int = 1) -> None:

@@ -32,9 +32,11 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from lockscope.agent.app_keys import STATE_KEY
+from lockscope import events as ev
+from lockscope.agent.app_keys import METRICS_STORE_KEY, STATE_KEY
 from lockscope.agent.findings import DEADLOCK, ORDER_INVERSION, STALE_HOLDER, VIOLATION, rfc3339
 from lockscope.agent.graph import Actor, Lock, actor_label, queue_order, waits_for
+from lockscope.agent.metrics_store import MetricsStore
 from lockscope.agent.state import AgentState
 from lockscope.agent.web_nodegraph import nodegraph_frames
 
@@ -249,8 +251,21 @@ def api_graph(state: AgentState, include_idle: bool = False) -> dict[str, Any]:
     return {"nodes": nodes, "edges": edges}
 
 
-def api_processes(state: AgentState) -> dict[str, Any]:
-    """``{"processes": [...]}`` with liveness and what each reports."""
+def _acquisitions(metrics: MetricsStore | None, instance: str) -> dict[str, int]:
+    """A process's lock acquisitions by result, from its exported metrics."""
+    out: dict[str, int] = {}
+    if metrics is None:
+        return out
+    for (name, labels), value in metrics.process_sums(instance).items():
+        if name == ev.METRIC_ACQUISITIONS:
+            result = dict(labels).get(ev.ATTR_OUTCOME, "unknown")
+            out[result] = out.get(result, 0) + int(value)
+    return out
+
+
+def api_processes(state: AgentState, metrics: MetricsStore | None = None) -> dict[str, Any]:
+    """``{"processes": [...]}`` with liveness and what each reports (``acquisitions`` by
+    result, from the process's metrics, when ``metrics`` is given)."""
     out = []
     for p in state.processes():
         info = p.info
@@ -261,6 +276,7 @@ def api_processes(state: AgentState) -> dict[str, Any]:
                 "host": info.host,
                 "pid": info.pid,
                 "alive": p.alive,
+                "exited": p.exited,
                 "last_seen": rfc3339(p.last_seen_ns),
                 "last_heartbeat": rfc3339(p.last_heartbeat_ns or None),
                 "heartbeat_interval": p.interval,
@@ -269,6 +285,7 @@ def api_processes(state: AgentState) -> dict[str, Any]:
                 "waits": sum(1 for a in p.actors.values() if a.wait is not None),
                 "dropped": p.dropped,
                 "schema_version": p.schema_version,
+                "acquisitions": _acquisitions(metrics, info.instance),
             }
         )
     out.sort(key=lambda d: (d["service"], d["host"], d["pid"]))
@@ -326,7 +343,8 @@ async def _graph(request: web.Request) -> web.Response:
 
 
 async def _processes(request: web.Request) -> web.Response:
-    return _json(api_processes(request.app[STATE_KEY]))
+    app = request.app
+    return _json(api_processes(app[STATE_KEY], app.get(METRICS_STORE_KEY)))
 
 
 _INDEX: Final = """<!doctype html>

@@ -23,8 +23,10 @@ the agent's liveness timeout.
 to ``LOCKSCOPE_ENDPOINT/v1/logs``.  A failed batch is retried with exponential backoff
 (honouring ``Retry-After`` on 429/503, capped at 30 s) up to 4 attempts, then dropped and
 counted; meanwhile the queue (``LOCKSCOPE_QUEUE_SIZE``, 10,000 events) drops new events
-and counts them.  At exit the sender gets one second to flush what is queued.  Every event
-carries ``lockscope.seq``, its number in this process's send order.
+and counts them.  At exit the reporter sends a last snapshot marked as a clean exit
+(``lockscope.process.exiting``) listing every hold still held, and the sender gets one
+second to flush what is queued.  Every event carries ``lockscope.seq``, its number in this
+process's send order.
 """
 
 from __future__ import annotations
@@ -171,7 +173,7 @@ class Reporter:
         if self._stop:
             return
         try:
-            self.scan(heartbeat=False)
+            self.scan(heartbeat=True, final=True)
         except Exception:
             _log.debug("lockscope: final scan failed", exc_info=True)
         self._stop = True
@@ -206,8 +208,9 @@ class Reporter:
                 self.recorder.errors += 1
                 _log.debug("lockscope: reporter tick failed", exc_info=True)
 
-    def scan(self, *, heartbeat: bool) -> None:
-        """One reporter tick: long waits (with holder look-ups), old holds, heartbeat."""
+    def scan(self, *, heartbeat: bool, final: bool = False) -> None:
+        """One reporter tick: long waits (with holder look-ups), old holds, heartbeat
+        (``final``: the exit snapshot, with every hold however young)."""
         recorder = self.recorder
         now = time.perf_counter_ns()
         due = recorder.due_waits(now)
@@ -219,7 +222,7 @@ class Reporter:
                     jobs.append((wait, probe))
             self._prober.run(jobs, _PROBE_BUDGET)
             _add_code_locations(due)
-        recorder.report(now, due)
+        recorder.report(now + recorder.report_after_ns if final else now, due)
         if due or (self._idle and recorder.pending()):
             # A newly reported wait comes with a snapshot: its holds were stamped with
             # when they were taken, and a deadlock's evidence needs them asserted after
@@ -255,6 +258,7 @@ class Reporter:
                     events.ATTR_DROPPED: recorder.dropped,
                     events.ATTR_WAITS: waits,
                     events.ATTR_HOLDS: holds,
+                    **({events.ATTR_EXITING: True} if final else {}),
                 },
             )
         if recorder.pending():
@@ -268,6 +272,7 @@ class Reporter:
 
     # -- sender thread ------------------------------------------------------------------
     def _send_loop(self) -> None:
+        last = False
         while True:
             stopping = self._stop
             if not stopping:
@@ -282,7 +287,9 @@ class Reporter:
                     stopping = True
                 batch = self.recorder.drain(_BATCH)
             if stopping or self._stop:
-                return
+                if last or (self._metrics_body is None and not self.recorder.pending()):
+                    return
+                last = True  # one more pass: the exit flush queued more while this one sent
 
     def _send(self, batch: list[tuple[str, int, dict[str, Any]]]) -> None:
         # Numbered in queue order, which is the order the events happened in this process:

@@ -99,6 +99,7 @@ def _check(agent: AgentProcess, tag: str, expected: dict[int, int], stderr: dict
     assert findings(agent.http_url, "stale-holders") == []  # clean exits leave nothing
 
 
+@pytest.mark.timeout(400)  # 50 interpreters start, one after another, on a shared machine
 def test_short_lived_processes_one_after_another_are_each_listed(
     agent: AgentProcess, redis_url: str
 ) -> None:
@@ -111,6 +112,7 @@ def test_short_lived_processes_one_after_another_are_each_listed(
     _check(agent, tag, expected, stderr)
 
 
+@pytest.mark.timeout(400)
 def test_short_lived_processes_in_parallel_are_each_listed(
     agent: AgentProcess, redis_url: str
 ) -> None:

@@ -418,33 +418,36 @@ class Recorder(InProcessRegistry):
         if name:
             attrs[events.ATTR_ACTOR_NAME] = name
 
-    def _wait_attrs(self, wait: Wait) -> dict[str, Any]:
-        attrs = dict(wait.info.attrs)
-        self._actor_attrs(attrs, wait.actor, wait.task, wait.actor_name)
-        attrs[events.ATTR_SINCE] = wait.since_ns
-        if wait.holder_token is not None:
-            attrs[events.ATTR_LOCK_HOLDER_TOKEN] = wait.holder_token
-        if wait.holder_owner is not None:
-            attrs[events.ATTR_LOCK_HOLDER_OWNER] = wait.holder_owner
-        if wait.ticket is not None:
-            attrs[events.ATTR_WAIT_TICKET] = wait.ticket
-        if wait.code is not None:
-            attrs[events.ATTR_CODE_FILE] = wait.code[0]
-            attrs[events.ATTR_CODE_LINE] = wait.code[1]
-            attrs[events.ATTR_CODE_FUNCTION] = wait.code[2]
+    def _entry_attrs(
+        self, entry: Wait | Hold, optional: tuple[tuple[str, Any], ...]
+    ) -> dict[str, Any]:
+        """A wait's or hold's event attributes: the lock's, the actor's, since when, and
+        the ``optional`` (name, value) pairs that are not ``None``."""
+        attrs = dict(entry.info.attrs)
+        self._actor_attrs(attrs, entry.actor, entry.task, entry.actor_name)
+        attrs[events.ATTR_SINCE] = entry.since_ns
+        for name, value in optional:
+            if value is not None:
+                attrs[name] = value
         return attrs
 
+    def _wait_attrs(self, wait: Wait) -> dict[str, Any]:
+        code = wait.code or (None, None, None)
+        return self._entry_attrs(wait, (
+            (events.ATTR_LOCK_HOLDER_TOKEN, wait.holder_token),
+            (events.ATTR_LOCK_HOLDER_OWNER, wait.holder_owner),
+            (events.ATTR_WAIT_TICKET, wait.ticket),
+            (events.ATTR_CODE_FILE, code[0]),
+            (events.ATTR_CODE_LINE, code[1]),
+            (events.ATTR_CODE_FUNCTION, code[2]),
+        ))  # fmt: skip
+
     def _hold_attrs(self, hold: Hold) -> dict[str, Any]:
-        attrs = dict(hold.info.attrs)
-        self._actor_attrs(attrs, hold.actor, hold.task, hold.actor_name)
-        attrs[events.ATTR_SINCE] = hold.since_ns
-        if hold.token is not None:
-            attrs[events.ATTR_LOCK_TOKEN] = hold.token
-        if hold.owner is not None:
-            owner = hold.owner
-            if isinstance(owner, bytes):  # kept raw on the hot path, decoded when reported
-                owner = owner.decode("utf-8", "backslashreplace")
-            attrs[events.ATTR_LOCK_OWNER] = owner
-        if hold.expires_at is not None:
-            attrs[events.ATTR_LOCK_EXPIRES_AT] = hold.expires_at
-        return attrs
+        owner = hold.owner
+        if isinstance(owner, bytes):  # kept raw on the hot path, decoded when reported
+            owner = owner.decode("utf-8", "backslashreplace")
+        return self._entry_attrs(hold, (
+            (events.ATTR_LOCK_TOKEN, hold.token),
+            (events.ATTR_LOCK_OWNER, owner),
+            (events.ATTR_LOCK_EXPIRES_AT, hold.expires_at),
+        ))  # fmt: skip

@@ -280,6 +280,10 @@ def test_external_session_is_the_holder(
         assert "nightly-migration" in (holders[0].get("actor") or ""), detail
         assert [w["service"] for w in detail["waiters"]] == ["svc-app"], detail
         assert not deadlocks(pg_agent)
+        # The database lock is a lock of the metrics too (by template).
+        with urllib.request.urlopen(f"{pg_agent.http_url}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+        assert 'lockscope_lock_waiters{lock="row:public.accounts@(' in metrics
     finally:
         external.rollback()
         external.close()

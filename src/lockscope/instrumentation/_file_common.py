@@ -143,6 +143,22 @@ def _after(adapter: FileAdapter, instance: Any, hold: Any, exc: BaseException | 
         operations.released(adapter, instance, hold, exc)
 
 
+class _Ending:
+    """Around a release call: ends ``hold`` afterwards (failed or not) if the lock is no
+    longer held, the one step the sync and asyncio wrappers share."""
+
+    __slots__ = ("adapter", "hold", "instance")
+
+    def __init__(self, adapter: FileAdapter, instance: Any, hold: Any) -> None:
+        self.adapter, self.instance, self.hold = adapter, instance, hold
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
+        _after(self.adapter, self.instance, self.hold, exc)
+
+
 def release_wrapper(adapter: FileAdapter) -> operations.Wrapper:
     """A sync release: ends the hold once the lock is no longer held."""
 
@@ -150,13 +166,8 @@ def release_wrapper(adapter: FileAdapter) -> operations.Wrapper:
         hold = _hold_before(adapter, instance, None)
         if hold is None:
             return wrapped(*args, **kwargs)
-        try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            _after(adapter, instance, hold, exc)
-            raise
-        _after(adapter, instance, hold, None)
-        return result
+        with _Ending(adapter, instance, hold):
+            return wrapped(*args, **kwargs)
 
     return wrapper
 
@@ -168,12 +179,7 @@ def async_release_wrapper(adapter: FileAdapter) -> operations.Wrapper:
         hold = _hold_before(adapter, instance, asyncio.current_task())
         if hold is None:
             return await wrapped(*args, **kwargs)
-        try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            _after(adapter, instance, hold, exc)
-            raise
-        _after(adapter, instance, hold, None)
-        return result
+        with _Ending(adapter, instance, hold):
+            return await wrapped(*args, **kwargs)
 
     return wrapper

@@ -112,20 +112,20 @@ def encode_events(
         if _HAS_EVENT_NAME:
             record.event_name = name
         records.append(record)
+    origin, scope = _origin(resource)
+    logs = ScopeLogs(scope=scope, log_records=records)
     request = ExportLogsServiceRequest(
-        resource_logs=[
-            ResourceLogs(
-                resource=Resource(attributes=key_values(resource)),
-                scope_logs=[
-                    ScopeLogs(
-                        scope=InstrumentationScope(name=SCOPE_NAME, version=__version__),
-                        log_records=records,
-                    )
-                ],
-            )
-        ]
+        resource_logs=[ResourceLogs(resource=origin, scope_logs=[logs])]
     )
     return bytes(request.SerializeToString())
+
+
+def _origin(resource: Mapping[str, Any]) -> tuple[Resource, InstrumentationScope]:
+    """Who exports: the process (its resource attributes) and lockscope's scope."""
+    return (
+        Resource(attributes=key_values(resource)),
+        InstrumentationScope(name=SCOPE_NAME, version=__version__),
+    )
 
 
 @dataclass(frozen=True)
@@ -378,17 +378,9 @@ def encode_stats(snapshot: StatsSnapshot, resource: Mapping[str, Any]) -> bytes:
     ]
     if lost_points:
         metrics.append(counter(events.METRIC_LOCKS_LOST, "{lock}", lost_points))
+    origin, scope = _origin(resource)
+    scoped = ScopeMetrics(scope=scope, metrics=metrics)
     request = ExportMetricsServiceRequest(
-        resource_metrics=[
-            ResourceMetrics(
-                resource=Resource(attributes=key_values(resource)),
-                scope_metrics=[
-                    ScopeMetrics(
-                        scope=InstrumentationScope(name=SCOPE_NAME, version=__version__),
-                        metrics=metrics,
-                    )
-                ],
-            )
-        ]
+        resource_metrics=[ResourceMetrics(resource=origin, scope_metrics=[scoped])]
     )
     return bytes(request.SerializeToString())

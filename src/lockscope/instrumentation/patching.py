@@ -39,6 +39,16 @@ def is_ours(value: object) -> bool:
     return bool(getattr(value, "_lockscope_replacement", False))
 
 
+def _patchable(owner: Any, attr: str) -> bool:
+    """Whether ``owner.attr`` exists and is not ours yet, looking in the class it comes
+    from (a subclass inherits its base's wrapper: wrapping again would report twice)."""
+    for klass in getattr(owner, "__mro__", (owner,)):
+        found = vars(klass).get(attr, _MISSING)
+        if found is not _MISSING:
+            return not is_ours(found)
+    return False
+
+
 class Patcher:
     """Installs wrappers and remembers how to remove them."""
 
@@ -49,13 +59,7 @@ class Patcher:
 
     def wrap(self, owner: Any, attr: str, wrapper: Callable[..., Any]) -> bool:
         """Wrap ``owner.attr`` unless it (or the base class it comes from) is already ours."""
-        for klass in getattr(owner, "__mro__", (owner,)):
-            found = vars(klass).get(attr, _MISSING)
-            if found is not _MISSING:
-                if is_ours(found):
-                    return False
-                break
-        else:
+        if not _patchable(owner, attr):
             return False
         original = vars(owner).get(attr, _MISSING)
         proxy = wrapt.wrap_function_wrapper(owner, attr, wrapper)
@@ -72,13 +76,7 @@ class Patcher:
         original costs a fifth of a wrapt proxy's call.  ``make`` must keep the original's
         signature and behaviour; :meth:`restore` puts the original back like a wrapper.
         """
-        for klass in getattr(owner, "__mro__", (owner,)):
-            found = vars(klass).get(attr, _MISSING)
-            if found is not _MISSING:
-                if is_ours(found):
-                    return False
-                break
-        else:
+        if not _patchable(owner, attr):
             return False
         original = vars(owner).get(attr, _MISSING)
         replacement = make(getattr(owner, attr))

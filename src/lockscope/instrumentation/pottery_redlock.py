@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from lockscope.instrumentation import operations
-from lockscope.instrumentation.operations import Adapter
+from lockscope.instrumentation.operations import Adapter, Wrapper
 from lockscope.instrumentation.patching import Patcher
 from lockscope.instrumentation.recorder import LockInfo
 from lockscope.instrumentation.redis_py import redis_namespace
@@ -80,27 +80,32 @@ def instrument(patcher: Patcher) -> None:
 
         return (ReleaseUnlockedLock, ExtendUnlockedLock)
 
+    def patch(cls: type, acquire: Wrapper, release: Wrapper, extend: Wrapper) -> None:
+        # pottery's context manager calls the name-mangled private methods directly.
+        private = f"_{cls.__name__}__"
+        for name in ("acquire", private + "acquire"):
+            patcher.wrap(cls, name, acquire)
+        for name in ("release", private + "release"):
+            patcher.wrap(cls, name, release)
+        patcher.wrap(cls, "extend", extend)
+
     def sync(module: Any) -> None:
         adapter = PotteryAdapter(lost_errors())
-        cls = module.Redlock
-        acquire = operations.guarded(operations.acquire_wrapper(adapter))
-        release = operations.guarded(operations.release_wrapper(adapter))
-        for name in ("acquire", "_Redlock__acquire"):
-            patcher.wrap(cls, name, acquire)
-        for name in ("release", "_Redlock__release"):
-            patcher.wrap(cls, name, release)
-        patcher.wrap(cls, "extend", operations.extend_wrapper(adapter))
+        patch(
+            module.Redlock,
+            operations.guarded(operations.acquire_wrapper(adapter)),
+            operations.guarded(operations.release_wrapper(adapter)),
+            operations.extend_wrapper(adapter),
+        )
 
     def asynchronous(module: Any) -> None:
         adapter = PotteryAdapter(lost_errors())
-        cls = module.AIORedlock
-        acquire = operations.async_guarded(operations.async_acquire_wrapper(adapter))
-        release = operations.async_guarded(operations.async_release_wrapper(adapter))
-        for name in ("acquire", "_AIORedlock__acquire"):
-            patcher.wrap(cls, name, acquire)
-        for name in ("release", "_AIORedlock__release"):
-            patcher.wrap(cls, name, release)
-        patcher.wrap(cls, "extend", operations.async_extend_wrapper(adapter))
+        patch(
+            module.AIORedlock,
+            operations.async_guarded(operations.async_acquire_wrapper(adapter)),
+            operations.async_guarded(operations.async_release_wrapper(adapter)),
+            operations.async_extend_wrapper(adapter),
+        )
 
     patcher.when_imported("pottery.redlock", sync)
     patcher.when_imported("pottery.aioredlock", asynchronous)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lockscope.instrumentation import operations
+from lockscope.instrumentation._holdref import deref, ref_of
 from lockscope.instrumentation.manual import make_info
 from lockscope.instrumentation.operations import Adapter
 from lockscope.instrumentation.recorder import LockInfo
@@ -31,8 +32,10 @@ __all__ = [
     "acquire_wrapper",
     "async_acquire_wrapper",
     "async_release_wrapper",
+    "deref",
     "host",
     "make_info",
+    "ref_of",
     "release_wrapper",
 ]
 
@@ -78,7 +81,12 @@ class FileAdapter(Adapter):
     def max_leases(self, instance: Any) -> int | None:
         return None
 
+    # The operations see the lock's HoldRef (filelock releases a lock dropped while held
+    # from its __del__: the registry must not keep it alive); ``deref`` gives the lock.
     def info(self, instance: Any) -> LockInfo | None:
+        instance = deref(instance)
+        if instance is None:
+            return None
         return make_info(
             "file",
             host(),
@@ -110,7 +118,7 @@ def acquire_wrapper(adapter: FileAdapter) -> operations.Wrapper:
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
         if not operations.fast_enabled() or _held(adapter, instance) is not False:
             return wrapped(*args, **kwargs)
-        return inner(wrapped, instance, args, kwargs)
+        return inner(wrapped, _ref(instance), args, kwargs)
 
     return wrapper
 
@@ -122,17 +130,26 @@ def async_acquire_wrapper(adapter: FileAdapter) -> operations.Wrapper:
     async def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
         if not operations.fast_enabled() or _held(adapter, instance) is not False:
             return await wrapped(*args, **kwargs)
-        return await inner(wrapped, instance, args, kwargs)
+        return await inner(wrapped, _ref(instance), args, kwargs)
 
     return wrapper
+
+
+def _ref(instance: Any) -> Any:
+    try:
+        return ref_of(instance)
+    except Exception:
+        operations.failed()
+        return instance
 
 
 def _hold_before(adapter: FileAdapter, instance: Any, task: Any) -> Any:
     if not operations.fast_enabled() or not _held(adapter, instance):
         return None
     try:
-        info = operations.lock_info(adapter, instance)
-        return None if info is None else operations.find_hold(adapter, instance, info, task)
+        ref = ref_of(instance)
+        info = operations.lock_info(adapter, ref)
+        return None if info is None else operations.find_hold(adapter, ref, info, task)
     except Exception:
         operations.failed()
         return None
@@ -140,7 +157,7 @@ def _hold_before(adapter: FileAdapter, instance: Any, task: Any) -> Any:
 
 def _after(adapter: FileAdapter, instance: Any, hold: Any, exc: BaseException | None) -> None:
     if _held(adapter, instance) is False:
-        operations.released(adapter, instance, hold, exc)
+        operations.released(adapter, hold.target, hold, exc)
 
 
 class _Ending:

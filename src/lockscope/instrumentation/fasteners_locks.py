@@ -62,7 +62,8 @@ def _rw_acquire(adapter: ReaderWriterAdapter, mode: str) -> operations.Wrapper:
             return wrapped(*args, **kwargs)
         try:
             info = adapter.mode_info(instance, mode)
-            op = None if info is None else operations.start(adapter, instance, info, None)
+            ref = _file_common.ref_of(instance)
+            op = None if info is None else operations.start(adapter, ref, info, None)
         except Exception:
             operations.failed()
             op = None
@@ -87,7 +88,8 @@ def _rw_release(adapter: ReaderWriterAdapter, mode: str) -> operations.Wrapper:
             try:
                 info = adapter.mode_info(instance, mode)
                 if info is not None:
-                    hold = operations.find_hold(adapter, instance, info, None)
+                    ref = _file_common.ref_of(instance)
+                    hold = operations.find_hold(adapter, ref, info, None)
             except Exception:
                 operations.failed()
         if hold is None or hold.info.mode != mode:
@@ -95,9 +97,9 @@ def _rw_release(adapter: ReaderWriterAdapter, mode: str) -> operations.Wrapper:
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
-            operations.released(adapter, instance, hold, exc)
+            operations.released(adapter, hold.target, hold, exc)
             raise
-        operations.released(adapter, instance, hold, None)
+        operations.released(adapter, hold.target, hold, None)
         return result
 
     return wrapper

@@ -45,12 +45,8 @@ class FilelockAdapter(FileAdapter):
     def blocking(self, instance: Any, args: Any, kwargs: Any) -> bool:
         blocking = kwargs.get("blocking")
         if blocking is None:
-            blocking = getattr(instance, "blocking", True)
+            blocking = getattr(_file_common.deref(instance), "blocking", True)
         return bool(blocking)
-
-    def exc_outcome(self, exc: BaseException) -> str:
-        outcome = super().exc_outcome(exc)
-        return outcome
 
 
 def instrument(patcher: Patcher) -> None:

@@ -39,7 +39,7 @@ class PortalockerAdapter(FileAdapter):
     def blocking(self, instance: Any, args: Any, kwargs: Any) -> bool:
         fail = kwargs.get("fail_when_locked", args[2] if len(args) > 2 else None)
         if fail is None:
-            fail = getattr(instance, "fail_when_locked", False)
+            fail = getattr(_file_common.deref(instance), "fail_when_locked", False)
         return not fail
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from lockscope.instrumentation import operations, runtime
+from lockscope.instrumentation._holdref import deref, ref_of, via_ref
 from lockscope.instrumentation.operations import Adapter
 from lockscope.instrumentation.patching import Patcher
 from lockscope.instrumentation.recorder import Hold, LockInfo, Wait
@@ -40,7 +41,12 @@ class RedisLockAdapter(Adapter):
     def __init__(self, not_acquired: type[BaseException]) -> None:
         self.not_acquired = not_acquired
 
+    # The operations see the lock's HoldRef (the registry must not keep a lock alive: its
+    # renewal thread stops when the lock is collected); ``deref`` gives the lock.
     def info(self, instance: Any) -> LockInfo | None:
+        instance = deref(instance)
+        if instance is None:
+            return None
         name = _text(instance._name)
         expire = instance._expire
         return LockInfo(
@@ -53,6 +59,7 @@ class RedisLockAdapter(Adapter):
         )
 
     def hold_fields(self, instance: Any) -> tuple[int | None, str | bytes | None, float | None]:
+        instance = deref(instance)
         expire = instance._expire
         return None, _text(instance._id), float(expire) if expire else None
 
@@ -60,7 +67,7 @@ class RedisLockAdapter(Adapter):
         return isinstance(exc, self.not_acquired)
 
     def extension(self, instance: Any, args: Any, kwargs: Any) -> tuple[float | None, bool]:
-        expire = kwargs.get("expire", args[0] if args else None) or instance._expire
+        expire = kwargs.get("expire", args[0] if args else None) or deref(instance)._expire
         return (float(expire) if expire else None), True
 
     def probe_for(self, wait: Wait) -> Any:
@@ -68,7 +75,9 @@ class RedisLockAdapter(Adapter):
 
 
 def _probe(wait: Wait) -> None:
-    lock: Any = wait.target
+    lock: Any = deref(wait.target)
+    if lock is None:
+        return
     owner = lock._client.get(lock._name)
     if owner is not None:
         wait.holder_owner = _text(owner)
@@ -87,10 +96,11 @@ def _reset(adapter: RedisLockAdapter) -> operations.Wrapper:
         result = wrapped(*args, **kwargs)
         if operations.fast_enabled():
             try:
-                info = operations.lock_info(adapter, instance)
+                ref = ref_of(instance)
+                info = operations.lock_info(adapter, ref)
                 if info is not None:
                     key = info.key
-                    _end_holds(lambda h: h.info.key == key, instance)
+                    _end_holds(lambda h: h.info.key == key, ref)
             except Exception:
                 operations.failed()
         return result
@@ -123,9 +133,9 @@ def instrument(patcher: Patcher) -> None:
     def apply(module: Any) -> None:
         adapter = RedisLockAdapter(module.NotAcquired)
         cls = module.Lock
-        patcher.wrap(cls, "acquire", operations.acquire_wrapper(adapter))
-        patcher.wrap(cls, "release", operations.release_wrapper(adapter))
-        patcher.wrap(cls, "extend", operations.extend_wrapper(adapter))
+        patcher.wrap(cls, "acquire", via_ref(operations.acquire_wrapper(adapter)))
+        patcher.wrap(cls, "release", via_ref(operations.release_wrapper(adapter)))
+        patcher.wrap(cls, "extend", via_ref(operations.extend_wrapper(adapter)))
         patcher.wrap(cls, "reset", _reset(adapter))
         patcher.wrap(module, "reset_all", _reset_all(adapter))
 

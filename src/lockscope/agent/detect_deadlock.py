@@ -22,6 +22,7 @@ from lockscope.agent.findings import (
     DEADLOCK,
     Finding,
     FindingStore,
+    actor_fields,
     rfc3339,
     stable_id,
 )
@@ -409,20 +410,14 @@ def _finding(did: str, members: frozenset[Actor], red: Reduction, now_ns: int) -
     for m in ordered:
         w = m.wait
         assert w is not None
-        info = m.process.info
         targets = sorted({t.label for t, _l, _k in red.edges.get(m, ()) if t in members})
         for t, lock, _k in red.edges.get(m, ()):
             if t in members:
                 locks[lock.key] = lock
         participants.append(
             {
-                "actor": m.label,
-                "actor_id": m.actor_id,
+                **actor_fields(m.label, m.actor_id, m.process.info),
                 "actor_name": m.name,
-                "service": info.service,
-                "host": info.host,
-                "pid": info.pid,
-                "instance": info.instance,
                 "waits_for": w.lock.name,
                 "waits_for_key": w.lock.key,
                 "waits_for_system": w.lock.system,

@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 from lockscope.agent.config import AgentConfig
 from lockscope.agent.db_binding import is_binding
-from lockscope.agent.findings import STALE_HOLDER, Finding, FindingStore, rfc3339, stable_id
+from lockscope.agent.findings import (
+    STALE_HOLDER,
+    Finding,
+    FindingStore,
+    actor_fields,
+    rfc3339,
+    stable_id,
+)
 from lockscope.agent.graph import Actor, Hold, Lock
 from lockscope.agent.store_changes import (
     HoldAsserted,
@@ -230,12 +237,7 @@ def stale_finding(
         "system": lock.system,
         "namespace": lock.namespace,
         "template": lock.template,
-        "actor": actor.label,
-        "actor_id": actor.actor_id,
-        "service": info.service,
-        "host": info.host,
-        "pid": info.pid,
-        "instance": info.instance,
+        **actor_fields(actor.label, actor.actor_id, info),
         "reason": reason,
         "since": rfc3339(since_ns),
         "mode": hold.mode if hold is not None else None,

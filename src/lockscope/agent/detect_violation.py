@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from lockscope.agent.config import AgentConfig
-from lockscope.agent.findings import VIOLATION, Finding, FindingStore, rfc3339, stable_id
+from lockscope.agent.findings import (
+    VIOLATION,
+    Finding,
+    FindingStore,
+    actor_fields,
+    rfc3339,
+    stable_id,
+)
 from lockscope.agent.graph import READ, SEMAPHORE, Actor, Hold, Lock, actor_label
 from lockscope.agent.model import ProcessInfo
 from lockscope.agent.store import LockStore, conflicting
@@ -170,14 +177,7 @@ def actor_ref(actor: Actor) -> ActorRef:
 def actor_ref_json(ref: ActorRef) -> dict[str, Any]:
     """:func:`actor_json` of the actor an :data:`ActorRef` was taken from."""
     info, actor_id, name = ref
-    return {
-        "actor": actor_label(info, actor_id, name),
-        "actor_id": actor_id,
-        "service": info.service,
-        "host": info.host,
-        "pid": info.pid,
-        "instance": info.instance,
-    }
+    return actor_fields(actor_label(info, actor_id, name), actor_id, info)
 
 
 TokenEntry = tuple[int, int, ProcessInfo, str, str | None]
@@ -202,15 +202,7 @@ def token_went_backwards(
 
 def actor_json(actor: Actor) -> dict[str, Any]:
     """The API's actor fields."""
-    info = actor.process.info
-    return {
-        "actor": actor.label,
-        "actor_id": actor.actor_id,
-        "service": info.service,
-        "host": info.host,
-        "pid": info.pid,
-        "instance": info.instance,
-    }
+    return actor_fields(actor.label, actor.actor_id, actor.process.info)
 
 
 def hold_json(h: Hold) -> dict[str, Any]:

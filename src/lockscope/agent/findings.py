@@ -15,7 +15,10 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from lockscope.agent.model import ProcessInfo
 
 __all__ = [
     "ALERT_NAMES",
@@ -26,6 +29,7 @@ __all__ = [
     "VIOLATION",
     "Finding",
     "FindingStore",
+    "actor_fields",
     "rfc3339",
     "stable_id",
 ]
@@ -54,6 +58,18 @@ def rfc3339(ns: int | None) -> str | None:
         return None
     dt = datetime.fromtimestamp(ns // 1000 / 1_000_000, tz=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def actor_fields(label: str, actor_id: str, info: ProcessInfo) -> dict[str, Any]:
+    """Who an actor is, as every finding and API document spells it."""
+    return {
+        "actor": label,
+        "actor_id": actor_id,
+        "service": info.service,
+        "host": info.host,
+        "pid": info.pid,
+        "instance": info.instance,
+    }
 
 
 def stable_id(prefix: str, parts: Iterable[str]) -> str:

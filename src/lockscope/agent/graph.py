@@ -235,21 +235,10 @@ class Lock:
         return f"Lock({self.key})"
 
 
-class Hold:
-    """One actor's hold of one lock (an instance is identified by actor, lock and ``since``)."""
+class _Claim:
+    """What a hold and a wait share: one actor's claim on one lock, in a mode."""
 
-    __slots__ = (
-        "actor",
-        "asserted_ns",
-        "code",
-        "expires_at_ns",
-        "lock",
-        "mode",
-        "owner",
-        "since_ns",
-        "source",
-        "token",
-    )
+    __slots__ = ("actor", "asserted_ns", "code", "lock", "mode", "since_ns", "source")
 
     def __init__(
         self, lock: Lock, actor: Actor, mode: str, since_ns: int, asserted_ns: int
@@ -259,47 +248,39 @@ class Hold:
         self.mode = mode
         self.since_ns = since_ns
         self.asserted_ns = asserted_ns
-        """Sender time of the newest event or heartbeat saying this hold is held."""
+        """Sender time of the newest event or heartbeat saying this claim still stands."""
         self.source: str | None = None
         """The reporting process (instance) when it is not the actor's own: a database
         watcher reporting the row locks of a session bound to an instrumented actor."""
-        self.expires_at_ns: int | None = None
-        self.token: int | None = None
-        self.owner: str | None = None
         self.code: tuple[str | None, int | None, str | None] | None = None
 
 
-class Wait:
-    """One actor's reported wait for one lock (an actor waits for at most one lock)."""
+class Hold(_Claim):
+    """One actor's hold of one lock (an instance is identified by actor, lock and ``since``)."""
 
-    __slots__ = (
-        "actor",
-        "asserted_ns",
-        "code",
-        "holder_owner",
-        "holder_token",
-        "lock",
-        "mode",
-        "probed_ns",
-        "since_ns",
-        "source",
-        "ticket",
-    )
+    __slots__ = ("expires_at_ns", "owner", "token")
 
     def __init__(
         self, lock: Lock, actor: Actor, mode: str, since_ns: int, asserted_ns: int
     ) -> None:
-        self.lock = lock
-        self.actor = actor
-        self.mode = mode
-        self.since_ns = since_ns
-        self.asserted_ns = asserted_ns
-        self.source: str | None = None
-        """As :attr:`Hold.source`."""
+        super().__init__(lock, actor, mode, since_ns, asserted_ns)
+        self.expires_at_ns: int | None = None
+        self.token: int | None = None
+        self.owner: str | None = None
+
+
+class Wait(_Claim):
+    """One actor's reported wait for one lock (an actor waits for at most one lock)."""
+
+    __slots__ = ("holder_owner", "holder_token", "probed_ns", "ticket")
+
+    def __init__(
+        self, lock: Lock, actor: Actor, mode: str, since_ns: int, asserted_ns: int
+    ) -> None:
+        super().__init__(lock, actor, mode, since_ns, asserted_ns)
         self.probed_ns = since_ns
         """When the waiter looked up ``holder_owner``/``holder_token`` (its report)."""
         self.ticket: int | None = None
-        self.code: tuple[str | None, int | None, str | None] | None = None
         self.holder_owner: str | None = None
         """The lock server's current owner id as the waiter saw it (where cheap)."""
         self.holder_token: int | None = None

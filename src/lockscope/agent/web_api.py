@@ -34,7 +34,14 @@ from aiohttp import web
 
 from lockscope import events as ev
 from lockscope.agent.app_keys import METRICS_STORE_KEY, STATE_KEY
-from lockscope.agent.findings import DEADLOCK, ORDER_INVERSION, STALE_HOLDER, VIOLATION, rfc3339
+from lockscope.agent.findings import (
+    DEADLOCK,
+    ORDER_INVERSION,
+    STALE_HOLDER,
+    VIOLATION,
+    actor_fields,
+    rfc3339,
+)
 from lockscope.agent.graph import Actor, Lock, actor_label, queue_order, waits_for
 from lockscope.agent.metrics_store import MetricsStore
 from lockscope.agent.state import AgentState
@@ -117,15 +124,9 @@ def api_order_inversions(state: AgentState, active_only: bool = False) -> dict[s
 
 
 def _actor_json(actor: Actor) -> dict[str, Any]:
-    info = actor.process.info
     return {
-        "actor": actor.label,
-        "actor_id": actor.actor_id,
+        **actor_fields(actor.label, actor.actor_id, actor.process.info),
         "actor_name": actor.name,
-        "service": info.service,
-        "host": info.host,
-        "pid": info.pid,
-        "instance": info.instance,
         "alive": actor.process.alive,
     }
 

@@ -352,3 +352,95 @@ def test_exit_flush_sends_a_final_snapshot_with_every_hold(
         beats = [e for e in sink.snapshot() if e.name == events.EVENT_HEARTBEAT]
         assert [bool(e.attrs.get(events.ATTR_EXITING)) for e in beats][-1:] == [True]
         young.release()
+
+
+# -- heartbeat cadence (a slow idle heartbeat, so every snapshot seen is a triggered one) --
+@pytest.fixture
+def slow_beat_shim(sink: OtlpSink) -> Iterator[runtime.Shim]:
+    config = ShimConfig(
+        endpoint=sink.endpoint,
+        report_after=0.05,
+        heartbeat=60.0,  # the regular heartbeat would come far too late for the tests
+        metrics_export="none",
+        service_name="slow-beat",
+    )
+    instrumentor = LockscopeInstrumentor()
+    instrumentor.instrument(config=config)
+    assert runtime.current is not None
+    yield runtime.current
+    instrumentor.uninstrument(flush_timeout=0.2)
+
+
+def _names(entries: Any) -> set[str]:
+    return {entry.get(events.ATTR_LOCK_NAME) for entry in entries or ()}
+
+
+def test_the_first_report_comes_with_a_heartbeat(
+    slow_beat_shim: runtime.Shim, sink: OtlpSink, redis_url: str
+) -> None:
+    """A process that reports a hold and dies before its first regular heartbeat must
+    already have told the agent its heartbeat interval (else: "never heard from")."""
+    client = redis.Redis.from_url(redis_url)
+    lock = client.lock("fixes:first-beat", timeout=30)
+    assert lock.acquire()
+    try:
+        beat = sink.wait_for(
+            lambda e: (
+                e.name == events.EVENT_HEARTBEAT
+                and "fixes:first-beat" in _names(e.attrs[events.ATTR_HOLDS])
+            ),
+            timeout=10,
+        )
+        # While it holds a reported lock it promises the busy interval, not its idle 60 s,
+        # so the agent calls the hold orphaned ~1.2 s after the process stops.
+        assert beat.attrs[events.ATTR_HEARTBEAT_INTERVAL] == 0.4
+    finally:
+        lock.release()
+        client.close()
+
+
+def _beats_listing(sink: OtlpSink, kind: str, name: str) -> list[Any]:
+    return [e for e in sink.named(events.EVENT_HEARTBEAT) if name in _names(e.attrs[kind])]
+
+
+def test_a_long_wait_brings_a_snapshot_every_report_after_until_it_ends(
+    slow_beat_shim: runtime.Shim, sink: OtlpSink, redis_url: str
+) -> None:
+    """A waiting process re-asserts its wait and holds every report_after (here 0.05 s, so
+    the 0.1 s floor; its idle heartbeat is 60 s), so a deadlock's participants all speak up
+    soon after the cycle closes; once nothing is reported, snapshots fall back to idle."""
+    client = redis.Redis.from_url(redis_url)
+    holder = client.lock("fixes:cadence", timeout=30)
+    assert holder.acquire()
+    result: list[bool] = []
+
+    def wait() -> None:
+        lock = client.lock("fixes:cadence", timeout=30)
+        result.append(bool(lock.acquire(blocking_timeout=30)))
+        lock.release()
+
+    waiter = threading.Thread(target=wait)
+    try:
+        waiter.start()
+        # Five snapshots listing the wait while it lasts: with the old fixed 60 s
+        # heartbeat there would be one.
+        sink.wait_until(lambda s: len(_beats_listing(s, events.ATTR_WAITS, "fixes:cadence")) >= 5)
+        beats = _beats_listing(sink, events.ATTR_WAITS, "fixes:cadence")
+        assert {b.attrs[events.ATTR_HEARTBEAT_INTERVAL] for b in beats} == {0.4}
+    finally:
+        holder.release()
+        waiter.join(30)
+    assert result == [True]
+    # The waiter got the lock and released it (the shim saw both): the next snapshot is
+    # empty and announces the idle interval again.
+    idle = sink.wait_for(
+        lambda e: (
+            e.name == events.EVENT_HEARTBEAT
+            and not e.attrs[events.ATTR_WAITS]
+            and not e.attrs[events.ATTR_HOLDS]
+            and e.attrs[events.ATTR_HEARTBEAT_INTERVAL] == 60.0
+        ),
+        timeout=10,
+    )
+    assert idle is not None
+    client.close()

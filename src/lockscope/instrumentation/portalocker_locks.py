@@ -14,8 +14,12 @@ the kernel releases them with their process, so a dead holder is no orphan.
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from typing import Any
+
+import wrapt
 
 from lockscope.instrumentation import _file_common, operations
 from lockscope.instrumentation._file_common import FileAdapter
@@ -64,6 +68,34 @@ class SemaphoreAdapter(PortalockerAdapter):
         return int(instance.maximum)
 
 
+_OURS = (os.path.dirname(operations.__file__), os.path.dirname(wrapt.__file__))
+
+
+def _stacklevel(module_file: str) -> operations.Wrapper:
+    """portalocker's ``_stacklevel_beyond_module`` skips its own frames so a warning names
+    the app's line; the shim's wrapper frames must be skipped too (else the warning names
+    lockscope).  The same walk, with lockscope's and wrapt's frames counted as portalocker's."""
+
+    def stacklevel(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        try:
+            frame: Any = sys._getframe(1)
+            while frame is not None and frame.f_code.co_filename.startswith(_OURS):
+                frame = frame.f_back  # wrapt's own frames, if any, between us and the caller
+            level = 1
+            while frame is not None and (
+                frame.f_code.co_filename == module_file
+                or frame.f_code.co_filename.startswith(_OURS)
+            ):
+                level += 1
+                frame = frame.f_back
+            return level
+        except Exception:
+            operations.failed()
+            return wrapped(*args, **kwargs)
+
+    return stacklevel
+
+
 def instrument(patcher: Patcher) -> None:
     """Wrap portalocker's locks when ``portalocker.utils`` is imported."""
 
@@ -80,5 +112,7 @@ def instrument(patcher: Patcher) -> None:
             release = operations.guarded(_file_common.release_wrapper(adapter))
             patcher.wrap(cls, "acquire", acquire)
             patcher.wrap(cls, "release", release)
+        if hasattr(module, "_stacklevel_beyond_module"):
+            patcher.wrap(module, "_stacklevel_beyond_module", _stacklevel(module.__file__))
 
     patcher.when_imported("portalocker.utils", apply)

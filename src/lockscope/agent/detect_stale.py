@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from lockscope.agent.config import AgentConfig
 from lockscope.agent.db_binding import is_binding
+from lockscope.agent.detect_base import FindingDetector
 from lockscope.agent.findings import (
     STALE_HOLDER,
     Finding,
@@ -73,22 +74,18 @@ class StaleCounters:
     """By lock template (``lockscope_locks_lost_total{lock}``)."""
 
 
-class StaleHolderDetector:
+class StaleHolderDetector(FindingDetector):
     """Finds stale holders from the holds the store reports (a store detector)."""
 
     def __init__(self, findings: FindingStore, config: AgentConfig) -> None:
-        self._findings = findings
-        self._config = config
+        super().__init__(findings, config)
         self._grace_ns = int(config.lease_grace * _NS)
-        self._ttl_ns = int(config.finding_ttl * _NS)
         self._by_hold: dict[Hold, list[str]] = {}
         """Hold -> ids of its active findings (resolved when the hold ends)."""
-        self._store: LockStore | None = None
         self.counters = StaleCounters()
 
-    def attach(self, store: LockStore) -> None:
+    def subscribe(self, store: LockStore) -> None:
         """Subscribe to the store's hold and process changes."""
-        self._store = store
         store.subscribe(HoldAsserted, self._asserted)
         store.subscribe(HoldExtended, self._extended)
         store.subscribe(HoldDropped, self._dropped)
@@ -96,17 +93,9 @@ class StaleHolderDetector:
         store.subscribe(ProcessDied, self._died)
         store.subscribe(ProcessRevived, self._revived)
 
-    def flush(self, now_ns: int) -> None:
-        """Nothing is batched."""
-
-    def tick(self, now_ns: int) -> None:
-        """Resolve expired one-shot findings (lost locks)."""
-        self._findings.expire_due(now_ns)
-
     @property
     def _now(self) -> int:
-        assert self._store is not None
-        return self._store.now_ns
+        return self.store.now_ns
 
     # -- changes ---------------------------------------------------------------------------
     def _asserted(self, c: HoldAsserted) -> None:
@@ -145,9 +134,8 @@ class StaleHolderDetector:
                 self._resolve(hold, "process_back", only=(ORPHANED, EXITED_HOLDING))
 
     def _lost(self, c: LockLost) -> None:
-        assert self._store is not None
         lock, h, now = c.lock, c.hold, self._now
-        label = self._store.label(lock.template)
+        label = self.store.label(lock.template)
         self.counters.locks_lost[label] = self.counters.locks_lost.get(label, 0) + 1
         ongoing = self._take_lease_expired(h) if h is not None else None
         if ongoing is not None:

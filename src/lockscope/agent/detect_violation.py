@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from lockscope.agent.config import AgentConfig
+from lockscope.agent.detect_base import FindingDetector
 from lockscope.agent.findings import (
     VIOLATION,
     Finding,
@@ -61,32 +62,22 @@ class ViolationCounters:
     """By lock template (``lockscope_mutual_exclusion_violations_total{lock}``)."""
 
 
-class ViolationDetector:
+class ViolationDetector(FindingDetector):
     """Finds overlapping holds and fencing tokens going backwards (a store detector)."""
 
     def __init__(self, findings: FindingStore, config: AgentConfig) -> None:
-        self._findings = findings
+        super().__init__(findings, config)
         self._skew_ns = int(config.clock_skew * _NS)
-        self._ttl_ns = int(config.finding_ttl * _NS)
         self._max_history = config.limits.max_token_history
         self._tokens: dict[str, list[TokenEntry]] = {}
         """Lock key -> recent fencing tokens; survives the lock going idle (LRU-bounded)."""
-        self._store: LockStore | None = None
         self.counters = ViolationCounters()
 
-    def attach(self, store: LockStore) -> None:
+    def subscribe(self, store: LockStore) -> None:
         """Subscribe to new holds, assertions and lost locks."""
-        self._store = store
         store.subscribe(HoldAdded, self._added)
         store.subscribe(HoldAsserted, lambda c: self._check_overlap(c.hold))
         store.subscribe(LockLost, self._lost)
-
-    def flush(self, now_ns: int) -> None:
-        """Nothing is batched."""
-
-    def tick(self, now_ns: int) -> None:
-        """Resolve expired violations."""
-        self._findings.expire_due(now_ns)
 
     def _lost(self, c: LockLost) -> None:
         if c.hold is not None:
@@ -141,8 +132,7 @@ class ViolationDetector:
     def _violation(
         self, reason: str, h: Hold, other: dict[str, Any], id_parts: list[str], detail: str
     ) -> None:
-        assert self._store is not None
-        now = self._store.now_ns
+        now = self.store.now_ns
         f = violation_finding(
             reason,
             h.lock,
@@ -154,7 +144,7 @@ class ViolationDetector:
             detail=detail,
         )
         if self._findings.add(f):
-            label = self._store.label(h.lock.template)
+            label = self.store.label(h.lock.template)
             self.counters.violations[label] = self.counters.violations.get(label, 0) + 1
             self._findings.expire_later(f.id, now + self._ttl_ns)
 

@@ -55,27 +55,45 @@ __all__ = [
 ]
 
 
+# Changes that carry the same fields share a frozen, slotted base; each change is still its
+# own type (subscriptions are by exact type).
 @dataclass(frozen=True, slots=True)
-class HoldAdded:
+class _OfHold:
+    hold: Hold
+
+
+@dataclass(frozen=True, slots=True)
+class _OfHoldAt:
+    hold: Hold
+    at_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class _OfWait:
+    wait: Wait
+
+
+@dataclass(frozen=True, slots=True)
+class _OfProcess:
+    process: Process
+
+
+class HoldAdded(_OfHold):
     """A hold instance (actor, lock, ``since``) seen for the first time."""
 
-    hold: Hold
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class HoldAsserted:
+class HoldAsserted(_OfHoldAt):
     """The holder said, at sender time ``at_ns``, that it still holds ``hold``."""
 
-    hold: Hold
-    at_ns: int
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class HoldExtended:
+class HoldExtended(_OfHoldAt):
     """The holder extended its lease (at sender time ``at_ns``)."""
 
-    hold: Hold
-    at_ns: int
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,18 +116,16 @@ class LockLost:
     at_ns: int
 
 
-@dataclass(frozen=True, slots=True)
-class WaitAdded:
+class WaitAdded(_OfWait):
     """A wait began."""
 
-    wait: Wait
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class WaitChanged:
+class WaitChanged(_OfWait):
     """A wait's queue ticket changed."""
 
-    wait: Wait
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,18 +162,16 @@ class ProcessDied:
     exited: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class ProcessRevived:
+class ProcessRevived(_OfProcess):
     """A process presumed dead reported again."""
 
-    process: Process
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class ProcessForgotten:
+class ProcessForgotten(_OfProcess):
     """A dead process was dropped with all it held."""
 
-    process: Process
+    __slots__ = ()
 
 
 Change = (

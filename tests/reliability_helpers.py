@@ -27,8 +27,9 @@ LOCKSCOPE = [sys.executable, "-m", "lockscope"]
 READY_LINE = re.compile(r"OTLP on (https?://\S+), HTTP on (https?://\S+)")
 
 
-def until(predicate: Callable[[], T], timeout: float = 15.0, interval: float = 0.02) -> T:
-    """Poll ``predicate`` until truthy; return its value or fail after ``timeout``."""
+def until(predicate: Callable[[], T | None], timeout: float = 15.0, interval: float = 0.02) -> T:
+    """Poll ``predicate`` until truthy; return its value (so never ``None``) or fail after
+    ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

@@ -8,6 +8,7 @@ posting OTLP for the mutual-exclusion cases that real locks never produce on pur
 
 from __future__ import annotations
 
+import functools
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -57,6 +58,10 @@ def active_deadlocks(agent: InProcessAgent, locks: set[str]) -> list[dict[str, A
     ]
 
 
+def _no_active_deadlock(agent: InProcessAgent, locks: set[str]) -> bool:
+    return not active_deadlocks(agent, locks)
+
+
 def test_a_ring_across_three_shards_is_found_by_both_detectors_and_no_shard(
     tier: Tier, redis_url: str
 ) -> None:
@@ -76,7 +81,9 @@ def test_a_ring_across_three_shards_is_found_by_both_detectors_and_no_shard(
             w.expect("holding")
         for w in workers:
             w.send("go")
-        found = [until(lambda d=d: active_deadlocks(d, set(names)), 30)[0] for d in tier.detectors]
+        found = [
+            until(functools.partial(active_deadlocks, d, set(names)), 30)[0] for d in tier.detectors
+        ]
         assert found[0]["id"] == found[1]["id"]  # one stable id: Alertmanager dedups HA pairs
         assert {p["service"] for p in found[0]["participants"]} == {"svc-0", "svc-1", "svc-2"}
         assert {p["pid"] for p in found[0]["participants"]} == {w.pid for w in workers}
@@ -88,7 +95,7 @@ def test_a_ring_across_three_shards_is_found_by_both_detectors_and_no_shard(
             assert all(d["forwarded"] > 0 and d["dropped"] == 0 for d in status["detectors"])
         workers[0].kill()  # the victim: the ring resolves on both detectors
         for d in tier.detectors:
-            until(lambda d=d: not active_deadlocks(d, set(names)), 30)
+            until(functools.partial(_no_active_deadlock, d, set(names)), 30)
             assert findings(d.http_url, "stale-holders") == []  # detectors report none
     finally:
         for w in workers:
@@ -129,7 +136,7 @@ def test_one_lock_held_from_two_shards_is_a_violation_only_the_detectors_see(
             [Event(ev.EVENT_HOLD_START, now, info, both), _heartbeat(info, now, [both])]
         )
     for d in tier.detectors:
-        found = until(lambda d=d: findings(d.http_url, "violations"), 15)
+        found = until(functools.partial(findings, d.http_url, "violations"), 15)
         assert {v["reason"] for v in found} == {"overlapping_holds"}
         assert found[0]["lock"] == "shared:overlap"
     for shard in tier.shards:
@@ -157,7 +164,7 @@ def test_a_fencing_token_that_goes_backwards_across_shards_is_found(tier: Tier) 
     later = _lock("shared:token", **{ev.ATTR_SINCE: now - S, ev.ATTR_LOCK_TOKEN: 7})
     tier.shards[2].post_events([Event(ev.EVENT_HOLD_START, now - S, two, later)])
     for d in tier.detectors:
-        found = until(lambda d=d: findings(d.http_url, "violations"), 15)
+        found = until(functools.partial(findings, d.http_url, "violations"), 15)
         assert {v["reason"] for v in found} == {"fencing_token_backwards"}
 
 

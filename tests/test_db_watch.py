@@ -460,7 +460,11 @@ def test_wrong_password_missing_privilege_and_unreachable(
     caplog.set_level(logging.DEBUG, logger="lockscope")
     with InProcessAgent(http_setup=[setup_database_watchers(targets)]) as agent:
         for t in targets:
-            wait_until(lambda t=t: status(agent, t.name)["failures"] >= 2)
+
+            def failed_twice(name: str = t.name) -> bool:
+                return bool(status(agent, name)["failures"] >= 2)
+
+            wait_until(failed_twice)
         assert "password authentication failed" in status(agent, "wrong")["error"]
         assert "pg_monitor" in status(agent, "nopriv")["error"]
         assert "PROCESS" in status(agent, "mynopriv")["error"]

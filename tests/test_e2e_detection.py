@@ -25,6 +25,7 @@ moment the ring closed, so detection takes report_after plus up to one heartbeat
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -311,7 +312,7 @@ def close_ring(
             actor, f"{actor}-want-{i}", wanted, last_timeout if last else WAIT_TIMEOUT
         )
         if not last:  # the next one waits only once the agent has seen this one wait
-            until(lambda a=app, w=wanted: api.waiting(w["name"], a.pid), timeout=15)
+            until(functools.partial(api.waiting, wanted["name"], app.pid), timeout=15)
     return closed_at, cid
 
 

@@ -63,6 +63,10 @@ class Recorder:
             self.log.append((name, what))
 
 
+def _queued(candidate: LeaderElection) -> bool:
+    return candidate.sequence is not None
+
+
 def test_lowest_sequence_leads_and_resign_hands_over(
     new_client: Callable[..., Any], path: str
 ) -> None:
@@ -71,7 +75,7 @@ def test_lowest_sequence_leads_and_resign_hands_over(
     candidates = [rec.candidate(new_client(), path, f"c{i}") for i in range(3)]
     for candidate in candidates:
         candidate.start()
-        wait_for(lambda c=candidate: c.sequence is not None, what="queued")
+        wait_for(functools.partial(_queued, candidate), what="queued")
     wait_for(lambda: candidates[0].is_leader)
     assert candidates[0].contenders() == ["c0", "c1", "c2"]
     assert candidates[2].leader() == "c0"
@@ -107,7 +111,7 @@ def test_each_candidate_watches_only_its_predecessor(
     candidates = [LeaderElection(client, path, f"c{i}") for i, client in enumerate(clients)]
     for candidate in candidates:
         candidate.start()
-        wait_for(lambda c=candidate: c.sequence is not None)
+        wait_for(functools.partial(_queued, candidate))
     wait_for(lambda: candidates[0].is_leader)
     for i, client in enumerate(clients):
         # Watches registered by each candidate's own session (kazoo's client-side table).
@@ -116,12 +120,12 @@ def test_each_candidate_watches_only_its_predecessor(
         if i == 0:
             assert watched == set()
         else:
-            wait_for(
-                lambda c=client, i=i: (
-                    {p for p, w in c._data_watchers.items() if w}
-                    == {f"{path}/{candidates[i - 1].node}"}
-                )
-            )
+
+            def watches_its_predecessor(c: KazooClient = client, i: int = i) -> bool:
+                predecessor = f"{path}/{candidates[i - 1].node}"
+                return {p for p, w in c._data_watchers.items() if w} == {predecessor}
+
+            wait_for(watches_its_predecessor)
     for candidate in reversed(candidates):
         candidate.resign()
 

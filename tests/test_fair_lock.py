@@ -75,8 +75,12 @@ def test_waiters_are_served_in_arrival_order_across_processes(
     count = 4
     for index in range(count):
         spawn_waiter(spawned, redis_url, "fifo", index, waiter_timeout=5)
+
         # The next process starts only once this one is queued: arrival order is defined.
-        wait_until(lambda i=index: len(holder.waiters()) == i + 1, what=f"waiter {index}")
+        def queued(i: int = index) -> bool:
+            return len(holder.waiters()) == i + 1
+
+        wait_until(queued, what=f"waiter {index}")
     holder.release()
     for proc in spawned:
         _, err = proc.communicate(timeout=30)

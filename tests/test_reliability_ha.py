@@ -5,6 +5,7 @@ still finds and alerts, and the shim keeps delivering to it."""
 
 from __future__ import annotations
 
+import functools
 import http.server
 import json
 import threading
@@ -142,7 +143,7 @@ def test_two_agents_one_notification_per_finding(
         endpoint = f"{one.otlp_url},{two.otlp_url}"
         pair = deadlock(redis_url, endpoint, "ha:a", "ha:b")
         try:
-            found = [until(lambda a=a: active(a, locks), timeout=20)[0] for a in (one, two)]
+            found = [until(functools.partial(active, a, locks), timeout=20)[0] for a in (one, two)]
             assert found[0]["id"] == found[1]["id"]  # the same stable id on both agents
             fid = found[0]["id"]
             until(lambda: webhook.for_finding(fid)["firing"] >= 1, timeout=30)

@@ -156,9 +156,13 @@ def test_five_contenders_are_served_in_arrival_order(
 
     threads = []
     for i in range(5):
-        threads.append(start_thread(lambda i=i: contend(i)))
+        threads.append(start_thread(functools.partial(contend, i)))
+
         # Arrival = node creation: let each contender queue before the next starts.
-        wait_for(lambda i=i: locks[i].sequence is not None, what=f"contender {i} queued")
+        def queued(i: int = i) -> bool:
+            return locks[i].sequence is not None
+
+        wait_for(queued, what=f"contender {i} queued")
     assert holder.contenders()[1:] == [f"c{i}" for i in range(5)]
     found = locks[4].holder()  # what a waiter learns about whom it waits for
     assert found is not None
@@ -412,8 +416,12 @@ def test_mixed_readers_and_writers_keep_queue_order(
         lock.release()
 
     for lock in queue:
-        start_thread(lambda lock=lock: contend(lock))
-        wait_for(lambda lock=lock: lock.sequence is not None)
+        start_thread(functools.partial(contend, lock))
+
+        def queued(lock: Any = lock) -> bool:
+            return lock.sequence is not None
+
+        wait_for(queued)
     # A reader queued behind a writer waits even though only readers hold the lock now.
     late_reader = ZooKeeperReadLock(new_client(), path)
     assert not late_reader.acquire(timeout=0.2)

@@ -100,7 +100,8 @@ class World:
 
     def end_wait(self, actor: str, lock: str, outcome: str = "timeout", **kw: Any) -> None:
         since = self.wait_since(actor)
-        self.send(ev.EVENT_WAIT_END, actor, lock, since=since, **{ev.ATTR_OUTCOME: outcome}, **kw)
+        attrs: dict[str, Any] = {ev.ATTR_OUTCOME: outcome, **kw}
+        self.send(ev.EVENT_WAIT_END, actor, lock, since=since, **attrs)
 
     def hold_since(self, actor: str, lock: str) -> int | None:
         for a in self.state.actors():

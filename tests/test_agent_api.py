@@ -107,6 +107,7 @@ async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 3.0) ->
 
 
 def participant_of(deadlock: dict[str, Any], service: str) -> dict[str, Any]:
+    found: dict[str, Any]
     (found,) = [p for p in deadlock["participants"] if p["service"] == service]
     return found
 
@@ -142,10 +143,14 @@ async def test_two_ring_deadlock_appears_and_resolves(
     first_id = deadlock["id"]
 
     # The victim gives up: the deadlock resolves, keeps its id and moves to "resolved".
-    gave_up = event(
-        ev.EVENT_WAIT_END, SHIPPING, LOCK_A, "thread:2", now - 1_000_000_000, time.time_ns()
+    since = now - 1_000_000_000
+    outcome = {ev.ATTR_OUTCOME: "timeout"}
+    gave_up = Event(
+        ev.EVENT_WAIT_END,
+        time.time_ns(),
+        SHIPPING,
+        lock_attrs(LOCK_A, "thread:2", since, **outcome),
     )
-    gave_up.attrs[ev.ATTR_OUTCOME] = "timeout"
     await send(session, agent, [gave_up])
     await eventually(lambda: _empty(active))
     resolved = (await get(session, agent, "/api/v1/deadlocks?status=resolved"))["deadlocks"]

@@ -111,7 +111,9 @@ def test_status_on_the_otlp_port_says_so(capsys: pytest.CaptureFixture[str]) -> 
     assert "--http" in err
 
 
-def test_status_names_a_bad_variable(capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+def test_status_names_a_bad_variable(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("LOCKSCOPE_AGENT_HTTP", "htp://x")
     args = argparse.Namespace(http=None, timeout=5.0, json=False, token=None)
     assert status.run(args) == 2

@@ -422,7 +422,7 @@ def status(agent: InProcessAgent, name: str) -> dict[str, Any]:
 
 def up_metric(agent: InProcessAgent, name: str) -> str | None:
     with urllib.request.urlopen(f"{agent.http_url}/metrics", timeout=10) as response:
-        text = response.read().decode()
+        text: str = response.read().decode()
     for line in text.splitlines():
         if line.startswith(f'lockscope_agent_database_up{{database="{name}"}}'):
             return line.rsplit(" ", 1)[1]

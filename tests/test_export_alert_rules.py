@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -97,14 +98,14 @@ def _anchors(markdown: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def loaded_rules():
+def loaded_rules() -> list[dict[str, Any]]:
     """The rules as Prometheus itself loaded them (``/api/v1/rules``)."""
     with PrometheusServer(rule_files=RULE_FILES) as prometheus:
         groups = prometheus.api("rules")["groups"]
     return [rule for group in groups for rule in group["rules"]]
 
 
-def test_every_alert_is_complete(loaded_rules):
+def test_every_alert_is_complete(loaded_rules: list[dict[str, Any]]) -> None:
     anchors = _anchors(RUNBOOK.read_text(encoding="utf-8"))
     names = set()
     for rule in loaded_rules:

@@ -214,7 +214,8 @@ def test_lockscope_agent_command_pushes_with_its_external_url(
         def ready() -> bool:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{http}/readyz", timeout=1) as r:
-                    return r.status == 200
+                    status: int = r.status
+                    return status == 200
             except OSError:
                 return False
 

@@ -8,6 +8,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 
 import pytest
 
@@ -49,7 +50,7 @@ BOUNDS = (0.01, 0.1, 1.0)
 
 
 @pytest.fixture
-def agent():
+def agent() -> Iterator[InProcessAgent]:
     with InProcessAgent() as agent:
         yield agent
 

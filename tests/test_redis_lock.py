@@ -15,6 +15,7 @@ import pytest
 import redis
 import redis.asyncio
 
+from fencing import held_token
 from lockscope.errors import BackendUnavailable, LockLost, LockNotAcquired, LockNotOwned
 from lockscope.locks import RedisLock as LazyRedisLock
 from lockscope.locks._redis_common import ACQUIRE_COUNTING
@@ -103,7 +104,7 @@ def test_fencing_tokens_increase_per_name(redis_url: str) -> None:
     for _ in range(5):
         lock = RedisLock(name, redis_url)
         assert lock.acquire()
-        tokens.append(lock.fencing_token)
+        tokens.append(held_token(lock))
         lock.release()
     assert tokens == sorted(set(tokens))
     other = RedisLock(unique(), redis_url)

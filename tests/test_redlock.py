@@ -15,6 +15,7 @@ import pytest
 import redis
 import redis.asyncio
 
+from fencing import held_token
 from lockscope.errors import BackendUnavailable, LockError, LockLost, LockNotOwned
 from lockscope.locks import Redlock as LazyRedlock
 from lockscope.locks.aio import Redlock as LazyAsyncRedlock
@@ -45,8 +46,12 @@ def direct(urls: list[str]) -> Iterator[list[redis.Redis]]:
 
 
 def owners_on(direct: list[redis.Redis], lock: Redlock) -> list[str | None]:
-    values = [client.get(lock.key) for client in direct]
-    return [None if v is None else v.decode() for v in values]
+    owners: list[str | None] = []
+    for client in direct:
+        value = client.get(lock.key)
+        assert value is None or isinstance(value, bytes)  # plain clients: no decode_responses
+        owners.append(None if value is None else value.decode())
+    return owners
 
 
 # -- the basics ------------------------------------------------------------------------------
@@ -111,7 +116,7 @@ def test_tokens_increase_when_quorums_differ(urls: list[str], direct: list[redis
         direct[blocked].set(probe.key, "blocker", px=30_000)
         assert probe.acquire(blocking=False)
         assert owners_on(direct, probe).count(probe.owner) == 2
-        tokens.append(probe.fencing_token)
+        tokens.append(held_token(probe))
         probe.release()
         direct[blocked].delete(probe.key)
     assert tokens == sorted(set(tokens)), tokens
@@ -313,7 +318,7 @@ def test_bad_arguments(urls: list[str], kwargs: dict[str, Any], error: type[Exce
 
 def test_bad_server_lists(urls: list[str]) -> None:
     with pytest.raises(TypeError):
-        Redlock("x", urls[0], ttl=10)  # type: ignore[arg-type]  # a str, not a list
+        Redlock("x", urls[0], ttl=10)  # a str (a sequence to type checkers), not a list
     with pytest.raises(ValueError, match="at least one"):
         Redlock("x", [], ttl=10)
     with pytest.raises(ValueError, match="distinct"):

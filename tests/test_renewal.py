@@ -105,9 +105,10 @@ def test_max_renewals_bounds_the_hold(redis_url: str) -> None:
 @pytest.mark.parametrize("fault", ["deleted", "taken over"])
 def test_failed_renewal_signals_lock_lost_once(redis_url: str, fault: str) -> None:
     calls: list[LockLost] = []
-    lock = AutoRenewingLock(RedisLock("lost", redis_url, ttl=TTL), on_lost=calls.append)
+    inner = RedisLock("lost", redis_url, ttl=TTL)
+    lock = AutoRenewingLock(inner, on_lost=calls.append)
     assert lock.acquire()
-    key = lock.wrapped.key
+    key = inner.key  # lock.wrapped is inner, typed as any Lock
     client = redis.Redis.from_url(redis_url)
     if fault == "deleted":
         client.delete(key)
@@ -142,9 +143,10 @@ def test_killed_server_signals_lock_lost(redis_server: RedisServer, redis_url: s
 
 
 def test_lock_can_be_reacquired_after_a_loss(redis_url: str) -> None:
-    lock = AutoRenewingLock(RedisLock("again", redis_url, ttl=TTL))
+    inner = RedisLock("again", redis_url, ttl=TTL)
+    lock = AutoRenewingLock(inner)
     assert lock.acquire()
-    redis.Redis.from_url(redis_url).delete(lock.wrapped.key)
+    redis.Redis.from_url(redis_url).delete(inner.key)
     wait_until(lambda: lock.lost)
     with pytest.raises(LockLost):
         lock.release()
@@ -236,7 +238,8 @@ async def test_async_watchdog_keeps_the_lock_through_a_long_job(redis_url: str) 
 async def test_async_renewal_stops_when_the_owner_task_ends(redis_url: str) -> None:
     lock = AsyncAutoRenewingLock(AsyncRedisLock("aorphan", redis_url, ttl=TTL))
     await asyncio.create_task(lock.acquire())
-    assert lock.renewing
+    started = lock.renewing  # a local: mypy would keep lock.renewing True through the loop
+    assert started
     deadline = time.monotonic() + 10
     while lock.renewing:
         assert time.monotonic() < deadline
@@ -252,9 +255,10 @@ async def test_async_lost_lock_calls_async_callback_once(redis_url: str) -> None
     async def on_lost(error: LockLost) -> None:
         calls.append(error)
 
-    lock = AsyncAutoRenewingLock(AsyncRedisLock("alost", redis_url, ttl=TTL), on_lost=on_lost)
+    inner = AsyncRedisLock("alost", redis_url, ttl=TTL)
+    lock = AsyncAutoRenewingLock(inner, on_lost=on_lost)
     assert await lock.acquire()
-    redis.Redis.from_url(redis_url).delete(lock.wrapped.key)
+    redis.Redis.from_url(redis_url).delete(inner.key)
     deadline = time.monotonic() + 10
     while not lock.lost:
         assert time.monotonic() < deadline

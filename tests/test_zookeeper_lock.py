@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import pytest
 from kazoo.client import KazooClient
 
+from fencing import held_token
 from lockscope.errors import BackendUnavailable, LockError, LockLost, LockNotOwned
 from lockscope.locks import ZooKeeperLock as ExportedLock
 from lockscope.locks.aio import ZooKeeperLock as ExportedAsyncLock
@@ -65,7 +66,14 @@ def expire_session(client: Any, hosts: str) -> None:
     other.close()
 
 
-def start_thread(target: Callable[[], None]) -> threading.Thread:
+def held_node(lock: Any) -> str:
+    """The lock's own znode, which a held lock has."""
+    node: str | None = lock.node
+    assert node is not None
+    return node
+
+
+def start_thread(target: Callable[[], object]) -> threading.Thread:
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
     return thread
@@ -114,7 +122,8 @@ def test_acquire_release_and_token_is_node_sequence(zk: Any, path: str) -> None:
         lock.acquire(blocking=False)
     lock.release()
     assert children(zk, path) == []
-    assert lock.owner is None
+    released = lock  # a new name: mypy keeps lock.owner narrowed (to str) past release()
+    assert released.owner is None
     assert lock.holder() is None
     assert not lock.owned()
     assert not lock.locked()
@@ -150,8 +159,7 @@ def test_five_contenders_are_served_in_arrival_order(
     def contend(i: int) -> None:
         assert locks[i].acquire(timeout=WAIT)
         order.append(i)
-        assert locks[i].fencing_token is not None
-        tokens.append(locks[i].fencing_token)
+        tokens.append(held_token(locks[i]))
         locks[i].release()
 
     threads = []
@@ -200,7 +208,12 @@ def test_waiter_whose_predecessor_leaves_times_out_cleanly(
     last = ZooKeeperLock(new_client(), path)
     assert holder.acquire()
     middle_done = threading.Event()
-    start_thread(lambda: (middle.acquire(timeout=WAIT), middle_done.set()))
+
+    def acquire_middle() -> None:
+        middle.acquire(timeout=WAIT)
+        middle_done.set()
+
+    start_thread(acquire_middle)
     wait_for(lambda: middle.sequence is not None)
     result: list[bool] = []
     last_thread = start_thread(lambda: result.append(last.acquire(timeout=2.0)))
@@ -263,7 +276,12 @@ def test_session_expiry_loses_the_lock_and_the_next_contender_takes_over(
     assert holder.acquire()
     token = holder.fencing_token
     acquired = threading.Event()
-    start_thread(lambda: waiter.acquire(timeout=WAIT) and acquired.set())
+
+    def wait_then_signal() -> None:
+        if waiter.acquire(timeout=WAIT):
+            acquired.set()
+
+    start_thread(wait_then_signal)
     wait_for(lambda: waiter.sequence is not None)
 
     expire_session(holder_client, zookeeper_server.hosts)
@@ -460,16 +478,21 @@ def test_semaphore_admits_two_and_blocks_the_third(
     assert not sems[2].acquire(blocking=False)
     zk = sems[0].client
     # No leftovers: two leases, nobody queued on the internal lock.
-    assert children(zk, path) == sorted([sems[0].node, sems[1].node])
+    assert children(zk, path) == sorted([held_node(sems[0]), held_node(sems[1])])
     assert children(zk, path + "-__lock__") == []
-    tokens = [sems[0].fencing_token, sems[1].fencing_token]
+    tokens = [held_token(sems[0]), held_token(sems[1])]
     got = threading.Event()
-    start_thread(lambda: sems[2].acquire(timeout=WAIT) and got.set())
+
+    def third_acquires() -> None:
+        if sems[2].acquire(timeout=WAIT):
+            got.set()
+
+    start_thread(third_acquires)
     wait_for(lambda: sems[2].sequence is not None, what="third queued")
     assert not got.is_set()
     sems[0].release()
     assert got.wait(WAIT)
-    tokens.append(sems[2].fencing_token)
+    tokens.append(held_token(sems[2]))
     assert all(isinstance(t, int) for t in tokens)
     assert tokens == sorted(set(tokens))  # strictly increasing
     assert sems[2].owned()
@@ -505,7 +528,7 @@ def test_fencing_tokens_strictly_increase_across_holders(
         kind = [ZooKeeperLock, ZooKeeperWriteLock, ZooKeeperReadLock][i % 3]
         lock = kind(clients[i % 2], path)
         assert lock.acquire(timeout=WAIT)
-        tokens.append(lock.fencing_token)
+        tokens.append(held_token(lock))
         lock.release()
     assert tokens == sorted(set(tokens))
 

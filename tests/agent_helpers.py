@@ -111,6 +111,12 @@ class World:
                         return h.since_ns
         return None
 
+    def held_since(self, actor: str, lock: str) -> int:
+        """``hold_since`` of a hold the state must have."""
+        since = self.hold_since(actor, lock)
+        assert since is not None, f"{actor} holds no {lock}"
+        return since
+
     def wait_since(self, actor: str) -> int | None:
         for a in self.state.actors():
             if a.key == self.actor_key(actor) and a.wait is not None:

@@ -65,18 +65,18 @@ def make_lock(cmd: dict[str, Any]) -> tuple[Any, Any]:
         import portalocker
 
         if kind == "portalocker_sem":
-            lock = portalocker.BoundedSemaphore(
+            porta: portalocker.BoundedSemaphore | portalocker.Lock = portalocker.BoundedSemaphore(
                 int(cmd["max"]), name=name, directory=cmd["dir"], timeout=wait
             )
         else:
-            cls = portalocker.RLock if kind == "portalocker_rlock" else portalocker.Lock
-            lock = cls(name, timeout=wait, fail_when_locked=False)
-        return lock, _false_on((portalocker.AlreadyLocked,), lock.acquire)
+            porta_cls = portalocker.RLock if kind == "portalocker_rlock" else portalocker.Lock
+            porta = porta_cls(name, timeout=wait, fail_when_locked=False)
+        return porta, _false_on((portalocker.AlreadyLocked,), porta.acquire)
     if kind == "fasteners":
         import fasteners
 
-        lock = fasteners.InterProcessLock(name)
-        return lock, lambda: bool(lock.acquire(timeout=timeout))
+        fast = fasteners.InterProcessLock(name)
+        return fast, lambda: bool(fast.acquire(timeout=timeout))
     if kind in ("fasteners_read", "fasteners_write"):
         import fasteners
 
@@ -85,15 +85,15 @@ def make_lock(cmd: dict[str, Any]) -> tuple[Any, Any]:
     if kind == "redis_lock":
         import redis_lock
 
-        lock = redis_lock.Lock(base.redis_client(cmd["url"]), name, expire=cmd.get("expire"))
-        return lock, lambda: bool(lock.acquire(timeout=int(timeout) if timeout else None))
+        rl = redis_lock.Lock(base.redis_client(cmd["url"]), name, expire=cmd.get("expire"))
+        return rl, lambda: bool(rl.acquire(timeout=int(timeout) if timeout else None))
     if kind == "pottery":
         from pottery import Redlock
 
         ttl = float(cmd.get("ttl", 60))
         client = base.redis_client(cmd["url"])
-        lock = Redlock(key=name, masters={client}, auto_release_time=ttl)
-        return lock, lambda: bool(lock.acquire(timeout=wait))
+        redlock = Redlock(key=name, masters={client}, auto_release_time=ttl)
+        return redlock, lambda: bool(redlock.acquire(timeout=wait))
     return _make_lock(cmd)
 
 

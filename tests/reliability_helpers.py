@@ -267,7 +267,7 @@ def cardinality_attack(
             else:
                 kv.value.string_value = value
         metric = rm.scope_metrics.add().metrics.add(name=ev.METRIC_ACQUISITIONS)
-        metric.sum.aggregation_temporality = 2  # type: ignore[assignment]  # cumulative
+        metric.sum.aggregation_temporality = 2  # cumulative
         metric.sum.is_monotonic = True
         for i in range(start, min(names, start + batch)):
             name = "attack:" + letters(i)

@@ -141,8 +141,8 @@ def zk_hold(cfg: dict[str, Any]) -> None:
 def skewed(cfg: dict[str, Any]) -> None:
     skew_ns = int(float(cfg["skew"]) * 1e9)
     real_time_ns, real_time = time.time_ns, time.time
-    time.time_ns = lambda: real_time_ns() + skew_ns  # type: ignore[assignment]
-    time.time = lambda: real_time() + skew_ns / 1e9  # type: ignore[assignment]
+    time.time_ns = lambda: real_time_ns() + skew_ns
+    time.time = lambda: real_time() + skew_ns / 1e9
     from lockscope.instrumentation import LockscopeInstrumentor
 
     LockscopeInstrumentor().instrument()

@@ -36,6 +36,12 @@ def instrumented(sink: OtlpSink, **kwargs: bool) -> Iterator[runtime.Shim]:
         instrumentor.uninstrument()
 
 
+def traced(lock: object) -> TracedLock:
+    """``lock`` as the TracedLock it is under the shim (typeshed: the final _thread.lock)."""
+    assert isinstance(lock, TracedLock)
+    return lock
+
+
 def test_only_app_code_gets_traced_locks(sink: OtlpSink) -> None:
     with instrumented(sink, threading=True):
         assert isinstance(threading.Lock(), TracedLock)
@@ -79,24 +85,25 @@ def test_threading_wait_hold_and_order_pair_are_reported(sink: OtlpSink) -> None
         assert start.attrs[events.ATTR_ACTOR_NAME] == "waiter"
         assert start.attrs[events.ATTR_LOCK_NAMESPACE] == shim.instance_id
         assert start.attrs[events.ATTR_LOCK_TEMPLATE].startswith("tests/")
-        assert start.attrs[events.ATTR_LOCK_NAME] == second._site  # type: ignore[attr-defined]
+        assert start.attrs[events.ATTR_LOCK_NAME] == traced(second)._site
         holds = {
             e.attrs[events.ATTR_LOCK_NAME]: e
             for e in sink.named(events.EVENT_HOLD_START)
             if e.attrs[events.ATTR_LOCK_SYSTEM] == "threading"
         }
         # Both the waiter's own hold and the long hold of the holder thread.
-        assert holds[first._site].attrs[events.ATTR_ACTOR_NAME] == "waiter"  # type: ignore[attr-defined]
-        assert holds[second._site].attrs[events.ATTR_ACTOR_NAME] == "holder"  # type: ignore[attr-defined]
+        assert holds[traced(first)._site].attrs[events.ATTR_ACTOR_NAME] == "waiter"
+        assert holds[traced(second)._site].attrs[events.ATTR_ACTOR_NAME] == "holder"
         pair = sink.wait_for(lambda e: e.name == events.EVENT_ORDER_PAIR)
-        assert pair.attrs[events.ATTR_ORDER_FIRST] == first._template  # type: ignore[attr-defined]
-        assert pair.attrs[events.ATTR_ORDER_SECOND] == second._template  # type: ignore[attr-defined]
+        assert pair.attrs[events.ATTR_ORDER_FIRST] == traced(first)._template
+        assert pair.attrs[events.ATTR_ORDER_SECOND] == traced(second)._template
         sink.wait_for(lambda e: e.name == events.EVENT_WAIT_END
                       and e.attrs[events.ATTR_OUTCOME] == "acquired")  # fmt: skip
         ends = sink.wait_for(
             lambda e: (
-                e.name == events.EVENT_HOLD_END and e.attrs[events.ATTR_LOCK_NAME] == second._site
-            )  # type: ignore[attr-defined]
+                e.name == events.EVENT_HOLD_END
+                and e.attrs[events.ATTR_LOCK_NAME] == traced(second)._site
+            )
         )
         assert ends.attrs[events.ATTR_OUTCOME] == "released"
 
@@ -107,7 +114,7 @@ def test_threading_metrics_are_aggregated_by_creation_site(sink: OtlpSink) -> No
         for _ in range(1000):
             with lock:
                 pass
-        template = lock._template  # type: ignore[attr-defined]
+        template = traced(lock)._template
 
         def counted(s: OtlpSink) -> bool:
             return any(

@@ -11,7 +11,7 @@ import shutil
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -71,7 +71,8 @@ def _files_scenario(root: Path) -> Callable[[], Transcript]:
         t("porta release again", p.release)
         r = portalocker.RLock(str(d / "r.lock"))
         t("rlock", lambda: (r.acquire() is r.acquire(), r._acquire_count))
-        t("rlock release", lambda: (r.release(), r.release()))
+        release: Callable[[], object] = r.release  # what it returns is part of the transcript
+        t("rlock release", lambda: (release(), release()))
         t("rlock over", r.release)
         sem = portalocker.BoundedSemaphore(1, name="s", directory=str(d), timeout=0.05)
         t("sem", lambda: sem.acquire() is not None)
@@ -166,6 +167,7 @@ def _pools_scenario(postgres: Any) -> Callable[[], Transcript]:
     def scenario() -> Transcript:
         import sqlalchemy
         from psycopg_pool import ConnectionPool
+        from sqlalchemy.pool import QueuePool
 
         t = Recorder()
         url = postgres.url.replace("postgresql://", "postgresql+psycopg://")
@@ -175,7 +177,7 @@ def _pools_scenario(postgres: Any) -> Callable[[], Transcript]:
         t("second", lambda: engine.connect())
         conn.close()
         t("again", lambda: engine.connect().execute(sqlalchemy.text("select 2")).scalar())
-        t("status", lambda: engine.pool.checkedout())
+        t("status", lambda: cast(QueuePool, engine.pool).checkedout())  # pool_size: a QueuePool
         engine.dispose()
         with ConnectionPool(postgres.dsn, min_size=1, max_size=1, timeout=0.2) as pool:
             c = pool.getconn()

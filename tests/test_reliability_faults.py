@@ -295,15 +295,15 @@ def test_a_reordered_older_heartbeat_does_not_hide_a_deadlock() -> None:
     w = World()
     w.hold("1.1", "ro:a")
     w.hold("2.1", "ro:b")
-    w.heartbeat(1, holds=[w.entry("1.1", "ro:a", w.hold_since("1.1", "ro:a"))])
-    w.heartbeat(2, holds=[w.entry("2.1", "ro:b", w.hold_since("2.1", "ro:b"))])
+    w.heartbeat(1, holds=[w.entry("1.1", "ro:a", w.held_since("1.1", "ro:a"))])
+    w.heartbeat(2, holds=[w.entry("2.1", "ro:b", w.held_since("2.1", "ro:b"))])
     w.advance(0.1)
     began = w.now - 30_000_000
     # Process 1 began waiting 30 ms ago; its heartbeat 10 ms ago did not list the wait yet
     # (not reported then); the wait.start (stamped with its start, as the shim does) and
     # then that heartbeat arrive, in this order.
     w.wait("1.1", "ro:b", since=began, t=began)
-    hold_a = w.entry("1.1", "ro:a", w.hold_since("1.1", "ro:a"))
+    hold_a = w.entry("1.1", "ro:a", w.held_since("1.1", "ro:a"))
     w.heartbeat(1, holds=[hold_a], t=w.now - 10_000_000)
     assert w.wait_since("1.1") is None  # the older snapshot dropped it (for now)
     w.advance(0.5)
@@ -311,7 +311,7 @@ def test_a_reordered_older_heartbeat_does_not_hide_a_deadlock() -> None:
     w.heartbeat(1, holds=[hold_a], waits=[wait_b])  # the next snapshot lists it
     assert w.wait_since("1.1") is not None
     w.wait("2.1", "ro:a")
-    w.heartbeat(2, holds=[w.entry("2.1", "ro:b", w.hold_since("2.1", "ro:b"))],
+    w.heartbeat(2, holds=[w.entry("2.1", "ro:b", w.held_since("2.1", "ro:b"))],
                 waits=[w.entry("2.1", "ro:a", w.now)])  # fmt: skip
     w.advance(0.1)
     assert w.deadlocks() == [w.keys("1.1", "2.1")]

@@ -25,6 +25,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
 
 from lockscope import events as ev
 from lockscope.agent.config import AgentConfig
@@ -169,7 +170,7 @@ def metrics_requests(draw: st.DrawFn) -> ExportMetricsServiceRequest:
             metric = scope.metrics.add(name=name)
             temporality = draw(st.integers(0, 3))
             if draw(st.booleans()):
-                metric.sum.aggregation_temporality = temporality  # type: ignore[assignment]
+                metric.sum.aggregation_temporality = temporality
                 for _ in range(draw(st.integers(0, 3))):
                     point = metric.sum.data_points.add(
                         start_time_unix_nano=draw(timestamps), time_unix_nano=draw(timestamps)
@@ -180,7 +181,7 @@ def metrics_requests(draw: st.DrawFn) -> ExportMetricsServiceRequest:
                     else:
                         point.as_double = draw(st.floats())
             else:
-                metric.histogram.aggregation_temporality = temporality  # type: ignore[assignment]
+                metric.histogram.aggregation_temporality = temporality
                 for _ in range(draw(st.integers(0, 3))):
                     point = metric.histogram.data_points.add(
                         count=draw(st.integers(0, 2**64 - 1)), sum=draw(st.floats())
@@ -396,7 +397,9 @@ HOSTILE: list[tuple[str, dict[str, str], bytes, int, str | None]] = [
         "truncated",
         {"Content-Type": "application/x-protobuf"},
         ExportLogsServiceRequest(
-            resource_logs=[{"scope_logs": [{"log_records": [{"event_name": "x" * 50}]}]}]
+            resource_logs=[
+                ResourceLogs(scope_logs=[ScopeLogs(log_records=[LogRecord(event_name="x" * 50)])])
+            ]
         ).SerializeToString()[:-7],
         400,
         "decode_error",

@@ -58,13 +58,13 @@ def _clock_step(ahead: float, step_after: float) -> None:
     def fast_ns() -> int:
         return real_time_ns() + offset
 
-    time.time_ns = fast_ns  # type: ignore[assignment]
-    time.time = lambda: fast_ns() / 1e9  # type: ignore[assignment]
+    time.time_ns = fast_ns
+    time.time = lambda: fast_ns() / 1e9
     if shim is not None:
         shim.recorder.sync_clock()
 
     def step_back() -> None:
-        time.time_ns, time.time = real_time_ns, real_time  # type: ignore[assignment]
+        time.time_ns, time.time = real_time_ns, real_time
         if shim is not None:
             shim.recorder.sync_clock()
         say("stepped")

@@ -21,7 +21,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import networkx as nx
-import psutil  # type: ignore[import-untyped]
+import psutil
 from _agent_workload import Fleet, to_events
 
 from lockscope import events as ev

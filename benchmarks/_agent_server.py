@@ -39,7 +39,7 @@ import signal
 import time
 from typing import Any
 
-import psutil  # type: ignore[import-untyped]
+import psutil
 from aiohttp import web
 
 from lockscope.agent import otlp_receiver

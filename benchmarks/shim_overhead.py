@@ -75,7 +75,8 @@ def _run(target: Target, config: str, cycles: int, servers: dict[str, str],
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"{target.name} / {config} failed:\n{out.stderr[-2000:]}")
-    return json.loads(lines[-1])  # type: ignore[no-any-return]
+    result: dict[str, float] = json.loads(lines[-1])
+    return result
 
 
 def _columns(target: Target, srcs: list[tuple[str, str | None]]) -> list[tuple[str, str | None]]:

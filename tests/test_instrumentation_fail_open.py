@@ -7,7 +7,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
@@ -44,9 +44,9 @@ def _shim(endpoint: str, **overrides: float) -> Iterator[runtime.Shim]:
     instrumentor.uninstrument(flush_timeout=0.2)
 
 
-def _until(condition: object, timeout: float = 15.0) -> None:
+def _until(condition: Callable[[], object], timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
+    while not condition():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.01)
 

@@ -129,6 +129,14 @@ class Round:
                 raise DemoFailed(f"{what}: not seen within {timeout:.0f} s")
             self.pump(min(interval, remaining))
 
+    def _finding(
+        self, check: Callable[[], dict[str, Any] | None], kind: str, since: float
+    ) -> tuple[dict[str, Any], float]:
+        """The agent's ``kind`` finding once ``check`` sees it, and the seconds from
+        ``since`` (the moment the fault was made) until then."""
+        found = self.until(check, self.find_timeout, f"the agent's {kind} finding")
+        return found, time.monotonic() - since
+
     def event(self, worker: Worker, event: str, timeout: float) -> Message:
         """Wait for ``worker`` to report ``event``; fail early if it exits first."""
 
@@ -165,12 +173,9 @@ class Round:
         for w in workers:
             w.send("go")
         pids = {w.pid for w in workers}
-        found = self.until(
-            lambda: self._deadlock_of(pids, active=True),
-            self.find_timeout,
-            "the agent's deadlock finding",
+        found, latency = self._finding(
+            lambda: self._deadlock_of(pids, active=True), "deadlock", closed
         )
-        latency = time.monotonic() - closed
         self.result.deadlock, self.result.deadlock_latency = found, latency
         c.step(
             f"DEADLOCK {found.get('id')} found by the agent, {latency:.2f} s after the ring"
@@ -259,12 +264,7 @@ class Round:
         c.step(f"crashing {holder.name} (SIGKILL) while it holds {STALE_LOCK}")
         holder.signal(signal.SIGKILL)
         crashed = time.monotonic()
-        found = self.until(
-            lambda: self._stale_of(holder),
-            self.find_timeout,
-            "the agent's stale-holder finding",
-        )
-        latency = time.monotonic() - crashed
+        found, latency = self._finding(lambda: self._stale_of(holder), "stale-holder", crashed)
         self.result.stale, self.result.stale_latency = found, latency
         c.step(
             f"STALE HOLDER found by the agent, {latency:.2f} s after the crash"

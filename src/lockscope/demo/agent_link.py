@@ -7,11 +7,10 @@ Either way the demo only talks to it as any client would: the workers send OTLP 
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from typing import Any
 
+from lockscope.agent.app_thread import AgentStartTimeout, AgentThread
 from lockscope.client import AgentClient, AgentError
 
 __all__ = ["AgentError", "AgentLink", "ExternalAgent", "LocalAgent"]
@@ -86,55 +85,23 @@ class LocalAgent(AgentLink):
                 f"the agent needs the 'agent' extra ({exc.name} is missing): "
                 "pip install 'lockscope[agent]'"
             ) from None
-        self._runner = AgentRunner(otlp=otlp, http=http)
-        self._loop = asyncio.new_event_loop()
-        self._stop: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
+        self._thread = AgentThread(lambda: AgentRunner(otlp=otlp, http=http))
 
     def start(self, timeout: float = 10.0) -> LocalAgent:
         """Bind both listeners; raises :class:`AgentError` (e.g. a port in use)."""
-        started = threading.Event()
-        failure: list[BaseException] = []
-
-        async def main() -> None:
-            self._stop = asyncio.Event()
-            try:
-                await self._runner.start()
-            except BaseException as exc:
-                failure.append(exc)
-                started.set()
-                return
-            started.set()
-            await self._stop.wait()
-            await self._runner.stop()
-
-        def thread_main() -> None:
-            try:
-                self._loop.run_until_complete(main())
-            finally:
-                self._loop.close()
-
-        self._thread = threading.Thread(target=thread_main, name="lockscope-agent", daemon=True)
-        self._thread.start()
-        if not started.wait(timeout):
-            raise _start_error("the in-process agent did not start")
-        if failure:
-            self._thread.join()
-            self._thread = None
-            exc = failure[0]
+        try:
+            runner = self._thread.start(timeout)
+        except AgentStartTimeout:
+            raise _start_error("the in-process agent did not start") from None
+        except Exception as exc:
             raise _start_error(f"cannot start the agent: {exc}") from exc
-        self.otlp_url = self._runner.otlp_url
-        self.http_url = self._runner.http_url
+        self.otlp_url = runner.otlp_url
+        self.http_url = runner.http_url
         return self
 
     def close(self) -> None:
         """Stop the agent (in-flight requests finish) and join its thread."""
-        thread, self._thread = self._thread, None
-        if thread is None:
-            return
-        if self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        thread.join(15.0)
+        self._thread.stop(15.0)
 
 
 def _start_error(message: str) -> AgentError:

@@ -21,9 +21,7 @@ The agent state lives on the agent's thread: read it through :meth:`InProcessAge
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
@@ -37,6 +35,7 @@ from opentelemetry.proto.resource.v1 import resource_pb2
 
 from lockscope import events as ev
 from lockscope.agent.app import AgentRunner
+from lockscope.agent.app_thread import AgentStartTimeout, AgentThread
 from lockscope.agent.config import AgentConfig
 from lockscope.agent.model import Event, ProcessInfo
 from lockscope.agent.state import AgentState
@@ -128,65 +127,29 @@ class InProcessAgent:
     def __init__(self, config: AgentConfig | None = None, **runner_options: Any) -> None:
         self.config = config
         self._options = runner_options
-        self._runner: AgentRunner | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._stop: asyncio.Event | None = None
+        self._thread = AgentThread(
+            lambda: AgentRunner(
+                self.config, otlp=("127.0.0.1", 0), http=("127.0.0.1", 0), **self._options
+            )
+        )
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> InProcessAgent:
         """Start the agent and wait until both listeners are up."""
-        if self._thread is not None:
+        if self._thread.started:
             raise RuntimeError("already started")
-        started = threading.Event()
-        failure: list[BaseException] = []
-
-        async def main() -> None:
-            runner = AgentRunner(
-                self.config, otlp=("127.0.0.1", 0), http=("127.0.0.1", 0), **self._options
-            )
-            self._stop = asyncio.Event()
-            try:
-                await runner.start()
-            except BaseException as exc:
-                failure.append(exc)
-                started.set()
-                return
-            self._runner = runner
-            started.set()
-            await self._stop.wait()
-            await runner.stop()
-
-        def thread_main() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            try:
-                loop.run_until_complete(main())
-            finally:
-                loop.close()
-
-        self._thread = threading.Thread(target=thread_main, name="lockscope-agent", daemon=True)
-        self._thread.start()
-        if not started.wait(timeout):
-            raise TimeoutError("the in-process lockscope agent did not start")
-        if failure:
-            self._thread.join()
-            self._thread = None
-            raise failure[0]
+        try:
+            self._thread.start(timeout)
+        except AgentStartTimeout:
+            raise TimeoutError("the in-process lockscope agent did not start") from None
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the agent (graceful: in-flight requests finish) and join its thread."""
-        thread, self._thread = self._thread, None
-        if thread is None:
-            return
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        thread.join(timeout)
-        self._runner = None
+        self._thread.stop(timeout)
 
     def __enter__(self) -> InProcessAgent:
-        return self.start() if self._thread is None else self
+        return self if self._thread.started else self.start()
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
@@ -195,9 +158,9 @@ class InProcessAgent:
     @property
     def runner(self) -> AgentRunner:
         """The underlying :class:`~lockscope.agent.app.AgentRunner`."""
-        if self._runner is None:
+        if self._thread.runner is None:
             raise RuntimeError("the agent is not running")
-        return self._runner
+        return self._thread.runner
 
     @property
     def otlp_url(self) -> str:
@@ -216,14 +179,7 @@ class InProcessAgent:
 
     def call(self, fn: Callable[[], T], timeout: float = 10.0) -> T:
         """Run ``fn`` on the agent's event loop thread and return its result."""
-        loop = self._loop
-        if loop is None or self._runner is None:
-            raise RuntimeError("the agent is not running")
-
-        async def wrapper() -> T:
-            return fn()
-
-        return asyncio.run_coroutine_threadsafe(wrapper(), loop).result(timeout)
+        return self._thread.call(fn, timeout)
 
     # -- talking to it over HTTP --------------------------------------------------------
     def client(self) -> AgentClient:

@@ -308,6 +308,7 @@ def hostile(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
     for client in clients:
         client.start()
     latencies: list[float] = []
+    hidden_examples: list[Any] = []
     found = hidden = stepped = 0
     try:
         for k in range(args.injected):
@@ -346,6 +347,13 @@ def hostile(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
                     threading.Event().wait(0.1)
                     if not _active(agent.http_url, locks):
                         hidden += 1
+                        hidden_examples.append(
+                            [
+                                {x: d.get(x) for x in ("id", "status", "resolution", "resolved_at")}
+                                for d in findings(agent.http_url, "deadlocks")
+                                if set(d["locks"]) == locks
+                            ]
+                        )
                 first.kill()
                 until(functools.partial(_cleared, agent.http_url, locks), timeout=30)
             finally:
@@ -405,6 +413,11 @@ def hostile(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
             report["false_deadlock_examples"] = [
                 {k: d[k] for k in ("locks", "detected_at", "resolved_at")} for d in false[:5]
             ]
+        if hidden_examples:
+            report["hidden_examples"] = hidden_examples[:5]
+        violations = findings(agent.http_url, "violations")
+        if violations:
+            report["violation_examples"] = violations[:3]
         log = "".join(agent.stderr)
         report["agent_emfile"] = "EMFILE" in log or "Too many open files" in log
     finally:

@@ -11,7 +11,7 @@ from typing import Any
 
 from agent_helpers import S, World, proc
 from lockscope import events as ev
-from lockscope.agent.model import Event
+from lockscope.agent.model import Event, RejectedEvent
 
 
 class Sender:
@@ -62,11 +62,15 @@ class Sender:
         self._send(ev.EVENT_HEARTBEAT, attrs)
 
 
-def forged_heartbeat(w: World, n: int, ahead: float = 3600.0, **extra: Any) -> None:
+def forged_heartbeat(w: World, n: int, ahead: float = 3600.0, **extra: Any) -> str | None:
     """What the attacker sent: the victim's instance id, dated ``ahead`` s in the future,
-    listing nothing."""
+    listing nothing.  Returns the reason it was refused (None: applied)."""
     attrs = {ev.ATTR_HOLDS: [], ev.ATTR_WAITS: [], ev.ATTR_HEARTBEAT_INTERVAL: 1.0, **extra}
-    w.state.apply(Event(ev.EVENT_HEARTBEAT, w.now + int(ahead * S), proc(n), attrs))
+    try:
+        w.state.apply(Event(ev.EVENT_HEARTBEAT, w.now + int(ahead * S), proc(n), attrs))
+    except RejectedEvent as exc:
+        return exc.reason
+    return None
 
 
 def deadlocked(w: World) -> bool:
@@ -125,9 +129,9 @@ def test_forged_future_heartbeat_does_not_resolve_a_live_deadlock() -> None:
     b.heartbeat()
     assert deadlocked(w)
     for n in (1, 2):
-        forged_heartbeat(w, n)
-        forged_heartbeat(w, n, **{ev.ATTR_SEQUENCE: 1})  # a stale number
-        forged_heartbeat(w, n, **{ev.ATTR_SEQUENCE: 2**62})  # an absurd one
+        assert forged_heartbeat(w, n) == "unsequenced"
+        assert forged_heartbeat(w, n, **{ev.ATTR_SEQUENCE: 1}) is None  # stale: adds nothing
+        assert forged_heartbeat(w, n, **{ev.ATTR_SEQUENCE: 2**62}) == "implausible_sequence"
     assert deadlocked(w)
     assert tracked(w, 1) == (1, 1)
     assert tracked(w, 2) == (1, 1)
@@ -136,7 +140,28 @@ def test_forged_future_heartbeat_does_not_resolve_a_live_deadlock() -> None:
     a.heartbeat()
     b.heartbeat()
     assert deadlocked(w)
-    assert w.state.counters.events_ignored.get("unsequenced", 0) >= 2
+    assert w.state.counters.events_ignored.get("stale_heartbeat", 0) >= 2
+
+
+def test_forged_reports_do_not_keep_a_dead_process_alive() -> None:
+    """A forger sending heartbeats in a dead process's name (no number, a stale or an
+    absurd one) neither keeps it looking alive nor brings it back: its deadlock resolves
+    and its holds become orphaned as for any dead process."""
+    w = World()
+    a, b = Sender(w, 1), Sender(w, 2)
+    start_deadlock(w, a, b)
+    w.advance(0.5)
+    a.heartbeat()
+    b.heartbeat()
+    assert deadlocked(w)
+    for _ in range(8):  # process 1 is dead: only the forger speaks for it
+        w.advance(0.5)
+        b.heartbeat()
+        forged_heartbeat(w, 1)
+        forged_heartbeat(w, 1, **{ev.ATTR_SEQUENCE: 1})
+        forged_heartbeat(w, 1, **{ev.ATTR_SEQUENCE: 2**62})
+    assert not deadlocked(w)
+    assert [f["reason"] for f in w.active("stale_holders")] == ["orphaned"]
 
 
 def test_a_real_heartbeat_right_after_a_forged_one_restores_an_unnumbered_process() -> None:

@@ -22,11 +22,13 @@ The rules (:func:`heartbeat_is_newest`):
   (:meth:`AgentState.apply <lockscope.agent.state.AgentState.apply>`), so a forged
   future date buys at most that much.
 
-What a client holding the token can still do to another process (docs/reliability.md):
-impersonate it (there is no per-process credential): add waits and holds to it, keep it
-looking alive, end a wait or hold it names exactly (``since``), and, if it guesses the
-process's current sequence number closely, send a heartbeat that removes the process's
-waits until its next real heartbeat restores them.
+Reports in the name of a numbered process without a plausible number are refused whole
+(:func:`not_from_this_process`), so they cannot keep it looking alive either.  What a
+client holding the token can still do to another process (docs/reliability.md):
+impersonate it (there is no per-process credential): add waits and holds to it, end a
+wait or hold it names exactly (``since``), and, if it guesses the process's current
+sequence number closely, send a heartbeat that removes the process's waits until its
+next real heartbeat restores them.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from typing import Final
 
 from lockscope.agent.graph import Process
 
-__all__ = ["SEQ_RATE", "SEQ_SLACK", "heartbeat_is_newest"]
+__all__ = ["SEQ_RATE", "SEQ_SLACK", "heartbeat_is_newest", "not_from_this_process"]
 
 SEQ_SLACK: Final = 10_000
 """Sequence numbers a process may skip between two heartbeats whatever the time (events
@@ -44,6 +46,24 @@ SEQ_RATE: Final = 20_000
 """...plus this many per second since its last heartbeat arrived (a busy shim sends at
 most a few thousand events a second; batches lost while the agent was away still count)."""
 _NS: Final = 1_000_000_000
+
+
+def not_from_this_process(proc: Process, seq: object, now_ns: int) -> str | None:
+    """Why a report in the name of ``proc``, a process that numbers its events, cannot be
+    its own (None: it can).  Such a report is refused whole: it must not keep the process
+    looking alive, nor bring a dead one back.  ``unsequenced``: no number;
+    ``implausible_sequence``: too far ahead of the newest heartbeat; ``stale_report``: not
+    newer than it while the process is presumed dead (a late report of a live process,
+    reordered on the way, is fine)."""
+    if seq.__class__ is not int or not isinstance(seq, int) or seq <= 0:
+        return "unsequenced"
+    mark = proc.seq_mark
+    elapsed = max(0, now_ns - proc.seq_mark_at_ns)
+    if seq - mark > SEQ_SLACK + SEQ_RATE * elapsed // _NS:
+        return "implausible_sequence"
+    if seq <= mark and not proc.alive:
+        return "stale_report"
+    return None
 
 
 def heartbeat_is_newest(proc: Process, seq: int | None, t_ns: int, now_ns: int) -> str:

@@ -29,7 +29,8 @@ from lockscope.agent.detect_stale import REASONS, StaleHolderDetector
 from lockscope.agent.detect_violation import ViolationDetector
 from lockscope.agent.findings import STALE_HOLDER, Finding, FindingStore
 from lockscope.agent.graph import to_networkx
-from lockscope.agent.model import Event, RejectedEvent
+from lockscope.agent.model import Event, ProcessInfo, RejectedEvent
+from lockscope.agent.report_order import not_from_this_process
 from lockscope.agent.store import NS, LockStore, StoreCounters
 
 __all__ = ["AgentState", "RejectedEvent", "StateCounters"]
@@ -64,8 +65,22 @@ class AgentState(LockStore):
     def apply(self, event: Event, now_ns: int | None = None) -> None:
         """:meth:`LockStore.apply`; an unnumbered event dated more than ``max_clock_ahead``
         after it arrived counts as dated that far ahead (a fast or forged clock cannot make
-        the process's later reports look old: :mod:`lockscope.agent.report_order`)."""
+        the process's later reports look old), and a report in the name of a process that
+        numbers its events but carrying no plausible number is refused (it would keep a
+        dead process looking alive): :mod:`lockscope.agent.report_order`."""
         now = self._clock() if now_ns is None else now_ns
+        info = event.process
+        proc = self.procs.get(info.instance) if isinstance(info, ProcessInfo) else None
+        late: tuple[int, int] | None = None
+        if proc is not None and proc.seq_mark:
+            seq = event.attrs.get(ev.ATTR_SEQUENCE)
+            refused = not_from_this_process(proc, seq, now)
+            if refused:
+                raise RejectedEvent(f"report without a plausible {ev.ATTR_SEQUENCE}", refused)
+            if isinstance(seq, int) and seq <= proc.seq_mark:
+                # Older than the newest heartbeat (reordered, or replayed by someone else):
+                # applied, but it says nothing about whether the process is alive now.
+                late = (proc.last_seen_ns, proc.deadline_ns)
         t = event.time_ns
         # Numbered reports are ordered by their numbers (report_order), not their dates.
         if (
@@ -75,7 +90,11 @@ class AgentState(LockStore):
         ):
             self.counters.future_timestamps += 1
             event = Event(event.name, now + self._max_ahead_ns, event.process, event.attrs)
-        super().apply(event, now)
+        try:
+            super().apply(event, now)
+        finally:
+            if late is not None and proc is not None:
+                proc.last_seen_ns, proc.deadline_ns = late
 
     def subscribe_findings(self, callback: Callable[[Finding], None]) -> Callable[[], None]:
         """Call ``callback(finding)`` whenever a finding is added or resolved (synchronously,

@@ -595,7 +595,7 @@ async def test_metrics_are_stored_per_process_with_reset_handling(
 
 def test_idle_processes_are_forgotten_without_lowering_totals() -> None:
     from lockscope.agent.metrics_store import MetricsStore
-    from lockscope.agent.otlp_decode import decode_metrics
+    from lockscope.agent.otlp_decode_metrics import decode_metrics
 
     store = MetricsStore()
     store.add(decode_metrics(counter_request(5, T0)).points)
@@ -609,7 +609,7 @@ def test_idle_processes_are_forgotten_without_lowering_totals() -> None:
 
 def test_metric_series_cap() -> None:
     from lockscope.agent.metrics_store import MetricsStore
-    from lockscope.agent.otlp_decode import decode_metrics
+    from lockscope.agent.otlp_decode_metrics import decode_metrics
 
     store = MetricsStore(max_series=1)
     points = decode_metrics(counter_request(1, T0)).points

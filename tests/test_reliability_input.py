@@ -33,10 +33,10 @@ from lockscope.agent.metrics_store import MetricsStore
 from lockscope.agent.otlp_decode import (
     DecodeError,
     decode_logs,
-    decode_metrics,
     decode_traces,
     parse_request,
 )
+from lockscope.agent.otlp_decode_metrics import decode_metrics
 from lockscope.agent.state import AgentState
 from lockscope.testing.agent import InProcessAgent
 from reliability_helpers import AgentProcess, cardinality_attack, request, rss_bytes

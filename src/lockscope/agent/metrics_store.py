@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from lockscope.agent.otlp_decode import HistogramPoint, Labels, SumPoint
+from lockscope.agent.otlp_decode_metrics import HistogramPoint, Labels, SumPoint
 
 __all__ = ["HistogramTotal", "MetricsStore", "SeriesKey"]
 

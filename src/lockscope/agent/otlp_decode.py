@@ -47,13 +47,9 @@ from lockscope.agent.model import Event, ProcessInfo
 __all__ = [
     "DecodeError",
     "DecodedBatch",
-    "HistogramPoint",
-    "MetricBatch",
     "Signal",
-    "SumPoint",
     "WireFormat",
     "decode_logs",
-    "decode_metrics",
     "decode_traces",
     "encode_response",
     "encode_status",
@@ -100,14 +96,6 @@ _ID_KEYS: Final = frozenset(
     {"traceId", "trace_id", "spanId", "span_id", "parentSpanId", "parent_span_id"}
 )
 _HEX_DIGITS: Final = frozenset("0123456789abcdefABCDEF")
-
-_METRIC_NAMES: Final = frozenset(
-    {ev.METRIC_ACQUISITIONS, ev.METRIC_WAIT_DURATION, ev.METRIC_HOLD_DURATION, ev.METRIC_LOCKS_LOST}
-)
-
-# Metric temporality enum values (opentelemetry.proto.metrics.v1.AggregationTemporality).
-_DELTA: Final = 1
-_CUMULATIVE: Final = 2
 
 # Span status code ERROR (opentelemetry.proto.trace.v1.Status.StatusCode).
 _STATUS_ERROR: Final = 2
@@ -407,110 +395,3 @@ def _span_events(span: Any, attrs: dict[str, Any], process: ProcessInfo) -> Iter
             process,
             {**attrs, ev.ATTR_OUTCOME: outcome or "released", ev.ATTR_HOLD_DURATION: duration},
         )
-
-
-# -- metrics ------------------------------------------------------------------------------
-
-Labels = tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class SumPoint:
-    """One data point of a monotonic counter (``lockscope.lock.acquisitions``...)."""
-
-    process: ProcessInfo
-    name: str
-    labels: Labels
-    start_ns: int
-    time_ns: int
-    value: float
-    cumulative: bool
-    """True for cumulative temporality (the SDK default), False for delta."""
-
-
-@dataclass(frozen=True, slots=True)
-class HistogramPoint:
-    """One data point of an explicit-bucket histogram (wait and hold durations)."""
-
-    process: ProcessInfo
-    name: str
-    labels: Labels
-    start_ns: int
-    time_ns: int
-    count: int
-    sum: float
-    bounds: tuple[float, ...]
-    bucket_counts: tuple[int, ...]
-    cumulative: bool
-
-
-@dataclass(slots=True)
-class MetricBatch:
-    """The shim's metric points found in one export request."""
-
-    points: list[SumPoint | HistogramPoint] = field(default_factory=list)
-    received: int = 0
-    ignored: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
-
-
-def decode_metrics(request: Any) -> MetricBatch:
-    """Extract the shim's metric points (:data:`lockscope.events.METRIC_*`) from an
-    ExportMetricsServiceRequest; other metrics are counted as ignored."""
-    batch = MetricBatch()
-    for resource_metrics in request.resource_metrics:
-        process: ProcessInfo | None = None
-        for scope_metrics in resource_metrics.scope_metrics:
-            for metric in scope_metrics.metrics:
-                kind = metric.WhichOneof("data")
-                points = getattr(metric, kind).data_points if kind else ()
-                batch.received += len(points)
-                if metric.name not in _METRIC_NAMES or kind not in ("sum", "histogram"):
-                    batch.ignored += len(points)
-                    continue
-                temporality = getattr(metric, kind).aggregation_temporality
-                if temporality not in (_DELTA, _CUMULATIVE):
-                    batch.rejected["unspecified_temporality"] += len(points)
-                    continue
-                if process is None:
-                    process = process_from_attributes(
-                        _attributes(resource_metrics.resource.attributes)
-                    )
-                cumulative = temporality == _CUMULATIVE
-                for point in points:
-                    labels = _labels(point.attributes)
-                    if kind == "sum":
-                        value = point.as_int if point.WhichOneof("value") == "as_int" else None
-                        batch.points.append(
-                            SumPoint(
-                                process,
-                                metric.name,
-                                labels,
-                                point.start_time_unix_nano,
-                                point.time_unix_nano,
-                                float(point.as_double if value is None else value),
-                                cumulative,
-                            )
-                        )
-                    elif len(point.bucket_counts) not in (0, len(point.explicit_bounds) + 1):
-                        batch.rejected["invalid_histogram"] += 1
-                    else:
-                        batch.points.append(
-                            HistogramPoint(
-                                process,
-                                metric.name,
-                                labels,
-                                point.start_time_unix_nano,
-                                point.time_unix_nano,
-                                point.count,
-                                point.sum,
-                                tuple(point.explicit_bounds),
-                                tuple(point.bucket_counts),
-                                cumulative,
-                            )
-                        )
-    return batch
-
-
-def _labels(key_values: Iterable[Any]) -> Labels:
-    return tuple(sorted((key, str(value)) for key, value in _attributes(key_values).items()))

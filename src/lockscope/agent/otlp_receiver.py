@@ -39,17 +39,15 @@ from lockscope.agent.app_keys import (
 from lockscope.agent.model import RejectedEvent
 from lockscope.agent.otlp_decode import (
     DecodeError,
-    HistogramPoint,
     Signal,
-    SumPoint,
     WireFormat,
     decode_logs,
-    decode_metrics,
     decode_traces,
     encode_response,
     encode_status,
     parse_request,
 )
+from lockscope.agent.otlp_decode_metrics import HistogramPoint, SumPoint, decode_metrics
 from lockscope.agent.state import AgentState
 from lockscope.agent.string_caps import cap_event, cap_point
 

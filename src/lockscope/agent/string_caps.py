@@ -27,7 +27,7 @@ from typing import Any, Final
 
 from lockscope import events as ev
 from lockscope.agent.model import Event, ProcessInfo
-from lockscope.agent.otlp_decode import HistogramPoint, SumPoint
+from lockscope.agent.otlp_decode_metrics import HistogramPoint, SumPoint
 
 __all__ = [
     "DEFAULT_MAX_STRING",

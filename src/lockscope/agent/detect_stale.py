@@ -29,6 +29,7 @@ from lockscope.agent.findings import (
     Finding,
     FindingStore,
     actor_fields,
+    lock_fields,
     rfc3339,
     stable_id,
 )
@@ -220,11 +221,7 @@ def stale_finding(
     info = actor.process.info
     fid = stable_id("stale", [reason, lock.key, actor.key, str(since_ns), id_extra])
     data: dict[str, Any] = {
-        "lock": lock.name,
-        "lock_key": lock.key,
-        "system": lock.system,
-        "namespace": lock.namespace,
-        "template": lock.template,
+        **lock_fields(lock),
         **actor_fields(actor.label, actor.actor_id, info),
         "reason": reason,
         "since": rfc3339(since_ns),

@@ -24,6 +24,7 @@ from lockscope.agent.findings import (
     Finding,
     FindingStore,
     actor_fields,
+    lock_fields,
     rfc3339,
     stable_id,
 )
@@ -219,11 +220,7 @@ def violation_finding(
     """A one-shot violation finding (active for ``ttl_ns``)."""
     fid = stable_id("viol", [reason, lock.key, *id_parts])
     data: dict[str, Any] = {
-        "lock": lock.name,
-        "lock_key": lock.key,
-        "system": lock.system,
-        "namespace": lock.namespace,
-        "template": lock.template,
+        **lock_fields(lock),
         **hold_json(hold),
         "reason": reason,
         "other": other,

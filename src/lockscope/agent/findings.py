@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
+    from lockscope.agent.graph import Lock
     from lockscope.agent.model import ProcessInfo
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "Finding",
     "FindingStore",
     "actor_fields",
+    "lock_fields",
     "rfc3339",
     "stable_id",
 ]
@@ -69,6 +71,17 @@ def actor_fields(label: str, actor_id: str, info: ProcessInfo) -> dict[str, Any]
         "host": info.host,
         "pid": info.pid,
         "instance": info.instance,
+    }
+
+
+def lock_fields(lock: Lock) -> dict[str, Any]:
+    """Which lock a stale-holder or violation finding is about."""
+    return {
+        "lock": lock.name,
+        "lock_key": lock.key,
+        "system": lock.system,
+        "namespace": lock.namespace,
+        "template": lock.template,
     }
 
 

@@ -30,7 +30,7 @@ import signal
 import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Final
+from typing import Final, TypedDict, Unpack
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -72,6 +72,7 @@ __all__ = [
     "DEFAULT_OTLP",
     "Address",
     "AgentRunner",
+    "ServeOptions",
     "build_http_app",
     "build_otlp_app",
     "run_agent",
@@ -440,42 +441,32 @@ def _url(address: Address, tls: bool = False) -> str:
     return f"{'https' if tls else 'http'}://{host}:{address[1]}"
 
 
-def run_agent(
-    config: AgentConfig | None = None,
-    *,
-    otlp: Address = DEFAULT_OTLP,
-    http: Address = DEFAULT_HTTP,
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-    alertmanager_urls: Iterable[str] = (),
-    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
-    http_setup: Iterable[HttpSetup] = (),
-    access: AccessPolicy | None = None,
-    ssl_context: ssl.SSLContext | None = None,
-    forward_to: Iterable[str] = (),
-    forward_headers: Mapping[str, str] | None = None,
-) -> int:
+class ServeOptions(TypedDict, total=False):
+    """What :func:`run_agent` passes on to :class:`AgentRunner` (see it for each)."""
+
+    otlp: Address
+    http: Address
+    max_request_bytes: int
+    alertmanager_urls: Iterable[str]
+    shutdown_timeout: float
+    http_setup: Iterable[HttpSetup]
+    access: AccessPolicy | None
+    ssl_context: ssl.SSLContext | None
+    forward_to: Iterable[str]
+    forward_headers: Mapping[str, str] | None
+
+
+def run_agent(config: AgentConfig | None = None, **options: Unpack[ServeOptions]) -> int:
     """Serve until SIGTERM or SIGINT, then shut down gracefully; returns the exit code
     (0 after a clean shutdown, 1 when a listener could not bind)."""
 
     config = config if config is not None else AgentConfig()
     if config.state_file is None:
-        path = default_state_file(otlp[1])
+        path = default_state_file(options.get("otlp", DEFAULT_OTLP)[1])
         config = dataclasses.replace(config, state_file=str(path) if path else "")
 
     async def main() -> int:
-        runner = AgentRunner(
-            config,
-            otlp=otlp,
-            http=http,
-            max_request_bytes=max_request_bytes,
-            alertmanager_urls=alertmanager_urls,
-            shutdown_timeout=shutdown_timeout,
-            http_setup=http_setup,
-            access=access,
-            ssl_context=ssl_context,
-            forward_to=forward_to,
-            forward_headers=forward_headers,
-        )
+        runner = AgentRunner(config, **options)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
@@ -47,84 +47,21 @@ from lockscope.agent.app_keys import (
     RECEIVER_STATS_KEY,
     STATE_KEY,
 )
+from lockscope.agent.detect_stale import REASONS
 from lockscope.agent.export_alertmanager import AlertExporter, exporter_of
 from lockscope.agent.findings import DEADLOCK, KINDS, ORDER_INVERSION
 from lockscope.agent.metrics_store import HistogramTotal, MetricsStore
 from lockscope.agent.otlp_stats import ReceiverStats
 from lockscope.agent.state import AgentState
-from lockscope.agent.store import OTHER_LABEL as STATE_OTHER_LABEL
 from lockscope.agent.web_metrics_guards import hostile_input_metrics
+from lockscope.agent.web_metrics_labels import OTHER_LOCK, DroppedTotals, LabelCap
 
 __all__ = ["METRICS_PATH", "OTHER_LOCK", "LabelCap", "LockscopeCollector", "setup_metrics_route"]
 
 METRICS_PATH: Final = "/metrics"
-OTHER_LOCK: Final = "__other__"
-"""The ``lock`` label value that collects every template beyond the cap."""
 
 _SIGNALS: Final = ("logs", "traces", "metrics")
-_STALE_REASONS: Final = ("max_hold", "orphaned", "lease_expired")
-
-
-class LabelCap:
-    """Admits at most ``limit`` distinct label values, first come first served, for good.
-
-    Sticky on purpose: a value that got its own series keeps it, a value that was folded
-    stays folded, so the series set only grows and summed counters stay monotonic.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._kept: set[str] = set()
-        self._folded: set[str] = set()
-        self._max_folded_tracked = max(limit, 1) * 10
-
-    def __call__(self, value: str) -> str:
-        """The label value to expose for ``value``."""
-        if value in self._kept:
-            return value
-        if value in (STATE_OTHER_LABEL, OTHER_LOCK):
-            return OTHER_LOCK
-        if len(self._kept) < self.limit:
-            self._kept.add(value)
-            return value
-        # Remembered only to count them; bounded so a label flood cannot grow memory.
-        if len(self._folded) < self._max_folded_tracked:
-            self._folded.add(value)
-        return OTHER_LOCK
-
-    @property
-    def kept(self) -> int:
-        """Distinct values with their own series."""
-        return len(self._kept)
-
-    @property
-    def folded(self) -> int:
-        """Distinct values folded into ``__other__`` (counted up to 10x the limit)."""
-        return len(self._folded)
-
-
-@dataclass(slots=True)
-class _DroppedTotals:
-    """Events the shims dropped, summed over processes without ever going backwards.
-
-    Each heartbeat carries its process's running count; a process that is forgotten (or
-    restarts under a new instance id) must not take its count away from the total.
-    """
-
-    last: dict[str, int] = field(default_factory=dict)
-    retired: int = 0
-
-    def update(self, current: Mapping[str, int]) -> int:
-        for instance, value in list(self.last.items()):
-            if instance not in current:
-                self.retired += value
-                del self.last[instance]
-        for instance, value in current.items():
-            previous = self.last.get(instance, 0)
-            if value < previous:  # the shim's counter restarted: keep what it had
-                self.retired += previous
-            self.last[instance] = value
-        return self.retired + sum(self.last.values())
+_STALE_REASONS: Final = REASONS
 
 
 def _labels(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -151,7 +88,7 @@ class LockscopeCollector(Collector):
         self.store = store
         limit = max_lock_labels or state.config.limits.max_label_values
         self.lock_label = LabelCap(limit)
-        self._dropped = _DroppedTotals()
+        self._dropped = DroppedTotals()
         self.extra: list[Callable[[], Iterable[Metric]]] = []
         """More families from other parts of the agent (the database watchers' up gauge)."""
 

@@ -119,7 +119,7 @@ _UNIQUE_KEYS: Final = frozenset(
         ev.ATTR_LOCK_TOKEN,
         ev.ATTR_HOLD_DURATION,
         ev.ATTR_WAIT_DURATION,
-        ev.ATTR_QUEUE_POSITION,
+        ev.ATTR_WAIT_TICKET,
     }
 )
 """Keys whose values rarely repeat: not worth a cache entry."""

@@ -271,7 +271,7 @@ class LockStore:
             if h.since_ns > since or (h.lock is lock and h.since_ns == since):
                 self.ignored("superseded")
                 return None
-        ticket = attr_int(attrs, ev.ATTR_QUEUE_POSITION)
+        ticket = attr_int(attrs, ev.ATTR_WAIT_TICKET)
         cur = actor.wait
         if cur is not None:
             if cur.lock is lock and cur.since_ns == since:

@@ -194,3 +194,19 @@ def test_numbers_order_reordered_heartbeats() -> None:
     old_attrs = {ev.ATTR_HOLDS: [], ev.ATTR_WAITS: [], ev.ATTR_SEQUENCE: 1}
     w.state.apply(Event(ev.EVENT_HEARTBEAT, w.now + S, proc(1), old_attrs))
     assert tracked(w, 1) == (1, 0)
+
+
+def test_a_forgery_before_the_first_numbered_heartbeat_is_refused_too() -> None:
+    """A process numbers its events from its first report on, before its first heartbeat:
+    a forged heartbeat then (no number, an absurd one) must not empty it nor take over
+    its order."""
+    w = World()
+    a = Sender(w, 1)
+    a.hold("A")  # seq 1, no heartbeat yet
+    assert forged_heartbeat(w, 1) == "unsequenced"
+    assert forged_heartbeat(w, 1, **{ev.ATTR_SEQUENCE: 2**62}) == "implausible_sequence"
+    assert tracked(w, 1) == (1, 0)
+    a.heartbeat()  # seq 2: still this process's newest
+    a.hold("B")
+    a.heartbeat()
+    assert tracked(w, 1) == (2, 0)

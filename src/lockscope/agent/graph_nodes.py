@@ -43,6 +43,8 @@ class Process:
         "schema_version",
         "seq_mark",
         "seq_mark_at_ns",
+        "seq_seen",
+        "seq_seen_at_ns",
         "session_ns",
         "wake_ns",
     )
@@ -58,6 +60,10 @@ class Process:
         number its events, or no heartbeat yet; see :mod:`lockscope.agent.report_order`)."""
         self.seq_mark_at_ns = 0
         """Agent time when that heartbeat arrived."""
+        self.seq_seen = 0
+        """The highest ``lockscope.seq`` of any report applied (0: unnumbered so far)."""
+        self.seq_seen_at_ns = 0
+        """Agent time when it was seen."""
         self.session_ns: int | None = None
         """The longest session timeout its session-bound holds reported: a lock server
         ends such a hold this long after it last heard from the process

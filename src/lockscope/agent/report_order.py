@@ -37,7 +37,7 @@ from typing import Final
 
 from lockscope.agent.graph import Process
 
-__all__ = ["SEQ_RATE", "SEQ_SLACK", "heartbeat_is_newest", "not_from_this_process"]
+__all__ = ["SEQ_RATE", "SEQ_SLACK", "heartbeat_is_newest", "not_from_this_process", "seen"]
 
 SEQ_SLACK: Final = 10_000
 """Sequence numbers a process may skip between two heartbeats whatever the time (events
@@ -48,20 +48,29 @@ most a few thousand events a second; batches lost while the agent was away still
 _NS: Final = 1_000_000_000
 
 
+def _implausible(proc: Process, seq: int, now_ns: int) -> bool:
+    elapsed = max(0, now_ns - proc.seq_seen_at_ns)
+    return seq - proc.seq_seen > SEQ_SLACK + SEQ_RATE * elapsed // _NS
+
+
+def seen(proc: Process, seq: object, now_ns: int) -> None:
+    """Record an applied numbered report of ``proc`` (from then on it numbers its events)."""
+    if seq.__class__ is int and isinstance(seq, int) and seq > proc.seq_seen:
+        proc.seq_seen, proc.seq_seen_at_ns = seq, now_ns
+
+
 def not_from_this_process(proc: Process, seq: object, now_ns: int) -> str | None:
     """Why a report in the name of ``proc``, a process that numbers its events, cannot be
     its own (None: it can).  Such a report is refused whole: it must not keep the process
     looking alive, nor bring a dead one back.  ``unsequenced``: no number;
-    ``implausible_sequence``: too far ahead of the newest heartbeat; ``stale_report``: not
-    newer than it while the process is presumed dead (a late report of a live process,
-    reordered on the way, is fine)."""
+    ``implausible_sequence``: too far ahead of the highest number seen; ``stale_report``:
+    not newer than its newest heartbeat while the process is presumed dead (a late report
+    of a live process, reordered on the way, is fine)."""
     if seq.__class__ is not int or not isinstance(seq, int) or seq <= 0:
         return "unsequenced"
-    mark = proc.seq_mark
-    elapsed = max(0, now_ns - proc.seq_mark_at_ns)
-    if seq - mark > SEQ_SLACK + SEQ_RATE * elapsed // _NS:
+    if _implausible(proc, seq, now_ns):
         return "implausible_sequence"
-    if seq <= mark and not proc.alive:
+    if seq <= proc.seq_mark and not proc.alive:
         return "stale_report"
     return None
 
@@ -76,18 +85,14 @@ def heartbeat_is_newest(proc: Process, seq: int | None, t_ns: int, now_ns: int) 
     timestamp, used only for processes that do not number their events.
     """
     if seq is not None and seq > 0:
-        mark = proc.seq_mark
-        if mark == 0:
-            proc.seq_mark, proc.seq_mark_at_ns = seq, now_ns
-            return "newest"
-        if seq <= mark:
-            return "stale_heartbeat"
-        elapsed = max(0, now_ns - proc.seq_mark_at_ns)
-        if seq - mark > SEQ_SLACK + SEQ_RATE * elapsed // _NS:
+        if proc.seq_seen and _implausible(proc, seq, now_ns):
             return "implausible_sequence"
+        if seq <= proc.seq_mark:
+            return "stale_heartbeat"
         proc.seq_mark, proc.seq_mark_at_ns = seq, now_ns
+        seen(proc, seq, now_ns)
         return "newest"
-    if proc.seq_mark:
+    if proc.seq_seen:
         return "unsequenced"
     if t_ns < proc.last_heartbeat_ns:
         return "stale_heartbeat"

@@ -30,7 +30,7 @@ from lockscope.agent.detect_violation import ViolationDetector
 from lockscope.agent.findings import STALE_HOLDER, Finding, FindingStore
 from lockscope.agent.graph import to_networkx
 from lockscope.agent.model import Event, ProcessInfo, RejectedEvent
-from lockscope.agent.report_order import not_from_this_process
+from lockscope.agent.report_order import not_from_this_process, seen
 from lockscope.agent.store import NS, LockStore, StoreCounters
 
 __all__ = ["AgentState", "RejectedEvent", "StateCounters"]
@@ -72,8 +72,8 @@ class AgentState(LockStore):
         info = event.process
         proc = self.procs.get(info.instance) if isinstance(info, ProcessInfo) else None
         late: tuple[int, int] | None = None
-        if proc is not None and proc.seq_mark:
-            seq = event.attrs.get(ev.ATTR_SEQUENCE)
+        seq = event.attrs.get(ev.ATTR_SEQUENCE)
+        if proc is not None and proc.seq_seen:
             refused = not_from_this_process(proc, seq, now)
             if refused:
                 raise RejectedEvent(f"report without a plausible {ev.ATTR_SEQUENCE}", refused)
@@ -95,6 +95,10 @@ class AgentState(LockStore):
         finally:
             if late is not None and proc is not None:
                 proc.last_seen_ns, proc.deadline_ns = late
+        if seq is not None:
+            created = proc or self.procs.get(info.instance)
+            if created is not None:
+                seen(created, seq, now)
 
     def subscribe_findings(self, callback: Callable[[Finding], None]) -> Callable[[], None]:
         """Call ``callback(finding)`` whenever a finding is added or resolved (synchronously,

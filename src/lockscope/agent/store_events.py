@@ -313,7 +313,7 @@ class LockEvents:
             # lists (a real heartbeat overtaken by a forged one must still count) but it
             # removes nothing, and it does not change the process's settings.
             store.ignored(verdict)
-            if seq is None or verdict != "stale_heartbeat" or not proc.seq_mark:
+            if seq is None or verdict != "stale_heartbeat" or not proc.seq_seen:
                 return
             self._apply_entries(proc, holds, waits, t)
             return

@@ -59,7 +59,7 @@ from lockscope.locks._redis_common import (
 from lockscope.locks._redis_family import AsyncRedisFamily, RedisFamily, SyncRedisFamily
 from lockscope.locks._redis_servers import AsyncServers, SyncServers
 from lockscope.locks._sansio import Batch, Call, GiveBack, Op
-from lockscope.locks.base import LockMode, validate_ttl
+from lockscope.locks.base import validate_ttl
 
 __all__ = ["AsyncRedisLock", "LockHolder", "RedisLock"]
 
@@ -85,7 +85,6 @@ class _RedisLockCommon(RedisFamily, Generic[_C]):
     """Configuration, state and every operation (sans-IO) of both flavours."""
 
     system: ClassVar[str] = "redis"
-    mode: LockMode = "exclusive"
 
     def __init__(
         self,

@@ -70,7 +70,7 @@ from lockscope.locks._redis_common import (
 from lockscope.locks._redis_family import AsyncRedisFamily, RedisFamily, SyncRedisFamily
 from lockscope.locks._redis_servers import AsyncServers, SyncServers
 from lockscope.locks._sansio import Batch, Call, Failure, GiveBack, Op
-from lockscope.locks.base import LockMode, validate_ttl
+from lockscope.locks.base import validate_ttl
 
 __all__ = ["AsyncRedlock", "LockHolder", "Redlock", "clock_drift"]
 
@@ -107,7 +107,6 @@ class _RedlockCommon(RedisFamily, Generic[_C]):
     """Configuration, quorum arithmetic and every operation (sans-IO) of both flavours."""
 
     system: ClassVar[str] = "redlock"
-    mode: LockMode = "exclusive"
 
     def __init__(
         self,

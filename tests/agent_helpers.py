@@ -1,4 +1,4 @@
-"""Event builders for the agent's unit tests (test_agent_graph/state/detectors)."""
+"""Event builders for the agent's unit tests (test_graph, test_store, test_detect_*)."""
 
 from __future__ import annotations
 
@@ -170,3 +170,20 @@ class World:
             "order_inversions": partial(api_order_inversions, self.state),
         }[kind_key]
         return [d for d in api()[kind_key] if d["status"] == "active"]
+
+
+FIFO = {ev.ATTR_LOCK_FIFO: True}
+
+
+def ring(w: World, n: int, systems: list[str] | None = None) -> list[str]:
+    """Actor i holds L{i} and waits for L{i+1}: a ring of n processes."""
+    actors = [f"{i + 1}.1" for i in range(n)]
+    systems = systems or ["redis"] * n
+    for i, a in enumerate(actors):
+        w.hold(a, f"L{i}", system=systems[i])
+        w.advance(0.01)
+    for i, a in enumerate(actors):
+        j = (i + 1) % n
+        w.wait(a, f"L{j}", system=systems[j])
+        w.advance(0.01)
+    return actors

@@ -1,4 +1,5 @@
-"""AgentState: validation, limits, heartbeat reconciliation (lost and reordered events heal,
+"""The store (lockscope.agent.store, through AgentState): validation, limits, heartbeat
+reconciliation (lost and reordered events heal,
 no phantom edges), liveness, the JSON API shapes, configuration and memory per hold."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The store (lockscope.agent.store, through AgentState): validation, limits, heartbeat
-reconciliation (lost and reordered events heal,
-no phantom edges), liveness, the JSON API shapes, configuration and memory per hold."""
+reconciliation (lost and reordered events heal, no phantom edges), liveness, the JSON API
+shapes, configuration, memory per hold, and check_invariants."""
 
 from __future__ import annotations
 

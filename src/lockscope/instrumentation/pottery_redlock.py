@@ -20,8 +20,7 @@ from lockscope.instrumentation import operations
 from lockscope.instrumentation.operations import Adapter, Wrapper
 from lockscope.instrumentation.patching import Patcher
 from lockscope.instrumentation.recorder import LockInfo
-from lockscope.instrumentation.redis_py import redis_namespace
-from lockscope.naming import DEFAULT_TEMPLATER
+from lockscope.instrumentation.redis_py import redis_key_info, redis_namespace
 
 __all__ = ["SUPPORTED", "instrument"]
 
@@ -46,14 +45,7 @@ class PotteryAdapter(Adapter):
         info = self._infos.get(cache_key)
         if info is None:
             namespace = ",".join(sorted(redis_namespace(m) for m in masters))
-            info = LockInfo(
-                "redis",
-                namespace,
-                key,
-                DEFAULT_TEMPLATER(key),
-                ttl=float(instance.auto_release_time),
-                adapter=self,
-            )
+            info = redis_key_info(namespace, key, float(instance.auto_release_time), self)
             if len(self._infos) >= _CACHE_LIMIT:
                 self._infos.clear()
             self._infos[cache_key] = info

@@ -22,8 +22,7 @@ from lockscope.instrumentation._holdref import deref, ref_of, via_ref
 from lockscope.instrumentation.operations import Adapter
 from lockscope.instrumentation.patching import Patcher
 from lockscope.instrumentation.recorder import Hold, LockInfo, Wait
-from lockscope.instrumentation.redis_py import redis_namespace
-from lockscope.naming import DEFAULT_TEMPLATER
+from lockscope.instrumentation.redis_py import redis_key_info, redis_namespace
 
 __all__ = ["SUPPORTED", "instrument"]
 
@@ -49,14 +48,8 @@ class RedisLockAdapter(Adapter):
             return None
         name = _text(instance._name)
         expire = instance._expire
-        return LockInfo(
-            "redis",
-            redis_namespace(instance._client),
-            name,
-            DEFAULT_TEMPLATER(name),
-            ttl=float(expire) if expire else None,
-            adapter=self,
-        )
+        ttl = float(expire) if expire else None
+        return redis_key_info(redis_namespace(instance._client), name, ttl, self)
 
     def hold_fields(self, instance: Any) -> tuple[int | None, str | bytes | None, float | None]:
         instance = deref(instance)

@@ -40,6 +40,12 @@ def redis_namespace(client: Any) -> str:
     return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{db}"
 
 
+def redis_key_info(namespace: str, key: str, ttl: float | None, adapter: Adapter) -> LockInfo:
+    """A Redis key as a lock, named as every Redis-based target names it (system ``redis``,
+    the default template), so one key is one lock whichever library takes it."""
+    return LockInfo("redis", namespace, key, DEFAULT_TEMPLATER(key), ttl=ttl, adapter=adapter)
+
+
 class RedisAdapter(Adapter):
     """redis-py ``Lock`` objects (sync or asyncio)."""
 
@@ -53,14 +59,8 @@ class RedisAdapter(Adapter):
     def info(self, instance: Any) -> LockInfo | None:
         name = _text(instance.name) or ""
         timeout = instance.timeout
-        return LockInfo(
-            "redis",
-            redis_namespace(instance.redis),
-            name,
-            DEFAULT_TEMPLATER(name),
-            ttl=float(timeout) if timeout is not None else None,
-            adapter=self,
-        )
+        ttl = float(timeout) if timeout is not None else None
+        return redis_key_info(redis_namespace(instance.redis), name, ttl, self)
 
     def blocking(self, instance: Any, args: Any, kwargs: Any) -> bool:
         # sync: acquire(sleep, blocking, ...); asyncio: acquire(blocking, ...)

@@ -153,3 +153,62 @@ def test_an_orphaned_zookeeper_hold_resolves_when_its_session_ends(
         holder.kill()
         observer.stop()
         observer.close()
+
+
+def test_one_shot_findings_and_dead_holders_come_back_from_the_state_file(tmp_path: Any) -> None:
+    """What no process reports again, kept by the state file: a violation (one-shot, with
+    its expiry) and a dead process's hold come back in a new agent state, same ids; a
+    leased orphan whose lease ended meanwhile comes back resolved."""
+    import asyncio
+
+    from agent_helpers import S, World
+    from lockscope import events as ev
+    from lockscope.agent.durable import DurableFile
+    from lockscope.agent.durable_sync import DurableSync
+
+    path = tmp_path / "state.sqlite"
+    w = World()
+    since1 = w.now
+    w.heartbeat(1, holds=[])
+    w.hold("1.1", "A", **{ev.ATTR_LOCK_EXPIRES_AT: w.now + S, ev.ATTR_LOCK_TOKEN: 5})
+    w.advance(2)
+    w.hold("2.1", "A", since=w.now - S // 5, **{ev.ATTR_LOCK_TOKEN: 6})
+    w.advance(0.5)
+    w.heartbeat(1, holds=[w.entry("1.1", "A", since1, **{ev.ATTR_LOCK_TOKEN: 5})])
+    w.heartbeat(3, holds=[])
+    w.hold("3.1", "stuck")  # no lease: only a release ends it
+    w.hold("3.1", "leased", **{ev.ATTR_LOCK_EXPIRES_AT: w.now + 5 * S})
+    w.advance(3.5)  # process 3 presumed dead: two orphans
+    violations = [v["id"] for v in w.active("violations")]
+    orphans = sorted(
+        (f["lock"], f["id"])
+        for f in w.active("stale_holders")
+        if f["reason"] == "orphaned" and f["lock"] in ("leased", "stuck")
+    )
+    assert violations
+    assert [lock for lock, _ in orphans] == ["leased", "stuck"]
+
+    async def save() -> None:
+        sync = DurableSync(w.state, DurableFile(path))
+        await asyncio.wrap_future(sync.save_now())
+        await sync.file.close()
+
+    asyncio.run(save())
+    w2 = World()
+    w2.now = w.now + 10 * S  # the agent was down 10 s: the leased orphan's lease ended
+
+    async def restore() -> dict[str, int]:
+        sync = DurableSync(w2.state, DurableFile(path))
+        await sync.restore()
+        await sync.file.close()
+        return sync.restored
+
+    restored = asyncio.run(restore())
+    assert restored["holds"] >= 3
+    assert [v["id"] for v in w2.active("violations")] == violations
+    back = sorted(
+        (f["lock"], f["id"])
+        for f in w2.active("stale_holders")
+        if f["reason"] == "orphaned" and f["lock"] in ("leased", "stuck")
+    )
+    assert back == [orphans[1]]  # stuck: same id; leased: its lease ended while down

@@ -116,6 +116,7 @@ class _Acquire(Wait):
         task: Any,
         args: Any = (),
         kwargs: Any = None,
+        traced: bool = True,
     ) -> None:
         recorder = shim.recorder
         start = _perf()
@@ -140,7 +141,7 @@ class _Acquire(Wait):
         self.context: Any = None
         recorder.waits.add(self)  # registered: one GIL-atomic set add
         spans = shim.spans
-        if spans is not None:
+        if spans is not None and traced:
             try:  # the wait is registered: a tracing failure must not orphan it
                 certainty = spans.certainty()
                 if certainty >= 0:

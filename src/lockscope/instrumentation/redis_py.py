@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lockscope.instrumentation import operations
+from lockscope.instrumentation import operations, plain
 from lockscope.instrumentation.operations import Adapter
 from lockscope.instrumentation.patching import Patcher
 from lockscope.instrumentation.recorder import LockInfo, Wait
@@ -99,11 +99,13 @@ def _reacquire(instance: Any, args: Any, kwargs: Any) -> tuple[float | None, boo
     return (float(timeout) if timeout is not None else None), True
 
 
+# acquire and release (every use of a lock) are plain functions on the class (see
+# .plain: no wrapt binding per call); extend and reacquire keep the wrapt wrappers.
 _WRAPPERS = {
-    True: (operations.acquire_wrapper, operations.release_wrapper, operations.extend_wrapper),
+    True: (plain.plain_acquire, plain.plain_release, operations.extend_wrapper),
     False: (
-        operations.async_acquire_wrapper,
-        operations.async_release_wrapper,
+        plain.plain_async_acquire,
+        plain.plain_async_release,
         operations.async_extend_wrapper,
     ),
 }
@@ -118,8 +120,8 @@ def instrument(patcher: Patcher) -> None:
         adapter = RedisAdapter((LockNotOwnedError,), sync=sync)
         acquire, release, extend = _WRAPPERS[sync]
         cls = module.Lock
-        patcher.wrap(cls, "acquire", acquire(adapter))
-        patcher.wrap(cls, "release", release(adapter))
+        patcher.replace(cls, "acquire", acquire(adapter))
+        patcher.replace(cls, "release", release(adapter))
         patcher.wrap(cls, "extend", extend(adapter))
         patcher.wrap(cls, "reacquire", extend(adapter, _reacquire))
 

@@ -172,6 +172,9 @@ class SpanFactory:
             self._remote_on,
         ) = _certain_decisions(tracer_provider)
         self._may_skip = _DROP in (self._always, self._root, self._local_off, self._remote_off)
+        self.drops_root = self._always == _DROP or (self._always == _ASK and self._root == _DROP)
+        """The sampler surely drops a span started with no current span (the hot paths
+        check that themselves, without calling :meth:`certainty`)."""
 
     def surely_dropped(self) -> bool:
         """Whether the sampler would certainly drop a span started now (so the SDK need

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -97,10 +98,8 @@ def _async_op() -> Any:
         # One coroutine driven by hand (no event loop scheduling in the count); the
         # offline lock never suspends.
         coro = cycle()
-        try:
+        with contextlib.suppress(StopIteration):
             coro.send(None)
-        except StopIteration:
-            pass
 
     return op
 

@@ -33,7 +33,7 @@ from lockscope.instrumentation.adapters import (
 )
 from lockscope.instrumentation.adapters import context_get as _context
 from lockscope.instrumentation.operations import _Acquire, _attach, _held_call_done, _set_span
-from lockscope.instrumentation.recorder import Hold, LockInfo
+from lockscope.instrumentation.recorder import Hold
 
 __all__ = [
     "plain_acquire",
@@ -49,18 +49,6 @@ _SPAN = spans._SPAN
 # look-up for both), when both were found in the SDK's context variable.
 _SAME_CONTEXT = spans._context == _context
 Maker = Callable[[Callable[..., Any]], Callable[..., Any]]
-
-
-def _info(adapter: Adapter, instance: Any) -> LockInfo | None:
-    """The LockInfo of ``instance`` unless instrumentation is suppressed or it is skipped
-    (errors propagate: the callers swallow them)."""
-    context = _context()
-    if context.get(SUPPRESSED) or context.get(SUPPRESSED_PLAIN):
-        return None
-    info = instance.__dict__.get(INFO_ATTR)
-    if info is None:
-        return lock_info(adapter, instance)
-    return None if info is SKIP else info
 
 
 def _begin(shim: runtime.Shim, adapter: Adapter, instance: Any, args: Any, kwargs: Any,
@@ -99,8 +87,15 @@ def _begin(shim: runtime.Shim, adapter: Adapter, instance: Any, args: Any, kwarg
 def _find(shim: runtime.Shim, adapter: Adapter, instance: Any, task: Any) -> Hold | None:
     """``operations._find_safely``, inlined (the hold of this object by this actor)."""
     try:
-        info = _info(adapter, instance)
+        context = _context()
+        if context.get(SUPPRESSED) or context.get(SUPPRESSED_PLAIN):
+            return None
+        info = instance.__dict__.get(INFO_ATTR)
         if info is None:
+            info = lock_info(adapter, instance)
+            if info is None:
+                return None
+        elif info is SKIP:
             return None
         if task is None and on_behalf:
             task = on_behalf.get(_get_ident())
@@ -224,4 +219,3 @@ def plain_async_release(adapter: Adapter) -> Maker:
         return release
 
     return make
-

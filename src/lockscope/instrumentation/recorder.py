@@ -140,7 +140,24 @@ class Recorder(InProcessRegistry):
             hist[-1] += waited
             if outcome != "acquired" or not hold:
                 return None
-            new = self._add_hold(info, wait.actor, wait.task, wait.target, now, token, owner, ttl)
+            actor = wait.actor
+            task = wait.task
+            mine = self.by_actor.get(actor)
+            if mine is None and not (self.light if task is None else self.light_tasks).get(actor):
+                # The common case, _add_hold inlined: the actor holds nothing else, so
+                # there is no lock-order pair to note (a call less per acquire).
+                since = now + self.offset
+                expires = None if ttl is None else since + int(ttl * 1e9)
+                new = Hold(info, actor, task, wait.target, now, since, token, owner, expires)
+                self.by_actor[actor] = [new]
+                same = self._holds.get(new.obj)
+                if same is None and info.key not in self._by_key:
+                    self._holds[new.obj] = [new]
+                    self._by_key[info.key] = [new]
+                else:
+                    self._index(new, info.key)
+            else:
+                new = self._add_hold(info, actor, task, wait.target, now, token, owner, ttl)
             if wait.reported:
                 # Others may be waiting for this actor: the agent must see the new hold now.
                 new.actor_name = wait.actor_name
@@ -161,19 +178,7 @@ class Recorder(InProcessRegistry):
         since = now + self.offset
         expires = None if ttl is None else since + int(ttl * 1e9)
         hold = Hold(info, actor, task, target, now, since, token, owner, expires)
-        obj = hold.obj
-        same = self._holds.get(obj)
-        if same is None:
-            self._holds[obj] = [hold]
-            # A second hold of the same object has the same key: only the first looks it up.
-            keyed = self._by_key.get(info.key)
-            if keyed is None:
-                self._by_key[info.key] = [hold]
-            else:
-                keyed.append(hold)
-        else:
-            same.append(hold)
-            self._by_key[info.key].append(hold)
+        self._index(hold, info.key)
         in_process = (self.light if task is None else self.light_tasks).get(actor)
         if in_process:
             for lock in in_process:
@@ -210,6 +215,22 @@ class Recorder(InProcessRegistry):
                 )
         mine.append(hold)
         return hold
+
+    def _index(self, hold: Hold, key: str) -> None:
+        """``hold`` into the by-object and by-key indexes (caller holds ``self._lock``)."""
+        obj = hold.obj
+        same = self._holds.get(obj)
+        if same is None:
+            self._holds[obj] = [hold]
+            # A second hold of the same object has the same key: only the first looks it up.
+            keyed = self._by_key.get(key)
+            if keyed is None:
+                self._by_key[key] = [hold]
+            else:
+                keyed.append(hold)
+        else:
+            same.append(hold)
+            self._by_key[key].append(hold)
 
     def find_hold(
         self, target: object, actor: int, key: str | None = None, *, any_actor: bool = True

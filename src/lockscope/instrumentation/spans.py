@@ -254,7 +254,8 @@ def _site_attrs(info: LockInfo, frame: FrameType | None) -> dict[str, Any]:
     depth = 0
     while frame is not None and depth < 30:
         code = frame.f_code
-        if not _skipped(code.co_filename):
+        skip = _skip_cache.get(code.co_filename)  # _skipped, its cache read inlined
+        if not (_skipped(code.co_filename) if skip is None else skip):
             break
         frame = frame.f_back
         depth += 1

@@ -19,13 +19,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import json
 import os
+import pstats
 import subprocess
 import sys
 from typing import Any
 
-CONFIGS = ("bare", "unsampled", "spans")
+CONFIGS = ("bare", "unsampled", "spans", "sdk-floor")
+SHIM_CONFIGS = ("unsampled", "spans")
 TARGETS = ("sync", "asyncio")
 
 
@@ -46,7 +49,7 @@ def _provider(sampled: bool) -> Any:
 
 
 def _instrument(config: str) -> None:
-    if config == "bare":
+    if config not in SHIM_CONFIGS:
         return
     from lockscope.instrumentation import LockscopeInstrumentor
     from lockscope.instrumentation.config import ShimConfig
@@ -74,6 +77,7 @@ def _sync_op() -> Any:
         lock.acquire()
         lock.release()
 
+    op.lock = lock  # type: ignore[attr-defined]
     return op
 
 
@@ -104,9 +108,25 @@ def _async_op() -> Any:
     return op
 
 
+def _floor(op: Any) -> Any:
+    """The SDK's own two spans around a bare cycle (shim_overhead.py's sdk-floor)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _shim_targets import FloorSpans
+
+    spans = FloorSpans(_provider(True).get_tracer("bench"))
+    lock = op.lock
+
+    def floor() -> None:
+        spans.around(lock.acquire, lock.release)
+
+    return floor
+
+
 def _child(target: str, config: str, cycles: int) -> None:
     _instrument(config)
     op = _sync_op() if target == "sync" else _async_op()
+    if config == "sdk-floor" and target == "sync":
+        op = _floor(op)
     if target == "asyncio":
         # asyncio.current_task() needs a running loop: count inside one.
         async def main() -> dict[str, int]:
@@ -126,16 +146,18 @@ def _count(op: Any, cycles: int) -> dict[str, int]:
         for _ in range(cycles):
             op()
         return {"call": 0, "c_call": 0}
-    counts = {"call": 0, "c_call": 0}
-
-    def profile(frame: Any, event: str, arg: Any) -> None:
-        if event in counts:
-            counts[event] += 1
-
-    sys.setprofile(profile)
+    profiler = cProfile.Profile()
+    profiler.enable()
     for _ in range(cycles):
         op()
-    sys.setprofile(None)
+    profiler.disable()
+    counts = {"call": 0, "c_call": 0}
+    # pstats' table: (file, line, name) -> (primitive calls, calls, ...); "~" is C code.
+    table: dict[Any, Any] = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    for (filename, _line, _name), row in table.items():
+        counts["c_call" if filename == "~" else "call"] += row[1]
+    counts["call"] -= cycles  # op itself
+    counts["c_call"] -= 1  # the profiler's disable()
     return counts
 
 
@@ -145,6 +167,8 @@ def main() -> None:
     parser.add_argument("--src", action="append", default=[], metavar="LABEL=PATH")
     parser.add_argument("--child", nargs=2, metavar=("TARGET", "CONFIG"))
     parser.add_argument("--instructions", action="store_true")
+    parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument("--configs", default=",".join(CONFIGS))
     args = parser.parse_args()
     if args.child:
         _child(args.child[0], args.child[1], args.cycles)
@@ -152,9 +176,11 @@ def main() -> None:
     extra = " instructions / cycle |" if args.instructions else ""
     print(f"| target | configuration | Python calls / cycle | C calls / cycle |{extra}")
     print("|---|---|---:|---:|" + ("---:|" if extra else ""))
-    for target in TARGETS:
-        for config in CONFIGS:
-            for label, path in trees if config != "bare" else trees[:1]:
+    for target in args.targets.split(","):
+        for config in args.configs.split(","):
+            if config == "sdk-floor" and target != "sync":
+                continue
+            for label, path in trees if config in SHIM_CONFIGS else trees[-1:]:
                 env = {**os.environ, "PYTHONPATH": os.path.abspath(path)}
                 out = subprocess.run(
                     [sys.executable, __file__, "--child", target, config,
@@ -162,7 +188,7 @@ def main() -> None:
                     env=env, capture_output=True, text=True, check=True,
                 ).stdout  # fmt: skip
                 counts = json.loads(out.strip().splitlines()[-1])
-                name = config if config == "bare" or len(trees) == 1 else f"{config} [{label}]"
+                name = f"{config} [{label}]" if config in SHIM_CONFIGS and trees[1:] else config
                 row = (f"| redis-py Lock {target}, no server | {name} | "
                        f"{counts['call'] / args.cycles:.1f} | "
                        f"{counts['c_call'] / args.cycles:.1f} |")  # fmt: skip

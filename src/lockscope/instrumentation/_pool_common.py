@@ -129,11 +129,7 @@ def checkout_wrapper(
         op = _start(adapter, instance)
         if op is None:
             return wrapped(*args, **kwargs)
-        try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            op.done(operations.exc_outcome(adapter, exc), exc)
-            raise
+        result = operations.call_waiting(op, wrapped, args, kwargs)
         _checked_out(adapter, op, conn_of(result))
         return result
 

@@ -69,11 +69,7 @@ def _rw_acquire(adapter: ReaderWriterAdapter, mode: str) -> operations.Wrapper:
             op = None
         if op is None:
             return wrapped(*args, **kwargs)
-        try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            op.done(operations.exc_outcome(adapter, exc), exc)
-            raise
+        result = operations.call_waiting(op, wrapped, args, kwargs)
         blocking = kwargs.get("blocking", args[0] if args else True)
         op.done("acquired" if result else ("timeout" if blocking else "busy"))
         return result

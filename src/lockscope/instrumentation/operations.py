@@ -73,6 +73,7 @@ __all__ = [
     "async_guarded",
     "async_release_wrapper",
     "begin",
+    "call_waiting",
     "exc_outcome",
     "extend_wrapper",
     "failed",
@@ -292,6 +293,17 @@ def _begin_safely(adapter: Adapter, instance: Any, args: Any, kwargs: Any,
             shim.recorder.waits.discard(op)
         failed()
         return None
+
+
+def call_waiting(op: _Acquire, wrapped: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    """Run the acquire-like call that ``op`` (from :func:`start`) records; if it raises,
+    ``op`` ends with that exception's outcome.  For targets that read the result
+    themselves (a pool's checkout, a mode of a reader-writer lock)."""
+    try:
+        return wrapped(*args, **kwargs)
+    except BaseException as exc:
+        op.raised(exc)
+        raise
 
 
 def acquire_wrapper(adapter: Adapter) -> Wrapper:

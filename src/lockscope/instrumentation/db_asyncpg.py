@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lockscope.instrumentation import db_sessions
+from lockscope.instrumentation.db_wrappers import async_done_wrapper, async_statement_method
 from lockscope.instrumentation.patching import Patcher
 
 __all__ = ["identify", "instrument"]
@@ -35,23 +35,8 @@ def _in_transaction(conn: Any) -> bool:
     return bool(conn.is_in_transaction())
 
 
-async def _call(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    b = db_sessions.statement_begin(instance, identify, db_sessions.current_task())
-    try:
-        result = await wrapped(*args, **kwargs)
-    except BaseException as exc:
-        db_sessions.statement_failed(b, exc)
-        db_sessions.statement_end(b, _in_transaction, instance)
-        raise
-    db_sessions.statement_end(b, _in_transaction, instance)
-    return result
-
-
-async def _close(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    try:
-        return await wrapped(*args, **kwargs)
-    finally:
-        db_sessions.connection_done(instance)
+def _call(original: Any) -> Any:
+    return async_statement_method(original, identify, _in_transaction, on_cursor=False)
 
 
 def instrument(patcher: Patcher) -> None:
@@ -59,7 +44,7 @@ def instrument(patcher: Patcher) -> None:
 
     def apply(connection: Any) -> None:
         for name in ("execute", "executemany", "fetch", "fetchrow", "fetchval"):
-            patcher.wrap(connection.Connection, name, _call)
-        patcher.wrap(connection.Connection, "close", _close)
+            patcher.replace(connection.Connection, name, _call)
+        patcher.wrap(connection.Connection, "close", async_done_wrapper)
 
     patcher.when_imported("asyncpg.connection", apply)

@@ -9,10 +9,14 @@ id ``conn.info.backend_pid`` (known since connect: no round trip).  The open tra
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
-from lockscope.instrumentation import db_sessions
+from lockscope.instrumentation.db_wrappers import (
+    async_done_wrapper,
+    async_statement_method,
+    done_wrapper,
+    statement_method,
+)
 from lockscope.instrumentation.patching import Patcher
 
 __all__ = ["identify", "in_transaction", "instrument"]
@@ -21,7 +25,8 @@ _IN_TRANSACTION = (2, 3)  # libpq PQTRANS_INTRANS, PQTRANS_INERROR
 
 
 def identify(conn: Any) -> tuple[str, str, int] | None:
-    """(``postgresql``, ``host:port/db``, backend pid) of a psycopg connection."""
+    """(``postgresql``, ``host:port/db``, backend pid) of a psycopg 3 or psycopg2 connection
+    (their ``conn.info`` have the same fields)."""
     info = conn.info
     pid = info.backend_pid
     if not pid:
@@ -39,52 +44,11 @@ def in_transaction(conn: Any) -> bool:
 
 
 def _sync_execute(original: Any) -> Any:
-    # A plain function, not a wrapt proxy: this runs on every statement (see Patcher.replace).
-    @functools.wraps(original)
-    def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
-        conn = self.connection
-        b = db_sessions.statement_begin(conn, identify)
-        try:
-            result = original(self, *args, **kwargs)
-        except BaseException as exc:
-            db_sessions.statement_failed(b, exc)
-            db_sessions.statement_end(b, in_transaction, conn)
-            raise
-        db_sessions.statement_end(b, in_transaction, conn)
-        return result
-
-    return execute
+    return statement_method(original, identify, in_transaction)
 
 
 def _async_execute(original: Any) -> Any:
-    @functools.wraps(original)
-    async def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
-        conn = self.connection
-        b = db_sessions.statement_begin(conn, identify, db_sessions.current_task())
-        try:
-            result = await original(self, *args, **kwargs)
-        except BaseException as exc:
-            db_sessions.statement_failed(b, exc)
-            db_sessions.statement_end(b, in_transaction, conn)
-            raise
-        db_sessions.statement_end(b, in_transaction, conn)
-        return result
-
-    return execute
-
-
-def _done(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    try:
-        return wrapped(*args, **kwargs)
-    finally:
-        db_sessions.connection_done(instance)
-
-
-async def _async_done(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    try:
-        return await wrapped(*args, **kwargs)
-    finally:
-        db_sessions.connection_done(instance)
+    return async_statement_method(original, identify, in_transaction)
 
 
 def instrument(patcher: Patcher) -> None:
@@ -95,8 +59,8 @@ def instrument(patcher: Patcher) -> None:
             patcher.replace(psycopg.Cursor, name, _sync_execute)
             patcher.replace(psycopg.AsyncCursor, name, _async_execute)
         for name in ("commit", "rollback", "close"):
-            patcher.wrap(psycopg.Connection, name, _done)
+            patcher.wrap(psycopg.Connection, name, done_wrapper)
         for name in ("commit", "rollback", "close"):
-            patcher.wrap(psycopg.AsyncConnection, name, _async_done)
+            patcher.wrap(psycopg.AsyncConnection, name, async_done_wrapper)
 
     patcher.when_imported("psycopg", apply)

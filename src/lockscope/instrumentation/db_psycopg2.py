@@ -14,20 +14,14 @@ from __future__ import annotations
 from typing import Any
 
 from lockscope.instrumentation import db_sessions, operations
+from lockscope.instrumentation.db_psycopg import identify
+from lockscope.instrumentation.db_wrappers import statement_method
 from lockscope.instrumentation.patching import Patcher
 
 __all__ = ["identify", "instrument"]
 
 _IN_TRANSACTION = (2, 3)  # TRANSACTION_STATUS_INTRANS, TRANSACTION_STATUS_INERROR
-
-
-def identify(conn: Any) -> tuple[str, str, int] | None:
-    """(``postgresql``, ``host:port/db``, backend pid) of a psycopg2 connection."""
-    info = conn.info
-    pid = info.backend_pid
-    if not pid:
-        return None
-    return "postgresql", f"{info.host}:{info.port}/{info.dbname}", int(pid)
+_STATEMENT_METHODS = ("execute", "executemany", "callproc")
 
 
 def _in_transaction(conn: Any) -> bool:
@@ -40,47 +34,14 @@ def _in_transaction(conn: Any) -> bool:
 def _classes(extensions: Any) -> tuple[type, Any]:
     cursors: dict[type, type] = {}
 
-    class _Mixin:
-        def execute(self, *args: Any, **kwargs: Any) -> Any:
-            conn = self.connection  # type: ignore[attr-defined]
-            b = db_sessions.statement_begin(conn, identify)
-            try:
-                result = super().execute(*args, **kwargs)  # type: ignore[misc]
-            except BaseException as exc:
-                db_sessions.statement_failed(b, exc)
-                db_sessions.statement_end(b, _in_transaction, conn)
-                raise
-            db_sessions.statement_end(b, _in_transaction, conn)
-            return result
-
-        def executemany(self, *args: Any, **kwargs: Any) -> Any:
-            conn = self.connection  # type: ignore[attr-defined]
-            b = db_sessions.statement_begin(conn, identify)
-            try:
-                result = super().executemany(*args, **kwargs)  # type: ignore[misc]
-            except BaseException as exc:
-                db_sessions.statement_failed(b, exc)
-                db_sessions.statement_end(b, _in_transaction, conn)
-                raise
-            db_sessions.statement_end(b, _in_transaction, conn)
-            return result
-
-        def callproc(self, *args: Any, **kwargs: Any) -> Any:
-            conn = self.connection  # type: ignore[attr-defined]
-            b = db_sessions.statement_begin(conn, identify)
-            try:
-                result = super().callproc(*args, **kwargs)  # type: ignore[misc]
-            except BaseException as exc:
-                db_sessions.statement_failed(b, exc)
-                db_sessions.statement_end(b, _in_transaction, conn)
-                raise
-            db_sessions.statement_end(b, _in_transaction, conn)
-            return result
-
     def cursor_class(base: type) -> type:
         klass = cursors.get(base)
         if klass is None:
-            klass = cursors[base] = type(base.__name__, (_Mixin, base), {})
+            methods = {
+                name: statement_method(getattr(base, name), identify, _in_transaction)
+                for name in _STATEMENT_METHODS
+            }
+            klass = cursors[base] = type(base.__name__, (base,), methods)
         return klass
 
     class Connection(extensions.connection):  # type: ignore[misc]

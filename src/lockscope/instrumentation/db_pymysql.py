@@ -9,10 +9,9 @@ last reply carried.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
-from lockscope.instrumentation import db_sessions
+from lockscope.instrumentation.db_wrappers import done_wrapper, statement_method
 from lockscope.instrumentation.patching import Patcher
 
 __all__ = ["identify", "in_transaction", "instrument"]
@@ -38,28 +37,7 @@ def in_transaction(conn: Any) -> bool:
 
 
 def _execute(original: Any) -> Any:
-    # A plain function, not a wrapt proxy: this runs on every statement (see Patcher.replace).
-    @functools.wraps(original)
-    def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
-        conn = self.connection
-        b = db_sessions.statement_begin(conn, identify) if conn is not None else None
-        try:
-            result = original(self, *args, **kwargs)
-        except BaseException as exc:
-            db_sessions.statement_failed(b, exc)
-            db_sessions.statement_end(b, in_transaction, conn)
-            raise
-        db_sessions.statement_end(b, in_transaction, conn)
-        return result
-
-    return execute
-
-
-def _done(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    try:
-        return wrapped(*args, **kwargs)
-    finally:
-        db_sessions.connection_done(instance)
+    return statement_method(original, identify, in_transaction)
 
 
 def instrument(patcher: Patcher) -> None:
@@ -70,7 +48,7 @@ def instrument(patcher: Patcher) -> None:
 
     def connections(module: Any) -> None:
         for name in ("commit", "rollback", "close"):
-            patcher.wrap(module.Connection, name, _done)
+            patcher.wrap(module.Connection, name, done_wrapper)
 
     patcher.when_imported("pymysql.cursors", cursors)
     patcher.when_imported("pymysql.connections", connections)

@@ -106,26 +106,31 @@ def test_long_wait_is_reported_with_the_waiters_holds(
     assert start.event.process.service == "reporting-test"
 
 
-def _latency(sink: OtlpSink, client: redis.Redis, name: str) -> float:
-    blocker = client.lock(name, timeout=10)
-    assert blocker.acquire()
-    try:
-        assert _wait_while_held(client, f"{name}-held", name, timeout=0.4) is False
-    finally:
-        blocker.release()
-    start = sink.wait_for(_named(events.EVENT_WAIT_START, name))
-    since: int = start.attrs[events.ATTR_SINCE]
-    return (start.received_ns - since) / 1e9
-
-
-def test_long_wait_reaches_the_receiver_within_report_after_plus_100ms(
+def test_long_wait_reaches_the_receiver_while_it_still_waits(
     shim: runtime.Shim, sink: OtlpSink, client: redis.Redis
 ) -> None:
-    # The bound is by design (reporter tick report_after/4, then one local POST); the
-    # best of three keeps a loaded CI machine's scheduling hiccup from failing it.
-    latencies = [_latency(sink, client, f"latency:{i}") for i in range(3)]
-    assert min(latencies) <= REPORT_AFTER + 0.1, latencies
-    assert all(lat >= REPORT_AFTER for lat in latencies)
+    # The waiter is reported while blocked (not only when its wait ends), and never
+    # before its wait lasted report_after (principle 1). How soon after report_after
+    # it arrives is a latency figure: benchmarks/, not a timed assertion here.
+    blocker = client.lock("latency", timeout=30)
+    assert blocker.acquire()
+    acquired = threading.Event()
+
+    def waiter() -> None:
+        if client.lock("latency", timeout=10).acquire(blocking_timeout=30):
+            acquired.set()
+
+    thread = threading.Thread(target=waiter, name="waiter")
+    thread.start()
+    try:
+        # Received while the blocker still holds the lock, so while the waiter waits.
+        start = sink.wait_for(_named(events.EVENT_WAIT_START, "latency"))
+    finally:
+        blocker.release()
+        thread.join(30)
+    assert acquired.is_set()
+    since: int = start.attrs[events.ATTR_SINCE]
+    assert start.received_ns - since >= REPORT_AFTER * 1e9
 
 
 def test_short_wait_sends_nothing(shim: runtime.Shim, sink: OtlpSink, client: redis.Redis) -> None:

@@ -21,6 +21,10 @@ class FindingDetector:
     """A store detector (:class:`~lockscope.agent.store_changes.Detector`) that reports
     findings; one-shot ones (active for ``finding_ttl``) expire on :meth:`tick`."""
 
+    batches = False
+    """Its :meth:`flush` does nothing, so the store skips it after each event; a subclass
+    that overrides :meth:`flush` sets this to True."""
+
     def __init__(self, findings: FindingStore, config: AgentConfig) -> None:
         self._findings = findings
         self._config = config

@@ -142,6 +142,9 @@ class OrderGraph:
 class OrderDetector:
     """Merges reported lock-order pairs and reports each new inversion (a store detector)."""
 
+    batches = False
+    """Its flush does nothing: the store skips it after each event."""
+
     def __init__(self, findings: FindingStore, max_pairs: int, self_pairs: bool = False) -> None:
         self._findings = findings
         self.graph = OrderGraph(max_pairs, self_pairs)

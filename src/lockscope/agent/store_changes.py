@@ -194,7 +194,8 @@ Change = (
 class Detector(Protocol):
     """A peer of the store: subscribes to changes (in :meth:`attach`) and keeps its policy.
 
-    The store calls :meth:`flush` after every applied event and every tick, and
+    The store calls :meth:`flush` after every applied event (unless the detector has a
+    ``batches = False`` attribute: its flush does nothing) and every tick, and
     :meth:`tick` about every 100 ms (agent time ``now_ns``).
     """
 

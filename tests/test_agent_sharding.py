@@ -214,6 +214,36 @@ def test_a_detector_that_is_down_costs_the_shard_only_counted_drops() -> None:
             assert up["dropped"] == 0
             with urllib.request.urlopen(shard.http_url + "/healthz", timeout=5) as r:
                 assert r.status == 200
+            # The same counters on /metrics, one series per detector link.
+            samples = _metrics(shard.http_url)
+            assert samples[("lockscope_agent_forwarded_events_total", dead_url)] == 0
+            assert samples[("lockscope_agent_forwarded_events_total", alive.otlp_url)] == 1
+            assert samples[("lockscope_agent_forward_dropped_events_total", dead_url)] == 1
+            assert samples[("lockscope_agent_forward_dropped_events_total", alive.otlp_url)] == 0
+            failures = samples[("lockscope_agent_forward_failures_total", dead_url)]
+            assert failures == down["failed_posts"] >= 1
+            assert samples[("lockscope_agent_forward_failures_total", alive.otlp_url)] == 0
+            assert samples[("lockscope_agent_forward_requests_total", dead_url)] >= failures
+            assert samples[("lockscope_agent_forward_requests_total", alive.otlp_url)] >= 1
+            assert samples[("lockscope_agent_forward_queued_events", alive.otlp_url)] == 0
+            assert samples[("lockscope_agent_forward_selected_events_total", "")] == 1
+        # A detector (or any agent that does not forward) has no such series.
+        assert not any(
+            name.startswith("lockscope_agent_forward") for name, _ in _metrics(alive.http_url)
+        )
+
+
+def _metrics(http_url: str) -> dict[tuple[str, str], float]:
+    """``/metrics`` samples by (name, ``detector`` label or "")."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(http_url + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {
+        (s.name, s.labels.get("detector", "")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def test_the_filter_forwards_one_empty_heartbeat_per_ended_state_and_each_pair_once() -> None:

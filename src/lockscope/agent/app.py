@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import gc
 import logging
 import signal
@@ -56,9 +57,10 @@ from lockscope.agent.otlp_receiver import setup_otlp_routes
 from lockscope.agent.otlp_stats import ReceiverStats
 from lockscope.agent.server_guard import ConnectionGuard, GuardedSite
 from lockscope.agent.shard_forward import ShardForwarding
+from lockscope.agent.shard_metrics import forwarding_metrics
 from lockscope.agent.state import AgentState
 from lockscope.agent.web_api import api_status, setup_api_routes
-from lockscope.agent.web_metrics import setup_metrics_route
+from lockscope.agent.web_metrics import collector_of, setup_metrics_route
 from lockscope.agent.web_security import (
     AccessPolicy,
     add_safe_headers,
@@ -316,6 +318,9 @@ class AgentRunner:
             )
             self._http_bound = await self._serve(http_app, self._http_address)
             bind_http_url(http_app, self.http_url)
+            collector = collector_of(http_app)
+            if self.forwarding is not None and collector is not None:
+                collector.extra.append(functools.partial(forwarding_metrics, self.forwarding))
         except BaseException:
             await self._cleanup_runners()
             if self.forwarding is not None:

@@ -202,6 +202,11 @@ class Forwarder:
         self._queue = deque()
         self._wake = asyncio.Event()
 
+    @property
+    def queued(self) -> int:
+        """Events waiting to be sent now."""
+        return len(self._queue)
+
     def put(self, event: Event) -> None:
         """Queue one event (never blocks; full queue: drop and count)."""
         if len(self._queue) >= self.queue_size:
@@ -343,7 +348,7 @@ class ShardForwarding:
     def status(self) -> dict[str, Any]:
         """``GET /api/v1/forwarding``: what the shard saw, chose and delivered."""
         for forwarder in self.forwarders:
-            forwarder.counters.queued = len(forwarder._queue)
+            forwarder.counters.queued = forwarder.queued
         return {
             "role": "shard",
             "received": self.received,

@@ -56,7 +56,14 @@ from lockscope.agent.state import AgentState
 from lockscope.agent.web_metrics_guards import hostile_input_metrics
 from lockscope.agent.web_metrics_labels import OTHER_LOCK, DroppedTotals, LabelCap
 
-__all__ = ["METRICS_PATH", "OTHER_LOCK", "LabelCap", "LockscopeCollector", "setup_metrics_route"]
+__all__ = [
+    "METRICS_PATH",
+    "OTHER_LOCK",
+    "LabelCap",
+    "LockscopeCollector",
+    "redact_url",
+    "setup_metrics_route",
+]
 
 METRICS_PATH: Final = "/metrics"
 
@@ -370,7 +377,7 @@ class LockscopeCollector(Collector):
         )
         waiting = exporter.pending()
         for target in exporter.targets:
-            url = [_redact(target.url)]
+            url = [redact_url(target.url)]
             sent.add_metric(url, target.sent)
             errors.add_metric(url, target.errors)
             rejected.add_metric(url, target.rejected)
@@ -383,7 +390,7 @@ class LockscopeCollector(Collector):
         )
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
     """The URL without user info, so a password in --alertmanager-url never becomes a label."""
     parts = urlsplit(url)
     if parts.username is None and parts.password is None:

@@ -22,7 +22,6 @@ then stops accepting connections, lets in-flight requests finish (up to
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import gc
@@ -48,6 +47,7 @@ from lockscope.agent.app_keys import (
     STATE_KEY,
     ReceiverLimits,
 )
+from lockscope.agent.background import BackgroundTask
 from lockscope.agent.config import AgentConfig
 from lockscope.agent.durable import DurableFile, default_state_file
 from lockscope.agent.durable_sync import DurableSync
@@ -238,7 +238,7 @@ class AgentRunner:
         self._shutdown_timeout = shutdown_timeout
         self._http_setup = tuple(http_setup)
         self._runners: list[web.AppRunner] = []
-        self._tick_task: asyncio.Task[None] | None = None
+        self._ticker = BackgroundTask("lockscope-agent-tick")
         self._otlp_bound: Address | None = None
         self._http_bound: Address | None = None
         self._in_flight = 0
@@ -329,7 +329,7 @@ class AgentRunner:
         self.guard.start()
         if self.durable is not None:
             self.durable.start()
-        self._tick_task = asyncio.create_task(self._tick_loop(), name="lockscope-agent-tick")
+        self._ticker.start(self._tick_loop)
         self.ready.set()
         log.info("lockscope agent: OTLP on %s, HTTP on %s", self.otlp_url, self.http_url)
 
@@ -400,11 +400,7 @@ class AgentRunner:
         if self.durable is not None:
             await self.durable.stop()
             self.durable = None
-        if self._tick_task is not None:
-            self._tick_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tick_task
-            self._tick_task = None
+        await self._ticker.stop()
         if self.forwarding is not None:
             await self.forwarding.stop()
         log.info("lockscope agent stopped")

@@ -32,6 +32,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Final
 
 from lockscope import events as ev
+from lockscope.agent.background import BackgroundTask
 from lockscope.agent.durable import DurableFile, Saved
 from lockscope.agent.findings import Finding
 from lockscope.agent.graph import Hold, Process
@@ -120,7 +121,7 @@ class DurableSync:
         self.interval = interval
         self._dirty = True
         self._pairs_saved = 0
-        self._task: asyncio.Task[None] | None = None
+        self._saver = BackgroundTask("lockscope-durable")
         for kind in (HoldAdded, HoldDropped, ProcessDied, ProcessRevived, ProcessForgotten):
             state.subscribe(kind, self._changed)
         state.subscribe_findings(self._finding_changed)
@@ -250,16 +251,11 @@ class DurableSync:
 
     def start(self) -> None:
         """Save periodically from now on (inside the event loop)."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="lockscope-durable")
+        self._saver.start(self._loop)
 
     async def stop(self) -> None:
         """A last save, then close the file."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._saver.stop()
         with contextlib.suppress(Exception):
             await asyncio.wrap_future(self.save_now())
         await self.file.close()

@@ -56,6 +56,7 @@ import aiohttp
 from aiohttp import web
 
 from lockscope.agent.app_keys import ALERTMANAGER_URLS_KEY, STATE_KEY
+from lockscope.agent.background import cancel_and_wait
 from lockscope.agent.export_alert_labels import (
     SEVERITY,
     alert_label_sets,
@@ -290,8 +291,7 @@ class AlertExporter:
                 target.task.cancel()
         for target in self._targets:
             if target.task is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await target.task
+                await cancel_and_wait(target.task)
                 target.task = None
         if self._session is not None:
             await self._session.close()

@@ -49,6 +49,7 @@ __all__ = [
     "DecodedBatch",
     "Signal",
     "WireFormat",
+    "any_value",
     "decode_logs",
     "decode_traces",
     "encode_response",
@@ -208,12 +209,14 @@ def _hex_to_base64(value: str) -> str:
 # -- attributes and resources -------------------------------------------------------------
 
 
-def _any_value(value: Any) -> Any:
+def any_value(value: Any) -> Any:
+    """An OTLP ``AnyValue`` message as plain Python: arrays as lists, key-value lists as
+    dicts (entries without a value left out), an unset value as None."""
     kind = value.WhichOneof("value")
     if kind is None:
         return None
     if kind == "array_value":
-        return [_any_value(item) for item in value.array_value.values]
+        return [any_value(item) for item in value.array_value.values]
     if kind == "kvlist_value":
         return _attributes(value.kvlist_value.values)
     return getattr(value, kind)
@@ -228,7 +231,7 @@ def _attributes(key_values: Iterable[Any]) -> dict[str, Any]:
         if kind is None:
             continue
         if kind == "array_value" or kind == "kvlist_value":
-            out[kv.key] = _any_value(value)
+            out[kv.key] = any_value(value)
         else:
             out[kv.key] = getattr(value, kind)
     return out

@@ -24,7 +24,6 @@ applications install.  TLS handshakes get the header timeout too (``ssl_handshak
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import resource
 import ssl
 import time
@@ -33,6 +32,7 @@ from typing import Final
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from lockscope.agent.background import BackgroundTask
 from lockscope.agent.otlp_stats import ReceiverStats
 
 __all__ = ["BACKLOG", "FD_RESERVE", "ConnectionGuard", "GuardedSite", "fd_bounded"]
@@ -126,7 +126,7 @@ class ConnectionGuard:
         self.closed = self.stats.connections_closed
         """Connections the guard closed, by reason (``header_timeout``, ``limit``)."""
         self._by_handler: dict[asyncio.Protocol, _Conn] = {}
-        self._sweeper: asyncio.Task[None] | None = None
+        self._sweeper = BackgroundTask("lockscope-conn-guard")
 
     @property
     def open_connections(self) -> int:
@@ -158,16 +158,11 @@ class ConnectionGuard:
 
     def start(self) -> None:
         """Start closing connections past their header timeout (inside the event loop)."""
-        if self._sweeper is None:
-            self._sweeper = asyncio.create_task(self._sweep_loop(), name="lockscope-conn-guard")
+        self._sweeper.start(self._sweep_loop)
 
     async def stop(self) -> None:
         """Stop the sweeper."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+        await self._sweeper.stop()
 
     # -- policy -----------------------------------------------------------------------------
     def _admit(self, conn: _Conn) -> bool:

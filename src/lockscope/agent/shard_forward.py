@@ -28,7 +28,6 @@ or slow costs only its own bounded queue, whose drops are counted.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -40,6 +39,7 @@ import aiohttp
 
 from lockscope import events as ev
 from lockscope.agent import otlp_fastlogs
+from lockscope.agent.background import cancel_and_wait
 from lockscope.agent.model import Event
 from lockscope.agent.otlp_encode import encode_events
 
@@ -230,9 +230,7 @@ class Forwarder:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), flush_timeout)
             except TimeoutError:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+                await cancel_and_wait(self._task)
         if self._session is not None:
             await self._session.close()
 

@@ -10,7 +10,7 @@ wrapper does not define (``key``, ``owner``, ``holder()``...) are read from it.
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from lockscope.locks.base import AsyncLock, Lock, _LockCommon
 
@@ -24,8 +24,15 @@ class _Delegation(_LockCommon):
     """What both flavours share: the wrapped lock's identity, its extras and its token."""
 
     wrapped: Lock | AsyncLock
+    _flavour: ClassVar[type[Lock] | type[AsyncLock]]
+    """The kind of lock a wrapper of this flavour accepts (checked at run time too: a sync
+    lock inside an asyncio wrapper would fail only at the first ``await``)."""
 
     def __init__(self, lock: Lock | AsyncLock) -> None:
+        if not isinstance(lock, self._flavour):
+            raise TypeError(
+                f"expected a lockscope {self._flavour.__name__}, not {type(lock).__name__}"
+            )
         super().__init__(
             lock.name,
             ttl=lock.ttl,
@@ -62,10 +69,9 @@ class DelegatingLock(_Delegation, Lock, Generic[_L]):
     """A :class:`Lock` that forwards every call to ``wrapped``; subclasses add behaviour."""
 
     wrapped: _L
+    _flavour = Lock
 
     def __init__(self, lock: _L) -> None:
-        if not isinstance(lock, Lock):
-            raise TypeError(f"expected a lockscope Lock, not {type(lock).__name__}")
         super().__init__(lock)
 
     def _try_acquire(self) -> bool:
@@ -88,10 +94,9 @@ class AsyncDelegatingLock(_Delegation, AsyncLock, Generic[_A]):
     """The asyncio flavour of :class:`DelegatingLock`."""
 
     wrapped: _A
+    _flavour = AsyncLock
 
     def __init__(self, lock: _A) -> None:
-        if not isinstance(lock, AsyncLock):
-            raise TypeError(f"expected a lockscope AsyncLock, not {type(lock).__name__}")
         super().__init__(lock)
 
     async def _try_acquire(self) -> bool:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lockscope.agent.model import Event, ProcessInfo
+from lockscope.agent.otlp_decode import any_value
 from lockscope.events import ATTR_EVENT_NAME
 
 __all__ = ["OtlpSink", "ReceivedEvent", "decode_any_value", "decode_logs"]
@@ -53,16 +54,9 @@ class ReceivedEvent:
         return self.event.process.pid
 
 
-def decode_any_value(value: Any) -> Any:
-    """An OTLP ``AnyValue`` as plain Python (arrays as lists, key-value lists as dicts)."""
-    kind = value.WhichOneof("value")
-    if kind is None:
-        return None
-    if kind == "array_value":
-        return [decode_any_value(v) for v in value.array_value.values]
-    if kind == "kvlist_value":
-        return {kv.key: decode_any_value(kv.value) for kv in value.kvlist_value.values}
-    return getattr(value, kind)
+decode_any_value = any_value
+"""An OTLP ``AnyValue`` as plain Python (the agent's own decoding: arrays as lists, key-value
+lists as dicts)."""
 
 
 def decode_logs(body: bytes, received_ns: int | None = None) -> list[ReceivedEvent]:

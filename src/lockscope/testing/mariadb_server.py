@@ -60,7 +60,7 @@ class MariaDBServer(Server):
     @property
     def url(self) -> str:
         """``mysql://root@127.0.0.1:PORT/lockscope`` (SQLAlchemy style; add ``+pymysql``)."""
-        return f"mysql://{self.user}@{self.host}:{self.port}/{self.dbname}"
+        return f"mysql://{self.user}@{self.address}/{self.dbname}"
 
     def binaries(self) -> Sequence[str]:
         return [self.mariadbd, self.install_db, self.client, self.admin]
@@ -158,4 +158,4 @@ class MariaDBServer(Server):
         )
         if plugins.split()[-1] == "0":
             self.sql("INSTALL SONAME 'metadata_lock_info';")
-        return f"mysql://{user}:{password}@{self.host}:{self.port}/{self.dbname}"
+        return f"mysql://{user}:{password}@{self.address}/{self.dbname}"

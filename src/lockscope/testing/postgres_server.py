@@ -73,7 +73,7 @@ class PostgresServer(Server):
     @property
     def url(self) -> str:
         """``postgresql://postgres@127.0.0.1:PORT/lockscope`` (SQLAlchemy style)."""
-        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.dbname}"
+        return f"postgresql://{self.user}@{self.address}/{self.dbname}"
 
     @property
     def dsn(self) -> str:
@@ -172,7 +172,7 @@ class PostgresServer(Server):
             f"NULL; END $$; ALTER ROLE {role} LOGIN PASSWORD '{quoted}'; "
             f"GRANT pg_monitor TO {role}; SELECT pg_reload_conf();"
         )
-        return f"postgresql://{role}:{password}@{self.host}:{self.port}/{self.dbname}"
+        return f"postgresql://{role}:{password}@{self.address}/{self.dbname}"
 
     def psql(self, sql: str) -> str:
         """Run SQL as the superuser with ``psql``; return its output."""

@@ -56,10 +56,7 @@ class _PrometheusProjectServer(Server):
     @property
     def url(self) -> str:
         """``http://127.0.0.1:PORT``."""
-        return f"http://{self.host}:{self.port}"
-
-    def binaries(self) -> Sequence[str]:
-        return [self.binary]
+        return f"http://{self.address}"
 
     def own_flags(self) -> list[str]:
         """The command-line flags this server needs besides the shared ones."""
@@ -69,7 +66,7 @@ class _PrometheusProjectServer(Server):
         return [
             self.binary,
             *self.own_flags(),
-            f"--web.listen-address={self.host}:{self.port}",
+            f"--web.listen-address={self.address}",
             "--log.level=warn",
         ]
 

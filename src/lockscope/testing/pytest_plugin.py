@@ -35,23 +35,20 @@ never skips them.
 
 from __future__ import annotations
 
+import importlib
 import signal
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from types import FrameType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
 if TYPE_CHECKING:
     from lockscope.testing.agent import InProcessAgent
-    from lockscope.testing.mariadb_server import MariaDBServer
-    from lockscope.testing.postgres_server import PostgresServer
-    from lockscope.testing.prometheus import AlertmanagerServer, PrometheusServer
     from lockscope.testing.redis_server import RedisServer
     from lockscope.testing.server import Server
-    from lockscope.testing.zookeeper_server import ZooKeeperServer
 
 # Servers started in this session, healed after each test. The plugin imports the server
 # classes only inside fixtures, so suites that never use them pay nothing.
@@ -93,13 +90,24 @@ def _lockscope_heal_servers() -> Iterator[None]:
         server.ensure_running()
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """One redis-server for the whole session (not flushed between tests: see ``redis_url``)."""
-    from lockscope.testing.redis_server import RedisServer
+def _session_server(module: str, class_name: str, doc: str) -> Any:
+    """A session fixture serving one default ``lockscope.testing.<module>.<class_name>()``,
+    the class imported on first use."""
 
-    with _serving(RedisServer()) as server:
-        yield server
+    def serve() -> Iterator[Server]:
+        server_class = getattr(importlib.import_module(f"lockscope.testing.{module}"), class_name)
+        with _serving(server_class()) as server:
+            yield server
+
+    serve.__doc__ = doc
+    return pytest.fixture(scope="session")(serve)
+
+
+redis_server = _session_server(
+    "redis_server",
+    "RedisServer",
+    "One redis-server for the whole session (not flushed between tests: see ``redis_url``).",
+)
 
 
 @pytest.fixture(scope="session")
@@ -119,50 +127,32 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
-@pytest.fixture(scope="session")
-def zookeeper_server() -> Iterator[ZooKeeperServer]:
-    """One standalone ZooKeeper for the session (tick 500 ms: sessions may be as short as 1 s)."""
-    from lockscope.testing.zookeeper_server import ZooKeeperServer
-
-    with _serving(ZooKeeperServer()) as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """One PostgreSQL cluster for the session, with database ``lockscope`` (trust auth)."""
-    from lockscope.testing.postgres_server import PostgresServer
-
-    with _serving(PostgresServer()) as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def mariadb_server() -> Iterator[MariaDBServer]:
-    """One MariaDB for the session: passwordless ``root@127.0.0.1``, database ``lockscope``."""
-    from lockscope.testing.mariadb_server import MariaDBServer
-
-    with _serving(MariaDBServer()) as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def alertmanager_server() -> Iterator[AlertmanagerServer]:
-    """One Alertmanager for the session (clustering off, a do-nothing receiver)."""
-    from lockscope.testing.prometheus import AlertmanagerServer
-
-    with _serving(AlertmanagerServer()) as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def prometheus_server() -> Iterator[PrometheusServer]:
-    """One Prometheus for the session (1 s scrape and evaluation); point it at a target
-    with ``prometheus_server.scrape(["127.0.0.1:PORT"])``."""
-    from lockscope.testing.prometheus import PrometheusServer
-
-    with _serving(PrometheusServer()) as server:
-        yield server
+zookeeper_server = _session_server(
+    "zookeeper_server",
+    "ZooKeeperServer",
+    "One standalone ZooKeeper for the session (tick 500 ms: sessions may be as short as 1 s).",
+)
+postgres_server = _session_server(
+    "postgres_server",
+    "PostgresServer",
+    "One PostgreSQL cluster for the session, with database ``lockscope`` (trust auth).",
+)
+mariadb_server = _session_server(
+    "mariadb_server",
+    "MariaDBServer",
+    "One MariaDB for the session: passwordless ``root@127.0.0.1``, database ``lockscope``.",
+)
+alertmanager_server = _session_server(
+    "prometheus",
+    "AlertmanagerServer",
+    "One Alertmanager for the session (clustering off, a do-nothing receiver).",
+)
+prometheus_server = _session_server(
+    "prometheus",
+    "PrometheusServer",
+    "One Prometheus for the session (1 s scrape and evaluation); point it at a target with "
+    '``prometheus_server.scrape(["127.0.0.1:PORT"])``.',
+)
 
 
 @pytest.fixture

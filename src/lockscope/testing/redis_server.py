@@ -45,10 +45,7 @@ class RedisServer(Server):
     @property
     def url(self) -> str:
         """``redis://127.0.0.1:PORT/0``, for ``redis.Redis.from_url``."""
-        return f"redis://{self.host}:{self.port}/0"
-
-    def binaries(self) -> Sequence[str]:
-        return [self.binary]
+        return f"redis://{self.address}/0"
 
     def command(self) -> Sequence[str]:
         return [

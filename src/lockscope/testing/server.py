@@ -196,9 +196,10 @@ class Server(ABC):
 
     # -- to be provided by each server -------------------------------------------------
 
-    @abstractmethod
     def binaries(self) -> Sequence[str]:
-        """Paths of the executables this server needs (checked before the first start)."""
+        """Paths of the executables this server needs (checked before the first start);
+        by default the one its :meth:`command` runs."""
+        return [self.command()[0]]
 
     @abstractmethod
     def command(self) -> Sequence[str]:
@@ -243,6 +244,11 @@ class Server(ABC):
             said = "\n".join(out for out in (result.stdout.strip(), result.stderr.strip()) if out)
             raise error(f"{os.path.basename(args[0])} failed: {said}")
         return result.stdout
+
+    @property
+    def address(self) -> str:
+        """``host:port``, where the server listens."""
+        return f"{self.host}:{self.port}"
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -319,7 +325,7 @@ class Server(ABC):
         except Exception as exc:
             self._discard_executor()
             raise ServerStartError(
-                f"{self.name} server did not start on {self.host}:{self.port}: {exc}\n"
+                f"{self.name} server did not start on {self.address}: {exc}\n"
                 f"--- last lines of {self.log_path} ---\n{self.log_tail()}"
             ) from exc
         if not self._provisioned:
@@ -441,4 +447,4 @@ class Server(ABC):
 
     def __repr__(self) -> str:
         state = "paused" if self.paused else "running" if self.running else "stopped"
-        return f"<{type(self).__name__} {self.host}:{self.port} {state}>"
+        return f"<{type(self).__name__} {self.address} {state}>"

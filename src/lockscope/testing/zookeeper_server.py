@@ -52,10 +52,7 @@ class ZooKeeperServer(Server):
     @property
     def hosts(self) -> str:
         """``127.0.0.1:PORT``, for ``kazoo.client.KazooClient(hosts=...)``."""
-        return f"{self.host}:{self.port}"
-
-    def binaries(self) -> Sequence[str]:
-        return [self.java]
+        return self.address
 
     def required_files(self) -> Sequence[str]:
         return [self.jar]

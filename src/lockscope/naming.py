@@ -1,4 +1,5 @@
-"""Lock-name templating: ``order:1234`` -> ``order:{id}`` (SPEC principle 6).
+"""Lock-name templating: ``order:1234`` -> ``order:{id}`` (docs/design.md, principle 6:
+bounded everything).
 
 Metric labels and lock-order pairs use the template, never the raw name, so a lock per
 order id does not become a series per order id.  User rules (regular expression ->

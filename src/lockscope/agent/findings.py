@@ -48,7 +48,8 @@ ALERT_NAMES: Final = {
     VIOLATION: "LockMutualExclusionViolation",
     ORDER_INVERSION: "LockOrderInversion",
 }
-"""The SPEC's alert name for each finding kind."""
+"""The Alertmanager alert name of each finding kind (public contract: alert rules and
+routes match on it)."""
 
 ACTIVE: Final = "active"
 RESOLVED: Final = "resolved"

@@ -2,7 +2,7 @@
 re-exported here: :mod:`lockscope.agent.graph_nodes`).
 
 Edges between actors are never stored: they follow from who holds and who waits, by the
-SPEC's rules, and :func:`waits_for` derives them on demand.  So a hold or a wait costs one
+rules below, and :func:`waits_for` derives them on demand.  So a hold or a wait costs one
 small object however contended the lock is, and a cycle search walks only what it explores.
 
 Edge rules (``waiter -> actor`` means the waiter cannot proceed before that actor):
@@ -24,37 +24,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Final
 
-from lockscope.agent.graph_nodes import (
-    EXCLUSIVE,
-    READ,
-    SEMAPHORE,
-    WRITE,
-    Actor,
-    Hold,
-    Lock,
-    Process,
-    Wait,
-    actor_label,
-)
+from lockscope.agent import graph_nodes
+from lockscope.agent.graph_nodes import *  # noqa: F403 - re-exported (see __all__)
+from lockscope.agent.graph_nodes import READ, SEMAPHORE, Actor, Lock
 from lockscope.agent.graph_queue import queue_order, queued_ahead, queued_behind
 
 if TYPE_CHECKING:
     import networkx as nx
 
 __all__ = [
-    "EXCLUSIVE",
     "HOLD_EDGE",
     "QUEUE_EDGE",
-    "READ",
-    "SEMAPHORE",
-    "WRITE",
-    "Actor",
-    "Hold",
-    "Lock",
-    "Process",
     "Reduction",
-    "Wait",
-    "actor_label",
     "blocks",
     "find_cycle",
     "predecessors",
@@ -63,6 +44,7 @@ __all__ = [
     "to_networkx",
     "waits_for",
 ]
+__all__ += graph_nodes.__all__  # the nodes, re-exported
 
 HOLD_EDGE: Final = "hold"
 """Edge kind: the target holds the lock the source waits for."""

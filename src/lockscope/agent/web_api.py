@@ -1,4 +1,5 @@
-"""The agent's JSON API (``/api/v1/...`` on the HTTP address), as SPEC's "Agent JSON API".
+"""The agent's JSON API (``/api/v1/...`` on the HTTP address); docs/agent.md documents
+it for users.
 
 ===============================  ===============================================
 ``GET /api/v1/deadlocks``        ``{"deadlocks": [...]}``
@@ -11,7 +12,7 @@
 ``GET /api/v1/processes``        ``{"processes": [...]}``
 ===============================  ===============================================
 
-SPEC names each finding list ``{"<kind>": [...]}``; the list stands under the identifier
+Each finding list is an object ``{"<kind>": [...]}``; the list stands under the identifier
 spelling (``stale_holders``) and, where the path spells it differently, under the path's
 spelling too (``stale-holders``), so clients written either way read it.
 

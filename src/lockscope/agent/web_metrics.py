@@ -1,4 +1,5 @@
-"""``GET /metrics``: the agent's Prometheus exposition (SPEC "Prometheus metrics").
+"""``GET /metrics``: the agent's Prometheus exposition (the metric names are
+public contract: docs/exports.md).
 
 Nothing is counted on the hot path for this endpoint: a custom prometheus-client collector
 builds every family at scrape time, on the agent's event loop (so it reads the live state
@@ -13,12 +14,12 @@ without locking), from three sources:
   ``service.instance.id``) in the sum, so no ``_total`` ever goes backwards;
 - the **OTLP receiver's** counters (:class:`~lockscope.agent.otlp_stats.ReceiverStats`).
 
-Lock labels (SPEC principle 6).  ``lock`` is always the lock-name *template*
-(``order:{id}``).  At most ``max_lock_labels`` distinct values are exposed (default
-``Limits.max_label_values``); the first ones seen keep their own series for the life of the
-agent, every later one is folded into ``lock="__other__"`` (values added up), so a series
-never changes meaning between scrapes and a counter never drops.  How many values are folded
-is exposed as ``lockscope_agent_lock_labels{state="folded"}``.
+Lock labels (docs/design.md, principle 6: bounded everything). ``lock`` is always the
+lock-name *template* (``order:{id}``). At most ``max_lock_labels`` distinct values are exposed
+(default ``Limits.max_label_values``); the first ones seen keep their own series for the
+life of the agent, every later one is folded into ``lock="__other__"`` (values added up), so
+a series never changes meaning between scrapes and a counter never drops. How many values
+are folded is exposed as ``lockscope_agent_lock_labels{state="folded"}``.
 """
 
 from __future__ import annotations

@@ -70,7 +70,11 @@ class AgentState(LockStore):
         dead process looking alive): :mod:`lockscope.agent.report_order`."""
         now = self._clock() if now_ns is None else now_ns
         info = event.process
-        proc = self.procs.get(info.instance) if isinstance(info, ProcessInfo) else None
+        proc = (
+            self.procs.get(info.instance)
+            if info.__class__ is ProcessInfo or isinstance(info, ProcessInfo)
+            else None
+        )
         late: tuple[int, int] | None = None
         seq = event.attrs.get(ev.ATTR_SEQUENCE)
         if proc is not None and proc.seq_seen:

@@ -35,13 +35,13 @@ from __future__ import annotations
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from lockscope import events as ev
 from lockscope.agent.config import AgentConfig
 from lockscope.agent.graph import READ, SEMAPHORE, Actor, Hold, Lock, Process, Wait
-from lockscope.agent.model import Event, ProcessInfo, RejectedEvent, attr_code, attr_int, attr_str
+from lockscope.agent.model import Event, ProcessInfo, RejectedEvent, attr_int, attr_str
 from lockscope.agent.store_changes import (
     ActorRemoved,
     Change,
@@ -54,20 +54,22 @@ from lockscope.agent.store_changes import (
     WaitDropped,
 )
 from lockscope.agent.store_processes import Processes
-from lockscope.agent.store_records import StoreCounters, Tombstones, conflicting, inc
+from lockscope.agent.store_reads import OTHER_LABEL, StoreReads
+from lockscope.agent.store_records import StoreCounters, Tombstones, code_of, conflicting, inc
 from lockscope.naming import LockNameTemplater
 
 __all__ = ["OTHER_LABEL", "LockStore", "StoreCounters", "conflicting"]
 
-OTHER_LABEL = "{other}"
 NS = 1_000_000_000
 C = TypeVar("C", bound=Change)
 Handler = Callable[[Event, Process], None]
+Attrs = Mapping[str, Any]
+"""A report's attributes (an event's or a heartbeat entry's)."""
 TimelineEntry = tuple[int, str, str, ProcessInfo, str, str | None, str | None, str | None]
 """(time, lock key, what, actor's process, actor id, actor name, mode, detail)."""
 
 
-class LockStore:
+class LockStore(StoreReads):
     """Processes, locks, actors, holds and waits as reported, healed; emits changes."""
 
     def __init__(
@@ -141,16 +143,18 @@ class LockStore:
         - unknown name, missing lock name or actor, wrong attribute types, a limit hit - and
         then changes nothing but the sending process's liveness.
         """
-        handler = self._handlers.get(event.name)
+        name = event.name
+        handler = self._handlers.get(name)
         if handler is None:
-            raise RejectedEvent(f"unknown event name {event.name!r}", "unknown_event")
-        if isinstance(event.time_ns, bool) or not isinstance(event.time_ns, int):
+            raise RejectedEvent(f"unknown event name {name!r}", "unknown_event")
+        t = event.time_ns
+        if t.__class__ is not int and (isinstance(t, bool) or not isinstance(t, int)):
             raise RejectedEvent("event time must be integer nanoseconds")
         now = self._clock() if now_ns is None else now_ns
         self.now_ns = now
-        proc = self.process(event.process, now)
-        handler(event, proc)
-        inc(self.counters.events_applied, event.name)
+        handler(event, self.procs.reported(event.process, now))
+        applied = self.counters.events_applied  # inc(), inline: once per event
+        applied[name] = applied.get(name, 0) + 1
         for d in self._flushers:
             d.flush(now)
 
@@ -191,9 +195,13 @@ class LockStore:
         self._labels.add(template)
         return template
 
-    def lock(self, system: str, namespace: str, name: str, template: str | None) -> Lock:
-        """The lock with this identity, created if new (within ``max_locks``)."""
-        key = ev.lock_key(system, namespace, name)
+    def lock(
+        self, system: str, namespace: str, name: str, template: str | None, key: str | None = None
+    ) -> Lock:
+        """The lock with this identity, created if new (within ``max_locks``); ``key``: its
+        :func:`~lockscope.events.lock_key`, when the caller has it."""
+        if key is None:
+            key = ev.lock_key(system, namespace, name)
         lock = self._locks.get(key)
         if lock is None:
             if len(self._locks) >= self._limits.max_locks:
@@ -248,7 +256,12 @@ class LockStore:
             self.limit_hit("max_tombstones")
 
     def _tombstoned(self, kind: str, actor: Actor, lock: Lock, since: int, asserted: int) -> bool:
-        return self._tombstones.covers((kind, actor.key, lock.key, since), asserted)
+        """Whether ``kind`` of ``actor`` on ``lock`` since ``since`` ended after ``asserted``
+        (a late report of it: counted as ignored)."""
+        if self._tombstones.covers((kind, actor.key, lock.key, since), asserted):
+            self.ignored("tombstoned")
+            return True
+        return False
 
     def ignored(self, why: str) -> None:
         """Count a valid event (or entry) that changed nothing."""
@@ -262,21 +275,22 @@ class LockStore:
         mode: str,
         since: int,
         asserted: int,
-        attrs: Mapping[str, Any],
+        attrs: Attrs,
         probed: bool = False,
     ) -> Wait | None:
         """Record (or re-assert at sender time ``asserted``) ``actor``'s wait for ``lock``;
         ``attrs`` are the report's attributes (ticket, code, holder seen).  None: the
         report is older than what is known (counted)."""
         if self._tombstoned("w", actor, lock, since, asserted):
-            self.ignored("tombstoned")
             return None
         # ...and a wait that began before one of the actor's holds was over by then.
         for h in actor.holds.values():
             if h.since_ns > since or (h.lock is lock and h.since_ns == since):
                 self.ignored("superseded")
                 return None
-        ticket = attr_int(attrs, ev.ATTR_WAIT_TICKET)
+        ticket = attrs.get(ev.ATTR_WAIT_TICKET)
+        if ticket is not None and ticket.__class__ is not int:
+            ticket = attr_int(attrs, ev.ATTR_WAIT_TICKET)
         cur = actor.wait
         if cur is not None:
             if cur.lock is lock and cur.since_ns == since:
@@ -296,7 +310,7 @@ class LockStore:
             raise RejectedEvent("too many waits (limits.max_waits)", "limit")
         w = Wait(lock, actor, mode, since, asserted)
         w.ticket = ticket
-        w.code = attr_code(attrs)
+        w.code = code_of(attrs)
         w.holder_owner = attr_str(attrs, ev.ATTR_LOCK_HOLDER_OWNER)
         w.holder_token = attr_int(attrs, ev.ATTR_LOCK_HOLDER_TOKEN)
         if probed:  # a wait.start: the shim looked the holder up when it sent it
@@ -333,18 +347,11 @@ class LockStore:
 
     # == holds ================================================================================
     def put_hold(
-        self,
-        actor: Actor,
-        lock: Lock,
-        mode: str,
-        since: int,
-        asserted: int,
-        attrs: Mapping[str, Any],
+        self, actor: Actor, lock: Lock, mode: str, since: int, asserted: int, attrs: Attrs
     ) -> tuple[Hold | None, bool]:
         """Record (or re-assert) a hold; ``attrs`` carry its lease end, token, owner and
         code.  Returns ``(hold, new)``; hold None: the report is older than what is known."""
         if self._tombstoned("h", actor, lock, since, asserted):
-            self.ignored("tombstoned")
             return None, False
         # An actor blocked in one acquire cannot acquire anything else: whatever it waited
         # for before this hold began is over (acquired, timed out, cancelled).
@@ -353,8 +360,13 @@ class LockStore:
             self.drop_wait(w, tombstone=True, gc=False)
             if w.lock is not lock:
                 self.gc_lock(w.lock)
-        expires = attr_int(attrs, ev.ATTR_LOCK_EXPIRES_AT)
-        token = attr_int(attrs, ev.ATTR_LOCK_TOKEN)
+        get = attrs.get  # attr_int(), its common case inline (once per hold report)
+        expires = get(ev.ATTR_LOCK_EXPIRES_AT)
+        if expires is not None and expires.__class__ is not int:
+            expires = attr_int(attrs, ev.ATTR_LOCK_EXPIRES_AT)
+        token = get(ev.ATTR_LOCK_TOKEN)
+        if token is not None and token.__class__ is not int:
+            token = attr_int(attrs, ev.ATTR_LOCK_TOKEN)
         cur = actor.holds.get(lock.key)
         if cur is not None:
             if cur.since_ns == since:
@@ -389,7 +401,7 @@ class LockStore:
         h.expires_at_ns = expires
         h.token = token
         h.owner = attr_str(attrs, ev.ATTR_LOCK_OWNER)
-        h.code = attr_code(attrs)
+        h.code = code_of(attrs)
         actor.holds[lock.key] = h
         lock.add_hold(h)
         self._nholds += 1
@@ -434,72 +446,3 @@ class LockStore:
         else:
             self.drop_hold(item, tombstone=True, reason="released")
         self._tombstones.healed((kind, item.actor.key, item.lock.key, item.since_ns), t)
-
-    # == reads ================================================================================
-    @property
-    def hold_count(self) -> int:
-        """Holds tracked now."""
-        return self._nholds
-
-    @property
-    def wait_count(self) -> int:
-        """Waits tracked now."""
-        return self._nwaits
-
-    @property
-    def lock_count(self) -> int:
-        """Locks tracked now."""
-        return len(self._locks)
-
-    @property
-    def semaphore_wait_count(self) -> int:
-        """Waits in semaphore mode now."""
-        return self._semaphore_waits
-
-    def label_of(self, template: str) -> str:
-        """The label value :meth:`label` gave ``template`` (without counting anything)."""
-        return template if template in self._labels else OTHER_LABEL
-
-    def processes(self) -> Iterator[Process]:
-        """Every known process, alive or dead (until forgotten)."""
-        return iter(self.procs)
-
-    def reporting_processes(self) -> int:
-        """Processes alive now (``lockscope_agent_reporting_processes``)."""
-        return sum(1 for p in self.procs if p.alive)
-
-    def waiters_by_lock(self) -> dict[str, int]:
-        """Current waiters per lock template (``lockscope_lock_waiters{lock}``)."""
-        return {k: v for k, v in self._waiters.items() if v}
-
-    def actors(self) -> Iterator[Actor]:
-        """Every actor with a reported hold or wait."""
-        for proc in self.procs:
-            yield from proc.actors.values()
-
-    def locks(self) -> Iterator[Lock]:
-        """Every lock with a reported hold or wait."""
-        return iter(self._locks.values())
-
-    @property
-    def lock_index(self) -> Mapping[str, Lock]:
-        """Tracked locks by key (read only)."""
-        return self._locks
-
-    def find_lock(self, name: str) -> Lock | None:
-        """A lock by key (``system:namespace/name``) or, failing that, by name."""
-        lock = self._locks.get(name)
-        if lock is not None:
-            return lock
-        for lock in self._locks.values():
-            if lock.name == name:
-                return lock
-        return None
-
-    def check_invariants(self) -> None:
-        """Recount every hand-kept counter and index; AssertionError names the first that
-        disagrees (for tests, as abseil's ``GraphCycles::CheckInvariants``)."""
-        from lockscope.agent.store_invariants import check_invariants
-
-        check_invariants(self, self.procs.liveness_scheduled())
-        self._tombstones.check_invariants()

@@ -51,6 +51,14 @@ if TYPE_CHECKING:
 __all__ = ["LockEvents"]
 
 
+_LOCK_PROPERTIES = frozenset(
+    (ev.ATTR_LOCK_FIFO, ev.ATTR_LOCK_REENTRANT, ev.ATTR_LOCK_MAX_LEASES, ev.ATTR_LOCK_PROCESS_BOUND)
+)
+"""Optional lock properties; most events carry none of them (checked in one step)."""
+
+LockProperties = tuple[bool | None, bool | None, int | None, bool | None]
+
+
 class _Lingering(Exception):
     """A database wait that just ended, listed once more for a session no actor binds:
     skipped (it only serves to let the bound app report how the wait ended)."""
@@ -63,6 +71,29 @@ def _older_than_heartbeat(proc: Process, event: Event) -> bool:
     if proc.seq_mark and seq.__class__ is int:
         return bool(seq < proc.seq_mark)
     return event.time_ns < proc.last_heartbeat_ns
+
+
+def _gc(store: LockStore, actor: Actor, lock: Lock) -> None:
+    """``store.gc(actor, lock)`` when there may be something to drop (most events leave
+    both in use: the test here saves the call)."""
+    if (actor.wait is None and not actor.holds) or (not lock.holds and not lock.waits):
+        store.gc(actor, lock)
+
+
+def _properties(attrs: Mapping[str, Any]) -> LockProperties:
+    """A lock's optional properties as reported (validated; None: not reported)."""
+    get = attrs.get
+    fifo = None if get(ev.ATTR_LOCK_FIFO) is None else attr_bool(attrs, ev.ATTR_LOCK_FIFO)
+    reentrant = get(ev.ATTR_LOCK_REENTRANT)
+    if reentrant is not None:
+        reentrant = attr_bool(attrs, ev.ATTR_LOCK_REENTRANT)
+    max_leases = get(ev.ATTR_LOCK_MAX_LEASES)
+    if max_leases is not None:
+        max_leases = attr_int(attrs, ev.ATTR_LOCK_MAX_LEASES)
+    bound = get(ev.ATTR_LOCK_PROCESS_BOUND)
+    if bound is not None:
+        bound = attr_bool(attrs, ev.ATTR_LOCK_PROCESS_BOUND)
+    return fifo, reentrant, max_leases, bound
 
 
 def _session(h: Hold, attrs: Mapping[str, Any]) -> None:
@@ -80,6 +111,7 @@ class LockEvents:
 
     def __init__(self, store: LockStore) -> None:
         self.store = store
+        self._locks = store.lock_index  # the store's own dict (one look-up per event)
         self._sourced: dict[str, set[Actor]] = {}
         """Instance -> other processes' actors whose holds/waits it reported (bindings)."""
 
@@ -102,9 +134,9 @@ class LockEvents:
         system = get(ev.ATTR_LOCK_SYSTEM)
         namespace = get(ev.ATTR_LOCK_NAMESPACE)
         template = get(ev.ATTR_LOCK_TEMPLATE)
-        lock = None
-        # Events about a tracked lock (most of them) skip the full validation: plain
-        # strings that name it are all it takes.
+        key = None
+        # Events with plain strings that name the lock (all but odd ones) skip the full
+        # validation: they find it, or make it, by those strings.
         if (
             name.__class__ is str
             and system.__class__ is str
@@ -113,29 +145,27 @@ class LockEvents:
             and name
             and system
         ):
-            lock = self.store.lock_index.get(f"{system}:{namespace}/{name}")
-        fifo = get(ev.ATTR_LOCK_FIFO)
-        if fifo is not None:
-            fifo = attr_bool(attrs, ev.ATTR_LOCK_FIFO)
-        reentrant = get(ev.ATTR_LOCK_REENTRANT)
-        if reentrant is not None:
-            reentrant = attr_bool(attrs, ev.ATTR_LOCK_REENTRANT)
-        max_leases = get(ev.ATTR_LOCK_MAX_LEASES)
-        if max_leases is not None:
-            max_leases = attr_int(attrs, ev.ATTR_LOCK_MAX_LEASES)
-        bound = get(ev.ATTR_LOCK_PROCESS_BOUND)
-        if bound is not None:
-            bound = attr_bool(attrs, ev.ATTR_LOCK_PROCESS_BOUND)
+            key = f"{system}:{namespace}/{name}"
+            lock = self._locks.get(key)
+        else:
+            lock = None
+        # The properties are validated before a lock is created.
+        props = None if attrs.keys().isdisjoint(_LOCK_PROPERTIES) else _properties(attrs)
         if lock is None:
-            lock = self._new_lock(attrs)
-        if fifo is not None:
-            lock.fifo = fifo
-        if reentrant is not None:
-            lock.reentrant = reentrant
-        if max_leases is not None and max_leases > 0:
-            lock.max_leases = max_leases
-        if bound is not None:
-            lock.process_bound = bound
+            if key is None:
+                lock = self._new_lock(attrs)
+            else:
+                lock = self.store.lock(system, namespace, name, template, key)  # type: ignore[arg-type]  # str, checked above
+        if props is not None:
+            fifo, reentrant, max_leases, bound = props
+            if fifo is not None:
+                lock.fifo = fifo
+            if reentrant is not None:
+                lock.reentrant = reentrant
+            if max_leases is not None and max_leases > 0:
+                lock.max_leases = max_leases
+            if bound is not None:
+                lock.process_bound = bound
         return lock
 
     def _new_lock(self, attrs: Mapping[str, Any]) -> Lock:
@@ -159,7 +189,8 @@ class LockEvents:
         if actor_name is not None and actor_name.__class__ is not str:
             actor_name = attr_str(attrs, ev.ATTR_ACTOR_NAME)
         lock = self.lock(attrs)
-        return lock, self.store.actor(proc, actor_id, actor_name)
+        actor = proc.actors.get(actor_id)  # store.actor(), its common case inline
+        return lock, actor or self.store.actor(proc, actor_id, actor_name)
 
     def _entry_target(self, proc: Process, attrs: Mapping[str, Any]) -> tuple[Lock, Actor]:
         """As :meth:`target`, but a database session that an instrumented actor uses (it
@@ -172,52 +203,67 @@ class LockEvents:
             return self.target(proc, attrs)
         return self.lock(attrs), bound
 
-    @staticmethod
-    def _since(event: Event, attrs: Mapping[str, Any]) -> int:
+    def _start(self, event: Event, proc: Process) -> tuple[str, int, Lock, Actor]:
+        """A start or extend event's mode, ``since`` (default: its time), lock and actor."""
+        attrs = event.attrs
+        mode = attrs.get(ev.ATTR_LOCK_MODE)
+        if mode not in ev.MODES or mode.__class__ is not str:
+            mode = attr_mode(attrs)
+        since = attrs.get(ev.ATTR_SINCE)
+        if since.__class__ is not int:
+            since = attr_int(attrs, ev.ATTR_SINCE)
+            if since is None:
+                since = event.time_ns
+        lock, actor = self.target(proc, attrs)
+        return mode, since, lock, actor
+
+    def _end(self, event: Event, proc: Process) -> tuple[int | None, str | None, Lock, Actor]:
+        """An end event's ``since`` (None: any), outcome, lock and actor."""
+        attrs = event.attrs
         since = attr_int(attrs, ev.ATTR_SINCE)
-        return event.time_ns if since is None else since
+        outcome = attr_str(attrs, ev.ATTR_OUTCOME)
+        lock, actor = self.target(proc, attrs)
+        return since, outcome, lock, actor
+
+    def _unmatched_end(self, kind: str, actor: Actor, lock: Lock, since: int | None) -> None:
+        """An end of a hold (``h``) or wait (``w``) not tracked: remember it ended (its
+        start may still arrive, late) and drop what it created."""
+        if since is not None:
+            self.store.tombstone(kind, actor, lock, since)
+        _gc(self.store, actor, lock)
 
     # -- handlers ------------------------------------------------------------------------
     def on_wait_start(self, event: Event, proc: Process) -> None:
         """``lockscope.wait.start``: a wait that lasted ``report_after``."""
-        store, attrs = self.store, event.attrs
-        mode = attr_mode(attrs)
-        since = self._since(event, attrs)
-        lock, actor = self.target(proc, attrs)
+        store = self.store
+        mode, since, lock, actor = self._start(event, proc)
         try:
             cur = actor.wait
             known = cur is not None and cur.lock is lock and cur.since_ns == since
             if not known and _older_than_heartbeat(proc, event):
                 store.ignored("older_than_heartbeat")
                 return
-            w = store.put_wait(actor, lock, mode, since, event.time_ns, attrs, True)
+            w = store.put_wait(actor, lock, mode, since, event.time_ns, event.attrs, True)
             if w is not None and not known:
                 store.timeline_add(since, lock, "wait", actor, mode, None)
         finally:
-            store.gc(actor, lock)
+            _gc(store, actor, lock)
 
     def on_wait_end(self, event: Event, proc: Process) -> None:
         """``lockscope.wait.end``: acquired, timed out or cancelled."""
-        store, attrs = self.store, event.attrs
-        since = attr_int(attrs, ev.ATTR_SINCE)
-        outcome = attr_str(attrs, ev.ATTR_OUTCOME)
-        lock, actor = self.target(proc, attrs)
+        since, outcome, lock, actor = self._end(event, proc)
         w = actor.wait
         if w is not None and w.lock is lock and (since is None or w.since_ns == since):
-            store.drop_wait(w, tombstone=True)
-            store.timeline_add(event.time_ns, lock, "wait_end", actor, w.mode, outcome)
+            self.store.drop_wait(w, tombstone=True)
+            self.store.timeline_add(event.time_ns, lock, "wait_end", actor, w.mode, outcome)
         else:
-            if since is not None:
-                store.tombstone("w", actor, lock, since)
-            store.gc(actor, lock)
+            self._unmatched_end("w", actor, lock, since)
 
     def on_hold_start(self, event: Event, proc: Process) -> None:
         """``lockscope.hold.start``: a hold that lasted ``report_after`` (or any hold
         while the process waits somewhere)."""
         store, attrs = self.store, event.attrs
-        mode = attr_mode(attrs)
-        since = self._since(event, attrs)
-        lock, actor = self.target(proc, attrs)
+        mode, since, lock, actor = self._start(event, proc)
         try:
             cur = actor.holds.get(lock.key)
             known = cur is not None and cur.since_ns == since
@@ -231,14 +277,12 @@ class LockEvents:
                     store.timeline_add(since, lock, "hold", actor, mode, None)
                 store.asserted(h, event.time_ns)
         finally:
-            store.gc(actor, lock)
+            _gc(store, actor, lock)
 
     def on_hold_end(self, event: Event, proc: Process) -> None:
         """``lockscope.hold.end``: released."""
-        store, attrs = self.store, event.attrs
-        since = attr_int(attrs, ev.ATTR_SINCE)
-        outcome = attr_str(attrs, ev.ATTR_OUTCOME)
-        lock, actor = self.target(proc, attrs)
+        store = self.store
+        since, outcome, lock, actor = self._end(event, proc)
         h = actor.holds.get(lock.key)
         if h is not None and (since is None or h.since_ns == since):
             store.drop_hold(h, tombstone=True, reason="released")
@@ -251,9 +295,7 @@ class LockEvents:
                 if w is not None and w.source is not None:
                     store.drop_wait(w, tombstone=True, outcome=DEADLOCK_VICTIM)
         else:
-            if since is not None:
-                store.tombstone("h", actor, lock, since)
-            store.gc(actor, lock)
+            self._unmatched_end("h", actor, lock, since)
 
     def on_hold_extend(self, event: Event, proc: Process) -> None:
         """``lockscope.hold.extend``: the lease was renewed."""
@@ -291,7 +333,7 @@ class LockEvents:
         store.emit(LockLost(lock, actor, h, since, event.time_ns))
         if h is not None and actor.holds.get(lock.key) is h:
             store.drop_hold(h, tombstone=True, reason="lost")
-        store.gc(actor, lock)
+        _gc(store, actor, lock)
 
     def on_heartbeat(self, event: Event, proc: Process) -> None:
         """``lockscope.heartbeat``: the process's snapshot of its long holds and waits."""
@@ -349,7 +391,7 @@ class LockEvents:
                 if h.source == own and h not in seen_holds and h.asserted_ns < t:
                     store.heal(h, t)
         for actor, lock in touched:
-            store.gc(actor, lock)
+            _gc(store, actor, lock)
         store.emit(SnapshotApplied(proc, t))
         if exiting:
             # Its last word: what it still holds outlives it (until the lease ends).

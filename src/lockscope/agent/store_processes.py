@@ -11,7 +11,7 @@ does (``lease_grace`` later); whatever is left is dropped when the process is fo
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from lockscope.agent.graph import Hold, Process
@@ -56,6 +56,12 @@ class Processes:
         self._recent: OrderedDict[str, None] = OrderedDict()
         """Instances, least recently heard from first (who makes room at the limit)."""
         self._timers = Timers()
+        self.get: Callable[[str], Process | None] = self._by_instance.get
+        """The process with this ``service.instance.id`` (the dict's own ``get``: the
+        agent looks a process up on every event)."""
+        self._timeouts: dict[float | None, int] = {}
+        """Liveness timeout in ns by heartbeat interval (the config is frozen; a fleet
+        uses a few intervals): one look-up per event instead of the arithmetic."""
 
     def __iter__(self) -> Iterator[Process]:
         return iter(self._by_instance.values())
@@ -63,17 +69,13 @@ class Processes:
     def __len__(self) -> int:
         return len(self._by_instance)
 
-    def get(self, instance: str) -> Process | None:
-        """The process with this ``service.instance.id``."""
-        return self._by_instance.get(instance)
-
     def liveness_scheduled(self) -> set[tuple[int, str]]:
         """Pending liveness checks (for invariant checks)."""
         return self._timers.liveness_scheduled()
 
     def reported(self, info: ProcessInfo, now: int) -> Process:
         """The process ``info`` names, created (within ``max_processes``) or revived."""
-        if not isinstance(info, ProcessInfo):
+        if info.__class__ is not ProcessInfo and not isinstance(info, ProcessInfo):
             raise RejectedEvent("event has no process")
         proc = self._by_instance.get(info.instance)
         config = self._config
@@ -89,8 +91,13 @@ class Processes:
             return proc
         proc.last_seen_ns = now
         self._recent.move_to_end(info.instance)
-        timeout = config.liveness_timeout(proc.interval if proc.last_heartbeat_ns else None)
-        proc.deadline_ns = now + int(timeout * _NS)
+        interval = proc.interval if proc.last_heartbeat_ns else None
+        timeout_ns = self._timeouts.get(interval)
+        if timeout_ns is None:
+            timeout_ns = int(config.liveness_timeout(interval) * _NS)
+            if len(self._timeouts) < 64:
+                self._timeouts[interval] = timeout_ns
+        proc.deadline_ns = now + timeout_ns
         if not proc.alive:
             proc.alive = True
             proc.exited = False

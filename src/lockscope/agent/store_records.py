@@ -6,13 +6,23 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from lockscope import events as ev
 from lockscope.agent.graph import READ, SEMAPHORE, Hold
+from lockscope.agent.model import Code, attr_code
 
-__all__ = ["StoreCounters", "Timers", "TombstoneKey", "Tombstones", "conflicting", "inc"]
+__all__ = [
+    "StoreCounters",
+    "Timers",
+    "TombstoneKey",
+    "Tombstones",
+    "code_of",
+    "conflicting",
+    "inc",
+]
 
 TombstoneKey = tuple[str, str, str, int]
 """``(kind, actor key, lock key, since)``; kind ``h`` (hold) or ``w`` (wait)."""
@@ -48,6 +58,27 @@ class StoreCounters:
 def inc(counter: dict[str, int], key: str, n: int = 1) -> None:
     """Add ``n`` to ``counter[key]``."""
     counter[key] = counter.get(key, 0) + n
+
+
+_codes: dict[tuple[str, int, str], Code | None] = {}
+_CODES = 4096
+"""Code locations remembered: a fleet's lock call sites are few."""
+
+
+def code_of(attrs: Mapping[str, Any]) -> Code | None:
+    """:func:`~lockscope.agent.model.attr_code`, remembered for the usual shape (a string
+    file and function, an integer line): each new hold or wait reads one."""
+    get = attrs.get
+    key = (get(ev.ATTR_CODE_FILE), get(ev.ATTR_CODE_LINE), get(ev.ATTR_CODE_FUNCTION))
+    if key[0].__class__ is not str or key[1].__class__ is not int or key[2].__class__ is not str:
+        return attr_code(attrs)
+    try:
+        return _codes[key]  # type: ignore[index]  # the types were just checked
+    except KeyError:
+        code = _codes[key] = attr_code(attrs)  # type: ignore[index]
+        if len(_codes) > _CODES:
+            _codes.clear()
+        return code
 
 
 def conflicting(a: Hold, b: Hold) -> bool:

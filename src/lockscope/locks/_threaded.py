@@ -15,8 +15,9 @@ import functools
 import threading
 import warnings
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar
 
+from lockscope._forward import Forward
 from lockscope.errors import LockError
 
 __all__ = [
@@ -180,31 +181,3 @@ class SyncTwin(Generic[_S]):
             stacklevel=2,
         )
         await self.aclose()
-
-
-class Forward(Generic[_T]):
-    """A read-only attribute of the sync twin, read through: ``lost = Forward[bool]()``.
-
-    For the cheap, thread-safe accessors of a :class:`SyncTwin`'s ``sync`` object (no I/O),
-    so that each is declared once with its type instead of as a property per twin.
-    """
-
-    def __init__(self, doc: str | None = None) -> None:
-        self.__doc__ = doc
-        self._name = ""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self._name = name
-        if self.__doc__ is None:
-            self.__doc__ = f"The sync twin's ``{name}`` (see :attr:`sync`)."
-
-    @overload
-    def __get__(self, obj: None, owner: type) -> Forward[_T]: ...
-
-    @overload
-    def __get__(self, obj: object, owner: type) -> _T: ...
-
-    def __get__(self, obj: object, owner: type) -> Forward[_T] | _T:
-        if obj is None:
-            return self
-        return getattr(obj.sync, self._name)  # type: ignore[attr-defined, no-any-return]

@@ -123,20 +123,13 @@ class LeaderElection:
         """Whether this candidate is in the election (queued or leading)."""
         return self._running
 
-    @property
-    def sequence(self) -> int | None:
-        """This candidate's node sequence while it is in the election (lowest leads)."""
-        return self._lock.sequence
-
-    @property
-    def node(self) -> str | None:
-        """This candidate's node name while it is in the election."""
-        return self._lock.node
-
-    @property
-    def client(self) -> Any:
-        """The :class:`kazoo.client.KazooClient` in use."""
-        return self._lock.client
+    sequence = Forward[int | None](
+        "This candidate's node sequence while it is in the election (lowest leads).", via="_lock"
+    )
+    node = Forward[str | None](
+        "This candidate's node name while it is in the election.", via="_lock"
+    )
+    client = Forward[Any]("The :class:`kazoo.client.KazooClient` in use.", via="_lock")
 
     def contenders(self) -> list[str]:
         """Identifiers of all candidates, leader first."""

@@ -31,6 +31,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypedDict, TypeVar, Unpack, cast
 
+from lockscope._forward import Forward
 from lockscope.errors import BackendUnavailable
 from lockscope.locks._delegate import AsyncDelegatingLock, DelegatingLock
 from lockscope.locks._sansio import GiveBack, Invoke, Op, Sleep, run, run_async
@@ -273,14 +274,8 @@ class _Robust:
     _retry: _Retrying
     _acquired: Callable[[bool], bool]
 
-    @property
-    def breaker(self) -> CircuitBreaker | None:
-        return self._retry.breaker
-
-    @property
-    def attempts(self) -> int:
-        """Tries made by the latest ``acquire`` call."""
-        return self._retry.attempts
+    breaker = Forward[CircuitBreaker | None]("The circuit breaker in use, if any.", via="_retry")
+    attempts = Forward[int]("Tries made by the latest ``acquire`` call.", via="_retry")
 
     def _acquire_op(
         self, blocking: bool, timeout: float | None, try_once: Callable[[], Any]

@@ -34,6 +34,7 @@ from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 
 from lockscope import events as ev
+from lockscope._forward import Forward
 from lockscope.agent.app import AgentRunner
 from lockscope.agent.app_thread import AgentStartTimeout, AgentThread
 from lockscope.agent.config import AgentConfig
@@ -162,20 +163,12 @@ class InProcessAgent:
             raise RuntimeError("the agent is not running")
         return self._thread.runner
 
-    @property
-    def otlp_url(self) -> str:
-        """OTLP base URL, for ``LOCKSCOPE_ENDPOINT``."""
-        return self.runner.otlp_url
-
-    @property
-    def http_url(self) -> str:
-        """HTTP base URL (JSON API, ``/healthz``...)."""
-        return self.runner.http_url
-
-    @property
-    def state(self) -> AgentState:
-        """The agent state (owned by the agent's thread: prefer :meth:`call` to read it)."""
-        return self.runner.state
+    otlp_url = Forward[str]("OTLP base URL, for ``LOCKSCOPE_ENDPOINT``.", via="runner")
+    http_url = Forward[str]("HTTP base URL (JSON API, ``/healthz``...).", via="runner")
+    state = Forward[AgentState](
+        "The agent state (owned by the agent's thread: prefer :meth:`call` to read it).",
+        via="runner",
+    )
 
     def call(self, fn: Callable[[], T], timeout: float = 10.0) -> T:
         """Run ``fn`` on the agent's event loop thread and return its result."""

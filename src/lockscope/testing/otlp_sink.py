@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from lockscope._forward import Forward
 from lockscope.agent.model import Event, ProcessInfo
 from lockscope.agent.otlp_decode import any_value
 from lockscope.events import ATTR_EVENT_NAME
@@ -38,15 +39,8 @@ class ReceivedEvent:
     event: Event
     received_ns: int
 
-    @property
-    def name(self) -> str:
-        """The event name."""
-        return self.event.name
-
-    @property
-    def attrs(self) -> Any:
-        """The event attributes."""
-        return self.event.attrs
+    name = Forward[str]("The event name.", via="event")
+    attrs = Forward[Any]("The event attributes.", via="event")
 
     @property
     def pid(self) -> int:

@@ -19,6 +19,7 @@ from kazoo.exceptions import (
 )
 from kazoo.protocol.states import KazooState
 
+from lockscope._forward import Forward
 from lockscope.errors import BackendUnavailable, LockError, LockLost, LockNotOwned
 from lockscope.locks._threaded import CancelHandle
 from lockscope.locks.base import Lock, validate_timeout, validate_ttl
@@ -119,10 +120,7 @@ class ZooKeeperPrimitive(BoundedCalls, StateListener, Sweeping, Deadlines, Lock)
         return sequence_of(recipe.node)
 
     # -- public surface ----------------------------------------------------------------------
-    @property
-    def client(self) -> Any:
-        """The :class:`kazoo.client.KazooClient` in use."""
-        return self._conn.client
+    client = Forward[Any]("The :class:`kazoo.client.KazooClient` in use.", via="_conn")
 
     @property
     def namespace(self) -> str:

@@ -14,6 +14,7 @@ agent's extra (aiohttp).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import urllib.error
@@ -31,7 +32,9 @@ __all__ = [
     "AgentClient",
     "AgentError",
     "ErrorKind",
+    "add_agent_arguments",
     "address_origin",
+    "agent_token",
     "base_url",
     "describe_os_error",
 ]
@@ -61,6 +64,32 @@ class AgentError(Exception):
         self.url = url
         self.kind: ErrorKind = kind
         self.status = status
+
+
+def add_agent_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    http_help: str = "the agent's HTTP address",
+    token_help: str = "bearer token",
+) -> None:
+    """The ``--http URL`` and ``--token TOKEN`` flags of a command that reads the agent
+    (resolve them with :func:`base_url` and :func:`agent_token`)."""
+    parser.add_argument(
+        "--http",
+        metavar="URL",
+        default=None,
+        help=f"{http_help} (env {ENV_HTTP}; default {DEFAULT_HTTP_URL})",
+    )
+    parser.add_argument(
+        "--token", metavar="TOKEN", default=None, help=f"{token_help} (env {ENV_TOKEN})"
+    )
+
+
+def agent_token(value: str | None, env: Mapping[str, str] | None = None) -> str | None:
+    """The agent's bearer token: ``value`` (``--token``), else ``LOCKSCOPE_AGENT_TOKEN``,
+    else None."""
+    env = os.environ if env is None else env
+    return value or env.get(ENV_TOKEN) or None
 
 
 def address_origin(value: str | None, env: Mapping[str, str] | None = None) -> str:

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Final, TextIO
 
 from lockscope import events
-from lockscope.client import DEFAULT_HTTP_URL, ENV_HTTP, ENV_TOKEN, AgentClient, AgentError
+from lockscope.client import AgentClient, AgentError, add_agent_arguments, agent_token
 
 __all__ = ["CheckFailed", "add_arguments", "check", "run"]
 
@@ -67,13 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="OTLP/HTTP endpoint to test (default: the shim's, from LOCKSCOPE_ENDPOINT...)",
     )
-    parser.add_argument(
-        "--http",
-        metavar="URL",
-        help=f"the agent's HTTP API, to confirm receipt (env {ENV_HTTP}; {DEFAULT_HTTP_URL})",
-    )
-    parser.add_argument(
-        "--token", metavar="TOKEN", help=f"the agent's bearer token (env {ENV_TOKEN})"
+    add_agent_arguments(
+        parser,
+        http_help="the agent's HTTP API, to confirm receipt",
+        token_help="the agent's bearer token",
     )
     parser.add_argument(
         "--timeout",
@@ -194,7 +191,7 @@ def check(
     from lockscope.instrumentation.config import ShimConfig
 
     env = os.environ if env is None else env
-    token = token or env.get(ENV_TOKEN) or None
+    token = agent_token(token, env)
     urls = _logs_urls(endpoint, env)
     headers = dict(ShimConfig.from_env({k: v for k, v in env.items() if "HEADERS" in k}).headers)
     if token:

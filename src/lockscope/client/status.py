@@ -30,11 +30,11 @@ from typing import Any, Final, TextIO
 
 from lockscope.client import (
     DEFAULT_HTTP_URL,
-    ENV_HTTP,
-    ENV_TOKEN,
     AgentClient,
     AgentError,
+    add_agent_arguments,
     address_origin,
+    agent_token,
     base_url,
 )
 
@@ -81,22 +81,11 @@ AgentUnreachable = AgentError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``lockscope status`` flags."""
-    parser.add_argument(
-        "--http",
-        metavar="URL",
-        default=None,
-        help=f"the agent's HTTP address (env {ENV_HTTP}; default {DEFAULT_URL})",
-    )
+    add_agent_arguments(parser, token_help="bearer token of an agent started with one")
     parser.add_argument(
         "--timeout", type=float, default=5.0, metavar="SECONDS", help="per request (5)"
     )
     parser.add_argument("--json", action="store_true", help="print the API answers as JSON")
-    parser.add_argument(
-        "--token",
-        metavar="TOKEN",
-        default=None,
-        help=f"bearer token of an agent started with one (env {ENV_TOKEN})",
-    )
 
 
 def fetch_findings(
@@ -234,8 +223,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out if out is not None else sys.stdout
     try:
         url = base_url(args.http)
-        token = getattr(args, "token", None) or os.environ.get(ENV_TOKEN)
-        findings = fetch_findings(url, args.timeout, token)
+        findings = fetch_findings(url, args.timeout, agent_token(getattr(args, "token", None)))
     except ValueError as exc:
         print(f"lockscope status: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE

@@ -38,12 +38,11 @@ from datetime import UTC, datetime
 from typing import Any, Final, TextIO
 
 from lockscope.client import (
-    DEFAULT_HTTP_URL,
-    ENV_HTTP,
-    ENV_TOKEN,
     AgentClient,
     AgentError,
+    add_agent_arguments,
     address_origin,
+    agent_token,
 )
 from lockscope.client.status import SECTIONS
 
@@ -65,12 +64,7 @@ _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``lockscope top`` flags."""
-    parser.add_argument(
-        "--http",
-        metavar="URL",
-        help=f"the agent's HTTP address (env {ENV_HTTP}; default {DEFAULT_HTTP_URL})",
-    )
-    parser.add_argument("--token", metavar="TOKEN", help=f"bearer token (env {ENV_TOKEN})")
+    add_agent_arguments(parser)
     parser.add_argument(
         "--interval", type=float, default=2.0, metavar="SECONDS", help="between refreshes (2)"
     )
@@ -313,8 +307,9 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 def _run(args: argparse.Namespace, out: TextIO) -> int:
     try:
-        token = args.token or os.environ.get(ENV_TOKEN)
-        client = AgentClient(args.http, token=token, timeout=max(1.0, args.interval))
+        client = AgentClient(
+            args.http, token=agent_token(args.token), timeout=max(1.0, args.interval)
+        )
     except ValueError as exc:
         print(f"lockscope top: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE

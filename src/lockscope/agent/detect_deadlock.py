@@ -22,7 +22,7 @@ from lockscope.agent.findings import (
     DEADLOCK,
     Finding,
     FindingStore,
-    actor_fields,
+    actor_json,
     rfc3339,
     stable_id,
 )
@@ -416,7 +416,7 @@ def _finding(did: str, members: frozenset[Actor], red: Reduction, now_ns: int) -
                 locks[lock.key] = lock
         participants.append(
             {
-                **actor_fields(m.label, m.actor_id, m.process.info),
+                **actor_json(m),
                 "actor_name": m.name,
                 "waits_for": w.lock.name,
                 "waits_for_key": w.lock.key,

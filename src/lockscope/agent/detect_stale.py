@@ -28,10 +28,9 @@ from lockscope.agent.findings import (
     STALE_HOLDER,
     Finding,
     FindingStore,
-    actor_fields,
-    lock_fields,
+    actor_json,
+    lock_finding,
     rfc3339,
-    stable_id,
 )
 from lockscope.agent.graph import Actor, Hold, Lock
 from lockscope.agent.store_changes import (
@@ -218,11 +217,8 @@ def stale_finding(
 ) -> Finding:
     """A stale-holder finding about ``actor``'s hold of ``lock`` that began at ``since_ns``
     (``expires_in_ns``: a one-shot finding, resolved by the store after that long)."""
-    info = actor.process.info
-    fid = stable_id("stale", [reason, lock.key, actor.key, str(since_ns), id_extra])
-    data: dict[str, Any] = {
-        **lock_fields(lock),
-        **actor_fields(actor.label, actor.actor_id, info),
+    fields: dict[str, Any] = {
+        **actor_json(actor),
         "reason": reason,
         "since": rfc3339(since_ns),
         "mode": hold.mode if hold is not None else None,
@@ -233,15 +229,15 @@ def stale_finding(
     text = f"{actor.label} holds {lock.name} ({lock.system}) since {rfc3339(since_ns)}: {reason}"
     if detail:
         text += f" ({detail})"
-    return Finding(
+    return lock_finding(
         STALE_HOLDER,
-        fid,
-        text,
-        data,
-        detected_at_ns=now_ns,
-        templates=(lock.template,),
-        systems=(lock.system,),
-        services=(info.service,),
-        reason=reason,
+        lock,
+        reason,
+        id_prefix="stale",
+        id_parts=[actor.key, str(since_ns), id_extra],
+        text=text,
+        fields=fields,
+        service=actor.process.info.service,
+        now_ns=now_ns,
         expires_at_ns=None if expires_in_ns is None else now_ns + expires_in_ns,
     )

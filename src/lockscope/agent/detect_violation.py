@@ -24,9 +24,9 @@ from lockscope.agent.findings import (
     Finding,
     FindingStore,
     actor_fields,
-    lock_fields,
+    actor_json,
+    lock_finding,
     rfc3339,
-    stable_id,
 )
 from lockscope.agent.graph import READ, SEMAPHORE, Actor, Hold, Lock, actor_label
 from lockscope.agent.model import ProcessInfo
@@ -191,11 +191,6 @@ def token_went_backwards(
     return worse
 
 
-def actor_json(actor: Actor) -> dict[str, Any]:
-    """The API's actor fields."""
-    return actor_fields(actor.label, actor.actor_id, actor.process.info)
-
-
 def hold_json(h: Hold) -> dict[str, Any]:
     """Who holds: the API's actor fields for one hold."""
     return {
@@ -218,24 +213,15 @@ def violation_finding(
     detail: str,
 ) -> Finding:
     """A one-shot violation finding (active for ``ttl_ns``)."""
-    fid = stable_id("viol", [reason, lock.key, *id_parts])
-    data: dict[str, Any] = {
-        **lock_fields(lock),
-        **hold_json(hold),
-        "reason": reason,
-        "other": other,
-        "detail": detail,
-    }
-    text = f"{lock.name} ({lock.system}): {detail}"
-    return Finding(
+    return lock_finding(
         VIOLATION,
-        fid,
-        text,
-        data,
-        detected_at_ns=now_ns,
-        templates=(lock.template,),
-        systems=(lock.system,),
-        services=(hold.actor.process.info.service,),
-        reason=reason,
+        lock,
+        reason,
+        id_prefix="viol",
+        id_parts=id_parts,
+        text=f"{lock.name} ({lock.system}): {detail}",
+        fields={**hold_json(hold), "reason": reason, "other": other, "detail": detail},
+        service=hold.actor.process.info.service,
+        now_ns=now_ns,
         expires_at_ns=now_ns + ttl_ns,
     )

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
-    from lockscope.agent.graph import Lock
+    from lockscope.agent.graph import Actor, Lock
     from lockscope.agent.model import ProcessInfo
 
 __all__ = [
@@ -31,7 +31,9 @@ __all__ = [
     "Finding",
     "FindingStore",
     "actor_fields",
+    "actor_json",
     "lock_fields",
+    "lock_finding",
     "rfc3339",
     "stable_id",
 ]
@@ -73,6 +75,11 @@ def actor_fields(label: str, actor_id: str, info: ProcessInfo) -> dict[str, Any]
         "pid": info.pid,
         "instance": info.instance,
     }
+
+
+def actor_json(actor: Actor) -> dict[str, Any]:
+    """:func:`actor_fields` of a tracked actor."""
+    return actor_fields(actor.label, actor.actor_id, actor.process.info)
 
 
 def lock_fields(lock: Lock) -> dict[str, Any]:
@@ -141,6 +148,39 @@ class Finding:
         }
         out.update(self.data)
         return out
+
+
+def lock_finding(
+    kind: str,
+    lock: Lock,
+    reason: str,
+    *,
+    id_prefix: str,
+    id_parts: Iterable[str],
+    text: str,
+    fields: Mapping[str, Any],
+    service: str,
+    now_ns: int,
+    expires_at_ns: int | None = None,
+) -> Finding:
+    """A finding about one lock and one service's holder (stale holders, violations).
+
+    Its id is :func:`stable_id` of ``reason``, the lock and ``id_parts``; its data is the
+    :func:`lock_fields` followed by ``fields``; it is labelled with the lock's template and
+    system and with ``service``.
+    """
+    return Finding(
+        kind,
+        stable_id(id_prefix, [reason, lock.key, *id_parts]),
+        text,
+        {**lock_fields(lock), **fields},
+        detected_at_ns=now_ns,
+        templates=(lock.template,),
+        systems=(lock.system,),
+        services=(service,),
+        reason=reason,
+        expires_at_ns=expires_at_ns,
+    )
 
 
 Subscriber = Callable[[Finding], None]

@@ -40,7 +40,7 @@ from lockscope.agent.findings import (
     ORDER_INVERSION,
     STALE_HOLDER,
     VIOLATION,
-    actor_fields,
+    actor_json,
     rfc3339,
 )
 from lockscope.agent.graph import Actor, Lock, actor_label, queue_order, waits_for
@@ -126,7 +126,7 @@ def api_order_inversions(state: AgentState, active_only: bool = False) -> dict[s
 
 def _actor_json(actor: Actor) -> dict[str, Any]:
     return {
-        **actor_fields(actor.label, actor.actor_id, actor.process.info),
+        **actor_json(actor),
         "actor_name": actor.name,
         "alive": actor.process.alive,
     }

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from lockscope.locks._redis_common import LockHolder
+from lockscope.locks._redis_common import (
+    LockHolder,
+    async_client,
+    lock_keys,
+    sync_client,
+    validate_prefix,
+)
 from lockscope.locks._redis_servers import AsyncServers, SyncServers
 from lockscope.locks._sansio import Op, run, run_async
 from lockscope.locks.base import AsyncLock, Lock, _LockCommon
@@ -27,10 +33,18 @@ class RedisFamily(_LockCommon):
     _wrong_client: ClassVar[str]
     _owned_clients: list[Any]
     _io: Any  # the flavour's executor: SyncServers or AsyncServers
+    prefix: str
+    _key: str
+    _fence_key: str
 
     @staticmethod
     def _new_client(url: str, timeout: float) -> Any:
         raise NotImplementedError  # each flavour names its client factory
+
+    def _set_keys(self, prefix: object) -> None:
+        """Validate the key ``prefix`` and derive the lock key and its fence-counter key."""
+        self.prefix = validate_prefix(prefix)
+        self._key, self._fence_key = lock_keys(self.prefix, self.name)
 
     def _client_of(self, item: object, what: str, timeout: float) -> Any:
         """A client for ``item`` (a URL: made and owned by this lock; or a client)."""
@@ -67,6 +81,8 @@ class SyncRedisFamily(RedisFamily, Lock):
     """The blocking flavour: each call runs the operation with blocking I/O."""
 
     _io: SyncServers
+    _io_class = SyncServers
+    _new_client = staticmethod(sync_client)
 
     def _try_acquire(self) -> bool:
         return run(self._acquire_op(), self._io.execute)
@@ -122,6 +138,8 @@ class AsyncRedisFamily(RedisFamily, AsyncLock):
     """The asyncio flavour: the same operations, run on the event loop."""
 
     _io: AsyncServers
+    _io_class = AsyncServers
+    _new_client = staticmethod(async_client)
 
     async def _try_acquire(self) -> bool:
         return await run_async(self._acquire_op(), self._io.execute)

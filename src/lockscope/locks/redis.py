@@ -46,18 +46,13 @@ from lockscope.locks._redis_common import (
     HOLDER,
     RELEASE,
     LockHolder,
-    async_client,
     client_namespace,
     decode,
-    lock_keys,
     new_owner,
     parse_holder,
-    sync_client,
     to_ms,
-    validate_prefix,
 )
 from lockscope.locks._redis_family import AsyncRedisFamily, RedisFamily, SyncRedisFamily
-from lockscope.locks._redis_servers import AsyncServers, SyncServers
 from lockscope.locks._sansio import Batch, Call, GiveBack, Op
 from lockscope.locks.base import validate_ttl
 
@@ -102,10 +97,9 @@ class _RedisLockCommon(RedisFamily, Generic[_C]):
         super().__init__(
             name, ttl=ttl, blocking_timeout=blocking_timeout, retry_interval=retry_interval
         )
-        self.prefix = validate_prefix(prefix)
+        self._set_keys(prefix)
         self.socket_timeout = validate_ttl(socket_timeout, "socket_timeout")
         self._ttl_ms = to_ms(ttl)
-        self._key, self._fence_key = lock_keys(self.prefix, self.name)
         self.owner: str | None = None
         """Owner token of this object's latest acquisition (what the server stores)."""
         self._held = False
@@ -216,8 +210,6 @@ class RedisLock(_RedisLockCommon[redis.Redis | RedisCluster], SyncRedisFamily):
     """
 
     _client_types = (redis.Redis, RedisCluster)
-    _new_client = staticmethod(sync_client)
-    _io_class = SyncServers
     _wrong_client = "redis.Redis client (use AsyncRedisLock for redis.asyncio)"
 
 
@@ -231,6 +223,4 @@ class AsyncRedisLock(
     """
 
     _client_types = (redis.asyncio.Redis, redis.asyncio.RedisCluster)
-    _new_client = staticmethod(async_client)
-    _io_class = AsyncServers
     _wrong_client = "redis.asyncio.Redis client (use RedisLock for sync clients)"

@@ -58,17 +58,12 @@ from lockscope.locks._redis_common import (
     RAISE_FENCE,
     RELEASE,
     LockHolder,
-    async_client,
     decode,
-    lock_keys,
     new_owner,
     parse_holder,
-    sync_client,
     to_ms,
-    validate_prefix,
 )
 from lockscope.locks._redis_family import AsyncRedisFamily, RedisFamily, SyncRedisFamily
-from lockscope.locks._redis_servers import AsyncServers, SyncServers
 from lockscope.locks._sansio import Batch, Call, Failure, GiveBack, Op
 from lockscope.locks.base import validate_ttl
 
@@ -128,7 +123,7 @@ class _RedlockCommon(RedisFamily, Generic[_C]):
         self.ttl: float = validate_ttl(ttl)
         if self.ttl < _MIN_TTL:
             raise ValueError(f"Redlock ttl must be at least {_MIN_TTL}s, got {ttl!r}")
-        self.prefix = validate_prefix(prefix)
+        self._set_keys(prefix)
         self.server_timeout = (
             default_server_timeout(self.ttl)
             if server_timeout is None
@@ -147,7 +142,6 @@ class _RedlockCommon(RedisFamily, Generic[_C]):
         if not servers:
             raise ValueError("Redlock needs at least one server")
         self._ttl_ms = to_ms(self.ttl)
-        self._key, self._fence_key = lock_keys(self.prefix, self.name)
         self.owner: str | None = None
         """Owner token of this object's latest acquisition (stored on every server)."""
         self._held = False
@@ -387,8 +381,6 @@ class Redlock(_RedlockCommon[redis.Redis], SyncRedisFamily):
     """
 
     _client_types = (redis.Redis,)
-    _new_client = staticmethod(sync_client)
-    _io_class = SyncServers
     _wrong_client = "redis.Redis client (use AsyncRedlock for redis.asyncio)"
 
 
@@ -399,6 +391,4 @@ class AsyncRedlock(_RedlockCommon[redis.asyncio.Redis], AsyncRedisFamily):
     """
 
     _client_types = (redis.asyncio.Redis,)
-    _new_client = staticmethod(async_client)
-    _io_class = AsyncServers
     _wrong_client = "redis.asyncio.Redis client (use Redlock for sync clients)"

@@ -64,6 +64,13 @@ def test_a_bad_flag_names_the_flag() -> None:
     assert str(info.value).startswith("--otlp 'localhost': the OTLP address must be HOST:PORT")
 
 
+def test_a_bad_repeatable_flag_names_the_flag_as_typed() -> None:
+    # The setting is alertmanager_urls; the flag people type is --alertmanager-url.
+    with pytest.raises(agent_cli.SettingsError) as info:
+        resolve(["--alertmanager-url", "am:9093"])
+    assert str(info.value).startswith("--alertmanager-url 'am:9093': an Alertmanager URL must")
+
+
 def test_the_token_is_never_echoed() -> None:
     with pytest.raises(agent_cli.SettingsError) as info:
         resolve([], {"LOCKSCOPE_AGENT_TOKEN": " secret "})

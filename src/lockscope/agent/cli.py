@@ -45,25 +45,15 @@ from typing import TYPE_CHECKING, Any, Final
 from lockscope.agent.cli_address import SettingsError, parse_address
 from lockscope.agent.cli_options import (
     DEFAULT_HTTP,
-    DEFAULT_LOG_LEVEL,
-    DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_OTLP,
     ENV_ALERTMANAGER,
     ENV_CONFIG,
-    ENV_EXTERNAL_URL,
     ENV_FORWARD_TO,
     ENV_HTTP,
-    ENV_LOG_LEVEL,
-    ENV_MAX_REQUEST_BYTES,
     ENV_OTLP,
-    ENV_ROLE,
-    ENV_RUNBOOK_URL,
-    ENV_TLS_CERT,
-    ENV_TLS_KEY,
-    ENV_TOKEN,
-    ENV_TOKEN_FILE,
     ENV_WATCH_DATABASES,
     FILE_KEYS,
+    OPTIONS_BY_NAME,
     ROLES,
     add_arguments,
     epilog,
@@ -161,9 +151,6 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
     env = os.environ if environ is None else environ
     sources: dict[str, str] = {}
 
-    env_names = {"config": ENV_CONFIG, "alertmanager_urls": ENV_ALERTMANAGER}
-    env_names["forward_to"] = ENV_FORWARD_TO
-
     def pick(name: str, flag: Any, from_env: Any, from_file: Any, default: Any) -> Any:
         for source, value in (("flag", flag), ("env", from_env), ("file", from_file)):
             if value not in (None, "", []):
@@ -175,10 +162,11 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
     def at(name: str, value: Any) -> str:
         """Where setting ``name`` got ``value``, for the error message about it."""
         source = sources.get(name)
+        option = OPTIONS_BY_NAME[name]
         if source == "flag":
-            return f"--{name.replace('_', '-')} {value!r}"
+            return f"{option.flag} {value!r}"
         if source == "env":
-            return f"{env_names.get(name, name)}={value!r}"
+            return f"{option.env}={value!r}"
         if source == "file":
             return f"config file {config_path}: {name} = {value!r}"
         return f"{name} {value!r}"
@@ -193,12 +181,13 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
     if isinstance(file_urls, str):
         file_urls = [file_urls]
 
-    def setting(name: str, env_var: str | None, default: Any) -> Any:
-        """The flag, variable or file key ``name`` (dest, env var and key), by precedence."""
-        from_env = env.get(env_var) if env_var is not None else None
-        if env_var is not None:
-            env_names[name] = env_var
-        return pick(name, getattr(args, name, None), from_env, section.get(name), default)
+    def setting(name: str, default: Any = None) -> Any:
+        """The flag, variable or file key ``name`` by precedence, else ``default`` (else the
+        option's own default): the option table says which flag and variable."""
+        option = OPTIONS_BY_NAME[name]
+        from_env = env.get(option.env) if option.env is not None else None
+        fallback = option.default if default is None else default
+        return pick(name, getattr(args, name, None), from_env, section.get(name), fallback)
 
     urls = pick(
         "alertmanager_urls",
@@ -215,26 +204,26 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
                 f"{at('alertmanager_urls', url)}: an Alertmanager URL must start with "
                 "http:// or https://"
             )
-    runbook_url = setting("runbook_url", ENV_RUNBOOK_URL, None)
+    runbook_url = setting("runbook_url")
     if runbook_url is not None and (
         not isinstance(runbook_url, str) or not runbook_url.startswith(("http://", "https://"))
     ):
         where = at("runbook_url", runbook_url)
         raise SettingsError(f"{where}: runbook_url must start with http:// or https://")
-    external_url = setting("external_url", ENV_EXTERNAL_URL, None)
+    external_url = setting("external_url")
     if external_url is not None and (
         not isinstance(external_url, str) or not external_url.startswith(("http://", "https://"))
     ):
         where = at("external_url", external_url)
         raise SettingsError(f"{where}: external_url must start with http:// or https://")
-    otlp = setting("otlp", ENV_OTLP, DEFAULT_OTLP)
-    http = setting("http", ENV_HTTP, DEFAULT_HTTP)
-    level = setting("log_level", ENV_LOG_LEVEL, DEFAULT_LOG_LEVEL)
+    otlp = setting("otlp")
+    http = setting("http")
+    level = setting("log_level")
     if str(level).upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise SettingsError(
             f"{at('log_level', level)}: unknown log level (expected debug, info, warning or error)"
         )
-    max_bytes = setting("max_request_bytes", ENV_MAX_REQUEST_BYTES, DEFAULT_MAX_REQUEST_BYTES)
+    max_bytes = setting("max_request_bytes")
     try:
         max_request_bytes = int(max_bytes)
     except (TypeError, ValueError):
@@ -243,8 +232,8 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
     if max_request_bytes < 1024:
         where = at("max_request_bytes", max_bytes)
         raise SettingsError(f"{where}: max_request_bytes must be at least 1024")
-    token = setting("token", ENV_TOKEN, None)
-    token_file = setting("token_file", ENV_TOKEN_FILE, None)
+    token = setting("token")
+    token_file = setting("token_file")
     if token is None and token_file is not None:
         from lockscope.agent.web_security import read_token_file
 
@@ -255,14 +244,14 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
     if token is not None and (not isinstance(token, str) or token != token.strip()):
         where = at("token", "...")  # never echo the secret
         raise SettingsError(f"{where}: the token must be a string without surrounding spaces")
-    tls_cert = setting("tls_cert", ENV_TLS_CERT, None)
-    tls_key = setting("tls_key", ENV_TLS_KEY, None)
+    tls_cert = setting("tls_cert")
+    tls_key = setting("tls_key")
     if (tls_cert is None) != (tls_key is None):
         raise SettingsError("TLS needs both a certificate (--tls-cert) and a key (--tls-key)")
-    metrics_auth = setting("metrics_auth", None, True)
+    metrics_auth = setting("metrics_auth", True)
     if not isinstance(metrics_auth, bool):
         raise SettingsError(f"{at('metrics_auth', metrics_auth)}: metrics_auth must be true/false")
-    role = setting("role", ENV_ROLE, "standalone")
+    role = setting("role")
     if role not in ROLES:
         raise SettingsError(f"{at('role', role)}: the role must be one of {', '.join(ROLES)}")
     file_forward = section.get("forward_to")

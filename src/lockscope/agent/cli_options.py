@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-__all__ = ["FILE_KEYS", "add_arguments", "epilog"]
+__all__ = ["FILE_KEYS", "OPTIONS_BY_NAME", "add_arguments", "epilog"]
 
 ENV_OTLP: Final = "LOCKSCOPE_AGENT_OTLP"
 ENV_HTTP: Final = "LOCKSCOPE_AGENT_HTTP"
@@ -76,6 +76,11 @@ class _Option:
     """The config file key, when it is not the option's dest."""
     switch_off: bool = False
     """A ``--no-...`` switch: ``False`` when given, ``None`` (not set) otherwise."""
+
+    @property
+    def name(self) -> str:
+        """The setting's name: its argparse dest and its config file key."""
+        return self.dest or self.flag.removeprefix("--").replace("-", "_")
 
     def help(self) -> str:
         where = []
@@ -189,6 +194,11 @@ _OPTIONS: Final = (
         switch_off=True,
     ),
 )
+
+
+OPTIONS_BY_NAME: Final = {option.name: option for option in _OPTIONS}
+"""The options by setting name (``alertmanager_urls``, ``log_level``...): where
+:func:`lockscope.agent.cli.resolve` finds each one's variable, default and flag."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

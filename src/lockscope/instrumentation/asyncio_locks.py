@@ -61,14 +61,14 @@ class _Record(Recorded):
         return type(None), ()
 
 
-def _record(lock: Any, d: dict[str, Any], site: str) -> _Record:
-    record = d.get(_RECORD_ATTR)
-    if record is None or record.lock_id != id(lock):
-        if record is not None:  # a copy: a lock of its own, named after the same site
-            site = f"{site.rpartition('#')[0]}#{next(_counter)}"
-            d[_SITE_ATTR] = site
-        record = d[_RECORD_ATTR] = _Record(lock, site)
-    return record
+def _new_record(lock: Any, d: dict[str, Any], site: str, record: _Record | None) -> _Record:
+    """The lock's first record (``record`` ``None``), or a copy's own (``record``: the
+    original lock's, carried along by the copy)."""
+    if record is not None:  # a copy: a lock of its own, named after the same site
+        site = f"{site.rpartition('#')[0]}#{next(_counter)}"
+        d[_SITE_ATTR] = site
+    new = d[_RECORD_ATTR] = _Record(lock, site)
+    return new
 
 
 def _init(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> None:
@@ -101,7 +101,9 @@ def _acquire(original: Callable[..., Any]) -> Callable[..., Any]:
         if context.get(_SUPPRESS) or context.get(_SUPPRESS_PLAIN):
             return await original(self)
         try:
-            record = _record(self, d, site)
+            record = d.get(_RECORD_ATTR)
+            if record is None or record.lock_id != id(self):
+                record = _new_record(self, d, site, record)
             task = _current_task()
         except Exception:
             operations.failed()

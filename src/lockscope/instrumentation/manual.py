@@ -40,11 +40,9 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Generic, TypeVar
 
-from lockscope import events
 from lockscope.instrumentation import operations
 from lockscope.instrumentation.operations import Adapter
 from lockscope.instrumentation.recorder import Hold, LockInfo
-from lockscope.naming import DEFAULT_TEMPLATER
 
 __all__ = ["AsyncTrackedLock", "Attempt", "LockSpec", "TrackedLock", "make_info"]
 
@@ -52,36 +50,10 @@ L = TypeVar("L")
 _MODES = ("exclusive", "read", "write", "semaphore")
 
 
-def make_info(
-    system: str,
-    namespace: str,
-    name: str,
-    *,
-    template: str | None = None,
-    mode: str = "exclusive",
-    fifo: bool = False,
-    reentrant: bool = False,
-    max_leases: int | None = None,
-    ttl: float | None = None,
-    process_bound: bool = False,
-    adapter: Any = None,
-) -> LockInfo:
-    """A LockInfo, with ``process_bound`` among its event attributes."""
-    info = LockInfo(
-        system,
-        namespace,
-        name,
-        DEFAULT_TEMPLATER(name) if template is None else template,
-        mode=mode,
-        fifo=fifo,
-        reentrant=reentrant,
-        max_leases=max_leases,
-        ttl=ttl,
-        adapter=adapter,
-    )
-    if process_bound:
-        info.attrs[events.ATTR_LOCK_PROCESS_BOUND] = True
-    return info
+make_info = LockInfo
+"""A LockInfo: ``make_info(system, namespace, name, *, template=None, mode="exclusive",
+fifo=False, reentrant=False, max_leases=None, ttl=None, process_bound=False,
+adapter=None)`` (the name targets that build their own LockInfo have used)."""
 
 
 class _SpecAdapter(Adapter):

@@ -7,16 +7,21 @@ by the reporter thread; :class:`InProcessLock` is the interface the in-process l
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from lockscope import events
 from lockscope.instrumentation.metrics_aggregate import LockStats, TemplateStats
+from lockscope.naming import DEFAULT_TEMPLATER
 
 __all__ = ["Hold", "InProcessLock", "LockInfo", "Wait", "actor_id", "task_name"]
 
 
 class LockInfo:
-    """What the shim knows about one lock: its identity and its kind."""
+    """What the shim knows about one lock: its identity and its kind.
+
+    ``template``: the name's template (``None``: the default templater's, from the name);
+    ``process_bound``: the lock lives and dies with its process (an event attribute)."""
 
     __slots__ = (
         "adapter",
@@ -41,15 +46,18 @@ class LockInfo:
         system: str,
         namespace: str,
         name: str,
-        template: str,
+        template: str | None = None,
         *,
         mode: str = "exclusive",
         fifo: bool = False,
         reentrant: bool = False,
         max_leases: int | None = None,
         ttl: float | None = None,
+        process_bound: bool = False,
         adapter: Any = None,
     ) -> None:
+        if template is None:
+            template = DEFAULT_TEMPLATER(name)
         self.adapter = adapter
         """The target adapter that made this (for the reporter's holder look-up)."""
         self.bound: TemplateStats | None = None
@@ -88,6 +96,8 @@ class LockInfo:
             if k not in (events.ATTR_LOCK_TEMPLATE, events.ATTR_LOCK_FIFO)
             and not (k == events.ATTR_LOCK_MODE and v == "exclusive")
         }
+        if process_bound:  # an event attribute only: spans leave it out
+            attrs[events.ATTR_LOCK_PROCESS_BOUND] = True
         self.span_sites: dict[Any, dict[str, Any]] | None = None
         """Span attributes merged with a call site's code location (see spans._site_attrs)."""
 
@@ -95,45 +105,28 @@ class LockInfo:
         return f"<LockInfo {self.key} {self.mode}>"
 
 
+@dataclass(slots=True, eq=False, repr=False)
 class Wait:
-    """One acquire in progress.
+    """One acquire in progress (identity-hashed: the registry keeps a set of them).
 
-    ``operations._Acquire`` (the wrappers' operation, a subclass) sets these fields itself,
+    ``acquire.Acquire`` (the wrappers' operation, a subclass) sets these fields itself,
     without calling ``__init__``: a field added here must be set there too."""
 
-    __slots__ = (
-        "actor",
-        "actor_name",
-        "code",
-        "holder_owner",
-        "holder_token",
-        "info",
-        "reported",
-        "since_ns",
-        "start",
-        "target",
-        "task",
-        "ticket",
-    )
-
-    def __init__(
-        self, info: LockInfo, actor: int, task: Any, target: object, start: int, since_ns: int
-    ) -> None:
-        self.info = info
-        self.actor = actor
-        self.task = task
-        """The asyncio task waiting (``None`` for a thread)."""
-        self.actor_name: str | None = None
-        self.target = target
-        """The lock object, for the reporter's cheap holder look-up."""
-        self.start = start
-        self.since_ns = since_ns
-        self.reported = False
-        self.holder_token: int | None = None
-        self.holder_owner: str | None = None
-        self.ticket: int | None = None
-        self.code: tuple[str, int, str] | None = None
-        """(file, line, function) where the actor waits, filled in when reported."""
+    info: LockInfo
+    actor: int
+    task: Any
+    """The asyncio task waiting (``None`` for a thread)."""
+    target: object
+    """The lock object, for the reporter's cheap holder look-up."""
+    start: int
+    since_ns: int
+    actor_name: str | None = None
+    reported: bool = False
+    holder_token: int | None = None
+    holder_owner: str | None = None
+    ticket: int | None = None
+    code: tuple[str, int, str] | None = None
+    """(file, line, function) where the actor waits, filled in when reported."""
 
 
 class Hold:

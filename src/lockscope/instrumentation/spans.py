@@ -164,15 +164,16 @@ class SpanFactory:
             "lockscope.instrumentation", __version__, tracer_provider
         )
         (
-            self._always,
+            self.always,
             self._root,
             self._local_off,
             self._remote_off,
             self._local_on,
             self._remote_on,
         ) = _certain_decisions(tracer_provider)
-        self._may_skip = _DROP in (self._always, self._root, self._local_off, self._remote_off)
-        self.drops_root = self._always == _DROP or (self._always == _ASK and self._root == _DROP)
+        """The decision the sampler surely makes for every span (-1, 1), else 0."""
+        self._may_skip = _DROP in (self.always, self._root, self._local_off, self._remote_off)
+        self.drops_root = self.always == _DROP or (self.always == _ASK and self._root == _DROP)
         """The sampler surely drops a span started with no current span (the hot paths
         check that themselves, without calling :meth:`certainty`)."""
 
@@ -187,8 +188,8 @@ class SpanFactory:
         """What the sampler surely decides for a span started now, by its own description:
         -1 drop (no SDK call needed), 1 record (the code location can go in the start
         attributes), 0 not certain (ask through ``start_span``)."""
-        if self._always != _ASK:
-            return self._always
+        if self.always != _ASK:
+            return self.always
         span = _context().get(_SPAN)
         if span is None:
             return self._root
@@ -240,7 +241,8 @@ _HOLDER_LINK = {"lockscope.link": "holder"}
 
 
 def _holder_link(info: LockInfo, recorder: Recorder) -> list[Link] | None:
-    holder = recorder.holder_of(info.key)
+    keyed = recorder._by_key.get(info.key)  # Recorder.holder_of, inlined
+    holder = next(iter(keyed), None) if keyed else None
     if holder is not None and holder.span is not None:
         context = holder.span.get_span_context()
         if context.is_valid:

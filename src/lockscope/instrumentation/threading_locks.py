@@ -25,7 +25,6 @@ import sys
 import sysconfig
 import threading
 import time
-from types import TracebackType
 from typing import Any, SupportsIndex
 
 from lockscope.instrumentation import adapters, operations, runtime
@@ -309,12 +308,7 @@ class _Traced(Recorded):
     def __enter__(self) -> bool:
         return self.acquire()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.release()
 
     def _at_fork_reinit(self) -> None:

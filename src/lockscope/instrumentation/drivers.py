@@ -1,0 +1,153 @@
+"""The drivers of the acquire and held-call algorithms: one source text, four flavours.
+
+A driver is the function that stands in for a library's method: it begins the record
+(:func:`.acquire.enter`), calls the original and passes
+its result or exception through unchanged (principle 4), then records the outcome.  There
+are four flavours of each: sync or asyncio (``await`` in front of the call, the current
+task as the actor) and wrapt wrapper or plain function (``wrapped(*args, **kwargs)`` or
+``original(self, *args, **kwargs)``, see :mod:`.plain`).  Python cannot share one body
+between a function and a coroutine function without an extra call per lock operation on
+the hot path, so, as :mod:`dataclasses` does for the methods it writes, the body is
+written once below and compiled once per flavour at import; each flavour is a factory
+(``make(adapter, original_or_after)``) whose result closes over its arguments as a
+hand-written closure would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from lockscope.instrumentation import runtime
+from lockscope.instrumentation.acquire import enter
+from lockscope.instrumentation.adapters import Adapter, failed
+from lockscope.instrumentation.held import After, held_call_done
+
+__all__ = ["acquire_driver", "held_driver"]
+
+_ACQUIRE = """
+def make(adapter, original):
+    {async_}def acquire({params}):
+        shim = runtime.current
+        op = None if shim is None else enter(shim, adapter, {this}, args, kwargs, {task}, False)
+        if op is None:
+            return {await_}{call}
+        try:
+            result = {await_}{call}
+        except BaseException as exc:
+            op.raised(exc)
+            raise
+        op.returned(result)
+        return result
+
+    return acquire
+"""
+
+_HELD = """
+def make(adapter, original, after):
+    {async_}def held_call({params}):
+        shim = runtime.current
+        hold = None if shim is None else enter(shim, adapter, {this}, None, None, {task}, True)
+        if hold is None or shim is None:
+            return {await_}{call}
+        token = attach(set_span(hold.span)) if hold.span is not None else None
+        try:
+            result = {await_}{call}
+        except BaseException as exc:
+            held_call_done(adapter, after, {this}, hold, args, kwargs, exc, token)
+            raise
+        if after is None and token is None and hold.span is None:
+            try:  # the common case, a release without a span: the hold ends in one call
+                shim.recorder.end_hold(hold, "released")
+            except Exception:
+                failed()
+        else:
+            held_call_done(adapter, after, {this}, hold, args, kwargs, None, token)
+        return result
+
+    return held_call
+"""
+
+_NAMESPACE: dict[str, Any] = {
+    "runtime": runtime,
+    "enter": enter,
+    "failed": failed,
+    "held_call_done": held_call_done,
+    "attach": otel_context.attach,
+    "set_span": trace.set_span_in_context,
+    "current_task": asyncio.current_task,
+}
+# (plain function?) -> the parameters, the instance's name and the original call.
+_SHAPES = {
+    True: ("self, *args, **kwargs", "self", "original(self, *args, **kwargs)"),
+    False: ("wrapped, instance, args, kwargs", "instance", "wrapped(*args, **kwargs)"),
+}
+
+
+def _first_line(variable: str) -> int:
+    """How many lines of this file come before ``variable``'s template, so that compiled
+    code keeps the template's line numbers (tracebacks and profiles point at it here);
+    0 if the source cannot be read."""
+    try:
+        with open(__file__, encoding="utf-8") as file:
+            text = file.read()
+        return text.count("\n", 0, text.index(f'\n{variable} = """') + 1)
+    except (OSError, ValueError):
+        return 0
+
+
+def _compile(source: str, variable: str, plain: bool, asyncio_: bool) -> Callable[..., Any]:
+    params, this, call = _SHAPES[plain]
+    text = "\n" * _first_line(variable) + source.format(
+        async_="async " if asyncio_ else "",
+        await_="await " if asyncio_ else "",
+        task="current_task()" if asyncio_ else "None",
+        params=params,
+        this=this,
+        call=call,
+    )
+    namespace: dict[str, Any] = {}
+    # Compiled as this file: the frames are lockscope's to every frame walk that skips
+    # the shim's own code (the span's code location, portalocker's warning level).
+    exec(compile(text, __file__, "exec"), dict(_NAMESPACE), namespace)
+    maker: Callable[..., Any] = namespace["make"]
+    return maker
+
+
+_ACQUIRE_MAKERS = {
+    (plain, aio): _compile(_ACQUIRE, "_ACQUIRE", plain, aio)
+    for plain in (True, False)
+    for aio in (True, False)
+}
+_HELD_MAKERS = {
+    (plain, aio): _compile(_HELD, "_HELD", plain, aio)
+    for plain in (True, False)
+    for aio in (True, False)
+}
+
+
+def acquire_driver(
+    adapter: Adapter, original: Callable[..., Any] | None, *, plain: bool, asyncio_: bool
+) -> Callable[..., Any]:
+    """The acquire driver for ``adapter``: a plain function calling ``original`` (the
+    class's method, ``plain``) or a wrapt wrapper (``original`` ``None``)."""
+    driver: Callable[..., Any] = _ACQUIRE_MAKERS[plain, asyncio_](adapter, original)
+    return driver
+
+
+def held_driver(
+    adapter: Adapter,
+    original: Callable[..., Any] | None,
+    after: After | None,
+    *,
+    plain: bool,
+    asyncio_: bool,
+) -> Callable[..., Any]:
+    """The driver of a call on a held lock (``after`` ``None``: a release, see
+    :func:`.held.held_call_done`), as :func:`acquire_driver`."""
+    driver: Callable[..., Any] = _HELD_MAKERS[plain, asyncio_](adapter, original, after)
+    return driver

@@ -610,3 +610,131 @@ def test_long_transaction_is_no_stale_holder_and_dies_with_its_process(
         app.close()
         polling.wait_until(lambda: not bound(), timeout=20.0)
         assert not agent.get("/api/v1/stale-holders")["stale-holders"]
+
+
+def driver_dsn(driver: str, server: Any) -> str:
+    """The DSN a worker of ``driver`` connects with (asyncpg takes URLs only)."""
+    if not driver.startswith("asyncpg"):
+        return app_dsn(server)
+    return (
+        f"postgresql://{server.user}@{server.host}:{server.port}/{server.dbname}"
+        f"?options=-c%20deadlock_timeout%3D30s"
+    )
+
+
+ROW_HOLD = "UPDATE accounts SET balance = balance + 1 WHERE id = 1"
+ADVISORY_HOLD = "SELECT pg_advisory_xact_lock(7601, 1)"
+
+
+@pytest.mark.parametrize(
+    ("driver", "hold_sql", "wait_sql", "lock_prefix"),
+    [
+        ("psycopg_named", ADVISORY_HOLD, "SELECT pg_advisory_lock(7601, 1)", "advisory:7601,1"),
+        ("psycopg2_dict", ROW_HOLD, ROW_HOLD, "row:public.accounts@"),
+        ("psycopg2_custom", ROW_HOLD, ROW_HOLD, "row:public.accounts@"),
+        ("asyncpg_prepared", ROW_HOLD, ROW_HOLD, "row:public.accounts@"),
+        ("asyncpg_prepared", ADVISORY_HOLD, "SELECT pg_advisory_lock(7601, 1)", "advisory:7601,1"),
+        (
+            "asyncpg_cursor",
+            ROW_HOLD,
+            "SELECT balance FROM accounts WHERE id = 1 FOR UPDATE",
+            "row:public.accounts@",
+        ),
+    ],
+    ids=[
+        "psycopg-server-cursor",
+        "psycopg2-DictConnection",
+        "psycopg2-own-connection-class",
+        "asyncpg-prepared-executemany",
+        "asyncpg-prepared-fetchval",
+        "asyncpg-cursor",
+    ],
+)
+def test_cross_layer_deadlock_through_other_statement_paths(
+    pg_agent: InProcessAgent,
+    postgres_server: Any,
+    redis_server: Any,
+    workers: list[Worker],
+    driver: str,
+    hold_sql: str,
+    wait_sql: str,
+    lock_prefix: str,
+) -> None:
+    """Process A (``driver``'s other way to run a statement) holds a redis-py lock and
+    blocks in that statement; B holds the database lock in an open transaction and waits
+    for the Redis lock: A's statement is a wait of A's actor, joined with the watcher's
+    edge into the cycle."""
+    name = f"xp-{uuid.uuid4().hex[:8]}"
+    a = Worker(driver, driver_dsn(driver, postgres_server), pg_agent.otlp_url, "path-a")
+    b = Worker("psycopg", app_dsn(postgres_server), pg_agent.otlp_url, "path-b")
+    workers += [a, b]
+    for w in (a, b):
+        w.cmd(f"redis_lock {redis_server.url} {name}")
+    b.cmd("begin")
+    b.cmd("sql " + hold_sql)
+    assert a.cmd("redis_acquire 5") == "True"
+    a.bg("sql " + wait_sql)
+    b.bg("redis_acquire 30")
+    d = found_deadlock(pg_agent)
+    by_service = {p["service"]: p for p in d["participants"]}
+    assert sorted(by_service) == ["path-a", "path-b"], d
+    assert by_service["path-a"]["waits_for"].startswith(lock_prefix), d
+    assert name in by_service["path-a"]["holds"], d
+    assert f"session:{a.pid}" in by_service["path-a"]["holds"], d
+    assert by_service["path-b"]["waits_for"] == name, d
+    assert any(h.startswith(lock_prefix) for h in by_service["path-b"]["holds"]), d
+
+
+@pytest.mark.parametrize(
+    ("driver", "row_class"),
+    [("psycopg2_dict", "DictRow"), ("psycopg2_custom", "RealDictRow")],
+)
+def test_app_connection_classes_keep_their_rows_and_see_an_external_holder(
+    pg_agent: InProcessAgent,
+    postgres_server: Any,
+    workers: list[Worker],
+    driver: str,
+    row_class: str,
+) -> None:
+    """Under the shim the app's own connection class still picks its cursor class (the
+    rows are its rows), and its statement waiting behind a psql-like session is that
+    actor's wait with the external session as the holder."""
+    import psycopg
+
+    app = Worker(driver, app_dsn(postgres_server), pg_agent.otlp_url, "own-class")
+    workers.append(app)
+    assert app.cmd("rowtype") == repr(row_class)
+    external = psycopg.connect(app_dsn(postgres_server), application_name="adhoc-console")
+    try:
+        external.execute("UPDATE accounts SET balance = balance WHERE id = 2")
+        app.bg("sql UPDATE accounts SET balance = balance + 1 WHERE id = 2")
+        sid = external.info.backend_pid
+
+        def waiter_and_holder() -> tuple[list[str], list[str]] | None:
+            for lock in pg_agent.get("/api/v1/locks")["locks"]:
+                if lock["name"].startswith("row:public.accounts@") and lock["waiter_count"]:
+                    try:
+                        detail = pg_agent.get(
+                            "/api/v1/locks/" + urllib.parse.quote(lock["name"], safe="")
+                        )
+                    except AgentError as exc:
+                        if exc.status == 404:
+                            return None
+                        raise
+                    return (
+                        [w["actor_id"] for w in detail["waiters"] if w["service"] == "own-class"],
+                        [h["actor_id"] for h in detail["holders"]],
+                    )
+            return None
+
+        polling.wait_until(
+            lambda: (found := waiter_and_holder()) is not None and found[0] != [], timeout=20.0
+        )
+        found = waiter_and_holder()
+        assert found is not None
+        assert found[1] == [f"session:{sid}"], found
+        assert not deadlocks(pg_agent)
+    finally:
+        external.rollback()
+        external.close()
+    assert app.read().startswith("ok")

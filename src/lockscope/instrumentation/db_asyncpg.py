@@ -1,7 +1,12 @@
 """Target: asyncpg (``asyncpg.connection.Connection``).
 
-Wrapped: ``execute``, ``executemany``, ``fetch``, ``fetchrow``, ``fetchval`` (a
-transaction's ``BEGIN``/``COMMIT`` go through ``execute``) and ``close``.  Identity: system
+Wrapped: ``execute``, ``executemany``, ``fetch``, ``fetchrow``, ``fetchval``, ``prepare``
+(a transaction's ``BEGIN``/``COMMIT`` go through ``execute``) and ``close``; and the
+prepared statements' (``asyncpg.prepared_stmt.PreparedStatement``) ``fetch``,
+``fetchrow``, ``fetchval``, ``fetchmany``, ``executemany`` and ``explain``, on the
+statement's connection.  ``conn.cursor()`` (and a prepared statement's ``cursor()``) needs
+no wrapper: asyncpg runs cursors only inside a transaction, whose ``BEGIN`` went through
+``execute`` and keeps the session bound to the task until ``COMMIT``/``ROLLBACK``.  Identity: system
 ``postgresql``, namespace ``host:port/database`` of the connection, backend id
 ``get_server_pid()`` (from the start-up messages: no round trip).  The open transaction is
 ``is_in_transaction()`` (protocol state, no round trip).
@@ -36,15 +41,28 @@ def _in_transaction(conn: Any) -> bool:
 
 
 def _call(original: Any) -> Any:
-    return async_statement_method(original, identify, _in_transaction, on_cursor=False)
+    return async_statement_method(original, identify, _in_transaction, connection=None)
+
+
+def _statement_call(original: Any) -> Any:
+    return async_statement_method(original, identify, _in_transaction, connection="_connection")
+
+
+_STATEMENT_METHODS = ("fetch", "fetchrow", "fetchval", "fetchmany", "executemany", "explain")
 
 
 def instrument(patcher: Patcher) -> None:
     """Wrap asyncpg when it is imported."""
 
     def apply(connection: Any) -> None:
-        for name in ("execute", "executemany", "fetch", "fetchrow", "fetchval"):
+        for name in ("execute", "executemany", "fetch", "fetchrow", "fetchval", "prepare"):
             patcher.replace(connection.Connection, name, _call)
         patcher.wrap(connection.Connection, "close", async_done_wrapper)
 
+    def statements(prepared_stmt: Any) -> None:
+        for name in _STATEMENT_METHODS:
+            if name in vars(prepared_stmt.PreparedStatement):
+                patcher.replace(prepared_stmt.PreparedStatement, name, _statement_call)
+
     patcher.when_imported("asyncpg.connection", apply)
+    patcher.when_imported("asyncpg.prepared_stmt", statements)

@@ -1,7 +1,11 @@
 """Target: psycopg 3 (``psycopg.Cursor``/``AsyncCursor`` and their connections).
 
 Wrapped: ``Cursor.execute``/``executemany`` (``Connection.execute`` goes through them),
-their asyncio twins, and ``commit``/``rollback``/``close`` of both connection classes.
+the server-side (named) cursors' own ``execute``/``executemany`` (``ServerCursor``, which
+sends ``DECLARE``), their asyncio twins, and ``commit``/``rollback``/``close`` of both
+connection classes.  A server-side cursor's later ``fetch*``/iteration needs no wrapper:
+without ``WITH HOLD`` it lives in an open transaction, which keeps the session bound to the
+actor; with ``WITH HOLD`` in autocommit the server runs the whole query in ``execute``.
 Identity: system ``postgresql``, namespace ``host:port/dbname`` from ``conn.info``, backend
 id ``conn.info.backend_pid`` (known since connect: no round trip).  The open transaction is
 ``conn.info.transaction_status`` (a libpq call, no round trip).
@@ -43,21 +47,46 @@ def in_transaction(conn: Any) -> bool:
         return False
 
 
+_CONN = "connection"
+"""The cursor attribute that is its connection: ``_conn`` where ``Cursor.connection`` is
+the property returning it (a Python call saved per statement), checked at import."""
+
+
 def _sync_execute(original: Any) -> Any:
-    return statement_method(original, identify, in_transaction)
+    return statement_method(original, identify, in_transaction, connection=_CONN)
 
 
 def _async_execute(original: Any) -> Any:
-    return async_statement_method(original, identify, in_transaction)
+    return async_statement_method(original, identify, in_transaction, connection=_CONN)
+
+
+def _connection_attribute(cursor_class: Any) -> str:
+    prop = None
+    for klass in cursor_class.__mro__:
+        prop = vars(klass).get("connection")
+        if prop is not None:
+            break
+    fget = getattr(prop, "fget", None)
+    names = getattr(getattr(fget, "__code__", None), "co_names", ())
+    return "_conn" if names == ("_conn",) else "connection"
 
 
 def instrument(patcher: Patcher) -> None:
     """Wrap psycopg 3 when it is imported."""
 
     def apply(psycopg: Any) -> None:
+        global _CONN
+        _CONN = _connection_attribute(psycopg.Cursor)
         for name in ("execute", "executemany"):
             patcher.replace(psycopg.Cursor, name, _sync_execute)
             patcher.replace(psycopg.AsyncCursor, name, _async_execute)
+            # Server-side cursors override both (DECLARE ... CURSOR FOR ...).
+            for klass, make in (
+                (getattr(psycopg, "ServerCursor", None), _sync_execute),
+                (getattr(psycopg, "AsyncServerCursor", None), _async_execute),
+            ):
+                if klass is not None and name in vars(klass):
+                    patcher.replace(klass, name, make)
         for name in ("commit", "rollback", "close"):
             patcher.wrap(psycopg.Connection, name, done_wrapper)
         for name in ("commit", "rollback", "close"):

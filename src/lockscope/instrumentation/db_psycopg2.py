@@ -1,16 +1,21 @@
 """Target: psycopg2.
 
 psycopg2's connection and cursor are C types whose methods cannot be wrapped in place, so
-``psycopg2.connect`` is wrapped to pass a ``connection_factory`` (a subclass of
-``psycopg2.extensions.connection``, so ``isinstance`` checks hold) whose cursors subclass
-the requested cursor class (``RealDictCursor`` included) with instrumented
-``execute``/``executemany``/``callproc``.  A ``connect`` given its own
-``connection_factory`` is left alone.  Identity: system ``postgresql``, namespace
-``host:port/dbname`` and backend id from ``conn.info`` (no round trip).
+``psycopg2.connect`` is wrapped to pass a ``connection_factory``: a subclass of the one
+asked for (``psycopg2.extensions.connection`` by default, or the app's own: ``DictConnection``,
+``LoggingConnection``, a custom subclass), so ``isinstance`` checks and the app's overrides
+hold.  The instrumented layer sits *after* the app's class in the method order: the app's
+``cursor()`` picks its cursor class (``DictConnection`` picks ``DictCursor``) and then ours
+subclasses that class (``RealDictCursor``, named server-side cursors included) with
+instrumented ``execute``/``executemany``/``callproc``.  A ``connection_factory`` that is
+not a connection class (any other callable) is left alone.  Identity: system
+``postgresql``, namespace ``host:port/dbname`` and backend id from ``conn.info`` (no round
+trip).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from lockscope.instrumentation import db_sessions, operations
@@ -26,12 +31,13 @@ _STATEMENT_METHODS = ("execute", "executemany", "callproc")
 
 def _in_transaction(conn: Any) -> bool:
     try:
-        return conn.info.transaction_status in _IN_TRANSACTION
+        # A C method: conn.info would build a ConnectionInfo object per statement.
+        return conn.get_transaction_status() in _IN_TRANSACTION
     except Exception:
         return False
 
 
-def _classes(extensions: Any) -> tuple[type, Any]:
+def _classes(extensions: Any) -> tuple[Callable[[Any], Any], Any]:
     cursors: dict[type, type] = {}
 
     def cursor_class(base: type) -> type:
@@ -65,7 +71,22 @@ def _classes(extensions: Any) -> tuple[type, Any]:
             finally:
                 db_sessions.connection_done(self)
 
-    return Connection, cursor_class
+    made: dict[type, type] = {extensions.connection: Connection}
+
+    def connection_class(factory: Any) -> Any:
+        """The instrumented class for ``factory`` (itself if it is no connection class)."""
+        klass = made.get(factory)
+        if klass is not None:
+            return klass
+        if not isinstance(factory, type) or not issubclass(factory, extensions.connection):
+            return factory
+        if issubclass(factory, Connection):
+            return factory
+        klass = type(factory.__name__, (factory, Connection), {"__module__": factory.__module__})
+        made[factory] = klass
+        return klass
+
+    return connection_class, cursor_class
 
 
 def instrument(patcher: Patcher) -> None:
@@ -73,10 +94,19 @@ def instrument(patcher: Patcher) -> None:
 
     def apply(psycopg2: Any) -> None:
         connection_class, _ = _classes(psycopg2.extensions)
+        default = connection_class(psycopg2.extensions.connection)
 
         def connect(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-            if kwargs.get("connection_factory") is None:
-                kwargs["connection_factory"] = connection_class
+            try:
+                if len(args) >= 2:  # connect(dsn, connection_factory, ...)
+                    args = (args[0], connection_class(args[1]) or default, *args[2:])
+                else:
+                    factory = kwargs.get("connection_factory")
+                    kwargs["connection_factory"] = (
+                        default if factory is None else connection_class(factory)
+                    )
+            except Exception:
+                operations.failed()
             return wrapped(*args, **kwargs)
 
         patcher.wrap(psycopg2, "connect", connect)

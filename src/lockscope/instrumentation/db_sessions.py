@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from lockscope import events
-from lockscope.instrumentation import operations, runtime
+from lockscope.instrumentation import adapters, operations, runtime
 from lockscope.instrumentation.recorder import Hold, LockInfo, Recorder
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "current_task",
     "statement_begin",
     "statement_end",
+    "statement_raised",
 ]
 
 SESSION_TEMPLATE: Final = "session:{id}"
@@ -135,21 +136,39 @@ def _drop_hold(b: Binding, outcome: str = "released") -> None:
             shim.recorder.unbind(hold, outcome)
 
 
+_context = adapters.context_get
+_SUPPRESS = adapters.SUPPRESSED
+_SUPPRESS_PLAIN = adapters.SUPPRESSED_PLAIN
+
+
 def statement_begin(conn: Any, identify: Identify, task: Any = None) -> Binding | None:
-    """A statement starts on ``conn`` (run by the current thread, or ``task``)."""
+    """A statement starts on ``conn`` (run by the current thread, or ``task``).
+
+    The hottest path of the database targets (every statement): the suppression check,
+    the binding look-up and the release of an earlier hold are inlined (each saved call
+    is ~50 ns on a ~25 us loopback statement).
+    """
     shim = runtime.current
-    if shim is None or not operations.fast_enabled():
+    if shim is None:
+        return None
+    c = _context()
+    if c.get(_SUPPRESS) or c.get(_SUPPRESS_PLAIN):
         return None
     try:
-        b = _binding(conn, identify, shim.recorder)
+        b: Binding | None = getattr(conn, _ATTR, None)
         if b is None:
-            return None
+            b = _binding(conn, identify, shim.recorder)
+            if b is None:
+                return None
         actor = _get_ident() if task is None else id(task)
-        if b in _active and b.actor == actor:
+        if b.actor == actor and b in _active:
             return b  # its open transaction (or an outer call) already binds it
         b.gen += 1
-        _drop_hold(b)
-        b.actor, b.task, b.start = actor, task, _perf()
+        if b.hold is not None:
+            _drop_hold(b)
+        b.actor = actor
+        b.task = task
+        b.start = _perf()
         _active.add(b)
         return b
     except Exception:
@@ -176,28 +195,33 @@ def deadlock_victim(exc: BaseException) -> bool:
     return bool(args) and args[0] == 1213 and type(exc).__module__.startswith("pymysql")
 
 
-def statement_failed(b: Binding | None, exc: BaseException) -> None:
+def statement_end(b: Binding, in_transaction: Callable[[Any], bool], conn: Any) -> None:
+    """The statement returned (``b`` from :func:`statement_begin`, not ``None``): keep
+    the binding while the connection's transaction stays open (``in_transaction(conn)``),
+    else end it (inlined :func:`_end`: this runs on every statement)."""
+    try:
+        if not in_transaction(conn):
+            b.gen += 1
+            _active.discard(b)
+            if b.hold is not None:
+                _drop_hold(b)
+    except Exception:
+        operations.failed()
+
+
+def statement_raised(
+    b: Binding, exc: BaseException, in_transaction: Callable[[Any], bool], conn: Any
+) -> None:
     """The statement raised: a deadlock victim's binding ends at once, with that outcome
-    (its transaction is aborted, though the connection still reports it open)."""
-    if b is None:
-        return
+    (its transaction is aborted, though the connection still reports it open); any other
+    error is an end like a return."""
     try:
         if deadlock_victim(exc):
             _end(b, DEADLOCK_VICTIM)
+            return
     except Exception:
         operations.failed()
-
-
-def statement_end(b: Binding | None, in_transaction: Callable[[Any], bool], conn: Any) -> None:
-    """The statement (or ``commit``/``rollback``) returned: keep the binding while the
-    connection's transaction stays open (``in_transaction(conn)``), else end it."""
-    if b is None:
-        return
-    try:
-        if not in_transaction(conn):
-            _end(b)
-    except Exception:
-        operations.failed()
+    statement_end(b, in_transaction, conn)
 
 
 def connection_done(conn: Any) -> None:

@@ -5,8 +5,10 @@ Per target: a ring of two processes is found as a deadlock with both participant
 contention in one lock order is not; a crashed holder is an orphaned stale holder where
 the lock outlives its process (a SoftFileLock file, python-redis-lock without expiry)
 and not where the kernel releases it (flock/lockf locks).  Plus one key taken through
-three Redis libraries, and the asyncio executor ring (a task holding a ``redis.asyncio``
-lock waits for a kazoo lock through ``run_in_executor``/``to_thread``)."""
+three Redis libraries, the asyncio executor ring (a task holding a ``redis.asyncio``
+lock waits for a kazoo lock through ``run_in_executor``/``to_thread``, on asyncio's loop
+and on uvloop's), and rings and consistent-order contention of asyncio tasks with
+filelock's ``AsyncFileLock`` and pottery's ``AIORedlock``."""
 
 from __future__ import annotations
 
@@ -191,18 +193,19 @@ def test_a_crashed_holder_is_orphaned_only_where_the_lock_outlives_it(
         assert not fleet.holding(name, app.pid)
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 @pytest.mark.parametrize("via", ["run_in_executor", "to_thread"])
 def test_a_task_waiting_through_an_executor_closes_the_ring(
-    fleet: Fleet, via: str, redis_url: str, zookeeper_server: Any
+    fleet: Fleet, via: str, loop: str, redis_url: str, zookeeper_server: Any
 ) -> None:
     """A's task holds a redis.asyncio lock and waits for a kazoo lock in a worker thread;
     B holds the kazoo lock and waits for the Redis lock: one deadlock, A's side an
-    asyncio task (not the executor's thread)."""
+    asyncio task (not the executor's thread), on asyncio's own loop and on uvloop's."""
     a, b = fleet.take(2)
     key, path = unique("exring"), "/" + unique("exring")
     b.acquire("h", "z", {"kind": "kazoo", "name": path, "hosts": zookeeper_server.hosts})
     cid = a.send("executor_ring", actor="loop", url=redis_url, hosts=zookeeper_server.hosts,
-                 redis_key=key, zk_path=path, via=via, timeout=WAIT)  # fmt: skip
+                 redis_key=key, zk_path=path, via=via, loop=loop, timeout=WAIT)  # fmt: skip
     a.reply(cid, "holding")
     b.start_acquire("h", "r", {"kind": "redis", "name": key, "url": redis_url}, timeout=WAIT)
     try:
@@ -214,3 +217,71 @@ def test_a_task_waiting_through_an_executor_closes_the_ring(
     finally:
         a.kill()
         b.kill()
+
+
+def _async_spec(kind: str, stem: str, files: Path, redis_url: str) -> tuple[dict[str, Any], str]:
+    """(the worker's fields, the lock's name in the agent) for a fresh asyncio lock."""
+    if kind == "aioredlock":
+        name = unique(stem)
+        return {"kind": kind, "name": name, "url": redis_url}, f"redlock:{name}"
+    path = str(files / f"{unique(stem)}.lock")
+    return {"kind": kind, "name": path}, os.path.abspath(path)
+
+
+@pytest.mark.parametrize("kind", ["async_filelock", "aioredlock"])
+def test_a_ring_of_two_processes_tasks_is_a_deadlock(
+    fleet: Fleet, kind: str, files: Path, redis_url: str
+) -> None:
+    """filelock's ``AsyncFileLock`` and pottery's ``AIORedlock``: a task in A holds x and
+    waits for y, a task in B holds y and waits for x; both tasks are the participants."""
+    x, y = (
+        _async_spec(kind, "aring", files, redis_url),
+        _async_spec(kind, "aring", files, redis_url),
+    )
+    fields = {k: v for k, v in x[0].items() if k != "name"}
+    a, b = fleet.take(2)
+    try:
+        for app, first, then in ((a, x, y), (b, y, x)):
+            cid = app.send("async_ring", actor="loop", key="r", first=first[0]["name"],
+                           then=then[0]["name"], timeout=WAIT, **fields)  # fmt: skip
+            app.reply(cid, "holding")
+        for app in (a, b):  # both hold their first lock: now each waits for the other's
+            app.reply(app.send("go", actor="go", key="r"), "went")
+        found = until(lambda: fleet.deadlock_on({x[1], y[1]}), timeout=15)
+        got = {p["pid"]: (p["waits_for"], set(p["holds"])) for p in found["participants"]}
+        assert got == {a.pid: (y[1], {x[1]}), b.pid: (x[1], {y[1]})}
+        assert all(p["actor"].endswith("/ring-task") for p in found["participants"])
+    finally:
+        a.kill()
+        b.kill()
+
+
+@pytest.mark.parametrize("kind", ["async_filelock", "aioredlock"])
+def test_heavy_async_contention_in_one_order_is_no_deadlock(
+    fleet: Fleet, kind: str, files: Path, redis_url: str
+) -> None:
+    """Two processes, three tasks each, take x then y many times: waits, no deadlock."""
+    x, y = (
+        _async_spec(kind, "aorder", files, redis_url),
+        _async_spec(kind, "aorder", files, redis_url),
+    )
+    fields = {k: v for k, v in x[0].items() if k != "name"}
+    apps = fleet.take(2)
+    cids = [
+        app.send(
+            "async_contend",
+            actor="c",
+            names=[x[0]["name"], y[0]["name"]],
+            tasks=3,
+            iterations=12,
+            long_every=4,
+            long_hold=0.3,
+            **fields,
+        )
+        for app in apps
+    ]
+    until(lambda: any((fleet.lock(n) or {}).get("waiters") for n in (x[1], y[1])), timeout=60)
+    done = [app.reply(cid, "done", timeout=120) for app, cid in zip(apps, cids, strict=True)]
+    assert all(d["timeouts"] == 0 and d["ops"] == 36 for d in done)
+    found = [d for d in fleet.findings("deadlocks") if {x[1], y[1]} & set(d["locks"])]
+    assert found == []

@@ -6,15 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import os
 import shutil
+import subprocess
+import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
+from lockscope.instrumentation import runtime
 from lockscope.testing.otlp_sink import OtlpSink
 from test_instrumentation_transparency import Recorder, Transcript, compare
 
@@ -116,6 +121,60 @@ def _files_scenario(root: Path) -> Callable[[], Transcript]:
 
 def test_file_locks_are_transparent(sink: OtlpSink, tmp_path: Path) -> None:
     compare(sink, _files_scenario(tmp_path))
+
+
+def _filelock_edges_scenario(root: Path) -> Callable[[], Transcript]:
+    import filelock
+
+    def scenario() -> Transcript:
+        d = root / "edges"
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir()
+        t = Recorder()
+        lock = filelock.FileLock(str(d / "w.lock"))
+        # the deprecated spelling's warning names the caller's line, as bare
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            line = inspect.currentframe().f_lineno + 1  # type: ignore[union-attr]
+            lock.acquire(poll_intervall=0.01)
+        lock.release()
+        t("warning", lambda: [(w.filename == __file__, w.lineno - line) for w in caught
+                              if "poll_intervall" in str(w.message)])  # fmt: skip
+        # a relative lock path while the working directory is gone: filelock's error
+        gone, here = d / "gone", os.getcwd()
+        gone.mkdir()
+        os.chdir(gone)
+        try:
+            gone.rmdir()
+            t("no cwd", lambda: filelock.FileLock("rel.lock").acquire(timeout=0))
+        finally:
+            os.chdir(here)
+        # a task's lock released by filelock at interpreter exit once its task is gone
+        # (the shim's record of the hold must not keep the finished task alive)
+        script = (
+            "import asyncio, sys, threading\n"
+            "from filelock import AsyncSoftFileLock\n"
+            "loop = asyncio.new_event_loop()\n"
+            "threading.Thread(target=loop.run_forever, daemon=True).start()\n"
+            "lock = AsyncSoftFileLock(sys.argv[1], loop=loop, thread_local=False)\n"
+            "asyncio.run_coroutine_threadsafe(lock.acquire(), loop).result()\n"
+        )
+        marker = d / "exit.lock"
+        env = dict(os.environ)
+        if runtime.current is not None:  # the child runs under the shim too
+            env["LOCKSCOPE_ENDPOINT"] = runtime.current.config.endpoint
+        cmd = [sys.executable, "-c", script, str(marker)]
+        if runtime.current is not None:
+            cmd = [sys.executable, "-m", "lockscope", "instrument", "--", *cmd]
+        t("exit", lambda: subprocess.run(cmd, env=env, check=True, timeout=60).returncode)
+        t("marker gone", marker.exists)
+        return t.lines
+
+    return scenario
+
+
+def test_filelock_edge_cases_are_transparent(sink: OtlpSink, tmp_path: Path) -> None:
+    compare(sink, _filelock_edges_scenario(tmp_path))
 
 
 def _redis_scenario(url: str) -> Callable[[], Transcript]:

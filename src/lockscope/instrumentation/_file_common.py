@@ -40,6 +40,7 @@ __all__ = [
 ]
 
 _host: str | None = None
+_current_task = asyncio.current_task
 
 
 def host() -> str:
@@ -55,7 +56,10 @@ def absolute(path: Any) -> str:
     value: str | bytes = os.fspath(path)
     if isinstance(value, bytes):
         value = value.decode("utf-8", "surrogateescape")
-    return os.path.abspath(value)
+    try:
+        return os.path.abspath(value)
+    except OSError:  # a relative path while the working directory is gone
+        return os.path.normpath(value)
 
 
 class FileAdapter(Adapter):
@@ -156,35 +160,34 @@ def _hold_before(adapter: FileAdapter, instance: Any, task: Any) -> Any:
 
 
 def _after(adapter: FileAdapter, instance: Any, hold: Any, exc: BaseException | None) -> None:
+    """After a release call (failed or not): end ``hold`` if the lock is no longer held."""
     if _held(adapter, instance) is False:
         operations.released(adapter, hold.target, hold, exc)
 
 
-class _Ending:
-    """Around a release call: ends ``hold`` afterwards (failed or not) if the lock is no
-    longer held, the one step the sync and asyncio wrappers share."""
-
-    __slots__ = ("adapter", "hold", "instance")
-
-    def __init__(self, adapter: FileAdapter, instance: Any, hold: Any) -> None:
-        self.adapter, self.instance, self.hold = adapter, instance, hold
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
-        _after(self.adapter, self.instance, self.hold, exc)
+# An interrupt (a signal handler's KeyboardInterrupt) can land in the shim's own look-up
+# before the release: filelock completes a release it interrupts, so the release still
+# runs before the interrupt goes on.
 
 
 def release_wrapper(adapter: FileAdapter) -> operations.Wrapper:
     """A sync release: ends the hold once the lock is no longer held."""
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        hold = _hold_before(adapter, instance, None)
+        try:
+            hold = _hold_before(adapter, instance, None)
+        except BaseException:
+            wrapped(*args, **kwargs)
+            raise
         if hold is None:
             return wrapped(*args, **kwargs)
-        with _Ending(adapter, instance, hold):
-            return wrapped(*args, **kwargs)
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            _after(adapter, instance, hold, exc)
+            raise
+        _after(adapter, instance, hold, None)
+        return result
 
     return wrapper
 
@@ -193,10 +196,19 @@ def async_release_wrapper(adapter: FileAdapter) -> operations.Wrapper:
     """The asyncio flavour of :func:`release_wrapper`."""
 
     async def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        hold = _hold_before(adapter, instance, asyncio.current_task())
+        try:
+            hold = _hold_before(adapter, instance, _current_task())
+        except BaseException:
+            await wrapped(*args, **kwargs)
+            raise
         if hold is None:
             return await wrapped(*args, **kwargs)
-        with _Ending(adapter, instance, hold):
-            return await wrapped(*args, **kwargs)
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            _after(adapter, instance, hold, exc)
+            raise
+        _after(adapter, instance, hold, None)
+        return result
 
     return wrapper

@@ -3,8 +3,10 @@
 Supported: ``loop.run_in_executor`` of the standard event loops (``asyncio.BaseEventLoop``,
 Python 3.11 to 3.14) with the default executor or any ``ThreadPoolExecutor``,
 ``asyncio.to_thread`` (which goes through ``run_in_executor``), and
-``anyio.to_thread.run_sync`` (anyio 4) on its asyncio backend.  Not covered: uvloop's loop
-(its ``run_in_executor`` is compiled) and process pools (the call runs in another process).
+``anyio.to_thread.run_sync`` (anyio 4) on its asyncio backend, and uvloop's loop
+(``uvloop.Loop``: its ``run_in_executor`` is compiled, but the class is a Python subclass
+whose attribute the shim wraps).  Not covered: process pools (the call runs in another
+process).
 
 How: the function handed to the worker thread is wrapped so that, while it runs, the
 worker thread's ident maps to the submitting task in :data:`operations.on_behalf`.  The
@@ -32,7 +34,7 @@ from lockscope.instrumentation.patching import Patcher
 
 __all__ = ["SUPPORTED", "instrument", "on_behalf_of"]
 
-SUPPORTED = {"anyio": ">=4.0,<5"}
+SUPPORTED = {"anyio": ">=4.0,<5", "uvloop": ">=0.17,<1"}
 """Instrumented library versions besides the standard library's asyncio."""
 
 _get_ident = threading.get_ident
@@ -108,4 +110,8 @@ def instrument(patcher: Patcher) -> None:
     def anyio_to_thread(module: Any) -> None:
         patcher.wrap(module, "run_sync", _anyio_run_sync)
 
+    def uvloop(module: Any) -> None:
+        patcher.wrap(module.Loop, "run_in_executor", _run_in_executor)
+
     patcher.when_imported("anyio.to_thread", anyio_to_thread)
+    patcher.when_imported("uvloop", uvloop)

@@ -14,6 +14,8 @@ others are flock locks the kernel releases with their process.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 from lockscope.instrumentation import _file_common
@@ -49,12 +51,34 @@ class FilelockAdapter(FileAdapter):
         return bool(blocking)
 
 
+def _spelling_fixed(wrapper: Any) -> Any:
+    """filelock warns about the deprecated ``poll_intervall`` with a fixed stacklevel that
+    would name the shim's frame: the warning is given here, naming the caller's line, and
+    the call goes on with ``poll_interval`` (which ``poll_intervall`` overrides)."""
+
+    def acquire(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        if kwargs.get("poll_intervall") is not None:
+            kwargs = dict(kwargs)
+            interval = kwargs.pop("poll_intervall")
+            warnings.warn(
+                "use poll_interval instead of poll_intervall", DeprecationWarning, stacklevel=2
+            )
+            if len(args) >= 2:
+                args = (args[0], interval, *args[2:])
+            else:
+                kwargs["poll_interval"] = interval
+        return wrapper(wrapped, instance, args, kwargs)
+
+    return acquire
+
+
 def instrument(patcher: Patcher) -> None:
     """Wrap filelock's sync and asyncio base classes when they are imported."""
 
     def sync(module: Any) -> None:
         adapter = FilelockAdapter((module.Timeout,), module.SoftFileLock)
-        patcher.wrap(module.BaseFileLock, "acquire", _file_common.acquire_wrapper(adapter))
+        acquire = _spelling_fixed(_file_common.acquire_wrapper(adapter))
+        patcher.wrap(module.BaseFileLock, "acquire", acquire)
         patcher.wrap(module.BaseFileLock, "release", _file_common.release_wrapper(adapter))
 
     def asynchronous(module: Any) -> None:

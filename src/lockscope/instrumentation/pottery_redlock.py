@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from lockscope.instrumentation import operations
-from lockscope.instrumentation.operations import Adapter, Wrapper
+from lockscope.instrumentation.operations import Adapter
 from lockscope.instrumentation.patching import Patcher
 from lockscope.instrumentation.recorder import LockInfo
 from lockscope.instrumentation.redis_py import redis_key_info, redis_namespace
@@ -64,40 +64,29 @@ class PotteryAdapter(Adapter):
         return float(instance.auto_release_time), True
 
 
+_SYNC = (operations.guarded, operations.acquire_wrapper, operations.release_wrapper,
+         operations.extend_wrapper)  # fmt: skip
+_ASYNC = (operations.async_guarded, operations.async_acquire_wrapper,
+          operations.async_release_wrapper, operations.async_extend_wrapper)  # fmt: skip
+"""(guard, acquire, release, extend) wrapper factories of ``Redlock`` and ``AIORedlock``."""
+
+
 def instrument(patcher: Patcher) -> None:
     """Wrap ``Redlock`` and ``AIORedlock`` when their modules are imported."""
 
-    def lost_errors() -> tuple[type[BaseException], ...]:
+    def patch(cls: type, flavour: tuple[Any, Any, Any, Any]) -> None:
         from pottery.exceptions import ExtendUnlockedLock, ReleaseUnlockedLock
 
-        return (ReleaseUnlockedLock, ExtendUnlockedLock)
-
-    def patch(cls: type, acquire: Wrapper, release: Wrapper, extend: Wrapper) -> None:
+        guard, acquire, release, extend = flavour
+        adapter = PotteryAdapter((ReleaseUnlockedLock, ExtendUnlockedLock))
         # pottery's context manager calls the name-mangled private methods directly.
         private = f"_{cls.__name__}__"
+        taking, releasing = guard(acquire(adapter)), guard(release(adapter))
         for name in ("acquire", private + "acquire"):
-            patcher.wrap(cls, name, acquire)
+            patcher.wrap(cls, name, taking)
         for name in ("release", private + "release"):
-            patcher.wrap(cls, name, release)
-        patcher.wrap(cls, "extend", extend)
+            patcher.wrap(cls, name, releasing)
+        patcher.wrap(cls, "extend", extend(adapter))
 
-    def sync(module: Any) -> None:
-        adapter = PotteryAdapter(lost_errors())
-        patch(
-            module.Redlock,
-            operations.guarded(operations.acquire_wrapper(adapter)),
-            operations.guarded(operations.release_wrapper(adapter)),
-            operations.extend_wrapper(adapter),
-        )
-
-    def asynchronous(module: Any) -> None:
-        adapter = PotteryAdapter(lost_errors())
-        patch(
-            module.AIORedlock,
-            operations.async_guarded(operations.async_acquire_wrapper(adapter)),
-            operations.async_guarded(operations.async_release_wrapper(adapter)),
-            operations.async_extend_wrapper(adapter),
-        )
-
-    patcher.when_imported("pottery.redlock", sync)
-    patcher.when_imported("pottery.aioredlock", asynchronous)
+    patcher.when_imported("pottery.redlock", lambda module: patch(module.Redlock, _SYNC))
+    patcher.when_imported("pottery.aioredlock", lambda module: patch(module.AIORedlock, _ASYNC))

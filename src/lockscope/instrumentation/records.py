@@ -8,6 +8,7 @@ by the reporter thread; :class:`InProcessLock` is the interface the in-process l
 from __future__ import annotations
 
 from dataclasses import dataclass
+import weakref
 from typing import Any, Protocol
 
 from lockscope import events
@@ -162,7 +163,9 @@ class Hold:
     ) -> None:
         self.info = info
         self.actor = actor
-        self.task = task
+        # Weakly: a held lock must not keep its finished task alive (filelock releases at
+        # exit the holds of tasks that are gone, which it sees through weak references).
+        self.task = task if task is None else _weakly(task)
         self.actor_name: str | None = None
         self.target = target
         self.obj = id(target)
@@ -174,6 +177,14 @@ class Hold:
         self.reported = False
         self.span: Any = None
         """The ``lock.hold`` span while it is recording (for links and its end)."""
+
+
+def _weakly(task: Any) -> Any:
+    """A weak proxy of ``task`` (its name reads as ``None`` once it is collected)."""
+    try:
+        return weakref.proxy(task)
+    except TypeError:
+        return task
 
 
 class InProcessLock(Protocol):

@@ -7,8 +7,8 @@ by the reporter thread; :class:`InProcessLock` is the interface the in-process l
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import weakref
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from lockscope import events

@@ -8,6 +8,10 @@
 - ``GET /api/v1/findings/{id}``: that finding as JSON (404 when unknown);
 - ``GET /static/...``: the page's script and style sheet, shipped as package data.
 
+Both pages share ``static/page.html`` (the document head, the script and style sheet, the
+site name); ``static/index.html`` and ``static/finding.html`` are what follows the site
+name in each.
+
 The page is self-contained (no CDN, no fonts from elsewhere) and strict about data: the
 script builds every element with ``textContent``/``setAttribute``, never ``innerHTML``, and
 every response carries a Content-Security-Policy that allows scripts only from this origin
@@ -47,17 +51,25 @@ def _asset(name: str) -> bytes:
     return importlib.resources.files("lockscope.agent.static").joinpath(name).read_bytes()
 
 
-def _page(name: str) -> web.Response:
+def _page(name: str, page: str, doc_title: str) -> str:
+    """``static/<name>`` inside the shared layout, as the ``data-page`` the script reads."""
+    layout = _asset("page.html").decode("utf-8")
+    content = _asset(name).decode("utf-8")
+    return (
+        layout.replace("@@page@@", page)
+        .replace("@@doc_title@@", doc_title)
+        .replace("@@content@@", content)
+    )
+
+
+def _html(text: str) -> web.Response:
     return web.Response(
-        body=_asset(name),
-        content_type="text/html",
-        charset="utf-8",
-        headers=_SECURITY_HEADERS,
+        text=text, content_type="text/html", charset="utf-8", headers=_SECURITY_HEADERS
     )
 
 
 async def _index(request: web.Request) -> web.Response:
-    return _page("index.html")
+    return _html(_page("index.html", "graph", "lockscope: live wait-for graph"))
 
 
 async def _finding_page(request: web.Request) -> web.Response:
@@ -65,11 +77,9 @@ async def _finding_page(request: web.Request) -> web.Response:
     if kind not in KINDS:
         raise web.HTTPNotFound(text="unknown finding kind\n")
     finding = request.app[STATE_KEY].finding_store.get(request.match_info["id"])
-    template = _asset("finding.html").decode("utf-8")
-    body = render_finding_page(template, kind, finding.to_json() if finding else None)
-    return web.Response(
-        text=body, content_type="text/html", charset="utf-8", headers=_SECURITY_HEADERS
-    )
+    # The finding page's own fields, its title among them, are filled in by render().
+    template = _page("finding.html", "finding", "@@doc_title@@")
+    return _html(render_finding_page(template, kind, finding.to_json() if finding else None))
 
 
 async def _static(request: web.Request) -> web.Response:

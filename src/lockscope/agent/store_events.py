@@ -220,8 +220,12 @@ class LockEvents:
     def _end(self, event: Event, proc: Process) -> tuple[int | None, str | None, Lock, Actor]:
         """An end event's ``since`` (None: any), outcome, lock and actor."""
         attrs = event.attrs
-        since = attr_int(attrs, ev.ATTR_SINCE)
-        outcome = attr_str(attrs, ev.ATTR_OUTCOME)
+        since = attrs.get(ev.ATTR_SINCE)  # attr_int() and attr_str(), common case inline
+        if since is not None and since.__class__ is not int:
+            since = attr_int(attrs, ev.ATTR_SINCE)
+        outcome = attrs.get(ev.ATTR_OUTCOME)
+        if outcome is not None and outcome.__class__ is not str:
+            outcome = attr_str(attrs, ev.ATTR_OUTCOME)
         lock, actor = self.target(proc, attrs)
         return since, outcome, lock, actor
 

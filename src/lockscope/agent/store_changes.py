@@ -97,10 +97,9 @@ class HoldExtended(_OfHoldAt):
 
 
 @dataclass(frozen=True, slots=True)
-class HoldDropped:
+class HoldDropped(_OfHold):
     """The hold ended (``reason``: see the module table)."""
 
-    hold: Hold
     reason: str
 
 
@@ -129,10 +128,9 @@ class WaitChanged(_OfWait):
 
 
 @dataclass(frozen=True, slots=True)
-class WaitDropped:
+class WaitDropped(_OfWait):
     """A wait ended (``outcome``: how, when the store knows, e.g. ``deadlock_victim``)."""
 
-    wait: Wait
     outcome: str | None = None
 
 
@@ -144,21 +142,19 @@ class ActorRemoved:
 
 
 @dataclass(frozen=True, slots=True)
-class SnapshotApplied:
+class SnapshotApplied(_OfProcess):
     """A heartbeat of ``process`` (sent at ``at_ns``) was reconciled."""
 
-    process: Process
     at_ns: int
 
 
 @dataclass(frozen=True, slots=True)
-class ProcessDied:
+class ProcessDied(_OfProcess):
     """The process stopped heartbeating (``exited``: it announced a clean exit).
 
     Its waits and its in-process holds are already gone; the holds left outlive it (until
     their lease ends, when the store drops them with reason ``lease_expired``)."""
 
-    process: Process
     exited: bool = False
 
 

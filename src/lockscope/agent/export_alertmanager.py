@@ -111,11 +111,17 @@ class AlertOptions:
     the alert's name in lower case, else ``#alertname`` is appended (docs/runbook.md's
     anchors)."""
     resend_interval: float = 30.0
+    """Seconds between re-sends of every active alert (``endsAt`` four intervals ahead)."""
     resolved_retention: float = 300.0
+    """Seconds a resolved alert is still re-sent, for an Alertmanager restarted meanwhile."""
     timeout: float = 10.0
+    """Seconds one POST to an Alertmanager may take."""
     backoff_initial: float = 0.5
+    """First pause after a failed POST; it doubles (with jitter) up to ``backoff_max``."""
     backoff_max: float = 30.0
+    """Longest pause between retries of a failing Alertmanager."""
     max_alerts: int = 20_000
+    """Alerts kept at most; past it, the oldest resolved one is dropped (counted)."""
     bound_url: str | None = None
     """Filled in by the agent once the HTTP listener is bound (:func:`bind_http_url`)."""
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lockscope.instrumentation.db_wrappers import async_done_wrapper, async_statement_method
+from lockscope.instrumentation.db_wrappers import async_done_wrapper, statement_method
 from lockscope.instrumentation.patching import Patcher
 
 __all__ = ["identify", "instrument"]
@@ -41,11 +41,13 @@ def _in_transaction(conn: Any) -> bool:
 
 
 def _call(original: Any) -> Any:
-    return async_statement_method(original, identify, _in_transaction, connection=None)
+    return statement_method(original, identify, _in_transaction, connection=None, asynchronous=True)
 
 
 def _statement_call(original: Any) -> Any:
-    return async_statement_method(original, identify, _in_transaction, connection="_connection")
+    return statement_method(
+        original, identify, _in_transaction, connection="_connection", asynchronous=True
+    )
 
 
 _STATEMENT_METHODS = ("fetch", "fetchrow", "fetchval", "fetchmany", "executemany", "explain")

@@ -17,15 +17,12 @@ from typing import Any
 
 from lockscope.instrumentation.db_wrappers import (
     async_done_wrapper,
-    async_statement_method,
     done_wrapper,
     statement_method,
 )
 from lockscope.instrumentation.patching import Patcher
 
 __all__ = ["identify", "in_transaction", "instrument"]
-
-_IN_TRANSACTION = (2, 3)  # libpq PQTRANS_INTRANS, PQTRANS_INERROR
 
 
 def identify(conn: Any) -> tuple[str, str, int] | None:
@@ -42,7 +39,8 @@ def in_transaction(conn: Any) -> bool:
     """Whether the connection's transaction is open (or failed and not yet rolled back)."""
     try:
         # pgconn directly: conn.info builds a new ConnectionInfo object on every access.
-        return int(conn.pgconn.transaction_status) in _IN_TRANSACTION
+        status: int = conn.pgconn.transaction_status
+        return 2 <= status <= 3  # libpq PQTRANS_INTRANS, PQTRANS_INERROR
     except Exception:
         return False
 
@@ -57,7 +55,7 @@ def _sync_execute(original: Any) -> Any:
 
 
 def _async_execute(original: Any) -> Any:
-    return async_statement_method(original, identify, in_transaction, connection=_CONN)
+    return statement_method(original, identify, in_transaction, connection=_CONN, asynchronous=True)
 
 
 def _connection_attribute(cursor_class: Any) -> str:

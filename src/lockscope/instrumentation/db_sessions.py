@@ -1,15 +1,17 @@
 """Who is the database session: binding an instrumented connection to the actor using it.
 
-The driver targets (``db_psycopg``, ``db_psycopg2``, ``db_asyncpg``, ``db_pymysql``) call
-:func:`statement_begin` before a statement and :func:`statement_end` after it (and after
-``commit``/``rollback``).  While a statement runs, or while the connection's transaction is
-open, the actor (thread or task) *binds* the session: it holds the binding lock
-``session:<backend id>`` (system ``postgresql``/``mysql``, namespace ``host:port/db``) in
-the recorder.  Like any hold it is reported only once it has lasted ``report_after`` (or
-when the actor's wait for another lock is reported), so an uncontended statement pays an
-update of two attributes and a set (no registry lock, no object), and nothing on the
-network.  The agent's database watcher then
-attributes that session's database waits and holds to the actor.
+The driver targets (``db_psycopg``, ``db_psycopg2``, ``db_asyncpg``, ``db_pymysql``) run
+each statement through :mod:`.db_wrappers`, which updates a connection's :class:`Binding`
+before the statement and after it (inlined there: it runs on every statement), and call
+:func:`connection_done` after ``commit``/``rollback``/``close``.  While a statement runs,
+or while the connection's transaction is open, the actor (thread or task) *binds* the
+session: it holds the binding lock ``session:<backend id>`` (system
+``postgresql``/``mysql``, namespace ``host:port/db``) in the recorder.  Like any hold it
+is reported only once it has lasted ``report_after`` (or when the actor's wait for
+another lock is reported), so an uncontended statement pays an update of a few
+attributes and a set (no registry lock, no object), and nothing on the network.  The
+agent's database watcher then attributes that session's database waits and holds to the
+actor.
 
 The backend id is what the driver already knows (psycopg ``info.backend_pid``, asyncpg
 ``get_server_pid()``, PyMySQL ``thread_id()``): no extra round trip.  Nothing here raises
@@ -20,21 +22,23 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 import weakref
 from collections.abc import Callable
 from typing import Any, Final
 
 from lockscope import events
-from lockscope.instrumentation import adapters, operations, runtime
+from lockscope.instrumentation import operations, runtime
 from lockscope.instrumentation.recorder import Hold, LockInfo, Recorder
 
 __all__ = [
+    "ATTR",
     "SESSION_TEMPLATE",
     "Binding",
+    "active",
+    "binding",
     "connection_done",
     "current_task",
-    "statement_begin",
+    "drop_hold",
     "statement_end",
     "statement_raised",
 ]
@@ -44,14 +48,12 @@ SESSION_TEMPLATE: Final = "session:{id}"
 Identify = Callable[[Any], "tuple[str, str, int] | None"]
 """conn -> (system, namespace ``host:port/db``, backend id), or None if unknown."""
 
-_get_ident = threading.get_ident
-
 
 class Binding:
     """One connection's session, the actor using it now and since when.
 
     The hot path only writes these attributes and adds/discards the binding in
-    :data:`_active` (single set operations, atomic under the GIL): no registry lock, no
+    :data:`active` (single set operations, atomic under the GIL): no registry lock, no
     object per statement.  The reporter thread turns a binding that has lasted
     ``report_after`` into a recorder hold (:func:`_promote`); ``gen`` changes whenever the
     caller ends or re-binds, so a promotion that raced with it is undone.
@@ -75,10 +77,9 @@ class Binding:
 _bindings: weakref.WeakKeyDictionary[Any, Binding] = weakref.WeakKeyDictionary()
 _by_id: dict[int, Binding] = {}
 """For connections that cannot be weakly referenced: id(conn) -> binding."""
-_active: set[Binding] = set()
+active: set[Binding] = set()
 """Bindings in use now (a statement running or a transaction open)."""
 _promote_lock = threading.Lock()
-_perf = time.perf_counter_ns
 
 
 def current_task() -> Any:
@@ -89,11 +90,12 @@ def current_task() -> Any:
         return None
 
 
-_ATTR: Final = "_lockscope_binding"
+ATTR: Final = "_lockscope_binding"
+"""The connection attribute that holds its binding (where the class allows one)."""
 
 
 def _known(conn: Any) -> Binding | None:
-    b: Binding | None = getattr(conn, _ATTR, None)
+    b: Binding | None = getattr(conn, ATTR, None)
     if b is not None:
         return b
     try:
@@ -115,7 +117,7 @@ def _binding(conn: Any, identify: Identify, recorder: Recorder) -> Binding | Non
     try:
         # An attribute is the cheapest look-up; connection classes with __slots__ get a
         # weak mapping instead.
-        setattr(conn, _ATTR, b)
+        setattr(conn, ATTR, b)
         return b
     except (AttributeError, TypeError):
         pass
@@ -127,7 +129,8 @@ def _binding(conn: Any, identify: Identify, recorder: Recorder) -> Binding | Non
     return b
 
 
-def _drop_hold(b: Binding, outcome: str = "released") -> None:
+def drop_hold(b: Binding, outcome: str = "released") -> None:
+    """End ``b``'s recorder hold, if the reporter made one."""
     if b.hold is not None:
         with _promote_lock:
             hold, b.hold = b.hold, None
@@ -136,50 +139,17 @@ def _drop_hold(b: Binding, outcome: str = "released") -> None:
             shim.recorder.unbind(hold, outcome)
 
 
-_context = adapters.context_get
-_SUPPRESS = adapters.SUPPRESSED
-_SUPPRESS_PLAIN = adapters.SUPPRESSED_PLAIN
-
-
-def statement_begin(conn: Any, identify: Identify, task: Any = None) -> Binding | None:
-    """A statement starts on ``conn`` (run by the current thread, or ``task``).
-
-    The hottest path of the database targets (every statement): the suppression check,
-    the binding look-up and the release of an earlier hold are inlined (each saved call
-    is ~50 ns on a ~25 us loopback statement).
-    """
+def binding(conn: Any, identify: Identify) -> Binding | None:
+    """``conn``'s binding, made on its first statement (``None`` if the shim is off or the
+    driver does not know the session yet)."""
     shim = runtime.current
-    if shim is None:
-        return None
-    c = _context()
-    if c.get(_SUPPRESS) or c.get(_SUPPRESS_PLAIN):
-        return None
-    try:
-        b: Binding | None = getattr(conn, _ATTR, None)
-        if b is None:
-            b = _binding(conn, identify, shim.recorder)
-            if b is None:
-                return None
-        actor = _get_ident() if task is None else id(task)
-        if b.actor == actor and b in _active:
-            return b  # its open transaction (or an outer call) already binds it
-        b.gen += 1
-        if b.hold is not None:
-            _drop_hold(b)
-        b.actor = actor
-        b.task = task
-        b.start = _perf()
-        _active.add(b)
-        return b
-    except Exception:
-        operations.failed()
-        return None
+    return None if shim is None else _binding(conn, identify, shim.recorder)
 
 
 def _end(b: Binding, outcome: str = "released") -> None:
     b.gen += 1
-    _active.discard(b)
-    _drop_hold(b, outcome)
+    active.discard(b)
+    drop_hold(b, outcome)
 
 
 DEADLOCK_VICTIM: Final = "deadlock_victim"
@@ -196,15 +166,11 @@ def deadlock_victim(exc: BaseException) -> bool:
 
 
 def statement_end(b: Binding, in_transaction: Callable[[Any], bool], conn: Any) -> None:
-    """The statement returned (``b`` from :func:`statement_begin`, not ``None``): keep
-    the binding while the connection's transaction stays open (``in_transaction(conn)``),
-    else end it (inlined :func:`_end`: this runs on every statement)."""
+    """The statement returned: keep the binding while the connection's transaction stays
+    open (``in_transaction(conn)``), else end it.  (:mod:`.db_wrappers` inlines this.)"""
     try:
         if not in_transaction(conn):
-            b.gen += 1
-            _active.discard(b)
-            if b.hold is not None:
-                _drop_hold(b)
+            _end(b)
     except Exception:
         operations.failed()
 
@@ -237,11 +203,11 @@ def connection_done(conn: Any) -> None:
 def _promote(now: int) -> None:
     """Reporter thread: bindings in use for ``report_after`` become recorder holds."""
     shim = runtime.current
-    if shim is None or not _active:
+    if shim is None or not active:
         return
     recorder = shim.recorder
     threshold = now - recorder.report_after_ns
-    for b in list(_active):
+    for b in list(active):
         if b.hold is not None or b.start > threshold:
             continue
         gen, actor, task, start = b.gen, b.actor, b.task, b.start

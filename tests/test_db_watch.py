@@ -738,3 +738,74 @@ def test_app_connection_classes_keep_their_rows_and_see_an_external_holder(
         external.rollback()
         external.close()
     assert app.read().startswith("ok")
+
+
+def test_slow_poll_is_cut_by_the_statement_timeout(caplog: Any) -> None:
+    """A poll that does not finish within the watcher's statement timeout is cancelled by
+    the server (not left to run): here the poll is slow because another session holds
+    pg_class in ACCESS EXCLUSIVE mode and the target's statement timeout (0.2 s) is below
+    the watcher's lock_timeout (0.5 s), so it is the statement timeout that cuts it.  The
+    fault is logged once however often it recurs, the database is shown down in /readyz
+    and lockscope_agent_database_up, and the agent's event loop keeps serving."""
+    from dataclasses import replace
+
+    import psycopg
+
+    from lockscope.testing.postgres_server import PostgresServer
+
+    caplog.set_level(logging.WARNING, logger="lockscope")
+    with PostgresServer() as pg:
+        target = replace(
+            parse_dsn(pg.create_monitor_role("lockscope_watch", "slow-pw"), name="slow"),
+            statement_timeout=0.2,
+        )
+        with InProcessAgent(http_setup=[setup_database_watchers([target])]) as agent:
+            wait_until(lambda: status(agent, "slow")["up"])
+            blocker = psycopg.connect(pg.dsn)
+            try:
+                blocker.execute("LOCK TABLE pg_class IN ACCESS EXCLUSIVE MODE")
+                wait_until(lambda: status(agent, "slow")["failures"] >= 3, timeout=60.0)
+                st = status(agent, "slow")
+                assert not st["up"], st
+                assert "statement timeout" in st["error"], st
+                assert up_metric(agent, "slow") == "0.0"
+                # The loop answers while the watcher thread is stuck or backing off.
+                assert agent.get("/healthz")["status"] == "ok"
+                assert "locks" in agent.get("/api/v1/locks")
+                cut = [r for r in caplog.records if "statement timeout" in r.getMessage()]
+                assert len(cut) == 1, [r.getMessage() for r in cut]
+                assert "slow-pw" not in cut[0].getMessage()
+            finally:
+                blocker.rollback()
+                blocker.close()
+            wait_until(lambda: status(agent, "slow")["up"], timeout=60.0)
+            assert up_metric(agent, "slow") == "1.0"
+
+
+def test_mariadb_watcher_session_has_a_statement_timeout(my_watch_dsn: str) -> None:
+    """The MariaDB watcher's session runs under max_statement_time: a statement slower
+    than it on that session is interrupted by the server (error 1969).  (No way was found
+    to make MariaDB's information_schema poll itself slow on demand; this checks the
+    session the poll runs on, with a slow statement of the test's own.)"""
+    from dataclasses import replace
+
+    import pymysql
+
+    from lockscope.agent.db_mysql import MysqlDialect
+
+    dialect = MysqlDialect()
+    target = replace(parse_dsn(my_watch_dsn, name="my"), statement_timeout=0.3)
+    conn = dialect.connect(target)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT @@max_statement_time")
+            row = cur.fetchone()
+            assert row is not None
+            assert float(row[0]) == pytest.approx(0.3)
+            with pytest.raises(pymysql.err.OperationalError) as failed:
+                cur.execute("SELECT SLEEP(5) FROM information_schema.PROCESSLIST LIMIT 1")
+            assert failed.value.args[0] == 1969, failed.value
+            assert dialect.cut_by_timeout(conn, failed.value)
+        assert dialect.poll(conn) is not None  # the session still polls afterwards
+    finally:
+        dialect.close(conn)

@@ -221,6 +221,9 @@ def build_snapshot(
     return snap
 
 
+_TIMEOUT_ERRORS: Final = (1969, 3024)
+
+
 class MysqlDialect:
     """PyMySQL, autocommit, a per-session statement time limit, one round trip per poll."""
 
@@ -305,6 +308,12 @@ class MysqlDialect:
             holders_known=self._holders_known,
             exclude_id=self._own_id,
         )
+
+    def cut_by_timeout(self, conn: Any, exc: BaseException) -> bool:
+        """MariaDB error 1969 (max_statement_time exceeded) or MySQL 3024
+        (max_execution_time exceeded), on a connection that is still open."""
+        args: tuple[Any, ...] = getattr(exc, "args", ())
+        return bool(args) and args[0] in _TIMEOUT_ERRORS and bool(conn.open)
 
     def close(self, conn: Any) -> None:
         conn.close()

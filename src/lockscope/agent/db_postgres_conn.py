@@ -56,5 +56,14 @@ class PostgresDialect:
         row = conn.execute(POLL_QUERY, prepare=True).fetchone()
         return build_snapshot(row, self._memo, self._own_pid)
 
+    def cut_by_timeout(self, conn: Any, exc: BaseException) -> bool:
+        """SQLSTATE 57014 (query_canceled) from our own statement timeout, on a session
+        that is still open."""
+        return (
+            getattr(exc, "sqlstate", None) == "57014"
+            and "statement timeout" in str(exc)
+            and not conn.closed
+        )
+
     def close(self, conn: Any) -> None:
         conn.close()

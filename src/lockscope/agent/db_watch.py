@@ -50,6 +50,11 @@ class Dialect(Protocol):
 
     def poll(self, conn: Any) -> Snapshot: ...
 
+    def cut_by_timeout(self, conn: Any, exc: BaseException) -> bool:
+        """Whether ``exc`` is the server cancelling a poll for the statement timeout,
+        which leaves ``conn`` usable (polling goes on with it after the backoff)."""
+        ...
+
     def close(self, conn: Any) -> None: ...
 
 
@@ -206,7 +211,17 @@ class DatabaseWatcher:
             try:
                 while not self._stop.is_set():
                     started = time.perf_counter()
-                    snap = self._dialect.poll(conn)
+                    try:
+                        snap = self._dialect.poll(conn)
+                    except Exception as exc:
+                        if not self._dialect.cut_by_timeout(conn, exc):
+                            raise
+                        # Keep the session: a new one would cost a backend start, which
+                        # may itself block on what made the poll slow (locked catalogs).
+                        self._failed(exc)
+                        self._stop.wait(backoff)
+                        backoff = min(backoff * 2, BACKOFF_MAX)
+                        continue
                     took = time.perf_counter() - started
                     st = self.status
                     if not st.up:

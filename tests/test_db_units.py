@@ -228,3 +228,111 @@ def test_mariadb_snapshot_from_information_schema_rows() -> None:
     assert snap.sessions[9].wait.since_ns == int(1000e9) - int(2.5e9)
     assert list(snap.sessions[6].holds) == ["user_lock:jobs"]
     assert list(snap.sessions[7].holds) == ["row:lockscope.accounts@PRIMARY(1)"]
+
+
+class _RecordedMysql8:
+    """A PyMySQL connection replaying what a MySQL 8.0 server answers the watcher: the
+    version, the grants and one poll's result sets, written from MySQL 8's documented
+    performance_schema columns.  Not a server test: no MySQL 8 server can be installed on
+    this project's machines (Debian ships MariaDB only; no PyPI package ships mysqld)."""
+
+    def __init__(self, poll_results: list[list[tuple[object, ...]]]) -> None:
+        self.sent: list[str] = []
+        self.poll_results = poll_results
+        self.open = True
+        self._pending: list[list[tuple[object, ...]]] = []
+
+    def thread_id(self) -> int:
+        return 99
+
+    def close(self) -> None:
+        self.open = False
+
+    def cursor(self) -> _RecordedMysql8:
+        return self
+
+    def __enter__(self) -> _RecordedMysql8:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def execute(self, sql: str) -> None:
+        self.sent.append(sql)
+        if sql == "SELECT VERSION()":
+            self._pending = [[("8.0.36",)]]
+        elif sql == "SHOW GRANTS":
+            self._pending = [[("GRANT PROCESS ON *.* TO `lockscope_watch`@`%`",)]]
+        elif "performance_schema.data_lock_waits" in sql:
+            self._pending = [list(rows) for rows in self.poll_results]
+        else:
+            self._pending = [[]]
+
+    def fetchone(self) -> tuple[object, ...] | None:
+        rows = self.fetchall()
+        return rows[0] if rows else None
+
+    def fetchall(self) -> list[tuple[object, ...]]:
+        return self._pending[0] if self._pending else []
+
+    def nextset(self) -> bool:
+        self._pending = self._pending[1:]
+        return bool(self._pending)
+
+
+def test_mysql8_dialect_with_recorded_server_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The MySQL 8 path of the watcher end to end below the network: the version makes it
+    pick ``max_execution_time`` and the performance_schema queries, one multi-statement
+    poll's result sets become the snapshot (the watcher's own session left out), and
+    error 3024 is a poll cut by the statement timeout.  Recorded rows, no server."""
+    import pymysql
+
+    from lockscope.agent.db_mysql import MYSQL8_QUERIES, MysqlDialect
+
+    poll: list[list[tuple[object, ...]]] = [
+        [(1000.0,)],
+        [(21, 999.5, "X,REC_NOT_GAP", "RECORD", "`shop`.`orders`", "PRIMARY", "7", 20,
+          "X,REC_NOT_GAP")],
+        [(30, "GRANTED", "jobs", None), (31, "PENDING", "jobs", 1_500_000_000_000),
+         (99, "GRANTED", "own", None)],
+        [(20, "app", "10.0.0.2:5000", "worker"), (21, "app", "10.0.0.3:5000", None),
+         (30, "cron", "10.0.0.4:1", "mysql"), (31, "app", "10.0.0.5:1", "py")],
+    ]  # fmt: skip
+    conn = _RecordedMysql8(poll)
+    monkeypatch.setattr(pymysql, "connect", lambda **kwargs: conn)
+    dialect = MysqlDialect()
+    target = parse_dsn("mysql://lockscope_watch:pw@db8:3306/shop", name="my8")
+    assert dialect.connect(target) is conn
+    assert "SET SESSION max_execution_time = 2000" in conn.sent
+    assert not any("max_statement_time" in sql for sql in conn.sent)
+    snap = dialect.poll(conn)
+    assert conn.sent[-1] == ";".join(MYSQL8_QUERIES)
+    assert snap.sessions[21].wait is not None
+    assert snap.sessions[21].wait.name == "row:shop.orders@PRIMARY(7)"
+    assert list(snap.sessions[20].holds) == ["row:shop.orders@PRIMARY(7)"]
+    assert snap.sessions[31].wait is not None
+    assert snap.sessions[31].wait.name == "user_lock:jobs"
+    assert list(snap.sessions[30].holds) == ["user_lock:jobs"]
+    assert 99 not in snap.sessions  # the watcher's own session (its connection id)
+    assert snap.sessions[30].application == "mysql"
+    timeout = pymysql.err.OperationalError(3024, "Query execution was interrupted")
+    assert dialect.cut_by_timeout(conn, timeout)
+    assert not dialect.cut_by_timeout(conn, pymysql.err.OperationalError(2013, "lost"))
+    conn.close()
+    assert not dialect.cut_by_timeout(conn, timeout)
+
+
+def test_deadlock_victim_errors_of_each_driver() -> None:
+    """The driver errors that say the server aborted the statement to break a deadlock
+    (real exception classes, no server)."""
+    import psycopg
+    import pymysql
+
+    from lockscope.instrumentation.db_sessions import deadlock_victim
+
+    assert deadlock_victim(psycopg.errors.DeadlockDetected("deadlock detected"))
+    assert not deadlock_victim(psycopg.errors.QueryCanceled("statement timeout"))
+    assert deadlock_victim(pymysql.err.OperationalError(1213, "Deadlock found"))
+    assert deadlock_victim(pymysql.err.OperationalError(3058, "Deadlock found (user lock)"))
+    assert not deadlock_victim(pymysql.err.OperationalError(1205, "Lock wait timeout"))
+    assert not deadlock_victim(ValueError(1213))

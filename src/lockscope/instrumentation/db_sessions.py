@@ -157,12 +157,13 @@ DEADLOCK_VICTIM: Final = "deadlock_victim"
 
 def deadlock_victim(exc: BaseException) -> bool:
     """Whether a driver error says the database aborted the statement to break a deadlock
-    (SQLSTATE 40P01 from psycopg, psycopg2, asyncpg; MySQL error 1213 from PyMySQL)."""
+    (SQLSTATE 40P01 from psycopg, psycopg2, asyncpg; from PyMySQL, error 1213, InnoDB's and
+    MariaDB's GET_LOCK deadlock, or 3058, MySQL 8's GET_LOCK deadlock)."""
     code = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
     if code == "40P01":
         return True
     args: tuple[Any, ...] = getattr(exc, "args", ())
-    return bool(args) and args[0] == 1213 and type(exc).__module__.startswith("pymysql")
+    return bool(args) and args[0] in (1213, 3058) and type(exc).__module__.startswith("pymysql")
 
 
 def statement_end(b: Binding, in_transaction: Callable[[Any], bool], conn: Any) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from lockscope.instrumentation import drivers, plain
+from lockscope.instrumentation import drivers, guards, plain
 from lockscope.instrumentation.adapters import Adapter
 
 
@@ -65,3 +65,29 @@ def test_a_traceback_through_a_driver_points_at_its_template_line() -> None:
     # The compiled code keeps the template's line numbers, so the line shown is the
     # template's call (the shim off: the driver's first return).
     assert ours[0].line == "return {await_}{call}"
+
+
+@pytest.mark.parametrize("guarded", [True, False])
+@pytest.mark.parametrize("maker", [plain.plain_acquire, plain.plain_release])
+def test_the_guarded_flavour_runs_the_original_inside_the_guard(maker: Any, guarded: bool) -> None:
+    seen: list[bool] = []
+
+    def original(self: Any, fail: bool = False) -> str:
+        seen.append(guards.nested.get())
+        if fail:
+            raise Boom("inside")
+        return "ok"
+
+    driver = maker(Adapter(), guarded=guarded)(original)
+    assert driver(object()) == "ok"
+    with pytest.raises(Boom):
+        driver(object(), True)
+    assert seen == [guarded, guarded]
+    assert guards.nested.get() is False  # reset after a return and after a raise
+    # Called inside another guarded call: straight through, the guard still set.
+    token = guards.nested.set(True)
+    try:
+        assert driver(object()) == "ok"
+    finally:
+        guards.nested.reset(token)
+    assert seen[-1] is True

@@ -99,26 +99,6 @@ class Acquire(Wait):
             except Exception:
                 failed()
 
-    def returned(self, result: Any) -> None:
-        """The wrapped acquire returned ``result`` (the span context is left first)."""
-        if self.context is not None:
-            _detach(self.context)
-            self.context = None
-        if result is not True:
-            self.done(self._outcome(result))
-            return
-        # done("acquired"), inlined: the common case.
-        try:
-            adapter = self.adapter
-            token, owner, ttl = adapter.hold_fields(self.target)
-            hold = self.shim.recorder.end_wait(self, "acquired", token=token, owner=owner, ttl=ttl)
-            if self.span is not None:
-                self._end_span(hold, "acquired", token, None)
-            if hold is not None and adapter.watches_holds:
-                adapter.on_hold(self.target, hold)
-        except Exception:
-            failed()
-
     def raised(self, exc: BaseException) -> None:
         """The wrapped acquire raised ``exc``."""
         if self.context is not None:
@@ -126,7 +106,8 @@ class Acquire(Wait):
             self.context = None
         self.done(exc_outcome(self.adapter, exc), exc)
 
-    def _outcome(self, result: Any) -> str:
+    def outcome_of(self, result: Any) -> str:
+        """The outcome of the wrapped acquire that returned ``result`` (not ``True``)."""
         adapter = self.adapter
         try:
             kwargs = self.kwargs if self.kwargs is not None else {}
@@ -144,16 +125,17 @@ class Acquire(Wait):
                 token, owner, ttl = adapter.hold_fields(self.target)
             hold = self.shim.recorder.end_wait(self, outcome, token=token, owner=owner, ttl=ttl)
             if self.span is not None:
-                self._end_span(hold, outcome, token, exc)
+                self.end_span(hold, outcome, token, exc)
             if hold is not None and adapter.watches_holds:
                 adapter.on_hold(self.target, hold)
         except Exception:
             failed()
         return hold
 
-    def _end_span(
+    def end_span(
         self, hold: Hold | None, outcome: str, token: int | None, exc: BaseException | None
     ) -> None:
+        """End the wait span with the outcome; the hold span starts on ``hold``."""
         span = self.span
         end = hold.start if hold is not None else _perf()
         # One set_attribute per key: cheaper in the SDK than set_attributes of a small
@@ -179,9 +161,9 @@ def enter(shim: runtime.Shim, adapter: Adapter, instance: Any, args: Any, kwargs
 
     ``held`` false (an acquire): the :class:`Acquire` begun, with the sampler's certain
     drop checked here (no call into the span factory for an unsampled root acquire) and
-    the wait span made current (the driver leaves it in :meth:`Acquire.returned`/
-    ``raised``).  ``held`` true (a release or extend): the
-    :class:`~lockscope.instrumentation.recorder.Hold` the call is on (this actor's hold of
+    the wait span made current (the driver leaves it when the call ends).  ``held`` true
+    (a release or extend): the :class:`~lockscope.instrumentation.recorder.Hold` the call
+    is on (this actor's hold of
     ``instance``, else anyone's if :meth:`Adapter.shared`, else the lock's by key if
     :attr:`Adapter.by_key`), :meth:`Recorder.find_hold` inlined."""
     op = None

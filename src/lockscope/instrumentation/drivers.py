@@ -1,11 +1,12 @@
-"""The drivers of the acquire and held-call algorithms: one source text, four flavours.
+"""The drivers of the acquire and held-call algorithms: one source text, eight flavours.
 
 A driver is the function that stands in for a library's method: it begins the record
 (:func:`.acquire.enter`), calls the original and passes
 its result or exception through unchanged (principle 4), then records the outcome.  There
-are four flavours of each: sync or asyncio (``await`` in front of the call, the current
-task as the actor) and wrapt wrapper or plain function (``wrapped(*args, **kwargs)`` or
-``original(self, *args, **kwargs)``, see :mod:`.plain`).  Python cannot share one body
+are eight flavours of each: sync or asyncio (``await`` in front of the call, the current
+task as the actor), wrapt wrapper or plain function (``wrapped(*args, **kwargs)`` or
+``original(self, *args, **kwargs)``, see :mod:`.plain`), and guarded or not (the nested-lock
+guard of :mod:`.guards` built in, for a lock built on another lock).  Python cannot share one body
 between a function and a coroutine function without an extra call per lock operation on
 the hot path, so, as :mod:`dataclasses` does for the methods it writes, the body is
 written once below and compiled once per flavour at import; each flavour is a factory
@@ -25,6 +26,7 @@ from opentelemetry import trace
 from lockscope.instrumentation import runtime
 from lockscope.instrumentation.acquire import enter
 from lockscope.instrumentation.adapters import Adapter, failed
+from lockscope.instrumentation.guards import nested
 from lockscope.instrumentation.held import After, held_call_done
 
 __all__ = ["acquire_driver", "held_driver"]
@@ -32,17 +34,37 @@ __all__ = ["acquire_driver", "held_driver"]
 _ACQUIRE = """
 def make(adapter, original):
     {async_}def acquire({params}):
-        shim = runtime.current
-        op = None if shim is None else enter(shim, adapter, {this}, args, kwargs, {task}, False)
-        if op is None:
-            return {await_}{call}
-        try:
-            result = {await_}{call}
-        except BaseException as exc:
-            op.raised(exc)
-            raise
-        op.returned(result)
-        return result
+        if nested.get():  # guard
+            return {await_}{call}  # guard
+        guard = nested.set(True)  # guard
+        try:  # guard
+            shim = runtime.current
+            op = None if shim is None else enter(shim, adapter, {this}, args, kwargs, {task}, False)
+            if op is None:
+                return {await_}{call}
+            try:
+                result = {await_}{call}
+            except BaseException as exc:
+                op.raised(exc)
+                raise
+            if op.context is not None:  # the wait span's context, left first
+                detach(op.context)
+                op.context = None
+            if result is not True:
+                op.done(op.outcome_of(result))
+                return result
+            try:  # op.done("acquired"), inlined: the common case
+                token, owner, ttl = adapter.hold_fields({this})
+                hold = shim.recorder.end_wait(op, "acquired", token=token, owner=owner, ttl=ttl)
+                if op.span is not None:
+                    op.end_span(hold, "acquired", token, None)
+                if hold is not None and adapter.watches_holds:
+                    adapter.on_hold({this}, hold)
+            except Exception:
+                failed()
+            return result
+        finally:  # guard
+            nested.reset(guard)  # guard
 
     return acquire
 """
@@ -50,24 +72,30 @@ def make(adapter, original):
 _HELD = """
 def make(adapter, original, after):
     {async_}def held_call({params}):
-        shim = runtime.current
-        hold = None if shim is None else enter(shim, adapter, {this}, None, None, {task}, True)
-        if hold is None or shim is None:
-            return {await_}{call}
-        token = attach(set_span(hold.span)) if hold.span is not None else None
-        try:
-            result = {await_}{call}
-        except BaseException as exc:
-            held_call_done(adapter, after, {this}, hold, args, kwargs, exc, token)
-            raise
-        if after is None and token is None and hold.span is None:
-            try:  # the common case, a release without a span: the hold ends in one call
-                shim.recorder.end_hold(hold, "released")
-            except Exception:
-                failed()
-        else:
-            held_call_done(adapter, after, {this}, hold, args, kwargs, None, token)
-        return result
+        if nested.get():  # guard
+            return {await_}{call}  # guard
+        guard = nested.set(True)  # guard
+        try:  # guard
+            shim = runtime.current
+            hold = None if shim is None else enter(shim, adapter, {this}, None, None, {task}, True)
+            if hold is None or shim is None:
+                return {await_}{call}
+            token = attach(set_span(hold.span)) if hold.span is not None else None
+            try:
+                result = {await_}{call}
+            except BaseException as exc:
+                held_call_done(adapter, after, {this}, hold, args, kwargs, exc, token)
+                raise
+            if after is None and token is None and hold.span is None:
+                try:  # the common case, a release without a span: the hold ends in one call
+                    shim.recorder.end_hold(hold, "released")
+                except Exception:
+                    failed()
+            else:
+                held_call_done(adapter, after, {this}, hold, args, kwargs, None, token)
+            return result
+        finally:  # guard
+            nested.reset(guard)  # guard
 
     return held_call
 """
@@ -78,8 +106,10 @@ _NAMESPACE: dict[str, Any] = {
     "failed": failed,
     "held_call_done": held_call_done,
     "attach": otel_context.attach,
+    "detach": otel_context.detach,
     "set_span": trace.set_span_in_context,
     "current_task": asyncio.current_task,
+    "nested": nested,
 }
 # (plain function?) -> the parameters, the instance's name and the original call.
 _SHAPES = {
@@ -100,9 +130,28 @@ def _first_line(variable: str) -> int:
         return 0
 
 
-def _compile(source: str, variable: str, plain: bool, asyncio_: bool) -> Callable[..., Any]:
+def _flavour(source: str, guarded: bool) -> str:
+    """The template as one flavour: ``guarded`` keeps the lines marked ``# guard`` (the
+    body runs inside :data:`.guards.nested`'s guard, as :func:`.guards.guarded` does); else
+    they become blank lines and the body moves out of their ``try``.  Every line stays
+    where it is, so the compiled code keeps this file's line numbers."""
+    if guarded:
+        return source
+    lines = []
+    for line in source.split("\n"):
+        if line.endswith("# guard"):
+            line = ""
+        elif line.startswith(" " * 12):
+            line = line[4:]
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _compile(
+    source: str, variable: str, plain: bool, asyncio_: bool, guarded: bool
+) -> Callable[..., Any]:
     params, this, call = _SHAPES[plain]
-    text = "\n" * _first_line(variable) + source.format(
+    text = "\n" * _first_line(variable) + _flavour(source, guarded).format(
         async_="async " if asyncio_ else "",
         await_="await " if asyncio_ else "",
         task="current_task()" if asyncio_ else "None",
@@ -118,24 +167,24 @@ def _compile(source: str, variable: str, plain: bool, asyncio_: bool) -> Callabl
     return maker
 
 
-_ACQUIRE_MAKERS = {
-    (plain, aio): _compile(_ACQUIRE, "_ACQUIRE", plain, aio)
-    for plain in (True, False)
-    for aio in (True, False)
-}
-_HELD_MAKERS = {
-    (plain, aio): _compile(_HELD, "_HELD", plain, aio)
-    for plain in (True, False)
-    for aio in (True, False)
-}
+_FLAVOURS = [(p, a, g) for p in (True, False) for a in (True, False) for g in (True, False)]
+_ACQUIRE_MAKERS = {flavour: _compile(_ACQUIRE, "_ACQUIRE", *flavour) for flavour in _FLAVOURS}
+_HELD_MAKERS = {flavour: _compile(_HELD, "_HELD", *flavour) for flavour in _FLAVOURS}
 
 
 def acquire_driver(
-    adapter: Adapter, original: Callable[..., Any] | None, *, plain: bool, asyncio_: bool
+    adapter: Adapter,
+    original: Callable[..., Any] | None,
+    *,
+    plain: bool,
+    asyncio_: bool,
+    guarded: bool = False,
 ) -> Callable[..., Any]:
     """The acquire driver for ``adapter``: a plain function calling ``original`` (the
-    class's method, ``plain``) or a wrapt wrapper (``original`` ``None``)."""
-    driver: Callable[..., Any] = _ACQUIRE_MAKERS[plain, asyncio_](adapter, original)
+    class's method, ``plain``) or a wrapt wrapper (``original`` ``None``); ``guarded``:
+    with :func:`.guards.guarded`'s guard built in (one call, not two)."""
+    maker = _ACQUIRE_MAKERS[plain, asyncio_, guarded]
+    driver: Callable[..., Any] = maker(adapter, original)
     return driver
 
 
@@ -146,8 +195,10 @@ def held_driver(
     *,
     plain: bool,
     asyncio_: bool,
+    guarded: bool = False,
 ) -> Callable[..., Any]:
     """The driver of a call on a held lock (``after`` ``None``: a release, see
     :func:`.held.held_call_done`), as :func:`acquire_driver`."""
-    driver: Callable[..., Any] = _HELD_MAKERS[plain, asyncio_](adapter, original, after)
+    maker = _HELD_MAKERS[plain, asyncio_, guarded]
+    driver: Callable[..., Any] = maker(adapter, original, after)
     return driver

@@ -6,10 +6,12 @@ from collections.abc import Callable
 from contextvars import ContextVar, Token
 from typing import Any
 
-__all__ = ["Wrapper", "async_guarded", "guarded", "reguard", "unguarded"]
+__all__ = ["Wrapper", "async_guarded", "guarded", "nested", "reguard", "unguarded"]
 
 Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
-_nested: ContextVar[bool] = ContextVar("lockscope_nested", default=False)
+nested: ContextVar[bool] = ContextVar("lockscope_nested", default=False)
+"""True while a guarded call runs in this thread or task (the drivers' guarded flavour
+reads and sets it too)."""
 
 
 def guarded(wrapper: Wrapper) -> Wrapper:
@@ -18,13 +20,13 @@ def guarded(wrapper: Wrapper) -> Wrapper:
     lockscope lock that delegates) is recorded once, as the outer lock."""
 
     def outer(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        if _nested.get():
+        if nested.get():
             return wrapped(*args, **kwargs)
-        token = _nested.set(True)
+        token = nested.set(True)
         try:
             return wrapper(wrapped, instance, args, kwargs)
         finally:
-            _nested.reset(token)
+            nested.reset(token)
 
     return outer
 
@@ -33,13 +35,13 @@ def async_guarded(wrapper: Wrapper) -> Wrapper:
     """The asyncio flavour of :func:`guarded`."""
 
     async def outer(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        if _nested.get():
+        if nested.get():
             return await wrapped(*args, **kwargs)
-        token = _nested.set(True)
+        token = nested.set(True)
         try:
             return await wrapper(wrapped, instance, args, kwargs)
         finally:
-            _nested.reset(token)
+            nested.reset(token)
 
     return outer
 
@@ -47,9 +49,9 @@ def async_guarded(wrapper: Wrapper) -> Wrapper:
 def unguarded() -> Token[bool]:
     """Leave the guard while user code runs inside a guarded call (an election's leader
     function); pass the result to :func:`reguard`."""
-    return _nested.set(False)
+    return nested.set(False)
 
 
 def reguard(token: Token[bool]) -> None:
     """Undo :func:`unguarded`."""
-    _nested.reset(token)
+    nested.reset(token)

@@ -19,7 +19,7 @@ import threading
 from typing import Any
 
 from lockscope import events
-from lockscope.instrumentation import operations, runtime
+from lockscope.instrumentation import operations, plain, runtime
 from lockscope.instrumentation.operations import Adapter
 from lockscope.instrumentation.patching import Patcher
 from lockscope.instrumentation.recorder import Hold, LockInfo, Wait
@@ -228,10 +228,12 @@ def instrument(patcher: Patcher) -> None:
         adapter.read_lock = module.ReadLock
         adapter.write_lock = module.WriteLock
         adapter.semaphore = module.Semaphore
-        # ReadLock and WriteLock inherit Lock's methods, so wrapping Lock covers them.
+        # ReadLock and WriteLock inherit Lock's methods, so replacing Lock's covers them.
+        # Plain functions with the guard built in (not wrapt proxies around a guard): a
+        # Semaphore or a lease built on a Lock is recorded once, as the outer lock.
         for cls in (module.Lock, module.Semaphore):
-            patcher.wrap(cls, "acquire", operations.guarded(operations.acquire_wrapper(adapter)))
-            patcher.wrap(cls, "release", operations.guarded(operations.release_wrapper(adapter)))
+            patcher.replace(cls, "acquire", plain.plain_acquire(adapter, guarded=True))
+            patcher.replace(cls, "release", plain.plain_release(adapter, guarded=True))
 
     def election(module: Any) -> None:
         from kazoo import exceptions

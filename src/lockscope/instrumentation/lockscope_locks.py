@@ -18,7 +18,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from lockscope.instrumentation import operations
+from lockscope.instrumentation import operations, plain
 from lockscope.instrumentation.operations import Adapter
 from lockscope.instrumentation.patching import Patcher
 from lockscope.instrumentation.recorder import LockInfo, Wait
@@ -122,18 +122,16 @@ def instrument(patcher: Patcher) -> None:
     def apply(module: Any) -> None:
         for cls in _classes(module):
             if issubclass(cls, AsyncLock):
+                # Plain functions with the guard built in (a lock that delegates to another
+                # is recorded once, as the outer one), as for redis-py's Lock.
                 a = async_adapter
-                patcher.wrap(
-                    cls, "acquire", operations.async_guarded(operations.async_acquire_wrapper(a))
-                )
-                patcher.wrap(
-                    cls, "release", operations.async_guarded(operations.async_release_wrapper(a))
-                )
+                patcher.replace(cls, "acquire", plain.plain_async_acquire(a, guarded=True))
+                patcher.replace(cls, "release", plain.plain_async_release(a, guarded=True))
                 patcher.wrap(cls, "extend", operations.async_extend_wrapper(a))
             else:
                 s = sync_adapter
-                patcher.wrap(cls, "acquire", operations.guarded(operations.acquire_wrapper(s)))
-                patcher.wrap(cls, "release", operations.guarded(operations.release_wrapper(s)))
+                patcher.replace(cls, "acquire", plain.plain_acquire(s, guarded=True))
+                patcher.replace(cls, "release", plain.plain_release(s, guarded=True))
                 patcher.wrap(cls, "extend", operations.guarded(operations.extend_wrapper(s)))
 
     modules = set(SYNC.values()) | {m for m, _ in aio._LAZY.values()}

@@ -30,33 +30,38 @@ __all__ = [
 Maker = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
-def _maker(adapter: Adapter, release: bool, asyncio_: bool) -> Maker:
+def _maker(adapter: Adapter, release: bool, asyncio_: bool, guarded: bool) -> Maker:
     def make(original: Callable[..., Any]) -> Callable[..., Any]:
         if release:
-            driver = held_driver(adapter, original, None, plain=True, asyncio_=asyncio_)
+            driver = held_driver(
+                adapter, original, None, plain=True, asyncio_=asyncio_, guarded=guarded
+            )
         else:
-            driver = acquire_driver(adapter, original, plain=True, asyncio_=asyncio_)
+            driver = acquire_driver(
+                adapter, original, plain=True, asyncio_=asyncio_, guarded=guarded
+            )
         return functools.wraps(original)(driver)
 
     return make
 
 
-def plain_acquire(adapter: Adapter) -> Maker:
-    """For :meth:`Patcher.replace`: a blocking ``acquire``-like method, recorded."""
-    return _maker(adapter, False, False)
+def plain_acquire(adapter: Adapter, *, guarded: bool = False) -> Maker:
+    """For :meth:`Patcher.replace`: a blocking ``acquire``-like method, recorded
+    (``guarded``: recorded once as the outer lock, as :func:`.guards.guarded` does)."""
+    return _maker(adapter, False, False, guarded)
 
 
-def plain_async_acquire(adapter: Adapter) -> Maker:
+def plain_async_acquire(adapter: Adapter, *, guarded: bool = False) -> Maker:
     """The asyncio flavour of :func:`plain_acquire` (the actor is the current task)."""
-    return _maker(adapter, False, True)
+    return _maker(adapter, False, True, guarded)
 
 
-def plain_release(adapter: Adapter) -> Maker:
+def plain_release(adapter: Adapter, *, guarded: bool = False) -> Maker:
     """For :meth:`Patcher.replace`: ``release`` (ends the hold; ``lost`` on a lost-lock
     error), the hold's span current around the call as with the wrapt wrapper."""
-    return _maker(adapter, True, False)
+    return _maker(adapter, True, False, guarded)
 
 
-def plain_async_release(adapter: Adapter) -> Maker:
+def plain_async_release(adapter: Adapter, *, guarded: bool = False) -> Maker:
     """The asyncio flavour of :func:`plain_release`."""
-    return _maker(adapter, True, True)
+    return _maker(adapter, True, True, guarded)

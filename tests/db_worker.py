@@ -2,8 +2,9 @@
 
 ``python db_worker.py DRIVER DSN`` instruments itself (as an app would), connects with
 DRIVER (psycopg, psycopg2, pymysql, asyncpg, psycopg_async) and runs commands, one per line,
-or with one of the other ways those drivers run a statement: ``psycopg_named`` (SELECTs
-through a psycopg 3 server-side cursor), ``psycopg2_dict`` (``connection_factory=
+or with one of the other ways those drivers run a statement: ``psycopg_named`` and
+``psycopg_async_named`` (SELECTs through a psycopg 3 server-side cursor), ``psycopg2_named``
+(through a psycopg2 named cursor), ``psycopg2_dict`` (``connection_factory=
 DictConnection``), ``psycopg2_custom`` (the app's own connection subclass choosing
 ``RealDictCursor``), ``asyncpg_prepared`` (``conn.prepare()`` then ``fetchval`` or
 ``executemany`` on the statement), ``asyncpg_cursor`` (SELECTs through ``conn.cursor()`` in
@@ -81,7 +82,7 @@ class Sync:
             self.pid = self.conn.thread_id()
 
     def sql(self, statement: str) -> Any:
-        if DRIVER == "psycopg_named" and statement.upper().startswith("SELECT"):
+        if DRIVER.endswith("_named") and statement.upper().startswith("SELECT"):
             # Outside a transaction (autocommit) a server-side cursor must be WITH HOLD:
             # the server then runs the whole query in execute() (DECLARE).
             idle = self.conn.info.transaction_status == 0
@@ -113,6 +114,7 @@ class Async:
     app's request handler would run its lock and its statements."""
 
     def __init__(self) -> None:
+        self.named = 0
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
         ready: concurrent.futures.Future[asyncio.Queue[Any]] = concurrent.futures.Future()
@@ -164,6 +166,12 @@ class Async:
                 return [tuple(r) async for r in self.conn.cursor(statement)]
         if DRIVER.startswith("asyncpg"):
             return await self.conn.fetch(statement)
+        if DRIVER == "psycopg_async_named" and word == "SELECT":
+            idle = self.conn.info.transaction_status == 0
+            self.named += 1
+            async with self.conn.cursor(name=f"worker_{self.named}", withhold=idle) as cur:
+                await cur.execute(statement)
+                return await cur.fetchall()
         cur = await self.conn.execute(statement)
         try:
             return await cur.fetchall()

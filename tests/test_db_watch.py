@@ -630,6 +630,13 @@ ADVISORY_HOLD = "SELECT pg_advisory_xact_lock(7601, 1)"
     ("driver", "hold_sql", "wait_sql", "lock_prefix"),
     [
         ("psycopg_named", ADVISORY_HOLD, "SELECT pg_advisory_lock(7601, 1)", "advisory:7601,1"),
+        (
+            "psycopg_async_named",
+            ADVISORY_HOLD,
+            "SELECT pg_advisory_lock(7601, 1)",
+            "advisory:7601,1",
+        ),
+        ("psycopg2_named", ADVISORY_HOLD, "SELECT pg_advisory_lock(7601, 1)", "advisory:7601,1"),
         ("psycopg2_dict", ROW_HOLD, ROW_HOLD, "row:public.accounts@"),
         ("psycopg2_custom", ROW_HOLD, ROW_HOLD, "row:public.accounts@"),
         ("asyncpg_prepared", ROW_HOLD, ROW_HOLD, "row:public.accounts@"),
@@ -643,6 +650,8 @@ ADVISORY_HOLD = "SELECT pg_advisory_xact_lock(7601, 1)"
     ],
     ids=[
         "psycopg-server-cursor",
+        "psycopg-async-server-cursor",
+        "psycopg2-named-cursor",
         "psycopg2-DictConnection",
         "psycopg2-own-connection-class",
         "asyncpg-prepared-executemany",

@@ -108,21 +108,24 @@ class FileAdapter(Adapter):
         return super().exc_outcome(exc)
 
 
-def _held(adapter: FileAdapter, instance: Any) -> bool | None:
-    try:
-        return adapter.held(instance)
-    except Exception:
-        return None  # the library's own check failed: let its call decide, record nothing
+# The library's own "is it held" check is inlined at each use (one Python call less per
+# use: a cycle asks three times); when it raises, the library's call decides and nothing is
+# recorded.  The suppression check of an acquire is the operation's own (``enter``).
 
 
 def acquire_wrapper(adapter: FileAdapter) -> operations.Wrapper:
     """A sync acquire: recorded unless the caller holds the lock already."""
     inner = operations.acquire_wrapper(adapter)
+    held = adapter.held
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        if not operations.fast_enabled() or _held(adapter, instance) is not False:
+        try:
+            if held(instance):
+                return wrapped(*args, **kwargs)
+            ref = ref_of(instance)
+        except Exception:
             return wrapped(*args, **kwargs)
-        return inner(wrapped, _ref(instance), args, kwargs)
+        return inner(wrapped, ref, args, kwargs)
 
     return wrapper
 
@@ -130,25 +133,26 @@ def acquire_wrapper(adapter: FileAdapter) -> operations.Wrapper:
 def async_acquire_wrapper(adapter: FileAdapter) -> operations.Wrapper:
     """The asyncio flavour of :func:`acquire_wrapper`."""
     inner = operations.async_acquire_wrapper(adapter)
+    held = adapter.held
 
     async def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        if not operations.fast_enabled() or _held(adapter, instance) is not False:
+        try:
+            if held(instance):
+                return await wrapped(*args, **kwargs)
+            ref = ref_of(instance)
+        except Exception:
             return await wrapped(*args, **kwargs)
-        return await inner(wrapped, _ref(instance), args, kwargs)
+        return await inner(wrapped, ref, args, kwargs)
 
     return wrapper
 
 
-def _ref(instance: Any) -> Any:
-    try:
-        return ref_of(instance)
-    except Exception:
-        operations.failed()
-        return instance
-
-
 def _hold_before(adapter: FileAdapter, instance: Any, task: Any) -> Any:
-    if not operations.fast_enabled() or not _held(adapter, instance):
+    """The hold a release may end: the caller's, if the lock is held and not suppressed."""
+    try:
+        if not adapter.held(instance) or not operations.fast_enabled():
+            return None
+    except Exception:
         return None
     try:
         ref = ref_of(instance)
@@ -161,8 +165,12 @@ def _hold_before(adapter: FileAdapter, instance: Any, task: Any) -> Any:
 
 def _after(adapter: FileAdapter, instance: Any, hold: Any, exc: BaseException | None) -> None:
     """After a release call (failed or not): end ``hold`` if the lock is no longer held."""
-    if _held(adapter, instance) is False:
-        operations.released(adapter, hold.target, hold, exc)
+    try:
+        if adapter.held(instance):
+            return
+    except Exception:
+        return
+    operations.released(adapter, hold.target, hold, exc)
 
 
 # An interrupt (a signal handler's KeyboardInterrupt) can land in the shim's own look-up

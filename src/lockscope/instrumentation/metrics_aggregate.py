@@ -1,14 +1,17 @@
 """Lock metrics, aggregated in process: counts and bucketed durations by template.
 
-This module only aggregates; :mod:`.metrics_export` sends the figures.  A measurement is
-a dict look-up and two list increments (``bisect`` into fixed buckets), so the hot path
-never touches the OpenTelemetry SDK; the exporter reads :meth:`LockStats.snapshot`.
+This module only aggregates; :mod:`.metrics_export` sends the figures.  On the hot path a
+measurement is a count and an append of the duration to a list bound to the lock's
+template; the reporter thread buckets the durations (``bisect`` into fixed buckets) before
+each export, so the hot path never touches the OpenTelemetry SDK; the exporter reads
+:meth:`LockStats.snapshot`.
 The number of distinct templates is capped (principle 6): past ``max_templates`` new ones
 are counted under ``{other}``.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from bisect import bisect_left
 
@@ -34,10 +37,16 @@ wait and hold histograms: bucket counts then the sum as the last item)."""
 class TemplateStats:
     """One lock template's live figures inside a :class:`LockStats` (see :meth:`LockStats.bind`)."""
 
-    __slots__ = ("holds", "outcomes", "stats", "waits")
+    __slots__ = ("hold_ns", "holds", "outcomes", "stats", "wait_ns", "waits")
 
     def __init__(
-        self, stats: LockStats, outcomes: dict[str, int], waits: list[float], holds: list[float]
+        self,
+        stats: LockStats,
+        outcomes: dict[str, int],
+        waits: list[float],
+        holds: list[float],
+        wait_ns: list[int],
+        hold_ns: list[int],
     ) -> None:
         self.stats = stats
         """The LockStats these belong to (a reset or a fork makes a new one)."""
@@ -47,6 +56,11 @@ class TemplateStats:
         """Wait histogram: a count per bucket of :data:`BOUNDS` (and one above), then the sum."""
         self.holds = holds
         """Hold histogram, the same shape."""
+        self.wait_ns = wait_ns
+        """Waits (ns) not yet bucketed: the caller's thread appends, :meth:`LockStats.fold`
+        buckets them on the reporter's (a ``bisect`` less per lock operation)."""
+        self.hold_ns = hold_ns
+        """Holds (ns) not yet bucketed, the same way."""
 
 
 class LockStats:
@@ -54,6 +68,7 @@ class LockStats:
 
     def __init__(self, max_templates: int = 1000) -> None:
         self.max_templates = max_templates
+        self._folding = threading.Lock()  # one fold at a time (the reporter, an exit flush)
         self.reset()
 
     def reset(self) -> None:
@@ -65,6 +80,9 @@ class LockStats:
         self.holds: dict[Key, list[float]] = {}
         self.by_outcome: dict[Key, dict[str, int]] = {}
         """Acquisitions counted through :meth:`bind` (merged by :meth:`snapshot`)."""
+        self.wait_ns: dict[Key, list[int]] = {}
+        self.hold_ns: dict[Key, list[int]] = {}
+        """Durations appended through :meth:`bind`, bucketed by :meth:`fold`."""
         self._templates: set[str] = set()
 
     def _key(self, template: str, system: str) -> Key:
@@ -107,10 +125,34 @@ class LockStats:
         holds = self.holds.get(key)
         if holds is None:
             holds = self.holds[key] = [0] * (_SUM + 1)
-        return TemplateStats(self, by_outcome, waits, holds)
+        wait_ns = self.wait_ns.setdefault(key, [])
+        hold_ns = self.hold_ns.setdefault(key, [])
+        return TemplateStats(self, by_outcome, waits, holds, wait_ns, hold_ns)
+
+    def fold(self) -> None:
+        """Bucket the durations appended since the last fold (the reporter's thread, and
+        before every :meth:`snapshot`).  Safe against the caller's threads appending
+        meanwhile: only the items counted first are taken, each list operation atomic."""
+        with self._folding:
+            self._fold()
+
+    def _fold(self) -> None:
+        for pending, hists in ((self.wait_ns, self.waits), (self.hold_ns, self.holds)):
+            for key, durations in list(pending.items()):
+                n = len(durations)
+                if not n:
+                    continue
+                batch = durations[:n]
+                del durations[:n]
+                hist = hists[key]
+                for ns in batch:
+                    seconds = ns / 1e9
+                    hist[bisect_left(BOUNDS, seconds)] += 1
+                    hist[_SUM] += seconds
 
     def snapshot(self) -> StatsSnapshot:
         """Copies of the cumulative figures."""
+        self.fold()
         acquisitions = dict(self.acquisitions)
         for (template, system), outcomes in list(self.by_outcome.items()):
             for outcome, count in list(outcomes.items()):

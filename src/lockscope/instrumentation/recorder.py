@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import _thread
 import time
-from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from lockscope import events
-from lockscope.instrumentation.metrics_aggregate import BOUNDS, LockStats
+from lockscope.instrumentation.metrics_aggregate import LockStats
 from lockscope.instrumentation.recorder_inprocess import InProcessRegistry, _pair_attrs
 from lockscope.instrumentation.records import (
     Hold,
@@ -129,15 +128,12 @@ class Recorder(InProcessRegistry):
                 attrs[events.ATTR_OUTCOME] = outcome
                 attrs[events.ATTR_WAIT_DURATION] = (now - wait.start) / 1e9
                 self._emit(events.EVENT_WAIT_END, now, attrs)
-            waited = (now - wait.start) / 1e9
             bound = info.bound
             if bound is None or bound.stats is not self.stats:
                 bound = info.bound = self.stats.bind(info.template, info.system)
             outcomes = bound.outcomes
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
-            hist = bound.waits
-            hist[bisect_left(BOUNDS, waited)] += 1
-            hist[-1] += waited
+            bound.wait_ns.append(now - wait.start)  # bucketed by the reporter (stats.fold)
             if outcome != "acquired" or not hold:
                 return None
             actor = wait.actor
@@ -284,13 +280,13 @@ class Recorder(InProcessRegistry):
                     del self.by_actor[hold.actor]
                 else:
                     mine.remove(hold)
-            duration = (now - hold.start) / 1e9
+            held_ns = now - hold.start
             bound = info.bound
             if bound is None or bound.stats is not self.stats:
                 bound = info.bound = self.stats.bind(info.template, info.system)
-            hist = bound.holds
-            hist[bisect_left(BOUNDS, duration)] += 1
-            hist[-1] += duration
+            bound.hold_ns.append(held_ns)  # bucketed by the reporter (stats.fold)
+            if lost or hold.reported:
+                duration = held_ns / 1e9
             if lost:
                 key = (info.template, info.system)
                 self.stats.lost[key] = self.stats.lost.get(key, 0) + 1

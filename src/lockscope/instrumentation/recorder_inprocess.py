@@ -149,11 +149,13 @@ class InProcessRegistry:
         self._emit(events.EVENT_HOLD_END, _perf(), attrs)
 
     def fold_light(self) -> None:
-        """Move the in-process locks' hold durations into :attr:`stats` (reporter thread)."""
+        """Move the in-process locks' hold durations, and the durations the hot path
+        appended, into :attr:`stats` (reporter thread)."""
         dirty, self.dirty = self.dirty, set()
         with self._lock:
             for lock in list(dirty):
                 lock.fold_into(self.stats)
+        self.stats.fold()
 
 
 def _pair_attrs(first: str, first_system: str, second: str, second_system: str,

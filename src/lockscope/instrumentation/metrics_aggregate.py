@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from bisect import bisect_left
+from dataclasses import dataclass
 
 __all__ = ["BOUNDS", "OTHER", "LockStats", "StatsSnapshot", "TemplateStats"]
 
@@ -34,33 +35,23 @@ StatsSnapshot = tuple[
 wait and hold histograms: bucket counts then the sum as the last item)."""
 
 
+@dataclass(slots=True, eq=False)
 class TemplateStats:
     """One lock template's live figures inside a :class:`LockStats` (see :meth:`LockStats.bind`)."""
 
-    __slots__ = ("hold_ns", "holds", "outcomes", "stats", "wait_ns", "waits")
-
-    def __init__(
-        self,
-        stats: LockStats,
-        outcomes: dict[str, int],
-        waits: list[float],
-        holds: list[float],
-        wait_ns: list[int],
-        hold_ns: list[int],
-    ) -> None:
-        self.stats = stats
-        """The LockStats these belong to (a reset or a fork makes a new one)."""
-        self.outcomes = outcomes
-        """Acquire calls by outcome."""
-        self.waits = waits
-        """Wait histogram: a count per bucket of :data:`BOUNDS` (and one above), then the sum."""
-        self.holds = holds
-        """Hold histogram, the same shape."""
-        self.wait_ns = wait_ns
-        """Waits (ns) not yet bucketed: the caller's thread appends, :meth:`LockStats.fold`
-        buckets them on the reporter's (a ``bisect`` less per lock operation)."""
-        self.hold_ns = hold_ns
-        """Holds (ns) not yet bucketed, the same way."""
+    stats: LockStats
+    """The LockStats these belong to (a reset or a fork makes a new one)."""
+    outcomes: dict[str, int]
+    """Acquire calls by outcome."""
+    waits: list[float]
+    """Wait histogram: a count per bucket of :data:`BOUNDS` (and one above), then the sum."""
+    holds: list[float]
+    """Hold histogram, the same shape."""
+    wait_ns: list[int]
+    """Waits (ns) not yet bucketed: the caller's thread appends, :meth:`LockStats.fold`
+    buckets them on the reporter's (a ``bisect`` less per lock operation)."""
+    hold_ns: list[int]
+    """Holds (ns) not yet bucketed, the same way."""
 
 
 class LockStats:

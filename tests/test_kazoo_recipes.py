@@ -40,6 +40,24 @@ def shim(sink: OtlpSink) -> Iterator[runtime.Shim]:
     instrumentor.uninstrument(flush_timeout=0.2)
 
 
+def _named_wait(event: Any, path: str) -> dict[str, Any] | None:
+    """The attributes of a wait on ``path`` (its wait.start, or a heartbeat's entry) that
+    names its holder and carries its ticket, if ``event`` has one."""
+    if event.name == ev.EVENT_WAIT_START:
+        entries = [event.attrs]
+    elif event.name == ev.EVENT_HEARTBEAT:
+        entries = list(event.attrs.get(ev.ATTR_WAITS) or ())
+    else:
+        return None
+    for attrs in entries:
+        if attrs.get(ev.ATTR_LOCK_NAME) == path and all(
+            key in attrs
+            for key in (ev.ATTR_LOCK_HOLDER_OWNER, ev.ATTR_LOCK_HOLDER_TOKEN, ev.ATTR_WAIT_TICKET)
+        ):
+            return dict(attrs)
+    return None
+
+
 @pytest.mark.parametrize("recipe", ["Lock", "WriteLock"])
 def test_a_kazoo_waiter_names_its_holder_as_the_holder_names_itself(
     shim: runtime.Shim, sink: OtlpSink, zookeeper_server: Any, recipe: str
@@ -57,24 +75,28 @@ def test_a_kazoo_waiter_names_its_holder_as_the_holder_names_itself(
 
         def wait() -> None:
             try:
-                waiter.acquire(timeout=1.0)
+                # Long enough for a heartbeat to carry a look-up that was slow to finish.
+                waiter.acquire(timeout=3.0)
             except LockTimeout:
                 result.append("timeout")
 
         thread = threading.Thread(target=wait)
         thread.start()
-        start = sink.wait_for(
-            lambda e: e.name == ev.EVENT_WAIT_START and e.attrs[ev.ATTR_LOCK_NAME] == path
-        )
+        # The first report (after report_after) may come before the look-up of the holder
+        # (or the waiter's own queue node) is done on a loaded host; the heartbeats that
+        # follow while the wait lasts carry what it learned.
+        named = sink.wait_for(lambda e: _named_wait(e, path) is not None)
+        start = _named_wait(named, path)
+        assert start is not None
         thread.join(30)
         assert result == ["timeout"]
         hold = sink.wait_for(
             lambda e: e.name == ev.EVENT_HOLD_START and e.attrs[ev.ATTR_LOCK_NAME] == path
         )
         holder.release()
-        assert start.attrs[ev.ATTR_LOCK_HOLDER_OWNER] == hold.attrs[ev.ATTR_LOCK_OWNER]
-        assert start.attrs[ev.ATTR_LOCK_HOLDER_TOKEN] == hold.attrs[ev.ATTR_LOCK_TOKEN]
-        assert start.attrs[ev.ATTR_QUEUE_POSITION] > hold.attrs[ev.ATTR_LOCK_TOKEN]
+        assert start[ev.ATTR_LOCK_HOLDER_OWNER] == hold.attrs[ev.ATTR_LOCK_OWNER]
+        assert start[ev.ATTR_LOCK_HOLDER_TOKEN] == hold.attrs[ev.ATTR_LOCK_TOKEN]
+        assert start[ev.ATTR_QUEUE_POSITION] > hold.attrs[ev.ATTR_LOCK_TOKEN]
     finally:
         client.stop()
         client.close()

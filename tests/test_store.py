@@ -124,6 +124,31 @@ def test_heartbeat_keeps_what_was_asserted_after_it() -> None:
     assert w.state.hold_count == 1
 
 
+def _the_wait(w: World, actor: str) -> Any:
+    (found,) = [a.wait for a in w.state.actors() if a.key == w.actor_key(actor)]
+    return found
+
+
+def test_a_heartbeat_names_the_holder_a_wait_start_could_not() -> None:
+    # The shim's holder look-up finished after the wait.start was sent (a loaded host):
+    # the next heartbeat carries it, and the agent takes it, dated no later than it can
+    # vouch for (the wait's start: the look-up ran after it).
+    w = World()
+    since = w.now
+    w.wait("1.1", "A")
+    assert _the_wait(w, "1.1").holder_owner is None
+    w.advance(0.1)
+    named = {ev.ATTR_LOCK_HOLDER_OWNER: "holder-node", ev.ATTR_LOCK_HOLDER_TOKEN: 7}
+    w.heartbeat(1, waits=[w.entry("1.1", "A", since, **named)])
+    wait = _the_wait(w, "1.1")
+    assert (wait.holder_owner, wait.holder_token, wait.probed_ns) == ("holder-node", 7, since)
+    # What the first look-up saw is kept: a later snapshot does not rename the holder.
+    w.advance(0.1)
+    other = {ev.ATTR_LOCK_HOLDER_OWNER: "other-node", ev.ATTR_LOCK_HOLDER_TOKEN: 8}
+    w.heartbeat(1, waits=[w.entry("1.1", "A", since, **other)])
+    assert _the_wait(w, "1.1").holder_owner == "holder-node"
+
+
 def test_start_event_older_than_latest_heartbeat_is_ignored() -> None:
     w = World()
     t_old = w.now

@@ -295,8 +295,19 @@ class LockStore(StoreReads):
         if cur is not None:
             if cur.lock is lock and cur.since_ns == since:
                 cur.asserted_ns = max(cur.asserted_ns, asserted)
-                if ticket is not None and ticket != cur.ticket:
+                changed = ticket is not None and ticket != cur.ticket
+                if changed:
                     cur.ticket = ticket
+                if cur.holder_owner is None and cur.holder_token is None:
+                    # The shim's look-up finished after its first report (a loaded host):
+                    # a heartbeat brings it.  It ran some time after the wait began,
+                    # which is all that can be said of when: since_ns is its lower bound.
+                    cur.holder_owner = attr_str(attrs, ev.ATTR_LOCK_HOLDER_OWNER)
+                    cur.holder_token = attr_int(attrs, ev.ATTR_LOCK_HOLDER_TOKEN)
+                    if cur.holder_owner is not None or cur.holder_token is not None:
+                        cur.probed_ns = cur.since_ns
+                        changed = True
+                if changed:
                     self.emit(WaitChanged(cur))
                 return cur
             if cur.since_ns > since:

@@ -77,6 +77,7 @@ class Acquire(Wait):
         self.holder_owner = None
         self.ticket = None
         self.code = None
+        self.probed = False
         self.shim = shim
         self.adapter = adapter
         self.args = args

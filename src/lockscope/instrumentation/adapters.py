@@ -105,10 +105,12 @@ class Adapter:
         seconds = kwargs.get("seconds", args[0] if args else None)
         return (float(seconds) if isinstance(seconds, int | float) else None), True
 
-    def probe_for(self, wait: Wait) -> Callable[[Wait], None] | None:
+    def probe_for(self, wait: Wait) -> Callable[[Wait], bool | None] | None:
         """For a long wait: a function the reporter's probe thread calls to fill
         ``wait.holder_token``/``holder_owner``/``ticket`` where the library can tell
-        cheaply (``None``: nothing to learn).  Its errors are ignored."""
+        cheaply (``None``: nothing to learn).  Its errors are ignored.  It returns
+        ``False`` when it could not learn everything yet (the library has not queued the
+        waiter yet): it is then called again before each heartbeat while the wait lasts."""
         return None
 
     by_key = True

@@ -125,14 +125,16 @@ class KazooAdapter(Adapter):
         return _probe
 
 
-def _probe(wait: Wait) -> None:
+def _probe(wait: Wait) -> bool:
     recipe: Any = wait.target
     if hasattr(recipe, "lease_holders"):
         holders = recipe.lease_holders()
         if holders:
             wait.holder_owner = str(holders[0])
-        return
+        return True
     recipe = getattr(recipe, "lock", recipe)  # an Election queues on its inner Lock
+    # The waiter's own node may not be created yet (its round trip still under way on
+    # a loaded host): then the ticket is unknown and the reporter asks again later.
     wait.ticket = _sequence(getattr(recipe, "node", None))
     # The node at the head of the queue holds the lock; its name is what its holder
     # reports as the hold's owner (and its sequence as the token), so the agent can match
@@ -142,6 +144,7 @@ def _probe(wait: Wait) -> None:
         head = min(nodes, key=lambda n: _sequence(n) or 0)
         wait.holder_owner = head
         wait.holder_token = _sequence(head)
+    return wait.ticket is not None and wait.holder_owner is not None
 
 
 def _session_listener(client: Any) -> Any:

@@ -128,6 +128,10 @@ class Wait:
     ticket: int | None = None
     code: tuple[str, int, str] | None = None
     """(file, line, function) where the actor waits, filled in when reported."""
+    probed: bool = False
+    """The holder look-up has run to the end (or there is none): a reported wait whose
+    look-up ran past the reporter's budget, or found the library not yet queued, is
+    looked up again before each heartbeat, so the snapshots carry what it learns."""
 
 
 class Hold:

@@ -53,6 +53,8 @@ _BATCH = 512
 _ATTEMPTS = 4
 _MAX_BACKOFF = 30.0
 _PROBE_BUDGET = 0.05
+Probe = Callable[[Wait], bool | None]
+"""An adapter's holder look-up; ``False``: not everything known yet, look again later."""
 _BUSY_HEARTBEAT = 0.4
 """Seconds between snapshots (at most) while the process has a reported hold or wait."""
 _MIN_GAP_NS = 100_000_000
@@ -81,13 +83,13 @@ class _Prober:
     reporter at most the probe budget."""
 
     def __init__(self) -> None:
-        self._jobs: collections.deque[tuple[list[tuple[Wait, Callable[[Wait], None]]], _Signal]]
+        self._jobs: collections.deque[tuple[list[tuple[Wait, Probe]], _Signal]]
         self._jobs = collections.deque()
         self._wake = _Signal()
         self._busy = False
         self._thread: threading.Thread | None = None
 
-    def run(self, jobs: list[tuple[Wait, Callable[[Wait], None]]], budget: float) -> None:
+    def run(self, jobs: list[tuple[Wait, Probe]], budget: float) -> None:
         if not jobs or self._busy:
             return
         if self._thread is None or not self._thread.is_alive():
@@ -106,9 +108,11 @@ class _Prober:
                 jobs, done = self._jobs.popleft()
                 for wait, probe in jobs:
                     try:
-                        probe(wait)
+                        complete = probe(wait) is not False
                     except Exception:
+                        complete = True  # a failing server is not asked again and again
                         _log.debug("lockscope: holder look-up failed", exc_info=True)
+                    wait.probed = complete
                 self._busy = False
                 done.set()
 
@@ -124,7 +128,7 @@ class Reporter:
         *,
         report_after: float,
         heartbeat: float,
-        probes: Callable[[Wait], Callable[[Wait], None] | None],
+        probes: Callable[[Wait], Probe | None],
         tick: Callable[[], None] | None = None,
     ) -> None:
         self.recorder = recorder
@@ -215,13 +219,16 @@ class Reporter:
         now = time.perf_counter_ns()
         due = recorder.due_waits(now)
         if due:
-            jobs = []
-            for wait in due:
-                probe = self._probes(wait)
-                if probe is not None:
-                    jobs.append((wait, probe))
-            self._prober.run(jobs, _PROBE_BUDGET)
+            self._prober.run(self._probe_jobs(due), _PROBE_BUDGET)
             _add_code_locations(due)
+        elif heartbeat:
+            # A look-up that ran past the budget (a loaded host, a slow server) finishes
+            # on the probe thread and the snapshots carry it; one that found the waiter
+            # not yet queued, or never ran (the probe thread was busy), runs again here,
+            # so the agent learns the holder and the ticket while the wait lasts.
+            again = [w for w in list(recorder.waits) if w.reported and not w.probed]
+            if again:
+                self._prober.run(self._probe_jobs(again), _PROBE_BUDGET)
         recorder.report(now + recorder.report_after_ns if final else now, due)
         if due or (self._idle and recorder.pending()):
             # A newly reported wait comes with a snapshot: its holds were stamped with
@@ -263,6 +270,16 @@ class Reporter:
             )
         if recorder.pending():
             self._wake_sender.set()
+
+    def _probe_jobs(self, waits: list[Wait]) -> list[tuple[Wait, Probe]]:
+        jobs = []
+        for wait in waits:
+            probe = self._probes(wait)
+            if probe is None:
+                wait.probed = True  # nothing to look up: never asked again
+            else:
+                jobs.append((wait, probe))
+        return jobs
 
     def submit(self, body: bytes) -> None:
         """Hand an encoded metrics request to the sender (the latest replaces an unsent one:

@@ -139,3 +139,40 @@ def test_the_reported_clock_never_steps_back(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(time, "time_ns", lambda: real() + 60 * 10**9)
     recorder.sync_clock()
     assert recorder.wall(time.perf_counter_ns()) - real() > 59 * 10**9
+
+
+def test_recorder_counts_every_outcome_once_and_buckets_every_wait() -> None:
+    """Acquisitions are counted by the reporter's fold, other outcomes at once (their wait
+    kept as ``~ns``): each counted once, each wait bucketed with a non-negative duration."""
+    recorder = Recorder(report_after=60.0)
+    info = LockInfo("redis", "ns", "k1", "k")
+    other = LockInfo("redis", "ns", "k2", "k")
+    target = object()
+    first = recorder.end_wait(recorder.begin_wait(info, 1, None, target), "acquired")
+    # A second lock while holding the first: the path that notes the order pair.
+    second = recorder.end_wait(recorder.begin_wait(other, 1, None, object()), "acquired")
+    assert recorder.end_wait(recorder.begin_wait(info, 2, None, target), "timeout") is None
+    assert recorder.end_wait(recorder.begin_wait(info, 2, None, target), "error") is None
+    # An in-process lock's acquire (it keeps its hold itself): counted, no hold.
+    assert recorder.end_wait(recorder.begin_wait(info, 3, None, object()), "acquired",
+                             hold=False) is None  # fmt: skip
+    assert first is not None and second is not None
+    assert recorder.find_hold(target, 1) is first
+    recorder.end_hold(second)
+    recorder.end_hold(first, "lost")
+    recorder.end_hold(first)  # already ended: not counted twice
+    assert recorder.find_hold(target, 1) is None
+    assert recorder.by_actor == {}
+    _, acquisitions, lost, waits, holds = recorder.stats.snapshot()
+    assert acquisitions == {
+        ("k", "redis", "acquired"): 3,
+        ("k", "redis", "timeout"): 1,
+        ("k", "redis", "error"): 1,
+    }
+    assert lost == {("k", "redis"): 1}
+    assert sum(waits[("k", "redis")][:-1]) == 5
+    assert 0 <= waits[("k", "redis")][-1] < 60
+    assert sum(holds[("k", "redis")][:-1]) == 2
+    assert 0 <= holds[("k", "redis")][-1] < 60
+    # A second fold counts nothing again.
+    assert recorder.stats.snapshot()[1] == acquisitions

@@ -49,7 +49,9 @@ class TemplateStats:
     """Hold histogram, the same shape."""
     wait_ns: list[int]
     """Waits (ns) not yet bucketed: the caller's thread appends, :meth:`LockStats.fold`
-    buckets them on the reporter's (a ``bisect`` less per lock operation)."""
+    buckets them on the reporter's (a ``bisect`` less per lock operation).  A wait that
+    acquired is appended as is and counted as an acquisition by the fold; one of another
+    outcome is counted in :attr:`outcomes` at once and appended as ``~ns`` (negative)."""
     hold_ns: list[int]
     """Holds (ns) not yet bucketed, the same way."""
 
@@ -129,6 +131,7 @@ class LockStats:
 
     def _fold(self) -> None:
         for pending, hists in ((self.wait_ns, self.waits), (self.hold_ns, self.holds)):
+            waits = pending is self.wait_ns
             for key, durations in list(pending.items()):
                 n = len(durations)
                 if not n:
@@ -136,10 +139,19 @@ class LockStats:
                 batch = durations[:n]
                 del durations[:n]
                 hist = hists[key]
+                acquired = 0
                 for ns in batch:
+                    if ns < 0:  # a wait of another outcome, counted already (~ns)
+                        ns = ~ns
+                    else:
+                        acquired += 1
                     seconds = ns / 1e9
                     hist[bisect_left(BOUNDS, seconds)] += 1
                     hist[_SUM] += seconds
+                if waits and acquired:
+                    # Only this (under self._folding) writes self.acquisitions.
+                    counted = (key[0], key[1], "acquired")
+                    self.acquisitions[counted] = self.acquisitions.get(counted, 0) + acquired
 
     def snapshot(self) -> StatsSnapshot:
         """Copies of the cumulative figures."""

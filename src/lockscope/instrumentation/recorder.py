@@ -29,6 +29,7 @@ from lockscope.instrumentation.records import (
     InProcessLock,
     LockInfo,
     Wait,
+    _weakly,
     actor_id,
     task_name,
 )
@@ -39,6 +40,7 @@ PendingEvent = tuple[str, int, dict[str, Any]]
 """(event name, unix time ns, attributes) waiting in the reporter's queue."""
 
 _perf = time.perf_counter_ns
+_new_hold = object.__new__
 _SLEW = 1000
 """A backward clock step is followed at 1/_SLEW of the time passing (1 ms per second)."""
 
@@ -131,10 +133,14 @@ class Recorder(InProcessRegistry):
             bound = info.bound
             if bound is None or bound.stats is not self.stats:
                 bound = info.bound = self.stats.bind(info.template, info.system)
-            outcomes = bound.outcomes
-            outcomes[outcome] = outcomes.get(outcome, 0) + 1
-            bound.wait_ns.append(now - wait.start)  # bucketed by the reporter (stats.fold)
-            if outcome != "acquired" or not hold:
+            if outcome != "acquired":
+                outcomes = bound.outcomes
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+                bound.wait_ns.append(~(now - wait.start))  # negative: counted already
+                return None
+            # Bucketed and counted as an acquisition by the reporter (stats.fold).
+            bound.wait_ns.append(now - wait.start)
+            if not hold:
                 return None
             actor = wait.actor
             task = wait.task
@@ -143,17 +149,33 @@ class Recorder(InProcessRegistry):
                 # The common case, _add_hold inlined: the actor holds nothing else, so
                 # there is no lock-order pair to note (a call less per acquire).
                 since = now + self.offset
-                expires = None if ttl is None else since + int(ttl * 1e9)
-                new = Hold(info, actor, task, wait.target, now, since, token, owner, expires)
+                # Hold's fields set here, without Hold.__init__ (a call and its argument
+                # passing less): a field added to Hold must be set here too.
+                new = _new_hold(Hold)
+                new.info = info
+                new.actor = actor
+                new.task = task if task is None else _weakly(task)
+                new.actor_name = None
+                new.target = target = wait.target
+                new.obj = obj = id(target)
+                new.start = now
+                new.since_ns = since
+                new.token = token
+                new.owner = owner
+                new.expires_at = None if ttl is None else since + int(ttl * 1e9)
+                new.reported = False
+                new.span = None
+                new.durations = bound.hold_ns
                 self.by_actor[actor] = [new]
-                same = self._holds.get(new.obj)
+                same = self._holds.get(obj)
                 if same is None and info.key not in self._by_key:
-                    self._holds[new.obj] = [new]
+                    self._holds[obj] = [new]
                     self._by_key[info.key] = [new]
                 else:
                     self._index(new, info.key)
             else:
                 new = self._add_hold(info, actor, task, wait.target, now, token, owner, ttl)
+                new.durations = bound.hold_ns
             if wait.reported:
                 # Others may be waiting for this actor: the agent must see the new hold now.
                 new.actor_name = wait.actor_name
@@ -274,31 +296,40 @@ class Recorder(InProcessRegistry):
                 del by_key[info.key]
             else:
                 keyed.remove(hold)
-            mine = self.by_actor.get(hold.actor)
-            if mine is not None and hold in mine:
-                if len(mine) == 1:
-                    del self.by_actor[hold.actor]
-                else:
-                    mine.remove(hold)
+            # In _holds means in by_actor too (every hold is added to both, under the lock).
+            by_actor = self.by_actor
+            mine = by_actor[hold.actor]
+            if len(mine) == 1:
+                del by_actor[hold.actor]
+            else:
+                mine.remove(hold)
             held_ns = now - hold.start
-            bound = info.bound
-            if bound is None or bound.stats is not self.stats:
-                bound = info.bound = self.stats.bind(info.template, info.system)
-            bound.hold_ns.append(held_ns)  # bucketed by the reporter (stats.fold)
+            durations = hold.durations  # the template's list, bound when the hold began
+            if durations is None:
+                bound = info.bound
+                if bound is None or bound.stats is not self.stats:
+                    bound = info.bound = self.stats.bind(info.template, info.system)
+                durations = bound.hold_ns
+            durations.append(held_ns)  # bucketed by the reporter (stats.fold)
             if lost or hold.reported:
-                duration = held_ns / 1e9
-            if lost:
-                key = (info.template, info.system)
-                self.stats.lost[key] = self.stats.lost.get(key, 0) + 1
-                attrs = self._hold_attrs(hold)
-                attrs[events.ATTR_OUTCOME] = "lost"
-                attrs[events.ATTR_HOLD_DURATION] = duration
-                self._emit(events.EVENT_LOCK_LOST, now, attrs)
-            if hold.reported:
-                attrs = self._hold_attrs(hold)
-                attrs[events.ATTR_OUTCOME] = outcome
-                attrs[events.ATTR_HOLD_DURATION] = duration
-                self._emit(events.EVENT_HOLD_END, now, attrs)
+                self._hold_ended(hold, outcome, now, held_ns / 1e9)
+
+    def _hold_ended(self, hold: Hold, outcome: str, now: int, duration: float) -> None:
+        """The events of a hold that ended lost or after it was reported (caller holds
+        ``self._lock``)."""
+        if outcome == "lost":
+            info = hold.info
+            key = (info.template, info.system)
+            self.stats.lost[key] = self.stats.lost.get(key, 0) + 1
+            attrs = self._hold_attrs(hold)
+            attrs[events.ATTR_OUTCOME] = "lost"
+            attrs[events.ATTR_HOLD_DURATION] = duration
+            self._emit(events.EVENT_LOCK_LOST, now, attrs)
+        if hold.reported:
+            attrs = self._hold_attrs(hold)
+            attrs[events.ATTR_OUTCOME] = outcome
+            attrs[events.ATTR_HOLD_DURATION] = duration
+            self._emit(events.EVENT_HOLD_END, now, attrs)
 
     # -- database session bindings (instrumentation/db_sessions) --------------------------
     def bind(

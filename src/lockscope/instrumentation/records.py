@@ -140,6 +140,7 @@ class Hold:
     __slots__ = (
         "actor",
         "actor_name",
+        "durations",
         "expires_at",
         "info",
         "obj",
@@ -164,6 +165,7 @@ class Hold:
         token: int | None,
         owner: str | bytes | None,
         expires_at: int | None,
+        durations: list[int] | None = None,
     ) -> None:
         self.info = info
         self.actor = actor
@@ -181,6 +183,9 @@ class Hold:
         self.reported = False
         self.span: Any = None
         """The ``lock.hold`` span while it is recording (for links and its end)."""
+        self.durations = durations
+        """The hold durations list of the lock's template in the recorder's stats (its
+        end appends there without looking the template up); ``None``: looked up then."""
 
 
 def _weakly(task: Any) -> Any:

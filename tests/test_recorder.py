@@ -156,7 +156,8 @@ def test_recorder_counts_every_outcome_once_and_buckets_every_wait() -> None:
     # An in-process lock's acquire (it keeps its hold itself): counted, no hold.
     assert recorder.end_wait(recorder.begin_wait(info, 3, None, object()), "acquired",
                              hold=False) is None  # fmt: skip
-    assert first is not None and second is not None
+    assert first is not None
+    assert second is not None
     assert recorder.find_hold(target, 1) is first
     recorder.end_hold(second)
     recorder.end_hold(first, "lost")

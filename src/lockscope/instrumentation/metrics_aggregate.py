@@ -3,7 +3,8 @@
 This module only aggregates; :mod:`.metrics_export` sends the figures.  On the hot path a
 measurement is an append of the duration to a list bound to the lock's template (and a
 count, for an acquire that did not acquire); the reporter thread buckets the durations
-(``bisect`` into fixed buckets) and counts the acquisitions among them before each export, so the hot path never touches the OpenTelemetry SDK; the exporter reads
+(``bisect`` into fixed buckets) and counts the acquisitions among them before each
+export, so the hot path never touches the OpenTelemetry SDK; the exporter reads
 :meth:`LockStats.snapshot`.
 The number of distinct templates is capped (principle 6): past ``max_templates`` new ones
 are counted under ``{other}``.

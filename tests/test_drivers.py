@@ -91,3 +91,19 @@ def test_the_guarded_flavour_runs_the_original_inside_the_guard(maker: Any, guar
     finally:
         guards.nested.reset(token)
     assert seen[-1] is True
+
+
+@pytest.mark.parametrize("maker", [plain.plain_acquire, plain.plain_release])
+def test_the_refer_flavour_names_a_weak_holdref_and_passes_the_call_through(maker: Any) -> None:
+    from lockscope.instrumentation._holdref import HoldRef
+
+    driver = maker(Adapter(), refer=True)(_Lock.acquire)
+    lock = _Lock()
+    assert driver(lock, 1, key="v") == ("acquired", (1,), {"key": "v"})
+    with pytest.raises(Boom, match="from the original"):
+        driver(lock, "boom")
+    ref = lock.__dict__["_lockscope_ref"]
+    assert type(ref) is HoldRef
+    assert ref.obj() is lock
+    del lock  # the driver keeps no strong reference: the lock is collected as bare
+    assert ref.obj() is None

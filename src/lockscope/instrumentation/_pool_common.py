@@ -8,7 +8,8 @@ long as it waits); each checked-out connection is a hold by the thread or asynci
 that took it, until the connection is returned, by whichever thread.  Pool starvation
 (every connection held by actors that all wait) is then a semaphore knot the agent's
 graph reduction finds, including through other locks.  A pool's connections die with
-its process: the locks are ``process_bound``.
+its process: the locks are ``process_bound``.  The checkout and return functions the
+targets put on the pool classes are in :mod:`._pool_plain`.
 """
 
 from __future__ import annotations
@@ -16,22 +17,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-from collections.abc import Callable
 from typing import Any
 
-from lockscope.instrumentation import operations, runtime
+from lockscope.instrumentation import runtime
 from lockscope.instrumentation.manual import make_info
 from lockscope.instrumentation.operations import Adapter
 from lockscope.instrumentation.recorder import Hold, LockInfo
 
-__all__ = [
-    "PoolAdapter",
-    "async_checkout_wrapper",
-    "async_return_wrapper",
-    "checkout_wrapper",
-    "current_task",
-    "return_wrapper",
-]
+__all__ = ["PoolAdapter", "current_task"]
 
 _INFO_ATTR = "_lockscope_pool_info"
 _names: dict[str, itertools.count[int]] = {}
@@ -92,85 +85,3 @@ class PoolAdapter(Adapter):
         if self.timeout_errors and isinstance(exc, self.timeout_errors):
             return "timeout"
         return super().exc_outcome(exc)
-
-
-def _start(adapter: PoolAdapter, pool: Any) -> Any:
-    if not operations.fast_enabled():
-        return None
-    try:
-        info = adapter.info(pool)
-        return None if info is None else operations.start(adapter, pool, info, current_task())
-    except Exception:
-        operations.failed()
-        return None
-
-
-def _checked_out(adapter: PoolAdapter, op: Any, conn: Any) -> None:
-    hold = op.done("acquired")
-    if hold is not None:
-        adapter.holds[id(conn)] = hold
-
-
-def _returned(adapter: PoolAdapter, pool: Any, conn: Any) -> None:
-    try:
-        hold = adapter.holds.pop(id(conn), None)
-        if hold is not None:
-            operations.released(adapter, pool, hold, None)
-    except Exception:
-        operations.failed()
-
-
-def checkout_wrapper(
-    adapter: PoolAdapter, conn_of: Callable[[Any], Any] = lambda result: result
-) -> operations.Wrapper:
-    """A sync checkout returning the connection (``conn_of(result)``)."""
-
-    def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        op = _start(adapter, instance)
-        if op is None:
-            return wrapped(*args, **kwargs)
-        result = operations.call_waiting(op, wrapped, args, kwargs)
-        _checked_out(adapter, op, conn_of(result))
-        return result
-
-    return wrapper
-
-
-def async_checkout_wrapper(adapter: PoolAdapter) -> operations.Wrapper:
-    """The asyncio flavour of :func:`checkout_wrapper`."""
-
-    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        op = _start(adapter, instance)
-        if op is None:
-            return await wrapped(*args, **kwargs)
-        try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            op.done(operations.exc_outcome(adapter, exc), exc)
-            raise
-        _checked_out(adapter, op, result)
-        return result
-
-    return wrapper
-
-
-def return_wrapper(adapter: PoolAdapter) -> operations.Wrapper:
-    """A sync return of the connection passed as the first argument."""
-
-    def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        if adapter.holds and args:
-            _returned(adapter, instance, args[0])
-        return wrapped(*args, **kwargs)
-
-    return wrapper
-
-
-def async_return_wrapper(adapter: PoolAdapter) -> operations.Wrapper:
-    """The asyncio flavour of :func:`return_wrapper`."""
-
-    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        if adapter.holds and args:
-            _returned(adapter, instance, args[0])
-        return await wrapped(*args, **kwargs)
-
-    return wrapper

@@ -24,6 +24,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from lockscope.instrumentation import runtime
+from lockscope.instrumentation._holdref import ref_of
 from lockscope.instrumentation.acquire import enter
 from lockscope.instrumentation.adapters import Adapter, failed
 from lockscope.instrumentation.guards import nested
@@ -39,7 +40,8 @@ def make(adapter, original):
         guard = nested.set(True)  # guard
         try:  # guard
             shim = runtime.current
-            op = None if shim is None else enter(shim, adapter, {this}, args, kwargs, {task}, False)
+            ref = ref_of({this})  # ref
+            op = None if shim is None else enter(shim, adapter, {obj}, args, kwargs, {task}, False)
             if op is None:
                 return {await_}{call}
             try:
@@ -54,12 +56,12 @@ def make(adapter, original):
                 op.done(op.outcome_of(result))
                 return result
             try:  # op.done("acquired"), inlined: the common case
-                token, owner, ttl = adapter.hold_fields({this})
+                token, owner, ttl = adapter.hold_fields({obj})
                 hold = shim.recorder.end_wait(op, "acquired", token=token, owner=owner, ttl=ttl)
                 if op.span is not None:
                     op.end_span(hold, "acquired", token, None)
                 if hold is not None and adapter.watches_holds:
-                    adapter.on_hold({this}, hold)
+                    adapter.on_hold({obj}, hold)
             except Exception:
                 failed()
             return result
@@ -77,14 +79,15 @@ def make(adapter, original, after):
         guard = nested.set(True)  # guard
         try:  # guard
             shim = runtime.current
-            hold = None if shim is None else enter(shim, adapter, {this}, None, None, {task}, True)
+            ref = ref_of({this})  # ref
+            hold = None if shim is None else enter(shim, adapter, {obj}, None, None, {task}, True)
             if hold is None or shim is None:
                 return {await_}{call}
             token = attach(set_span(hold.span)) if hold.span is not None else None
             try:
                 result = {await_}{call}
             except BaseException as exc:
-                held_call_done(adapter, after, {this}, hold, args, kwargs, exc, token)
+                held_call_done(adapter, after, {obj}, hold, args, kwargs, exc, token)
                 raise
             if after is None and token is None and hold.span is None:
                 try:  # the common case, a release without a span: the hold ends in one call
@@ -92,7 +95,7 @@ def make(adapter, original, after):
                 except Exception:
                     failed()
             else:
-                held_call_done(adapter, after, {this}, hold, args, kwargs, None, token)
+                held_call_done(adapter, after, {obj}, hold, args, kwargs, None, token)
             return result
         finally:  # guard
             nested.reset(guard)  # guard
@@ -110,6 +113,7 @@ _NAMESPACE: dict[str, Any] = {
     "set_span": trace.set_span_in_context,
     "current_task": asyncio.current_task,
     "nested": nested,
+    "ref_of": ref_of,
 }
 # (plain function?) -> the parameters, the instance's name and the original call.
 _SHAPES = {
@@ -130,11 +134,15 @@ def _first_line(variable: str) -> int:
         return 0
 
 
-def _flavour(source: str, guarded: bool) -> str:
+def _flavour(source: str, guarded: bool, refer: bool) -> str:
     """The template as one flavour: ``guarded`` keeps the lines marked ``# guard`` (the
     body runs inside :data:`.guards.nested`'s guard, as :func:`.guards.guarded` does); else
-    they become blank lines and the body moves out of their ``try``.  Every line stays
-    where it is, so the compiled code keeps this file's line numbers."""
+    they become blank lines and the body moves out of their ``try``.  ``refer`` keeps the
+    line marked ``# ref`` (the records name the lock's :class:`._holdref.HoldRef`, which
+    refers to it weakly, as :func:`._holdref.via_ref` does); else it becomes a blank line.
+    Every line stays where it is, so the compiled code keeps this file's line numbers."""
+    if not refer:
+        source = "\n".join("" if line.endswith("# ref") else line for line in source.split("\n"))
     if guarded:
         return source
     lines = []
@@ -148,15 +156,16 @@ def _flavour(source: str, guarded: bool) -> str:
 
 
 def _compile(
-    source: str, variable: str, plain: bool, asyncio_: bool, guarded: bool
+    source: str, variable: str, plain: bool, asyncio_: bool, guarded: bool, refer: bool = False
 ) -> Callable[..., Any]:
     params, this, call = _SHAPES[plain]
-    text = "\n" * _first_line(variable) + _flavour(source, guarded).format(
+    text = "\n" * _first_line(variable) + _flavour(source, guarded, refer).format(
         async_="async " if asyncio_ else "",
         await_="await " if asyncio_ else "",
         task="current_task()" if asyncio_ else "None",
         params=params,
         this=this,
+        obj="ref" if refer else this,
         call=call,
     )
     namespace: dict[str, Any] = {}
@@ -170,6 +179,17 @@ def _compile(
 _FLAVOURS = [(p, a, g) for p in (True, False) for a in (True, False) for g in (True, False)]
 _ACQUIRE_MAKERS = {flavour: _compile(_ACQUIRE, "_ACQUIRE", *flavour) for flavour in _FLAVOURS}
 _HELD_MAKERS = {flavour: _compile(_HELD, "_HELD", *flavour) for flavour in _FLAVOURS}
+# The ``refer`` flavours (python-redis-lock's): compiled on first use.
+_REF_MAKERS: dict[tuple[str, bool, bool, bool], Callable[..., Any]] = {}
+
+
+def _ref_maker(variable: str, plain: bool, asyncio_: bool, guarded: bool) -> Callable[..., Any]:
+    key = (variable, plain, asyncio_, guarded)
+    maker = _REF_MAKERS.get(key)
+    if maker is None:
+        source = _ACQUIRE if variable == "_ACQUIRE" else _HELD
+        maker = _REF_MAKERS[key] = _compile(source, variable, plain, asyncio_, guarded, True)
+    return maker
 
 
 def acquire_driver(
@@ -179,11 +199,16 @@ def acquire_driver(
     plain: bool,
     asyncio_: bool,
     guarded: bool = False,
+    refer: bool = False,
 ) -> Callable[..., Any]:
     """The acquire driver for ``adapter``: a plain function calling ``original`` (the
     class's method, ``plain``) or a wrapt wrapper (``original`` ``None``); ``guarded``:
-    with :func:`.guards.guarded`'s guard built in (one call, not two)."""
-    maker = _ACQUIRE_MAKERS[plain, asyncio_, guarded]
+    with :func:`.guards.guarded`'s guard built in (one call, not two); ``refer``: the
+    records name the lock's :class:`._holdref.HoldRef` (as :func:`._holdref.via_ref`)."""
+    if refer:
+        maker = _ref_maker("_ACQUIRE", plain, asyncio_, guarded)
+    else:
+        maker = _ACQUIRE_MAKERS[plain, asyncio_, guarded]
     driver: Callable[..., Any] = maker(adapter, original)
     return driver
 
@@ -196,9 +221,13 @@ def held_driver(
     plain: bool,
     asyncio_: bool,
     guarded: bool = False,
+    refer: bool = False,
 ) -> Callable[..., Any]:
     """The driver of a call on a held lock (``after`` ``None``: a release, see
     :func:`.held.held_call_done`), as :func:`acquire_driver`."""
-    maker = _HELD_MAKERS[plain, asyncio_, guarded]
+    if refer:
+        maker = _ref_maker("_HELD", plain, asyncio_, guarded)
+    else:
+        maker = _HELD_MAKERS[plain, asyncio_, guarded]
     driver: Callable[..., Any] = maker(adapter, original, after)
     return driver

@@ -30,25 +30,26 @@ __all__ = [
 Maker = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
-def _maker(adapter: Adapter, release: bool, asyncio_: bool, guarded: bool) -> Maker:
+def _maker(
+    adapter: Adapter, release: bool, asyncio_: bool, guarded: bool, refer: bool = False
+) -> Maker:
     def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        flavour = {"plain": True, "asyncio_": asyncio_, "guarded": guarded, "refer": refer}
         if release:
-            driver = held_driver(
-                adapter, original, None, plain=True, asyncio_=asyncio_, guarded=guarded
-            )
+            driver = held_driver(adapter, original, None, **flavour)
         else:
-            driver = acquire_driver(
-                adapter, original, plain=True, asyncio_=asyncio_, guarded=guarded
-            )
+            driver = acquire_driver(adapter, original, **flavour)
         return functools.wraps(original)(driver)
 
     return make
 
 
-def plain_acquire(adapter: Adapter, *, guarded: bool = False) -> Maker:
+def plain_acquire(adapter: Adapter, *, guarded: bool = False, refer: bool = False) -> Maker:
     """For :meth:`Patcher.replace`: a blocking ``acquire``-like method, recorded
-    (``guarded``: recorded once as the outer lock, as :func:`.guards.guarded` does)."""
-    return _maker(adapter, False, False, guarded)
+    (``guarded``: recorded once as the outer lock, as :func:`.guards.guarded` does;
+    ``refer``: the records name the lock's weak :class:`._holdref.HoldRef`, as
+    :func:`._holdref.via_ref` does)."""
+    return _maker(adapter, False, False, guarded, refer)
 
 
 def plain_async_acquire(adapter: Adapter, *, guarded: bool = False) -> Maker:
@@ -56,10 +57,11 @@ def plain_async_acquire(adapter: Adapter, *, guarded: bool = False) -> Maker:
     return _maker(adapter, False, True, guarded)
 
 
-def plain_release(adapter: Adapter, *, guarded: bool = False) -> Maker:
+def plain_release(adapter: Adapter, *, guarded: bool = False, refer: bool = False) -> Maker:
     """For :meth:`Patcher.replace`: ``release`` (ends the hold; ``lost`` on a lost-lock
-    error), the hold's span current around the call as with the wrapt wrapper."""
-    return _maker(adapter, True, False, guarded)
+    error), the hold's span current around the call as with the wrapt wrapper;
+    ``guarded`` and ``refer`` as for :func:`plain_acquire`."""
+    return _maker(adapter, True, False, guarded, refer)
 
 
 def plain_async_release(adapter: Adapter, *, guarded: bool = False) -> Maker:

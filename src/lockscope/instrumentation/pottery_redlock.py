@@ -1,22 +1,22 @@
 """Target: ``pottery``'s ``Redlock`` and ``AIORedlock`` (and ``synchronize``, which uses
 ``Redlock``).
 
-Wrapped: ``acquire``, ``release``, ``extend`` (and the name-mangled aliases the context
-managers call).  Identity: system ``redis``, name the Redis key pottery uses
-(``redlock:<key>``), namespace ``host:port/db`` of the master, as redis-py's target
-spells it, so the same key is one lock whichever library takes it; with several masters
-the namespace is all of them, sorted and comma-separated (as lockscope's own Redlock).
-The owner is the acquisition's uuid (the keys' value), the lease ``auto_release_time``.
-``ReleaseUnlockedLock``/``ExtendUnlockedLock`` mean the lock was lost.  The release
-pottery runs inside a failed ``acquire`` (to clean up a minority of masters) is not a
-release of a hold.  Any thread (task) may release.
+Patched: ``acquire`` and ``release`` (plain functions on the class) and the name-mangled
+aliases the context managers call; ``extend`` (wrapped).  Identity: system ``redis``,
+name the Redis key pottery uses (``redlock:<key>``), namespace ``host:port/db`` of the
+master, as redis-py's target spells it, so the same key is one lock whichever library
+takes it; with several masters the namespace is all of them, sorted and comma-separated
+(as lockscope's own Redlock). The owner is the acquisition's uuid (the keys' value), the
+lease ``auto_release_time``. ``ReleaseUnlockedLock``/``ExtendUnlockedLock`` mean the
+lock was lost.  The release pottery runs inside a failed ``acquire`` (to clean up a
+minority of masters) is not a release of a hold.  Any thread (task) may release.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from lockscope.instrumentation import operations
+from lockscope.instrumentation import operations, plain
 from lockscope.instrumentation.operations import Adapter
 from lockscope.instrumentation.patching import Patcher
 from lockscope.instrumentation.recorder import LockInfo
@@ -64,28 +64,34 @@ class PotteryAdapter(Adapter):
         return float(instance.auto_release_time), True
 
 
-_SYNC = (operations.guarded, operations.acquire_wrapper, operations.release_wrapper,
-         operations.extend_wrapper)  # fmt: skip
-_ASYNC = (operations.async_guarded, operations.async_acquire_wrapper,
-          operations.async_release_wrapper, operations.async_extend_wrapper)  # fmt: skip
-"""(guard, acquire, release, extend) wrapper factories of ``Redlock`` and ``AIORedlock``."""
+_SYNC = (False, operations.extend_wrapper)
+_ASYNC = (True, operations.async_extend_wrapper)
+"""(asyncio?, extend wrapper factory) of ``Redlock`` and ``AIORedlock``."""
 
 
 def instrument(patcher: Patcher) -> None:
-    """Wrap ``Redlock`` and ``AIORedlock`` when their modules are imported."""
+    """Patch ``Redlock`` and ``AIORedlock`` when their modules are imported."""
 
-    def patch(cls: type, flavour: tuple[Any, Any, Any, Any]) -> None:
+    def patch(cls: type, flavour: tuple[bool, Any]) -> None:
         from pottery.exceptions import ExtendUnlockedLock, ReleaseUnlockedLock
 
-        guard, acquire, release, extend = flavour
+        asyncio_, extend = flavour
         adapter = PotteryAdapter((ReleaseUnlockedLock, ExtendUnlockedLock))
+        # Plain functions on the class with the nested-lock guard built in (not wrapt
+        # proxies around a guard: fewer calls per acquire+release); the guard lets the
+        # release pottery runs inside a failed acquire through unrecorded.
+        if asyncio_:
+            taking = plain.plain_async_acquire(adapter, guarded=True)
+            releasing = plain.plain_async_release(adapter, guarded=True)
+        else:
+            taking = plain.plain_acquire(adapter, guarded=True)
+            releasing = plain.plain_release(adapter, guarded=True)
         # pottery's context manager calls the name-mangled private methods directly.
         private = f"_{cls.__name__}__"
-        taking, releasing = guard(acquire(adapter)), guard(release(adapter))
         for name in ("acquire", private + "acquire"):
-            patcher.wrap(cls, name, taking)
+            patcher.replace(cls, name, taking)
         for name in ("release", private + "release"):
-            patcher.wrap(cls, name, releasing)
+            patcher.replace(cls, name, releasing)
         patcher.wrap(cls, "extend", extend(adapter))
 
     patcher.when_imported("pottery.redlock", lambda module: patch(module.Redlock, _SYNC))

@@ -1,18 +1,18 @@
 """Target: ``psycopg_pool`` (``ConnectionPool``, ``AsyncConnectionPool`` and their
 ``NullConnectionPool`` flavours), as semaphores (see :mod:`._pool_common`).
 
-Wrapped: ``getconn`` and ``putconn`` (``connection()`` calls them).  Identity: system
-``pool``, namespace this process, name the pool's ``name`` (``pool-1`` unless given),
-permits ``max_size`` (re-read on each checkout, so ``resize()`` is followed).
-``PoolTimeout`` is a ``timeout``.  The actor is the calling thread, or the asyncio task
-for the async pool.
+Replaced by plain functions (:mod:`._pool_plain`): ``getconn`` and ``putconn``
+(``connection()`` calls them).  Identity: system ``pool``, namespace this process, name
+the pool's ``name`` (``pool-1`` unless given), permits ``max_size`` (re-read on each
+checkout, so ``resize()`` is followed). ``PoolTimeout`` is a ``timeout``.  The actor is
+the calling thread, or the asyncio task for the async pool.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from lockscope.instrumentation import _pool_common
+from lockscope.instrumentation import _pool_plain
 from lockscope.instrumentation._pool_common import PoolAdapter
 from lockscope.instrumentation.patching import Patcher
 
@@ -38,16 +38,17 @@ def instrument(patcher: Patcher) -> None:
         from psycopg_pool.errors import PoolTimeout
 
         adapter = PsycopgPoolAdapter((PoolTimeout,))
-        patcher.wrap(module.ConnectionPool, "getconn", _pool_common.checkout_wrapper(adapter))
-        patcher.wrap(module.ConnectionPool, "putconn", _pool_common.return_wrapper(adapter))
+        cls = module.ConnectionPool
+        patcher.replace(cls, "getconn", _pool_plain.plain_checkout(adapter))
+        patcher.replace(cls, "putconn", _pool_plain.plain_return(adapter))
 
     def asynchronous(module: Any) -> None:
         from psycopg_pool.errors import PoolTimeout
 
         adapter = PsycopgPoolAdapter((PoolTimeout,))
         cls = module.AsyncConnectionPool
-        patcher.wrap(cls, "getconn", _pool_common.async_checkout_wrapper(adapter))
-        patcher.wrap(cls, "putconn", _pool_common.async_return_wrapper(adapter))
+        patcher.replace(cls, "getconn", _pool_plain.plain_async_checkout(adapter))
+        patcher.replace(cls, "putconn", _pool_plain.plain_async_return(adapter))
 
     patcher.when_imported("psycopg_pool.pool", sync)
     patcher.when_imported("psycopg_pool.pool_async", asynchronous)

@@ -1,22 +1,23 @@
 """Target: SQLAlchemy's ``QueuePool`` and ``AsyncAdaptedQueuePool`` (the default pools of
 ``create_engine`` and ``create_async_engine``), as semaphores (see :mod:`._pool_common`).
 
-Wrapped: ``QueuePool._do_get`` (a checkout; it waits on the pool's queue when every
-connection is out) and ``QueuePool._do_return_conn`` (the connection is back), plus
+Replaced by plain functions (:mod:`._pool_plain`): ``QueuePool._do_get`` (a checkout; it
+waits on the pool's queue when every connection is out) and
+``QueuePool._do_return_conn`` (the connection is back); wrapped:
 ``Engine.__init__``/``Engine.dispose`` to learn each pool's URL.  Identity: system
 ``pool``, namespace this process, name the engine's URL without its password (``#2``,
 ``#3``... for further pools of the same URL; ``QueuePool`` for a pool made without an
-engine), permits ``pool_size + max_overflow``.  A pool without limit (``max_overflow=-1``
-or ``pool_size=0``) cannot starve and is not recorded.  With an async engine the
-checkout runs in the calling task (SQLAlchemy's greenlet bridge): the task is the actor.
-``TimeoutError`` (the pool's ``timeout``) is a ``timeout``.
+engine), permits ``pool_size + max_overflow``.  A pool without limit
+(``max_overflow=-1`` or ``pool_size=0``) cannot starve and is not recorded.  With an
+async engine the checkout runs in the calling task (SQLAlchemy's greenlet bridge): the
+task is the actor. ``TimeoutError`` (the pool's ``timeout``) is a ``timeout``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from lockscope.instrumentation import _pool_common, operations
+from lockscope.instrumentation import _pool_plain, operations
 from lockscope.instrumentation._pool_common import PoolAdapter
 from lockscope.instrumentation.patching import Patcher
 
@@ -36,7 +37,8 @@ class QueuePoolAdapter(PoolAdapter):
         overflow = pool._max_overflow
         if overflow < 0:
             return None
-        return int(pool.size()) + int(overflow)
+        # pool.size() is ``_pool.maxsize``: read here, a call less per checkout.
+        return int(pool._pool.maxsize) + int(overflow)
 
 
 def _tag(engine: Any) -> None:
@@ -68,9 +70,10 @@ def instrument(patcher: Patcher) -> None:
 
         adapter = QueuePoolAdapter((exc.TimeoutError,))
         cls = module.QueuePool
-        # _do_get calls itself when it loses a race for an overflow slot: one checkout.
-        patcher.wrap(cls, "_do_get", operations.guarded(_pool_common.checkout_wrapper(adapter)))
-        patcher.wrap(cls, "_do_return_conn", _pool_common.return_wrapper(adapter))
+        # _do_get calls itself when it loses a race for an overflow slot: one checkout
+        # (the guard).  Plain functions on the class, not wrapt proxies (:mod:`._pool_plain`).
+        patcher.replace(cls, "_do_get", _pool_plain.plain_checkout(adapter, guarded=True))
+        patcher.replace(cls, "_do_return_conn", _pool_plain.plain_return(adapter))
 
     def engines(module: Any) -> None:
         patcher.wrap(module.Engine, "__init__", _engine_init)

@@ -252,7 +252,12 @@ def test_external_session_is_the_holder(
         app.bg("sql UPDATE accounts SET balance = balance + 1 WHERE id = 2")
         sid = external.info.backend_pid
 
-        def holder() -> dict[str, Any] | None:
+        def app_waits() -> dict[str, Any] | None:
+            """The detail of the row lock svc-app alone waits for, if the agent has it.
+
+            Not simply the first row lock with a waiter: a previous test's killed worker
+            may still have a backend queued on another row until PostgreSQL notices, and
+            the locks list's order may put either first."""
             for lock in pg_agent.get("/api/v1/locks")["locks"]:
                 if lock["name"].startswith("row:public.accounts@") and lock["waiter_count"]:
                     try:
@@ -261,19 +266,24 @@ def test_external_session_is_the_holder(
                         )
                     except AgentError as exc:  # gone since the list was read
                         if exc.status == 404:
-                            return None
+                            continue
                         raise
-                    return dict(detail)
+                    if [w["service"] for w in detail["waiters"]] == ["svc-app"]:
+                        return dict(detail)
             return None
 
-        def settled() -> bool:
-            found = holder()
-            return found is not None and [w["service"] for w in found["waiters"]] == ["svc-app"]
-
         # (A session is its own actor until its app's report of using it arrives.)
-        polling.wait_until(settled, timeout=20.0)
-        detail = holder()
-        assert detail is not None
+        # The assertions read the very detail the poll saw, not a second fetch.
+        seen: list[dict[str, Any]] = []
+
+        def settled() -> bool:
+            found = app_waits()
+            if found is not None:
+                seen.append(found)
+            return found is not None
+
+        polling.wait_until(settled, timeout=20.0, what="svc-app's wait for the row")
+        detail = seen[-1]
         holders = detail["holders"]
         assert [h["actor_id"] for h in holders] == [f"session:{sid}"], detail
         assert holders[0]["service"] == "postgresql"
@@ -287,7 +297,7 @@ def test_external_session_is_the_holder(
     finally:
         external.rollback()
         external.close()
-    polling.wait_until(lambda: holder() is None, timeout=20.0)
+    polling.wait_until(lambda: app_waits() is None, timeout=20.0)
 
 
 def test_no_finding_for_waits_that_end_and_idle_transactions(

@@ -283,8 +283,7 @@ class Recorder(InProcessRegistry):
             same = holds.get(hold.obj)
             if same is None or hold not in same:
                 return  # already ended (e.g. lost, then released)
-            # Mostly the only hold of its list: drop the list without a second scan (this
-            # pays for the _by_key upkeep below on the hot path).
+            # Mostly the only hold of its list: drop the list without a second scan.
             if len(same) == 1:
                 del holds[hold.obj]
             else:

@@ -110,17 +110,8 @@ def plain_checkout(adapter: Any, *, guarded: bool = False) -> Maker:
             if nested.get():
                 return original(self, *args, **kwargs)
             guard = nested.set(True)
-            try:  # checkout's body, inlined (a call less)
-                op = _begin(adapter, self, None if _get_running_loop() is None else current_task())
-                if op is None:
-                    return original(self, *args, **kwargs)
-                try:
-                    result = original(self, *args, **kwargs)
-                except BaseException as exc:
-                    op.raised(exc)
-                    raise
-                _checked_out(adapter, op, result)
-                return result
+            try:
+                return checkout(self, *args, **kwargs)
             finally:
                 nested.reset(guard)
 
